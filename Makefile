@@ -1,0 +1,39 @@
+# qpy: `make demo` shows it working, `make test` installs what the tests need and runs them.
+# The venv is built from the system Python so that other Unix users (the multi-user tests,
+# the nodes) can run it too.
+PYTHON ?= /usr/bin/python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+DEMO   := $(CURDIR)/.demo
+
+.PHONY: all venv test demo clean
+
+all: venv
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	printf '#!%s\nimport sys\nsys.path.insert(0, "%s")\nimport qpy\nsys.exit(qpy.main())\n' \
+	    "$(abspath $(PY))" "$(CURDIR)" > $(VENV)/bin/qpy
+	printf '#!%s\nimport sys\nsys.path.insert(0, "%s")\nimport qpy_admin\nsys.exit(qpy_admin.main())\n' \
+	    "$(abspath $(PY))" "$(CURDIR)" > $(VENV)/bin/qpy_admin
+	chmod +x $(VENV)/bin/qpy $(VENV)/bin/qpy_admin
+	touch $@
+
+test: venv
+	$(PY) -m pytest -q tests
+
+# A personal queue in .demo/ (not your ~/.qpy): submit, watch, read the output.
+demo: venv
+	@rm -rf $(DEMO) && mkdir -p $(DEMO)/work
+	@cd $(DEMO)/work && export QPY_STATE=$(DEMO)/state PATH=$(CURDIR)/$(VENV)/bin:$$PATH && \
+	  set -x && qpy sub hostname && qpy sub -n 1 'sleep 1; echo slept one second' && \
+	  qpy sub sh -c 'echo job $$QPY_JOB_ID on $$QPY_NODE with $$QPY_N_CORES core' && \
+	  qpy check && \
+	  while [ -n "$$(qpy check queue running)" ]; do sleep 0.2; done && \
+	  qpy check && cat job_1.out job_2.out job_3.out && qpy status
+
+clean:
+	rm -rf $(VENV) $(DEMO)

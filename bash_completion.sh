@@ -1,0 +1,84 @@
+# TAB completion for qpy:  source bash_completion.sh  (in ~/.bashrc)
+# `qpy <command> ? <TAB><TAB>` prints a one-line reminder of what the command does.
+
+_qpy_help() {
+    case "$1" in
+        sub)       echo "Submit a job: qpy sub [-n cores] [-m GB] [-a attrs] [-c|-o] <command>" ;;
+        check)     echo "Check the jobs: statuses, directories, IDs or ranges (any of them)" ;;
+        kill)      echo "Kill the required jobs: IDs or ranges, queue, running, a directory, all" ;;
+        clean)     echo "Remove finished jobs: IDs or ranges, done, failed, killed, undone, all" ;;
+        status)    echo "Show the users, nodes and cores in use" ;;
+        config)    echo "Show or change your settings: qpy config <keyword> <value>" ;;
+        ctrlQueue) echo "Control the queue: pause, continue, jump <IDs> <target|begin|end>" ;;
+        tutorial)  echo "Show the tutorial, optionally at a pattern" ;;
+        notes)     echo "Read or add notes: qpy notes [<ID> [<text>]]" ;;
+        restart)   echo "Make qpy ready and resume your queue" ;;
+        finish)    echo "Stop starting your queued jobs until qpy restart" ;;
+        *)         echo "Unknown command: $1" ;;
+    esac
+}
+
+_qpy() {
+    local cur=${COMP_WORDS[COMP_CWORD]} cmd=${COMP_WORDS[1]}
+    local commands="sub check kill clean status config ctrlQueue tutorial notes restart finish"
+    local statuses="queue running done failed killed undone"
+    COMPREPLY=()
+    if [ "$COMP_CWORD" -eq 1 ]; then
+        COMPREPLY=($(compgen -W "$commands" -- "$cur"))
+        return
+    fi
+    local w
+    for w in "${COMP_WORDS[@]:2}"; do
+        if [ "$w" = "?" ]; then
+            # two entries, so bash lists them instead of inserting one
+            COMPREPLY=("$(_qpy_help "$cmd")"
+                       "--- For the options: qpy help $cmd; for more: qpy tutorial $cmd")
+            return
+        fi
+    done
+    local prev=${COMP_WORDS[COMP_CWORD-1]}
+    case "$cmd" in
+        sub)
+            if [ "$COMP_CWORD" -eq 2 ] || [[ "$prev" == -[nma] || "$prev" == -[co] ]]; then
+                case "$prev" in
+                    -n|-m|-a) return ;;
+                esac
+                if [[ "$cur" == -* ]]; then
+                    COMPREPLY=($(compgen -W "-n -m -a -c -o --cores --mem --node_attr \
+                        --copyScript --originalScript --help" -- "$cur"))
+                else
+                    COMPREPLY=($(compgen -c -- "$cur") $(compgen -f -- "$cur"))
+                fi
+            else
+                COMPREPLY=($(compgen -f -- "$cur"))
+            fi ;;
+        check) COMPREPLY=($(compgen -W "$statuses" -- "$cur") $(compgen -d -- "$cur")) ;;
+        kill)  COMPREPLY=($(compgen -W "all queue running" -- "$cur")) ;;
+        clean) COMPREPLY=($(compgen -W "all done failed killed undone" -- "$cur")
+                          $(compgen -d -- "$cur")) ;;
+        tutorial) COMPREPLY=($(compgen -W "$commands" -- "$cur")) ;;
+        ctrlQueue)
+            if [ "$COMP_CWORD" -eq 2 ]; then
+                COMPREPLY=($(compgen -W "pause continue jump" -- "$cur"))
+            elif [ "${COMP_WORDS[2]}" = jump ] && [ "$COMP_CWORD" -gt 3 ]; then
+                COMPREPLY=($(compgen -W "begin end" -- "$cur"))
+            fi ;;
+        config)
+            if [ "$COMP_CWORD" -eq 2 ]; then
+                COMPREPLY=($(compgen -W "checkFMT colour coloursScheme copyScripts defaultAttr \
+                    andAttr orAttr" -- "$cur"))
+            else
+                case "${COMP_WORDS[2]}" in
+                    colour|copyScripts)
+                        [ "$COMP_CWORD" -eq 3 ] && COMPREPLY=($(compgen -W "true false default" -- "$cur")) ;;
+                    coloursScheme)
+                        [ "$COMP_CWORD" -le 8 ] && COMPREPLY=($(compgen -W "grey red green yellow \
+                            blue magenta cyan white default" -- "$cur")) ;;
+                    checkFMT) [ "$COMP_CWORD" -eq 3 ] && COMPREPLY=($(compgen -W "default" -- "$cur")) ;;
+                    *) [ "$COMP_CWORD" -eq 3 ] && COMPREPLY=($(compgen -W "default" -- "$cur")) ;;
+                esac
+            fi ;;
+    esac
+}
+
+complete -F _qpy qpy

@@ -1,0 +1,1763 @@
+#!/usr/bin/env python3
+"""qpy -- a batch queue for a lab's compute nodes, without daemons.
+
+The protocol (design.md sections 3-4), which every function below keeps:
+
+ 1. All state is one SQLite file, <state>/qpy.db, in journal_mode=DELETE (never WAL: the
+    state directory may be on NFS) with synchronous=FULL.
+ 2. Every transaction runs while holding the file lock <state>/qpy.lock and inside
+    BEGIN IMMEDIATE. The lock is held for milliseconds: nobody forks, sshes, signals a
+    remote host or waits for anything while holding it.
+ 3. `qpy sub` inserts a job ('queue') and bumps meta.tick_wanted in one transaction, then
+    forks a detached tick and returns. It never waits for a launch.
+ 4. One tick at a time: <state>/tick.lock, taken without blocking. A tick that finds it held
+    leaves; the holder loops until tick_wanted is 0, and re-checks after releasing, so no
+    request is ever lost and nobody waits for a tick.
+ 5. A tick claims a job ('starting', attempt+1, node reserved), commits, and only then
+    launches its runner. The runner confirms under the lock that the job is still
+    'starting' with *its* attempt, creates the started marker with O_EXCL and records
+    'running' in that same transaction; only after the commit does the command run.
+    A claim nobody confirms within launch_timeout goes back to 'queue'. So a job runs at
+    most once, and a crash anywhere leaves it queued, never lost.
+ 6. The runner owns a running job: the command runs in its own process group; at the end
+    the exit record is written to a file (tmp, fsync, rename) *before* the database is
+    updated, then the runner runs a tick so the freed cores are used at once. A tick
+    harvests exit records the database missed, and fails jobs whose runner is gone.
+ 7. No qpy process outlives its work: the tick exits when nothing is wanted, the runner
+    when its job has ended.
+
+The code follows the data: paths -> store -> model -> scheduler -> launcher/runner -> CLI.
+"""
+
+import json
+import os
+import re
+import signal
+import sqlite3
+import sys
+import time
+
+VERSION = "0.1.0"
+SCHEMA_VERSION = 1
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+STATUSES = ("queue", "running", "done", "failed", "killed", "undone")
+FINISHED = ("done", "failed", "killed", "undone")
+LIVE = ("queue", "starting", "running")
+
+
+class QpyError(Exception):
+    """A problem the user can fix: printed as one line on stderr, exit status 1."""
+
+
+# --------------------------------------------------------------------------------------------
+# Paths
+# --------------------------------------------------------------------------------------------
+
+def state_dir():
+    """Where the state lives, first match wins:
+    $QPY_STATE, then the path in the site file `qpy.site` next to qpy.py, then ~/.qpy."""
+    explicit = os.environ.get("QPY_STATE")
+    if explicit:
+        return os.path.abspath(explicit)
+    site_file = os.path.join(HERE, "qpy.site")
+    if os.path.exists(site_file):
+        with open(site_file) as f:
+            return f.read().strip()
+    return os.path.join(os.path.expanduser("~"), ".qpy")
+
+
+def user_name():
+    import pwd
+    return pwd.getpwuid(os.getuid()).pw_name
+
+
+def user_dir(user):
+    """The per-user directory for job files, markers and exit records (owned by the user)."""
+    return os.path.join(state_dir(), "users", user)
+
+
+def run_file(user, job_id, kind):
+    """<state>/users/<user>/run/<id>.<kind>: kind is started, exit or hb."""
+    return os.path.join(user_dir(user), "run", "%d.%s" % (job_id, kind))
+
+
+def ensure_user_dirs(user):
+    connect()  # creates the state directory first, with its own modes
+    for sub in ("spool", "scripts", "run"):
+        os.makedirs(os.path.join(user_dir(user), sub), mode=0o700, exist_ok=True)
+
+
+def write_atomically(path, data):
+    """Write, fsync, rename: readers see the old file or the whole new one."""
+    tmp = "%s.tmp%d" % (path, os.getpid())
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+
+
+def remove_quietly(*paths):
+    for path in paths:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+def crash_point(name):
+    """Tests kill qpy at named steps: QPY_CRASH_AT=<name>:<token file>. The first process to
+    reach <name> and remove the token dies by SIGKILL, as if the machine had stopped there."""
+    spec = os.environ.get("QPY_CRASH_AT", "")
+    if spec.partition(":")[0] == name:
+        try:
+            os.unlink(spec.partition(":")[2])
+        except OSError:
+            return
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+# --------------------------------------------------------------------------------------------
+# Store: SQLite under a file lock
+# --------------------------------------------------------------------------------------------
+
+_db = None  # this process's connection; dropped before every fork (never carried across one)
+
+
+def lock_timeout():
+    return float(os.environ.get("QPY_LOCK_TIMEOUT", "120"))
+
+
+def connect():
+    """The connection to <state>/qpy.db, creating the state directory and the DB on first use."""
+    global _db
+    if _db is None:
+        state = state_dir()
+        path = os.path.join(state, "qpy.db")
+        if not os.path.exists(path):
+            create_personal_state(state)
+        try:
+            _db = sqlite3.connect(path, isolation_level=None, timeout=30)
+            _db.row_factory = sqlite3.Row
+            _db.execute("PRAGMA synchronous=FULL")
+            version = _db.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.DatabaseError as e:
+            _db = None
+            raise QpyError("Cannot open the qpy database %s: %s" % (path, e))
+        if version == 0:
+            initialise_db(_db)
+        elif version > SCHEMA_VERSION:
+            _db = None
+            raise QpyError("The qpy database %s has schema %d; this qpy knows only %d: "
+                           "use a newer qpy." % (path, version, SCHEMA_VERSION))
+    return _db
+
+
+def disconnect():
+    global _db
+    if _db is not None:
+        _db.close()
+        _db = None
+
+
+def create_personal_state(state):
+    """The embedded default: ~/.qpy (0700) with a DB file we create ourselves at 0660."""
+    os.makedirs(state, mode=0o700, exist_ok=True)
+    os.chmod(state, 0o700)
+    os.makedirs(os.path.join(state, "users"), mode=0o700, exist_ok=True)
+    path = os.path.join(state, "qpy.db")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o660)
+    except FileExistsError:
+        return
+    os.fchmod(fd, 0o660)
+    os.close(fd)
+
+
+def initialise_db(db):
+    """Load schema.sql into an empty DB, and (personal mode) add this machine as 'localhost'."""
+    with open(os.path.join(HERE, "schema.sql")) as f:
+        ddl = f.read()
+
+    def create(db):
+        if db.execute("PRAGMA user_version").fetchone()[0] == 0:  # lost no race
+            for statement in ddl.split(";\n"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute("INSERT INTO nodes (name, address, cores, mem) VALUES "
+                       "('localhost', 'localhost', ?, ?)", (os.cpu_count() or 1, machine_memory()))
+    atomically(create)
+
+
+def machine_memory():
+    """Total memory of this machine in GB (one decimal, rounded down)."""
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                return int(int(line.split()[1]) / 1048576 * 10) / 10
+    return 1.0
+
+
+def atomically(fn, write=True):
+    """Run fn(db) in one transaction under qpy.lock; retry when SQLite reports a busy or
+    failing filesystem; return what fn returns."""
+    from filelock import FileLock, Timeout
+    db = connect()
+    lock = FileLock(os.path.join(state_dir(), "qpy.lock"), mode=0o660, timeout=lock_timeout())
+    delay = 0.05
+    for attempt in range(8):
+        try:
+            with lock:
+                db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                try:
+                    result = fn(db)
+                    db.execute("COMMIT")
+                    return result
+                except BaseException:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    raise
+        except Timeout:
+            raise QpyError("Waited %g s for the qpy lock %s; another qpy process holds it."
+                           % (lock_timeout(), lock.lock_file))
+        except sqlite3.OperationalError as e:
+            transient = ("locked" in str(e) or "busy" in str(e) or "disk I/O" in str(e))
+            if not transient or attempt == 7:
+                raise QpyError("The qpy database failed: %s" % e)
+            time.sleep(delay)
+            delay *= 2
+
+
+def meta_number(db, key):
+    return float(db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0])
+
+
+def ensure_user(db, user):
+    db.execute("INSERT OR IGNORE INTO users (name) VALUES (?)", (user,))
+    return db.execute("SELECT * FROM users WHERE name = ?", (user,)).fetchone()
+
+
+# --------------------------------------------------------------------------------------------
+# Model: ID sets, check formats, #QPY directives, attribute expressions, configuration
+# --------------------------------------------------------------------------------------------
+
+def parse_idset(text):
+    """'100-120,130' -> [(100, 120), (130, 130)]. Raises ValueError on anything else."""
+    ranges = []
+    for item in text.split(","):
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", item.strip())
+        if not m:
+            raise ValueError(text)
+        lo = int(m.group(1))
+        hi = int(m.group(2)) if m.group(2) else lo
+        if hi < lo:
+            raise ValueError(text)
+        ranges.append((lo, hi))
+    return ranges
+
+
+def in_idset(job_id, ranges):
+    return any(lo <= job_id <= hi for lo, hi in ranges)
+
+
+DEFAULT_CHECK_FMT = "%j (%s):%c (on %n; wd: %d)\n"
+
+
+def format_time(t):
+    from datetime import datetime
+    return "None" if t is None else str(datetime.fromtimestamp(t))
+
+
+def format_span(seconds):
+    from datetime import timedelta
+    return "None" if seconds is None else str(timedelta(seconds=seconds))
+
+
+def user_status(job):
+    """The status word users see: 'starting' is still 'queue' to them."""
+    return "queue" if job["status"] == "starting" else job["status"]
+
+
+def run_time(job, now):
+    """%R: time in the queue while queued, running time while running, else start to end."""
+    status = user_status(job)
+    if status == "queue":
+        return now - job["queued_at"]
+    if status == "running":
+        return now - job["started_at"]
+    if job["started_at"] is None:
+        return None
+    return job["ended_at"] - job["started_at"]
+
+
+def exit_text(job):
+    """%x: the exit code, or the signal name for a job ended by a signal, else None."""
+    if job["signal"]:
+        try:
+            return signal.Signals(job["signal"]).name
+        except ValueError:
+            return "signal %d" % job["signal"]
+    return "None" if job["exit_code"] is None else str(job["exit_code"])
+
+
+def job_fields(job, now, notes=""):
+    """The checkFMT keys of one job (each computed only when the pattern asks for it)."""
+    return {
+        "j": lambda: str(job["id"]),
+        "s": lambda: user_status(job),
+        "c": lambda: job["command"],
+        "d": lambda: job["cwd"],
+        "n": lambda: str(job["node"]) if user_status(job) != "queue" else "None",
+        "N": lambda: str(job["n_cores"]),
+        "m": lambda: str(float(job["mem"])),
+        "a": lambda: job["attributes"],
+        "A": lambda: (job["node"] if user_status(job) != "queue" and job["node"]
+                      else "[%s]" % job["attributes"]),
+        "R": lambda: format_span(run_time(job, now)),
+        "Q": lambda: format_time(job["queued_at"]),
+        "S": lambda: format_time(job["started_at"]),
+        "E": lambda: format_time(job["ended_at"]),
+        "x": lambda: exit_text(job),
+        "r": lambda: job["reason"] or "",
+        "K": lambda: notes,
+    }
+
+
+def format_job(pattern, job, now, notes=""):
+    """Replace every %<key> of the pattern in one pass (so a '%d' inside the command stays)."""
+    fields = job_fields(job, now, notes)
+
+    def one(m):
+        key = m.group(1)
+        if key == "%":
+            return "%"
+        return fields[key]() if key in fields else m.group(0)
+    return re.sub(r"%(.)", one, pattern, flags=re.S)
+
+
+def decode_escapes(text):
+    r"""'\n' and '\t' typed in a checkFMT pattern mean newline and tab; '\\' is a backslash."""
+    return re.sub(r"\\(.)", lambda m: {"n": "\n", "t": "\t", "\\": "\\"}.get(m.group(1), m.group(0)),
+                  text)
+
+
+COLOURS = {"grey": 30, "red": 31, "green": 32, "yellow": 33, "blue": 34, "magenta": 35,
+           "cyan": 36, "white": 37}
+DEFAULT_SCHEME = ["yellow", "blue", "green", "red", "grey", "magenta"]  # + failed
+
+
+def colour(text, name):
+    return "\x1b[%dm%s\x1b[0m" % (COLOURS[name], text)
+
+
+def parse_bool(text):
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    raise ValueError(text)
+
+
+# A user's settings: name -> (default, aliases). Values are stored as JSON in `config`.
+CONFIG = {
+    "checkFMT": (DEFAULT_CHECK_FMT, ("job_fmt_pattern",)),
+    "colour": (True, ("use_colour", "color")),
+    "coloursScheme": (DEFAULT_SCHEME, ("colorsScheme",)),
+    "copyScripts": (False, ("use_script_copy",)),
+    "defaultAttr": ("", ()),
+    "andAttr": ("", ()),
+    "orAttr": ("", ()),
+}
+CONFIG_ALIASES = {alias: key for key, (_, aliases) in CONFIG.items() for alias in aliases}
+
+
+def load_config(db, user):
+    config = {key: default for key, (default, _) in CONFIG.items()}
+    for row in db.execute("SELECT key, value FROM config WHERE user = ?", (user,)):
+        if row["key"] in config:
+            config[row["key"]] = json.loads(row["value"])
+    return config
+
+
+def parse_config_value(key, values):
+    """Validate `qpy config <key> <values...>`: return (stored value, message) or raise QpyError."""
+    if values == ["default"]:
+        default = CONFIG[key][0]
+        if key == "checkFMT":
+            return default, ("Check pattern restored to the default value: %s." % repr(default))
+        return default, "%s restored to the default value: %s." % (key, default)
+    if key == "checkFMT":
+        if not values:
+            raise QpyError("Give a pattern for checkFMT, e.g. qpy config checkFMT '%j: %s\\n' "
+                           "(or 'default').")
+        pattern = decode_escapes(" ".join(values))
+        return pattern, "Check pattern modified to %s" % repr(pattern)
+    if key in ("colour", "copyScripts"):
+        try:
+            if len(values) != 1:
+                raise ValueError
+            value = parse_bool(values[0])
+        except ValueError:
+            raise QpyError("Value for %s must be true or false." % key)
+        return value, "%s set to %s" % (key, value)
+    if key == "coloursScheme":
+        for name in values:
+            if name not in COLOURS:
+                raise QpyError("Unknown colour: %s (choose from %s)." % (name, " ".join(COLOURS)))
+        if len(values) not in (5, 6):
+            raise QpyError("Give five colours for coloursScheme (queue running done killed undone),"
+                           " and optionally a sixth for failed.")
+        return values + DEFAULT_SCHEME[len(values):], "Colours scheme changed."
+    # defaultAttr, andAttr, orAttr: an attribute expression, or nothing to unset it
+    expression = " ".join(values)
+    if not expression:
+        return "", "%s unset." % key
+    parse_attributes(expression)
+    return expression, "%s set to %s." % (key, expression)
+
+
+ATTR_TOKEN = re.compile(r"\s*(?:(\()|(\))|([^\s()]+))")
+
+
+def parse_attributes(text):
+    """Parse a node attribute expression: labels (or node names) with and, or, not and
+    parentheses; precedence not > and > or. Returns a tree of tuples, or None for ''.
+    Raises QpyError on a syntax error (never 'matches everything' as in the original)."""
+    tokens = []
+    pos = 0
+    text = text.strip()
+    while pos < len(text):
+        m = ATTR_TOKEN.match(text, pos)
+        tokens.append(m.group(m.lastindex))
+        pos = m.end()
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+    if not tokens:
+        return None
+    position = [0]
+
+    def peek():
+        return tokens[position[0]] if position[0] < len(tokens) else None
+
+    def take():
+        position[0] += 1
+        return tokens[position[0] - 1]
+
+    def disjunction():
+        left = conjunction()
+        while peek() == "or":
+            take()
+            left = ("or", left, conjunction())
+        return left
+
+    def conjunction():
+        left = negation()
+        while peek() == "and":
+            take()
+            left = ("and", left, negation())
+        return left
+
+    def negation():
+        if peek() == "not":
+            take()
+            return ("not", negation())
+        return atom()
+
+    def atom():
+        token = peek()
+        if token is None:
+            raise QpyError("Invalid node attribute expression %r: it ends too early." % text)
+        if token == "(":
+            take()
+            inner = disjunction()
+            if peek() != ")":
+                raise QpyError("Invalid node attribute expression %r: missing ')'." % text)
+            take()
+            return inner
+        if token in (")", "and", "or", "not"):
+            raise QpyError("Invalid node attribute expression %r: unexpected %r." % (text, token))
+        return ("label", take())
+
+    tree = disjunction()
+    if peek() is not None:
+        raise QpyError("Invalid node attribute expression %r: unexpected %r." % (text, peek()))
+    return tree
+
+
+def matches_attributes(tree, labels):
+    """Does a node with these labels (its attributes and its name) satisfy the expression?"""
+    if tree is None:
+        return True
+    kind = tree[0]
+    if kind == "label":
+        return tree[1] in labels
+    if kind == "not":
+        return not matches_attributes(tree[1], labels)
+    if kind == "and":
+        return matches_attributes(tree[1], labels) and matches_attributes(tree[2], labels)
+    return matches_attributes(tree[1], labels) or matches_attributes(tree[2], labels)
+
+
+def combine_attributes(job_attr, config):
+    """Apply the user's defaultAttr, orAttr and andAttr to a job's expression, as the original."""
+    expression = job_attr or config["defaultAttr"]
+    if config["orAttr"]:
+        expression = "( %s ) or ( %s )" % (config["orAttr"], expression) if expression \
+            else config["orAttr"]
+    if config["andAttr"]:
+        expression = "( %s ) and ( %s )" % (config["andAttr"], expression) if expression \
+            else config["andAttr"]
+    return expression
+
+
+DIRECTIVE_KEYS = {
+    "n_cores": "cores", "number of cores": "cores",
+    "mem": "mem", "memory": "mem",
+    "node_attr": "attributes", "node attributes": "attributes",
+    "cpScript": "copy", "cp_script": "copy", "copy script": "copy",
+}
+
+
+def parse_directives(lines):
+    """`#QPY key=value; key=value` lines of a script -> {'cores', 'mem', 'attributes', 'copy'}.
+    Values are validated here; a bad line raises QpyError naming it."""
+    found = {}
+    for line in lines:
+        if not line.startswith("#QPY "):
+            continue
+        for pair in line[5:].strip().split(";"):
+            if not pair.strip():
+                continue
+            if pair.count("=") != 1:
+                raise QpyError("Invalid syntax for options inside script: %s" % pair.strip())
+            key, value = (part.strip() for part in pair.split("="))
+            if key not in DIRECTIVE_KEYS:
+                raise QpyError("Unknown script option: %s" % key)
+            found[DIRECTIVE_KEYS[key]] = check_request_value(DIRECTIVE_KEYS[key], value, key)
+    return found
+
+
+def check_request_value(kind, value, name):
+    """Validate one resource request (from a flag or a directive); return it typed."""
+    try:
+        if kind == "cores":
+            number = int(value)
+            if number < 1:
+                raise ValueError
+            return number
+        if kind == "mem":
+            number = float(value)
+            if not number >= 0 or number == float("inf"):
+                raise ValueError
+            return number
+        if kind == "copy":
+            return parse_bool(value)
+    except ValueError:
+        raise QpyError("Invalid value for %s: %s." % (name, value))
+    parse_attributes(value)
+    return value
+
+
+SHELLS = {"sh", "bash", "dash", "zsh", "ksh", "csh", "tcsh", "python", "python3", "perl"}
+
+
+def find_script(argv, cwd):
+    """The script a command runs, if any: its first word, or the word after a shell or
+    interpreter (`bash job.sh`). Returns (index of the word, absolute path) or None."""
+    import shlex
+    words = argv
+    if len(argv) == 1:
+        try:
+            words = shlex.split(argv[0])
+        except ValueError:
+            words = argv[0].split()
+    for index, word in enumerate(words[:2]):
+        path = os.path.join(cwd, os.path.expanduser(word))
+        if os.path.isfile(path):
+            return index, word, os.path.abspath(path)
+        if index == 0 and os.path.basename(word) not in SHELLS:
+            return None
+    return None
+
+
+NODE_KEYS = {"address", "cores", "memory", "gpus", "attributes", "pref_multicore", "check_dir"}
+
+
+def parse_nodes_file(text):
+    """The nodes file, in either format, one node per line ('#' starts a comment):
+      the manual's   <name> <cores> [M]
+      the original's <name> address=<host> cores=<n> memory=<GB> gpus=<n> attributes=a,b
+                     pref_multicore=true|false
+    Returns a list of node dicts; raises QpyError naming the line and the problem."""
+    nodes, names = [], set()
+    for number, line in enumerate(text.splitlines(), 1):
+        words = line.split("#", 1)[0].split()
+        if not words:
+            continue
+        try:
+            node = parse_node_line(words)
+        except (ValueError, QpyError) as e:
+            raise QpyError("nodes file, line %d: %s" % (number, e))
+        if node["name"] in names:
+            raise QpyError("nodes file, line %d: node %s is defined twice" % (number, node["name"]))
+        names.add(node["name"])
+        nodes.append(node)
+    return nodes
+
+
+def parse_node_line(words):
+    name, rest = words[0], words[1:]
+    node = {"name": name, "address": name, "cores": None, "mem": None, "gpus": 0,
+            "attributes": "", "pref_multicore": False}
+    if rest and rest[0].isdigit():  # the manual's format
+        node["cores"] = int(rest[0])
+        for word in rest[1:]:
+            if word != "M":
+                raise QpyError("expected 'M' after the cores, got %r" % word)
+            node["pref_multicore"] = True
+        rest = []
+    for word in rest:
+        key, equals, value = word.partition("=")
+        if not equals:
+            raise QpyError("expected a pair <key>=<value>, but got %r" % word)
+        if key not in NODE_KEYS:
+            raise QpyError("unknown key %r (keys: %s)" % (key, ", ".join(sorted(NODE_KEYS))))
+        if key == "address":
+            node["address"] = value
+        elif key == "cores" or key == "gpus":
+            if not value.isdigit():
+                raise QpyError("%s must be a whole number, not %r" % (key, value))
+            node[key] = int(value)
+        elif key == "memory":
+            node["mem"] = float(value)
+            if not 0 <= node["mem"] < float("inf"):
+                raise QpyError("memory must be a number of GB, not %r" % value)
+        elif key == "attributes":
+            labels = [label for label in value.split(",") if label]
+            bad = [label for label in labels if label in ("and", "or", "not")
+                   or not re.fullmatch(r"[^\s(),]+", label)]
+            if bad:
+                raise QpyError("attribute %r cannot be used in expressions" % bad[0])
+            node["attributes"] = ",".join(labels)
+        elif key == "pref_multicore":
+            node["pref_multicore"] = parse_bool(value)
+    if node["cores"] is None:
+        raise QpyError("node %s has no number of cores (cores=<n>)" % name)
+    if node["mem"] is None and node["address"] in ("localhost", "127.0.0.1"):
+        node["mem"] = machine_memory()
+    return node
+
+
+# --------------------------------------------------------------------------------------------
+# Scheduler: a pure function from the state to the jobs to start and where
+# --------------------------------------------------------------------------------------------
+
+def node_labels(node):
+    return set(filter(None, node["attributes"].split(","))) | {node["name"]}
+
+
+def node_memory(node):
+    """A node's memory in GB; a node whose memory is not known does not limit memory."""
+    return float("inf") if node["mem"] is None else node["mem"]
+
+
+def free_resources(nodes, live_jobs):
+    """{node name: [free cores, free mem]} after what running and claimed jobs hold."""
+    free = {node["name"]: [node["cores"], node_memory(node)] for node in nodes}
+    for job in live_jobs:
+        if job["status"] in ("starting", "running") and job["node"] in free:
+            free[job["node"]][0] -= job["n_cores"]
+            free[job["node"]][1] -= job["mem"]
+    return free
+
+
+def choose_node(job, nodes, free):
+    """The node for a job, or None. Single-core jobs go to the node with the most free cores,
+    sparing the nodes marked for multicore jobs; multicore jobs take the first node that fits,
+    those marked 'M' first. Down and drained nodes are never chosen."""
+    tree = parse_attributes(job["attributes"])
+    fits = [node for node in nodes
+            if node["state"] == "up"
+            and free[node["name"]][0] >= job["n_cores"]
+            and free[node["name"]][1] >= job["mem"] - 1e-9
+            and matches_attributes(tree, node_labels(node))]
+    if not fits:
+        return None
+    if job["n_cores"] == 1:
+        spare = [node for node in fits if not node["pref_multicore"]] or fits
+        return max(spare, key=lambda node: free[node["name"]][0])  # ties: first in order
+    return sorted(fits, key=lambda node: not node["pref_multicore"])[0]
+
+
+def schedule(nodes, live_jobs, blocked_users):
+    """Decide which queued jobs start now, and where.
+
+    nodes: rows with name, cores, mem, attributes, pref_multicore, state (in file order);
+    live_jobs: queued, starting and running jobs, queued ones in queue order;
+    blocked_users: users whose queue is paused or finished.
+    Returns [(job id, node name)]. A job that does not fit is passed over so that smaller
+    jobs behind it can start (backfilling)."""
+    free = free_resources(nodes, live_jobs)
+    placements = []
+    for job in live_jobs:
+        if job["status"] != "queue" or job["user"] in blocked_users:
+            continue
+        node = choose_node(job, nodes, free)
+        if node is not None:
+            free[node["name"]][0] -= job["n_cores"]
+            free[node["name"]][1] -= job["mem"]
+            placements.append((job["id"], node["name"]))
+    return placements
+
+
+def unsatisfiable_reason(request, nodes):
+    """Why no node could ever run this request (cores, memory, attributes), or None."""
+    tree = parse_attributes(request["attributes"])
+    named = [node for node in nodes if matches_attributes(tree, node_labels(node))]
+    if not named:
+        return "no node has the attributes '%s'" % request["attributes"]
+    if not any(node["cores"] >= request["n_cores"] for node in named):
+        return "no node has %d cores (the largest has %d)" % (
+            request["n_cores"], max(node["cores"] for node in named))
+    if not any(node["cores"] >= request["n_cores"] and node_memory(node) >= request["mem"]
+               for node in named):
+        return "no node with %d cores has %g GB of memory (the largest has %g GB)" % (
+            request["n_cores"], request["mem"], max(node_memory(node) for node in named))
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Tick: harvest, reconcile, claim, launch
+# --------------------------------------------------------------------------------------------
+
+def request_tick(db):
+    """Inside a transaction: ask for a tick pass (the running tick, or the next, will do it)."""
+    db.execute("UPDATE meta SET value = value + 1 WHERE key = 'tick_wanted'")
+
+
+def tick_overdue(db, jobs):
+    """Was a tick missed (its requester or runner killed)? Then whoever notices starts one:
+    a tick was asked for, a claim is older than launch_timeout, or a local runner is gone."""
+    if meta_number(db, "tick_wanted"):
+        return True
+    stale = time.time() - meta_number(db, "launch_timeout")
+    local = {row[0] for row in db.execute("SELECT name FROM nodes WHERE address = 'localhost'")}
+    return any(job["status"] == "starting" and job["claimed_at"] < stale
+               or job["status"] == "running" and job["node"] in local
+               and not process_alive(job["runner_pid"], job["runner_boot"]) for job in jobs)
+
+
+def tick():
+    """Run tick passes until nobody wants one; leave at once if another tick is running."""
+    from filelock import FileLock, Timeout
+    lock = FileLock(os.path.join(state_dir(), "tick.lock"), mode=0o660, timeout=0)
+    while True:
+        try:
+            lock.acquire()
+        except Timeout:
+            return  # its holder will see tick_wanted > 0
+        try:
+            while True:
+                tick_pass()
+                if not atomically(lambda db: meta_number(db, "tick_wanted"), write=False):
+                    break
+        finally:
+            lock.release()
+        if not atomically(lambda db: meta_number(db, "tick_wanted"), write=False):
+            return
+
+
+def tick_pass():
+    """One pass: reconcile what ended or got lost, claim the jobs that can start, launch them."""
+    def claim(db):
+        db.execute("UPDATE meta SET value = '0' WHERE key = 'tick_wanted'")
+        reconcile(db)
+        nodes = db.execute("SELECT * FROM nodes ORDER BY position, name").fetchall()
+        live = db.execute("SELECT * FROM jobs WHERE status IN ('queue', 'starting', 'running') "
+                          "ORDER BY position, id").fetchall()
+        blocked = {row["name"] for row in
+                   db.execute("SELECT name FROM users WHERE paused OR finished")}
+        claims = []
+        now = time.time()
+        for job_id, node_name in schedule(nodes, live, blocked):
+            db.execute("UPDATE jobs SET status = 'starting', node = ?, attempt = attempt + 1, "
+                       "claimed_at = ?, reason = NULL WHERE id = ?", (node_name, now, job_id))
+            row = db.execute("SELECT j.id, j.attempt, j.user, n.address FROM jobs j "
+                             "JOIN nodes n ON n.name = j.node WHERE j.id = ?", (job_id,)).fetchone()
+            claims.append(dict(row))
+        return claims
+
+    claims = atomically(claim)
+    crash_point("tick:claimed")
+    for job in claims:
+        launch(job)
+    crash_point("tick:launched")
+
+
+def reconcile(db):
+    """Inside the tick's transaction: take back claims nobody confirmed in time, harvest exit
+    records the DB missed, and end running jobs whose runner is gone."""
+    now = time.time()
+    timeout = meta_number(db, "launch_timeout")
+    for job in db.execute("SELECT * FROM jobs WHERE status = 'starting' AND claimed_at < ?",
+                          (now - timeout,)).fetchall():
+        remove_quietly(run_file(job["user"], job["id"], "started"))
+        db.execute("UPDATE jobs SET status = 'queue', node = NULL, reason = 'launch timed out' "
+                   "WHERE id = ?", (job["id"],))
+    for job in db.execute("SELECT j.* FROM jobs j JOIN nodes n ON n.name = j.node "
+                          "WHERE j.status = 'running' AND n.address = 'localhost'").fetchall():
+        record = read_exit_record(job)
+        if record is not None:
+            finish_job(db, job, record)
+        elif not process_alive(job["runner_pid"], job["runner_boot"]):
+            stop_orphans(job)
+            status = "killed" if job["kill_requested"] else "failed"
+            finish_job(db, job, {"status": status, "attempt": job["attempt"],
+                                 "reason": None if job["kill_requested"] else "runner lost",
+                                 "ended_at": now})
+
+
+def read_exit_record(job):
+    try:
+        with open(run_file(job["user"], job["id"], "exit")) as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return record if record.get("attempt") == job["attempt"] else None
+
+
+def finish_job(db, job, record):
+    """Record the end of a running job (from its exit record) and remove its files."""
+    status = record["status"]
+    if job["kill_requested"] and status != "done":
+        status = "killed"
+    db.execute("UPDATE jobs SET status = ?, exit_code = ?, signal = ?, reason = ?, ended_at = ?, "
+               "max_rss = ?, cpu_time = ? WHERE id = ? AND attempt = ? AND status = 'running'",
+               (status, record.get("exit_code"), record.get("signal"), record.get("reason"),
+                record["ended_at"], record.get("max_rss"), record.get("cpu_time"),
+                job["id"], job["attempt"]))
+    request_tick(db)
+    discard_job_files(job)
+
+
+def discard_job_files(job):
+    spec = job["spec"]
+    try:
+        with open(spec) as f:
+            copied = json.load(f).get("script_copy")
+    except (OSError, ValueError):
+        copied = None
+    remove_quietly(*(run_file(job["user"], job["id"], kind) for kind in ("exit", "hb", "started")))
+    remove_quietly(spec, *([copied] if copied else []))
+
+
+def process_boot(pid):
+    """The start time of a process (field 22 of /proc/<pid>/stat), or None if it is gone or a
+    zombie. Stored beside a pid so a reused pid is never mistaken for ours."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rpartition(")")[2].split()
+    except (OSError, TypeError):
+        return None
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def process_alive(pid, boot):
+    return pid is not None and process_boot(pid) == boot
+
+
+def stop_orphans(job):
+    """SIGKILL what is left of a job whose runner died: the processes of its group that carry
+    its QPY_JOB_ID (so a reused group id never hits a stranger)."""
+    if not job["pgid"]:
+        return
+    marker = ("QPY_JOB_ID=%d" % job["id"]).encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.getpgid(int(entry)) != job["pgid"]:
+                continue
+            with open("/proc/%s/environ" % entry, "rb") as f:
+                if marker in f.read().split(b"\0"):
+                    os.killpg(job["pgid"], signal.SIGKILL)
+                    return
+        except OSError:
+            continue
+
+
+# --------------------------------------------------------------------------------------------
+# Launcher: start a runner for a claimed job
+# --------------------------------------------------------------------------------------------
+
+def detach(fn, *args):
+    """Run fn(*args) in a new session, fully detached (double fork, stdio on /dev/null), and
+    return at once. The DB connection is dropped first: it must not cross a fork."""
+    disconnect()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        os.waitpid(pid, 0)
+        return
+    try:
+        os.setsid()
+        if os.fork():
+            os._exit(0)
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.closerange(3, 65536)
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGINT):
+            signal.signal(sig, signal.SIG_DFL)
+        fn(*args)
+    except BaseException:
+        pass
+    finally:
+        os._exit(0)
+
+
+def launch(job):
+    """Start the runner of a claimed job on its node; on failure the job goes back to the queue."""
+    if job["address"] == "localhost":
+        try:
+            detach(run_job, job["id"], job["attempt"])
+            return
+        except OSError as e:
+            failure = str(e)
+    else:
+        failure = "ssh nodes are not supported yet"
+
+    def unclaim(db):
+        db.execute("UPDATE jobs SET status = 'queue', node = NULL, reason = ? "
+                   "WHERE id = ? AND attempt = ? AND status = 'starting'",
+                   ("launch failed: " + failure, job["id"], job["attempt"]))
+    atomically(unclaim)
+
+
+# --------------------------------------------------------------------------------------------
+# Runner: runs on the node, as the job's owner, for the whole life of one job
+# --------------------------------------------------------------------------------------------
+
+def job_environment(spec, job, node):
+    env = dict(spec["env"])
+    env.update(QPY_JOB_ID=str(job["id"]), QPY_NODE=node, QPY_N_CORES=str(job["n_cores"]),
+               QPY_MEM=str(float(job["mem"])))
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env.setdefault(name, str(job["n_cores"]))
+    env.pop("QPY_CRASH_AT", None)
+    return env
+
+
+def exec_job(job, spec, env, go):
+    """In the forked child: own session and process group, wait for the runner's go, then
+    become the command with its output in job_<id>.out/.err of the submission directory."""
+    os.setsid()
+    for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGPIPE, signal.SIGINT, signal.SIGHUP,
+                signal.SIGXFSZ):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.set_wakeup_fd(-1)
+    if os.read(go, 2) != b"go":
+        os._exit(1)  # the runner lost its claim: never run
+    code = 1
+    try:
+        out = os.path.join(spec["cwd"], "job_%d.out" % job["id"])
+        err = os.path.join(spec["cwd"], "job_%d.err" % job["id"])
+        for fd, path in ((1, out), (2, err)):
+            os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666), fd)
+        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+        os.closerange(3, 65536)
+        os.chdir(spec["cwd"])
+        argv = spec["argv"]
+        if len(argv) == 1:
+            argv = ["/bin/sh", "-c", argv[0]]
+        code = 127
+        os.execvpe(argv[0], argv, env)
+    except OSError as e:
+        code = 126 if isinstance(e, PermissionError) else code
+        os.write(2, ("qpy: cannot run job %d: %s\n" % (job["id"], e)).encode())
+    os._exit(code)
+
+
+def run_job(job_id, attempt):
+    """The runner: confirm the claim, run the command, record how it ended, then tick."""
+    job = atomically(lambda db: db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone(),
+                     write=False)
+    if job is None or job["status"] != "starting" or job["attempt"] != attempt:
+        return
+    try:
+        with open(job["spec"]) as f:
+            spec = json.load(f)
+    except (OSError, ValueError) as e:
+        return abandon(job, "job file unreadable: %s" % e)
+    env = job_environment(spec, job, job["node"])
+
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    stop = {"asked": False}
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(asked=True))
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(go_w)
+        exec_job(job, spec, env, go_r)
+    os.close(go_r)
+
+    def confirm(db):
+        row = db.execute("SELECT status, attempt FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None or row["status"] != "starting" or row["attempt"] != attempt:
+            return False
+        try:
+            fd = os.open(run_file(job["user"], job_id, "started"),
+                         os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            db.execute("UPDATE jobs SET status = 'failed', reason = ?, ended_at = ? WHERE id = ?",
+                       ("started marker exists: refused to run it twice", time.time(), job_id))
+            return False
+        os.write(fd, str(attempt).encode())
+        os.close(fd)
+        db.execute("UPDATE jobs SET status = 'running', started_at = ?, runner_pid = ?, "
+                   "runner_boot = ?, pgid = ? WHERE id = ?",
+                   (time.time(), os.getpid(), process_boot(os.getpid()), pid, job_id))
+        return True
+
+    try:
+        confirmed = atomically(confirm)
+    except QpyError:
+        confirmed = False
+    if not confirmed:
+        os.close(go_w)  # the child reads EOF and exits without running anything
+        os.waitpid(pid, 0)
+        return
+    crash_point("runner:confirmed")
+    os.write(go_w, b"go")
+    os.close(go_w)
+    record = supervise(job, pid, stop, wake_r)
+    write_atomically(run_file(job["user"], job_id, "exit"), json.dumps(record).encode())
+    crash_point("runner:recorded")
+
+    def store(db):
+        row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is not None:
+            finish_job(db, row, record)
+    atomically(store)
+    crash_point("runner:stored")
+    tick()
+
+
+def supervise(job, pid, stop, wake):
+    """Wait for the command, forwarding a kill (SIGTERM, then SIGKILL after kill_grace) and
+    touching the heartbeat file; return the exit record."""
+    import select
+    grace = atomically(lambda db: meta_number(db, "kill_grace"), write=False)
+    heartbeat = run_file(job["user"], job["id"], "hb")
+    poller = select.poll()
+    poller.register(wake, select.POLLIN)
+    hard_kill_at = None
+    next_beat = 0
+    while True:
+        now = time.time()
+        if now >= next_beat:
+            with open(heartbeat, "w"):
+                pass
+            next_beat = now + 30
+        if stop["asked"] and hard_kill_at is None:
+            signal_group(pid, signal.SIGTERM)
+            hard_kill_at = now + grace
+        if hard_kill_at is not None and now >= hard_kill_at:
+            signal_group(pid, signal.SIGKILL)
+        done, status, usage = os.wait4(pid, os.WNOHANG)
+        if done:
+            break
+        deadline = min(next_beat, hard_kill_at or next_beat)
+        if poller.poll(max(0.0, deadline - time.time()) * 1000 + 1):
+            os.read(wake, 512)
+    signal_group(pid, signal.SIGKILL)  # what the command left behind in its group
+    record = {"attempt": job["attempt"], "ended_at": time.time(), "max_rss": usage.ru_maxrss,
+              "cpu_time": usage.ru_utime + usage.ru_stime, "exit_code": None, "signal": None,
+              "reason": None}
+    if os.WIFSIGNALED(status):
+        record["signal"] = os.WTERMSIG(status)
+        record["reason"] = "killed by %s" % signal.Signals(record["signal"]).name
+    else:
+        record["exit_code"] = os.WEXITSTATUS(status)
+        if record["exit_code"]:
+            record["reason"] = "exit code %d" % record["exit_code"]
+    if stop["asked"]:
+        record["status"] = "killed"
+        record["reason"] = "killed by the user"
+    else:
+        record["status"] = "done" if record["exit_code"] == 0 else "failed"
+    return record
+
+
+def signal_group(pgid, sig):
+    try:
+        os.killpg(pgid, sig)
+    except OSError:
+        pass
+
+
+def abandon(job, reason):
+    """A claimed job that cannot start at all (its job file is gone): failed, with the reason."""
+    def fail(db):
+        db.execute("UPDATE jobs SET status = 'failed', reason = ?, ended_at = ? "
+                   "WHERE id = ? AND status = 'starting' AND attempt = ?",
+                   (reason, time.time(), job["id"], job["attempt"]))
+        request_tick(db)
+    atomically(fail)
+
+
+# --------------------------------------------------------------------------------------------
+# User commands
+# --------------------------------------------------------------------------------------------
+
+def cmd_sub(args):
+    """Usage: qpy sub [options] <command>...
+
+Submit <command> (with its arguments) to your queue. It runs in this directory, with this
+environment; its output goes to job_<ID>.out and job_<ID>.err here. Options go before the
+command: everything after the command is the command's.
+
+Options:
+  -n N, --cores N       Number of cores [#QPY n_cores; default 1].
+  -m M, --mem M         Memory in GB [#QPY mem; default 5, at most a node's memory].
+  -a EXPR, --node_attr EXPR
+                        Node attributes, e.g. 'big and (fast or gpu)' [#QPY node_attr].
+  -c, --copyScript      Run a copy of the script, so it can be edited meanwhile.
+  -o, --originalScript  Run the script itself (overrides copyScripts true).
+  -h, --help            Show this help.
+
+Examples:
+  qpy sub hostname
+  qpy sub -n 3 -m 10 ./script.sh
+  qpy sub 'for i in 1 2 3; do echo $i; done > f'   (one argument: run by the shell)
+"""
+    import shlex
+    argv = args["<command>"]
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv or not argv[0].strip():
+        raise QpyError("Job rejected: give the command to run, e.g. qpy sub hostname")
+    if args["--copyScript"] and args["--originalScript"]:
+        raise QpyError("Job rejected due to its options: give only one of -c and -o.")
+    cwd = os.getcwd()
+    flags = {}
+    for kind, option in (("cores", "--cores"), ("mem", "--mem"), ("attributes", "--node_attr")):
+        if args[option] is not None:
+            try:
+                flags[kind] = check_request_value(kind, args[option], option)
+            except QpyError as e:
+                raise QpyError("Job rejected due to its options: %s" % e)
+    if args["--copyScript"] or args["--originalScript"]:
+        flags["copy"] = bool(args["--copyScript"])
+    script = find_script(argv, cwd)
+    directives = {}
+    if script:
+        try:
+            with open(script[2], errors="replace") as f:
+                directives = parse_directives(f)
+        except OSError:
+            pass
+        except QpyError as e:
+            raise QpyError("Job rejected: %s (in %s)" % (e, script[1]))
+    request = {**directives, **flags}  # flags win over #QPY lines
+    command = argv[0] if len(argv) == 1 else shlex.join(argv)
+    user = user_name()
+    ensure_user_dirs(user)
+    token = "%d-%d" % (time.time_ns(), os.getpid())
+
+    def insert(db):
+        ensure_user(db, user)
+        config = load_config(db, user)
+        nodes = db.execute("SELECT * FROM nodes").fetchall()
+        if not nodes:
+            raise QpyError("Job rejected: this qpy site has no nodes; ask the administrator.")
+        job = {"n_cores": request.get("cores", 1),
+               "mem": request.get("mem", min(5.0, max(node_memory(node) for node in nodes))),
+               "attributes": combine_attributes(request.get("attributes", ""), config)}
+        why = unsatisfiable_reason(job, nodes)
+        if why:
+            raise QpyError("Job rejected: %s." % why)
+        run_argv = list(argv)
+        copy = None
+        if script and request.get("copy", config["copyScripts"]):
+            copy = copy_script(user, token, script[2])
+            run_argv = substitute_script(argv, script, copy)
+        spec_path = os.path.join(user_dir(user), "spool", token + ".job")
+        spec = {"argv": run_argv, "cwd": cwd, "env": dict(os.environ), "script_copy": copy}
+        write_atomically(spec_path, json.dumps(spec).encode())
+        crash_point("sub:spooled")
+        cursor = db.execute(
+            "INSERT INTO jobs (user, command, cwd, spec, n_cores, mem, attributes, position, "
+            "queued_at) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?)",
+            (user, command, cwd, spec_path, job["n_cores"], job["mem"], job["attributes"],
+             time.time()))
+        db.execute("UPDATE jobs SET position = id WHERE id = ?", (cursor.lastrowid,))
+        request_tick(db)
+        return cursor.lastrowid
+
+    job_id = atomically(insert)
+    crash_point("sub:committed")
+    print("Job %d received." % job_id)
+    detach(tick)
+
+
+def copy_script(user, token, path):
+    import shutil
+    copy = os.path.join(user_dir(user), "scripts", token + "." + os.path.basename(path))
+    shutil.copy2(path, copy)
+    return copy
+
+
+def substitute_script(argv, script, copy):
+    """The command with the script's word replaced by its copy."""
+    import shlex
+    index, word, _ = script
+    if len(argv) > 1:
+        return argv[:index] + [copy] + argv[index + 1:]
+    return [argv[0].replace(word, shlex.quote(copy), 1)]
+
+
+def selection(words, allowed_statuses, command):
+    """Split check/kill/clean arguments into statuses, directories and ID ranges."""
+    statuses, dirs, ranges = set(), set(), []
+    for word in words:
+        if word in allowed_statuses:
+            statuses.add(word)
+        elif os.path.isdir(word):
+            dirs.add(os.path.abspath(word))
+        else:
+            try:
+                ranges += parse_idset(word)
+            except ValueError:
+                if command == "check":
+                    raise QpyError("Unknown pattern for checking jobs: %s" % word)
+                raise QpyError("Range with wrong format or invalid status: %s (use job IDs like "
+                               "100-105,108, %s, or a directory)" % (word, ", ".join(allowed_statuses)))
+    return statuses, dirs, ranges
+
+
+def selected(job, statuses, dirs, ranges):
+    """OR semantics: a job is selected when it matches any status, directory or ID."""
+    return ("all" in statuses or user_status(job) in statuses or job["cwd"] in dirs
+            or in_idset(job["id"], ranges))
+
+
+def user_jobs(db, user, where="1", params=()):
+    return db.execute("SELECT * FROM jobs WHERE user = ? AND (%s) ORDER BY position, id" % where,
+                      (user,) + tuple(params)).fetchall()
+
+
+def cmd_check(args):
+    """Usage: qpy check [<filter>...]
+
+List your jobs: all of them, or those matching any filter (a status, a directory, job IDs or
+ranges such as 100-120 130-135,137). The layout is the checkFMT pattern (qpy config).
+
+Statuses: queue running done failed killed undone.
+
+Examples:
+  qpy check running
+  qpy check .
+  qpy check 100-120 130-135,137
+"""
+    statuses, dirs, ranges = selection(args["<filter>"], STATUSES, "check")
+    user = user_name()
+    live_only = statuses and statuses <= {"queue", "running"} and not dirs and not ranges
+
+    def read(db):
+        where = "status IN ('queue', 'starting', 'running')" if live_only else "1"
+        jobs = user_jobs(db, user, where)
+        config = load_config(db, user)
+        paused = db.execute("SELECT paused FROM users WHERE name = ?", (user,)).fetchone()
+        notes = {}
+        if "%K" in config["checkFMT"]:
+            for row in db.execute("SELECT n.* FROM notes n JOIN jobs j ON j.id = n.job_id "
+                                  "WHERE j.user = ? ORDER BY added_at", (user,)):
+                notes[row["job_id"]] = notes.get(row["job_id"], "") + "\n" + row["text"]
+        return jobs, config, bool(paused and paused["paused"]), notes, tick_overdue(db, jobs)
+
+    jobs, config, paused, notes, overdue = atomically(read, write=False)
+    if overdue:
+        detach(tick)
+    if args["<filter>"]:
+        jobs = [job for job in jobs if selected(job, statuses, dirs, ranges)]
+    coloured = (config["colour"] and sys.stdout.isatty() and "NO_COLOR" not in os.environ)
+    scheme = dict(zip(("queue", "running", "done", "killed", "undone", "failed"),
+                      config["coloursScheme"]))
+    now = time.time()
+    out = []
+    for job in jobs:
+        text = format_job(config["checkFMT"], job, now, notes.get(job["id"], ""))
+        out.append(colour(text, scheme[user_status(job)]) if coloured else text)
+    if paused:
+        out.append("Job submission is paused.\n")
+    sys.stdout.write("".join(out))
+
+
+def plural(n, word):
+    return "%d %s%s" % (n, word, "" if n == 1 else "s")
+
+
+def cmd_kill(args):
+    """Usage: qpy kill <jobs>...
+
+Kill jobs: queued ones become undone (they never run), running ones are stopped (SIGTERM to
+their process group, SIGKILL after the grace time) and become killed. <jobs> are job IDs or
+ranges, a status (queue, running), a directory, or all. There is no confirmation.
+
+Examples:
+  qpy kill 100-105 108
+  qpy kill queue
+  qpy kill all
+"""
+    statuses, dirs, ranges = selection(args["<jobs>"], ("queue", "running", "all"), "kill")
+    user = user_name()
+
+    def mark(db):
+        removed, to_signal = 0, []
+        now = time.time()
+        for job in user_jobs(db, user, "status IN ('queue', 'starting', 'running')"):
+            if not selected(job, statuses, dirs, ranges):
+                continue
+            if job["status"] == "running":
+                db.execute("UPDATE jobs SET kill_requested = 1 WHERE id = ?", (job["id"],))
+                to_signal.append(dict(job))
+            else:
+                db.execute("UPDATE jobs SET status = 'undone', ended_at = ?, "
+                           "reason = 'killed while queued' WHERE id = ?", (now, job["id"]))
+                removed += 1
+        if removed:
+            request_tick(db)
+        return removed, to_signal
+
+    removed, to_signal = atomically(mark)
+    if not removed and not to_signal:
+        raise QpyError("Nothing to do: required jobs not found.")
+    lost = False
+    for job in to_signal:
+        if process_alive(job["runner_pid"], job["runner_boot"]):
+            os.kill(job["runner_pid"], signal.SIGTERM)
+        else:
+            lost = True  # runner gone: the tick stops what is left and records it
+    if removed:
+        print("%s removed from the queue." % plural(removed, "job"))
+    if to_signal:
+        print("%s will be killed." % plural(len(to_signal), "job"))
+    if lost:
+        tick()
+
+
+def cmd_clean(args):
+    """Usage: qpy clean <jobs>...
+
+Remove finished jobs (done, failed, killed, undone) from the list; queued and running jobs are
+never touched, nor are output files. <jobs> are job IDs or ranges, a status, a directory, or
+all.
+
+Examples:
+  qpy clean 100-200
+  qpy clean undone
+  qpy clean all
+"""
+    statuses, dirs, ranges = selection(args["<jobs>"], FINISHED + ("all",), "clean")
+    user = user_name()
+
+    def remove(db):
+        ids = [job["id"] for job in
+               user_jobs(db, user, "status IN ('done', 'failed', 'killed', 'undone')")
+               if selected(job, statuses, dirs, ranges)]
+        for job_id in ids:
+            db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+            db.execute("DELETE FROM notes WHERE job_id = ?", (job_id,))
+        return len(ids)
+
+    count = atomically(remove)
+    if not count:
+        raise QpyError("Nothing to do: required jobs not found.")
+    print("%s removed." % plural(count, "finished job"))
+
+
+def cmd_status(args):
+    """Usage: qpy status
+
+Show the users with their cores in use and queue sizes, and the nodes with their cores and
+memory in use.
+"""
+    def read(db):
+        users = db.execute(
+            "SELECT user, SUM(CASE WHEN status IN ('starting', 'running') THEN n_cores ELSE 0 END)"
+            " AS cores, SUM(status = 'queue') AS queued FROM jobs "
+            "WHERE status IN ('queue', 'starting', 'running') GROUP BY user ORDER BY user"
+        ).fetchall()
+        nodes = db.execute("SELECT * FROM nodes ORDER BY position, name").fetchall()
+        live = db.execute("SELECT * FROM jobs WHERE status IN ('starting', 'running')").fetchall()
+        return users, nodes, live
+
+    users, nodes, live = atomically(read, write=False)
+    line = "-" * 88 + "\n"
+    double = "=" * 88 + "\n"
+    out = ["user                          using cores        queue size\n", line]
+    for row in users:
+        out.append("%-32s %-5d%s%-5d\n" % (row["user"], row["cores"], " " * 13, row["queued"]))
+    if not users:
+        out.append("No users.\n")
+    out += [double, "                                   cores          memory (GB)\n",
+            "node                            used  total      used    total\n", line]
+    free = free_resources(nodes, live)
+    used_total = 0
+    for node in nodes:
+        used = node["cores"] - free[node["name"]][0]
+        used_total += used
+        label = node["name"]
+        if node["attributes"]:
+            label += " [%s]" % node["attributes"]
+        if node["state"] != "up":
+            label += " (%s)" % node["state"]
+        known = node["mem"] is not None
+        out.append("%-30s %5d %5d   %7s  %7s\n" % (
+            label, used, node["cores"],
+            "%.1f" % (node["mem"] - free[node["name"]][1]) if known else "-",
+            "%.1f" % node["mem"] if known else "?"))
+    if not nodes:
+        out.append("No nodes.\n")
+    out.append(double)
+    out.append("There are %d out of a total of %d cores being used.\n"
+               % (used_total, sum(node["cores"] for node in nodes)))
+    sys.stdout.write("".join(out))
+
+
+def cmd_config(args):
+    """Usage: qpy config [<key> [<value>...]]
+
+Without arguments, show your settings. With a key, change it; 'default' restores its default.
+
+Keys:
+  checkFMT '<pattern>'     layout of check; keys %j %s %c %d %n %N %R %Q %S %E, and
+                           %a %m %A %x (exit code) %r (reason) %K (notes); \\n \\t allowed
+  colour true|false        colour the output of check (only on a terminal)
+  coloursScheme <queue> <running> <done> <killed> <undone> [<failed>]
+                           from grey red green yellow blue magenta cyan white
+  copyScripts true|false   run copies of submitted scripts
+  defaultAttr [<expr>]     node attributes for jobs submitted without -a
+  orAttr [<expr>]          every job may also run where <expr> holds
+  andAttr [<expr>]         every job must also run where <expr> holds
+
+Examples:
+  qpy config checkFMT '%j: %s\\n'
+  qpy config checkFMT default
+  qpy config colour false
+"""
+    user = user_name()
+    key = args["<key>"]
+    if key is None:
+        return show_config(user)
+    key = CONFIG_ALIASES.get(key, key)
+    if key not in CONFIG:
+        raise QpyError("Unknown key: %s (keys: %s)" % (key, ", ".join(CONFIG)))
+    value, message = parse_config_value(key, args["<value>"])
+
+    def store(db):
+        ensure_user(db, user)
+        db.execute("INSERT OR REPLACE INTO config (user, key, value) VALUES (?, ?, ?)",
+                   (user, key, json.dumps(value)))
+    atomically(store)
+    print(message)
+
+
+def show_config(user):
+    def read(db):
+        return load_config(db, user), ensure_user(db, user)
+    config, row = atomically(read)
+    out = ["Check pattern: %s\n" % repr(config["checkFMT"]),
+           "Using a copied version of run script: %s\n" % config["copyScripts"],
+           "Using coloured check: %s\n" % config["colour"]]
+    for key, label in (("defaultAttr", "Default node attributes"),
+                       ("andAttr", '"and" node attributes'), ("orAttr", '"or" node attributes')):
+        if config[key]:
+            out.append("%s: %s\n" % (label, config[key]))
+    if config["colour"]:
+        out.append("Colours:\n")
+        tty = sys.stdout.isatty() and "NO_COLOR" not in os.environ
+        for status, name in zip(("queue", "running", "done", "killed", "undone", "failed"),
+                                config["coloursScheme"]):
+            word = colour(status, name) if tty else status
+            out.append("  - %s (%s)\n" % (word, name))
+    if row["paused"]:
+        out.append("Job submission is paused\n")
+    if row["finished"]:
+        out.append("qpy is finished for you: queued jobs wait for 'qpy restart'\n")
+    sys.stdout.write("".join(out))
+
+
+def cmd_ctrlQueue(args):
+    """Usage: qpy ctrlQueue pause
+       qpy ctrlQueue continue
+       qpy ctrlQueue jump <jobs>...
+
+Control your queue. pause stops the start of your queued jobs (running ones go on) until
+continue. jump <jobs>... <target> moves queued jobs (IDs or ranges) right after the job
+<target>, or to the 'begin' or the 'end' of the queue; the queue must be paused first.
+
+Example:
+  qpy ctrlQueue pause
+  qpy ctrlQueue jump 12-14 begin
+  qpy ctrlQueue continue
+"""
+    user = user_name()
+    if args["pause"] or args["continue"]:
+        pause = bool(args["pause"])
+
+        def set_pause(db):
+            ensure_user(db, user)
+            db.execute("UPDATE users SET paused = ? WHERE name = ?", (int(pause), user))
+            request_tick(db)
+        atomically(set_pause)
+        print("Job submission paused." if pause else "Job submission continued.")
+        if not pause:
+            detach(tick)
+        return
+    if len(args["<jobs>"]) < 2:
+        raise QpyError("Give the jobs to change position and the target: "
+                       "qpy ctrlQueue jump <jobs>... <target|begin|end>")
+    *job_words, target = args["<jobs>"]
+    ranges = []
+    for word in job_words:
+        try:
+            ranges += parse_idset(word)
+        except ValueError:
+            raise QpyError("Range with wrong format: %s" % word)
+    if target not in ("begin", "end") and not target.isdigit():
+        raise QpyError("Invalid jump position: %s (a job ID, begin or end)" % target)
+
+    def jump(db):
+        row = ensure_user(db, user)
+        if not row["paused"]:
+            raise QpyError("Pause the queue before trying to control it: qpy ctrlQueue pause")
+        queue = user_jobs(db, user, "status = 'queue'")
+        order = [job["id"] for job in queue]
+        moving = [job_id for job_id in order if in_idset(job_id, ranges)]
+        if not moving:
+            return "List does not have jobs in queue: queue not reordered."
+        if len(moving) == len(order):
+            return "Queue is completely contained in list: queue not reordered."
+        rest = [job_id for job_id in order if job_id not in moving]
+        if target == "begin":
+            new_order = moving + rest
+        elif target == "end":
+            new_order = rest + moving
+        elif int(target) in moving:
+            return "Position is part of list: queue not reordered."
+        elif int(target) not in rest:
+            return "Position not found: queue not reordered."
+        else:
+            at = rest.index(int(target)) + 1
+            new_order = rest[:at] + moving + rest[at:]
+        positions = sorted(job["position"] for job in queue)
+        for job_id, position in zip(new_order, positions):
+            db.execute("UPDATE jobs SET position = ? WHERE id = ?", (position, job_id))
+        return "Queue reordered."
+    print(atomically(jump))
+
+
+def cmd_notes(args):
+    """Usage: qpy notes [<job> [<text>...]]
+
+Without arguments, list the jobs that have notes; with a job ID, show its notes; with a text,
+add it as a note to the job. Notes are shown by the checkFMT key %K and removed by clean.
+"""
+    user = user_name()
+    job_word, words = args["<job>"], args["<text>"]
+    if job_word is None:
+        ids = atomically(lambda db: [row[0] for row in db.execute(
+            "SELECT DISTINCT n.job_id FROM notes n JOIN jobs j ON j.id = n.job_id "
+            "WHERE j.user = ? ORDER BY n.job_id", (user,))], write=False)
+        print("You have notes for the following jobs:\n%s" % " ".join(map(str, ids))
+              if ids else "You have no notes.")
+        return
+    if not job_word.isdigit():
+        raise QpyError("Give a job ID for notes, not %r." % job_word)
+    job_id = int(job_word)
+
+    def note(db):
+        if not db.execute("SELECT 1 FROM jobs WHERE id = ? AND user = ?", (job_id, user)).fetchone():
+            raise QpyError("You have no job %d." % job_id)
+        if words:
+            db.execute("INSERT INTO notes (job_id, added_at, text) VALUES (?, ?, ?)",
+                       (job_id, time.time(), "----- Note added at %s:\n%s\n"
+                        % (format_time(time.time()), " ".join(words))))
+            return "Note stored."
+        texts = [row[0] for row in db.execute(
+            "SELECT text FROM notes WHERE job_id = ? ORDER BY added_at", (job_id,))]
+        return "\n".join(texts) if texts else "No notes for %d" % job_id
+    print(atomically(note, write=bool(words)))
+
+
+def cmd_restart(args):
+    """Usage: qpy restart
+
+Make qpy ready for you: create your directories, let your queued jobs start again after
+'qpy finish', harvest the ends of jobs that were missed, and start what can start. Running
+jobs are not affected.
+"""
+    user = user_name()
+    ensure_user_dirs(user)
+
+    def resume(db):
+        ensure_user(db, user)
+        db.execute("UPDATE users SET finished = 0 WHERE name = ?", (user,))
+        request_tick(db)
+        # job files of submissions that died before their commit
+        live = {row[0] for row in db.execute("SELECT spec FROM jobs WHERE user = ?", (user,))}
+        spool = os.path.join(user_dir(user), "spool")
+        orphans = [os.path.join(spool, name) for name in os.listdir(spool)]
+        remove_quietly(*(path for path in orphans if path not in live))
+    atomically(resume)
+    tick()
+
+    def summary(db):
+        counts = dict(db.execute("SELECT status, COUNT(*) FROM jobs WHERE user = ? "
+                                 "GROUP BY status", (user,)).fetchall())
+        paused = ensure_user(db, user)["paused"]
+        return counts, paused
+    counts, paused = atomically(summary)
+    print("qpy is ready: %d running, %d queued%s." % (
+        counts.get("running", 0), counts.get("queue", 0) + counts.get("starting", 0),
+        " (paused: qpy ctrlQueue continue)" if paused else ""))
+
+
+def cmd_finish(args):
+    """Usage: qpy finish
+
+Stop starting your queued jobs until 'qpy restart'. Running jobs go on to their end.
+"""
+    user = user_name()
+
+    def stop(db):
+        ensure_user(db, user)
+        db.execute("UPDATE users SET finished = 1 WHERE name = ?", (user,))
+        return db.execute("SELECT COUNT(*) FROM jobs WHERE user = ? AND status IN "
+                          "('starting', 'running')", (user,)).fetchone()[0]
+    running = atomically(stop)
+    print("qpy finished: queued jobs wait for 'qpy restart'; %s go on."
+          % plural(running, "running job"))
+
+
+def cmd_tutorial(args):
+    """Usage: qpy tutorial [<pattern>...]
+
+Show the users' guide (the README's section for users), in $PAGER on a terminal, starting at
+the first match of <pattern> if one is given.
+"""
+    try:
+        with open(os.path.join(HERE, "README.md")) as f:
+            readme = f.read()
+    except OSError:
+        raise QpyError("Error when loading the tutorial: README.md is missing next to qpy.py.")
+    start = readme.find("\n## For users")
+    end = readme.find("\n## ", start + 1)
+    text = readme[start + 1:end if end > 0 else None] if start >= 0 else readme
+    pattern = " ".join(args["<pattern>"])
+    if pattern:
+        at = text.find("### " + pattern)
+        at = at if at >= 0 else text.find(pattern)
+        if at < 0:
+            raise QpyError("Pattern not found in the tutorial: %s" % pattern)
+        text = text[text.rfind("\n", 0, at) + 1:]
+    if not sys.stdout.isatty():
+        sys.stdout.write(text)
+        return
+    import subprocess
+    pager = os.environ.get("PAGER") or "less"
+    subprocess.run(pager, shell=True, input=text.encode())
+
+
+COMMANDS = {
+    "sub": (cmd_sub, "Submits a job. Arguments: the job command"),
+    "check": (cmd_check, "Checks the jobs. Arguments: the desired job status"),
+    "kill": (cmd_kill, "Kills jobs. Argument: the jobs id"),
+    "finish": (cmd_finish, "Stops starting your queued jobs. No arguments"),
+    "config": (cmd_config, "Shows the current configuration. No arguments"),
+    "clean": (cmd_clean, "Removes finished jobs from the list. Arguments: the jobs id"),
+    "tutorial": (cmd_tutorial, "Opens the qpy tutorial. Arguments: optional: a pattern"),
+    "status": (cmd_status, "Shows current status. No arguments"),
+    "restart": (cmd_restart, "Restarts qpy for you. No arguments"),
+    "ctrlQueue": (cmd_ctrlQueue, "Fine control over the queue. Arguments: see tutorial"),
+    "notes": (cmd_notes, "Adds and reads notes. Arguments: ID and the note"),
+}
+
+
+def usage_text():
+    width = max(len(name) for name in COMMANDS) + 2
+    lines = ["Usage: qpy <option> [<arguments>].", "Options:"]
+    lines += ["  %-*s%s" % (width, name + ":", text) for name, (_, text) in COMMANDS.items()]
+    lines.append("Try 'qpy help <option>' (or 'qpy <option> --help') for details.")
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(name, argv):
+    """docopt on one command's docstring. A mistake is one line on stderr, never the usage dump."""
+    import docopt
+    doc = COMMANDS[name][0].__doc__
+    try:
+        # The docstrings say 'qpy <cmd>' for the reader; docopt wants one program word.
+        return docopt.docopt(doc.replace("qpy " + name, "qpy"), argv,
+                             options_first=(name == "sub"))
+    except docopt.DocoptExit as e:
+        first_line = str(e).split("\n")[0]
+        # docopt-ng names an unmatched option only inside its warning text
+        option = re.search(r"Option\((?:'(-[^']*)'|None, '(--[^']*)')", first_line)
+        if option:
+            problem = "unknown or repeated option %s" % (option.group(1) or option.group(2))
+        elif "requires argument" in first_line or "is not a unique prefix" in first_line:
+            problem = first_line
+        elif name == "sub" and not argv:
+            problem = "give the command to run, e.g. qpy sub hostname"
+        elif name == "ctrlQueue" and not argv:
+            problem = "Give the queue control type: pause, continue or jump"
+        else:
+            problem = "wrong arguments"
+        prefix = "Job rejected due to its options: " if name == "sub" else ""
+        raise QpyError("%s%s. Try 'qpy %s --help'." % (prefix, problem, name))
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:
+        sys.stdout.write(usage_text())
+        return 1
+    name, rest = argv[0], argv[1:]
+    if name in ("help", "-h", "--help"):
+        if rest and rest[0] in COMMANDS:
+            sys.stdout.write(COMMANDS[rest[0]][0].__doc__)
+        else:
+            sys.stdout.write(usage_text())
+        return 0
+    if name == "--version":
+        print("qpy", VERSION)
+        return 0
+    if name not in COMMANDS:
+        sys.stderr.write("qpy: Unknown command: %s. Commands: %s (try 'qpy help').\n"
+                         % (name, " ".join(COMMANDS)))
+        return 1
+    try:
+        COMMANDS[name][0](parse_args(name, rest))
+    except QpyError as e:
+        sys.stderr.write("qpy: %s\n" % e)
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("qpy: interrupted.\n")
+        return 130
+    except BrokenPipeError:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+-- qpy state: the one SQLite database every qpy command, runner and tick shares.
+--
+-- Journal mode DELETE (never WAL: the file may live on NFS), synchronous=FULL.
+-- Every write happens under <state>/qpy.lock and inside BEGIN IMMEDIATE (see qpy.py).
+-- Times are Unix seconds (REAL). Memory is in GB (REAL).
+
+-- The schema version is PRAGMA user_version (set at the end of this file).
+
+-- Key/value facts and settings of this state directory.
+--   tick_wanted     ticks asked for while one was running: the running tick loops until 0
+--   launch_timeout  seconds a claimed job may wait for its runner before it is queued again
+--   kill_grace      seconds between SIGTERM and SIGKILL when a job is killed
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+INSERT INTO meta (key, value) VALUES
+    ('tick_wanted', '0'), ('launch_timeout', '60'), ('kill_grace', '10');
+
+-- Where jobs run. In personal mode there is one node, 'localhost', started by fork.
+CREATE TABLE nodes (
+    name           TEXT PRIMARY KEY,             -- what users see (%n, QPY_NODE)
+    address        TEXT NOT NULL,                -- ssh target; 'localhost' = fork, no ssh
+    cores          INTEGER NOT NULL CHECK (cores >= 0),
+    mem            REAL CHECK (mem >= 0),        -- GB; NULL: not known, not limited
+    gpus           INTEGER NOT NULL DEFAULT 0 CHECK (gpus >= 0),
+    attributes     TEXT NOT NULL DEFAULT '',     -- comma separated labels
+    pref_multicore INTEGER NOT NULL DEFAULT 0,   -- the manual's 'M': keep for multicore jobs
+    state          TEXT NOT NULL DEFAULT 'up' CHECK (state IN ('up', 'down', 'drained')),
+    position       INTEGER NOT NULL DEFAULT 0    -- order of the nodes file
+);
+
+-- One row per user who ever used this state directory.
+CREATE TABLE users (
+    name     TEXT PRIMARY KEY,
+    paused   INTEGER NOT NULL DEFAULT 0,  -- ctrlQueue pause: nothing of this user starts
+    finished INTEGER NOT NULL DEFAULT 0   -- qpy finish: nothing starts until qpy restart
+);
+
+-- A user's settings changed with 'qpy config'; absent keys have their default (qpy.py CONFIG).
+CREATE TABLE config (
+    user  TEXT NOT NULL,
+    key   TEXT NOT NULL,
+    value TEXT NOT NULL,                  -- JSON
+    PRIMARY KEY (user, key)
+);
+
+-- Every job, from 'qpy sub' until 'qpy clean'.
+--
+-- Life cycle:  queue -> starting -> running -> done | failed | killed
+--              queue -> undone (killed while queued)
+-- 'starting' means claimed by a tick, runner not yet confirmed; users see it as 'queue'.
+CREATE TABLE jobs (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused, even after clean
+    user        TEXT NOT NULL,
+    status      TEXT NOT NULL DEFAULT 'queue' CHECK (status IN
+                  ('queue', 'starting', 'running', 'done', 'failed', 'killed', 'undone')),
+    command     TEXT NOT NULL,            -- as the user typed it (shown by %c)
+    cwd         TEXT NOT NULL,            -- submission directory: job_<id>.out/.err go here
+    spec        TEXT NOT NULL,            -- job file in the owner's directory: argv and environment
+    n_cores     INTEGER NOT NULL CHECK (n_cores >= 1),
+    mem         REAL NOT NULL CHECK (mem >= 0),
+    attributes  TEXT NOT NULL DEFAULT '', -- node attribute expression ('' = any node)
+    position    REAL NOT NULL,            -- queue order (FIFO, changed by ctrlQueue jump)
+    node        TEXT,                     -- where it runs or ran
+    attempt     INTEGER NOT NULL DEFAULT 0,  -- claims so far; a runner must match the latest
+    queued_at   REAL NOT NULL,
+    claimed_at  REAL,
+    started_at  REAL,
+    ended_at    REAL,
+    runner_pid  INTEGER,                  -- on the node
+    runner_boot TEXT,                     -- start time of runner_pid (guards against pid reuse)
+    pgid        INTEGER,                  -- the job's process group on the node
+    kill_requested INTEGER NOT NULL DEFAULT 0,
+    exit_code   INTEGER,                  -- exit status, or NULL when ended by a signal
+    signal      INTEGER,                  -- terminating signal, if any
+    reason      TEXT,                     -- why it failed or did not run
+    max_rss     INTEGER,                  -- KB
+    cpu_time    REAL                      -- seconds, user + system
+);
+
+-- The tick and 'check running' look only at live jobs: never scan the history.
+CREATE INDEX jobs_live ON jobs (status, position) WHERE status IN ('queue', 'starting', 'running');
+CREATE INDEX jobs_by_user ON jobs (user, position);
+
+-- Free-text notes on a job ('qpy notes'), shown by %K, removed by 'qpy clean'.
+CREATE TABLE notes (
+    job_id   INTEGER NOT NULL,
+    added_at REAL NOT NULL,
+    text     TEXT NOT NULL
+);
+CREATE INDEX notes_by_job ON notes (job_id);
+
+PRAGMA user_version = 1;

@@ -1,0 +1,144 @@
+"""Shared helpers: every test gets its own HOME (so its own ~/.qpy) and drives the real CLI."""
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+# The `qpy` command as the Makefile installs it: import the module, run main.
+QPY = [sys.executable, "-c", "import sys; sys.path.insert(0, %r); import qpy; sys.exit(qpy.main())"
+       % REPO]
+QPY_ADMIN = [sys.executable, "-c", "import sys; sys.path.insert(0, %r); import qpy_admin; "
+             "sys.exit(qpy_admin.main())" % REPO]
+
+
+def wait_for(condition, timeout=60, what="condition"):
+    """Poll until condition() is true; tests never assert on wall-clock time."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for %s" % what)
+
+
+class Site:
+    """One personal qpy: a HOME, a working directory, and ways to look inside."""
+
+    def __init__(self, root):
+        self.home = os.path.join(root, "home")
+        self.work = os.path.join(root, "work")
+        os.makedirs(self.home)
+        os.makedirs(self.work)
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("QPY_")}
+        self.env.update(HOME=self.home, PYTHONDONTWRITEBYTECODE="1")
+        self.env.pop("NO_COLOR", None)
+
+    @property
+    def state(self):
+        return os.path.join(self.home, ".qpy")
+
+    def run(self, *args, cwd=None, env=None, admin=False, input=None):
+        return subprocess.run((QPY_ADMIN if admin else QPY) + list(args), cwd=cwd or self.work,
+                              env={**self.env, **(env or {})}, capture_output=True, text=True,
+                              input=input, timeout=120)
+
+    def ok(self, *args, **kw):
+        result = self.run(*args, **kw)
+        assert result.returncode == 0, (args, result.stdout, result.stderr)
+        assert result.stderr == "", result.stderr
+        return result.stdout
+
+    def fails(self, *args, **kw):
+        """A refused command: one line on stderr, non-zero exit, no traceback."""
+        result = self.run(*args, **kw)
+        assert result.returncode != 0, (args, result.stdout)
+        assert result.stderr.startswith("qpy"), result.stderr
+        assert result.stderr.count("\n") == 1, result.stderr
+        assert "Traceback" not in result.stderr
+        return result.stderr
+
+    def submit(self, *args, **kw):
+        out = self.ok("sub", *args, **kw)
+        assert out.startswith("Job ") and out.endswith(" received.\n"), out
+        return int(out.split()[1])
+
+    def jobs(self):
+        """Every job row, straight from the database (read-only)."""
+        path = os.path.join(self.state, "qpy.db")
+        if not os.path.exists(path):
+            return {}
+        db = sqlite3.connect("file:%s?mode=ro" % path, uri=True, timeout=30)
+        db.row_factory = sqlite3.Row
+        try:
+            return {row["id"]: dict(row) for row in db.execute("SELECT * FROM jobs")}
+        finally:
+            db.close()
+
+    def status(self, job_id):
+        return self.jobs()[job_id]["status"]
+
+    def wait_status(self, job_id, *statuses, timeout=60):
+        wait_for(lambda: self.jobs().get(job_id, {}).get("status") in statuses, timeout,
+                 "job %d to be %s" % (job_id, "/".join(statuses)))
+        return self.jobs()[job_id]
+
+    def wait_idle(self, timeout=90):
+        """Until no job is queued, starting or running."""
+        wait_for(lambda: not any(job["status"] in ("queue", "starting", "running")
+                                 for job in self.jobs().values()), timeout, "an empty queue")
+
+    def read(self, name):
+        with open(os.path.join(self.work, name)) as f:
+            return f.read()
+
+    def dump(self):
+        """Everything stored, to prove that a refused command changed nothing."""
+        path = os.path.join(self.state, "qpy.db")
+        if not os.path.exists(path):
+            return None
+        db = sqlite3.connect("file:%s?mode=ro" % path, uri=True, timeout=30)
+        try:
+            return list(db.iterdump())
+        finally:
+            db.close()
+
+
+@pytest.fixture
+def site(tmp_path):
+    s = Site(str(tmp_path))
+    yield s
+    # leave no job of this test running
+    for job in s.jobs().values():
+        if job["status"] == "running" and job["pgid"]:
+            try:
+                os.killpg(job["pgid"], 9)
+            except OSError:
+                pass
+
+
+def qpy_processes(home):
+    """PIDs of live qpy processes (CLI, tick, runner) belonging to the test with this HOME."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/cmdline" % entry, "rb") as f:
+                cmdline = f.read()
+            with open("/proc/%s/environ" % entry, "rb") as f:
+                environ = f.read().split(b"\0")
+            with open("/proc/%s/stat" % entry) as f:
+                state = f.read().rpartition(")")[2].split()[0]
+        except OSError:
+            continue
+        if (b"import qpy" in cmdline and ("HOME=%s" % home).encode() in environ
+                and state != "Z"):
+            found.append(int(entry))
+    return found
