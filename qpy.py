@@ -1139,6 +1139,9 @@ Examples:
   qpy sub 'for i in 1 2 3; do echo $i; done > f'   (one argument: run by the shell)
 """
     import shlex
+    if args["--help"]:
+        sys.stdout.write(cmd_sub.__doc__)
+        return
     argv = args["<command>"]
     if argv and argv[0] == "--":
         argv = argv[1:]
@@ -1707,7 +1710,7 @@ def parse_args(name, argv):
     doc = COMMANDS[name][0].__doc__
     try:
         # The docstrings say 'qpy <cmd>' for the reader; docopt wants one program word.
-        return docopt.docopt(doc.replace("qpy " + name, "qpy"), argv,
+        args = docopt.docopt(doc.replace("qpy " + name, "qpy"), argv, default_help=False,
                              options_first=(name == "sub"))
     except docopt.DocoptExit as e:
         first_line = str(e).split("\n")[0]
@@ -1725,6 +1728,7 @@ def parse_args(name, argv):
             problem = "wrong arguments"
         prefix = "Job rejected due to its options: " if name == "sub" else ""
         raise QpyError("%s%s. Try 'qpy %s --help'." % (prefix, problem, name))
+    return args
 
 
 def main(argv=None):
@@ -1746,6 +1750,9 @@ def main(argv=None):
         sys.stderr.write("qpy: Unknown command: %s. Commands: %s (try 'qpy help').\n"
                          % (name, " ".join(COMMANDS)))
         return 1
+    if rest[:1] in (["-h"], ["--help"]):
+        sys.stdout.write(COMMANDS[name][0].__doc__)
+        return 0
     try:
         COMMANDS[name][0](parse_args(name, rest))
     except QpyError as e:

@@ -99,13 +99,14 @@ class Site:
             return f.read()
 
     def dump(self):
-        """Everything stored, to prove that a refused command changed nothing."""
+        """Everything stored but the tick counter (ticks come and go), to prove that a refused
+        command changed nothing."""
         path = os.path.join(self.state, "qpy.db")
         if not os.path.exists(path):
             return None
         db = sqlite3.connect("file:%s?mode=ro" % path, uri=True, timeout=30)
         try:
-            return list(db.iterdump())
+            return [line for line in db.iterdump() if not line.startswith('INSERT INTO "meta"')]
         finally:
             db.close()
 
@@ -142,3 +143,18 @@ def qpy_processes(home):
                 and state != "Z"):
             found.append(int(entry))
     return found
+
+
+def group_members(pgid):
+    """Live (not zombie) processes of a process group."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/%s/stat" % entry) as f:
+                    fields = f.read().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+                members.append(int(entry))
+    return members
