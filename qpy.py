@@ -109,12 +109,12 @@ def remove_quietly(*paths):
 
 
 def crash_point(name):
-    """Tests kill qpy at named steps: QPY_CRASH_AT=<name>:<token file>. The first process to
+    """Tests kill qpy at named steps: QPY_CRASH_AT=<name>@<token file>. The first process to
     reach <name> and remove the token dies by SIGKILL, as if the machine had stopped there."""
-    spec = os.environ.get("QPY_CRASH_AT", "")
-    if spec.partition(":")[0] == name:
+    point, _, token = os.environ.get("QPY_CRASH_AT", "").partition("@")
+    if point == name:
         try:
-            os.unlink(spec.partition(":")[2])
+            os.unlink(token)
         except OSError:
             return
         os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,234 @@
+"""The engine under stress: concurrent submitters, processes killed at every step of submit,
+claim, launch and completion, and no qpy process left behind."""
+import os
+import random
+import shlex
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import QPY, group_members, qpy_processes, wait_for
+
+# Each job appends its ID to this log: a line twice means a job ran twice.
+APPEND_ID = "echo $QPY_JOB_ID >> %s"
+
+
+def ran(site):
+    path = os.path.join(site.work, "ran.log")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [int(line) for line in f.read().split()]
+
+
+def submit_logged(site, env=None):
+    return site.submit(APPEND_ID % os.path.join(site.work, "ran.log"), env=env)
+
+
+def crash_env(site, point):
+    """QPY_CRASH_AT for one process: the first to reach <point> dies by SIGKILL there."""
+    token = os.path.join(site.work, "crash-token-" + point.replace(":", "-"))
+    open(token, "w").close()
+    return {"QPY_CRASH_AT": "%s@%s" % (point, token)}, token
+
+
+def test_sub_returns_before_any_launch(site):
+    """sub only queues: with a tick already holding tick.lock, it still returns at once."""
+    from filelock import FileLock
+    site.ok("restart")
+    with FileLock(os.path.join(site.state, "tick.lock")):
+        job = site.submit("true")
+        assert site.status(job) == "queue"
+    site.ok("check")  # a tick was wanted and nobody ran it: check starts one
+    site.wait_status(job, "done")
+
+
+def test_concurrent_submitters_lose_nothing_and_run_everything_once(site):
+    site.ok("restart")
+    log = os.path.join(site.work, "ran.log")
+    script = "for i in $(seq 25); do %s sub %s || exit 1; done" % (
+        shlex.join(QPY), shlex.quote(APPEND_ID % log))
+    submitters = [subprocess.Popen(["sh", "-c", script], cwd=site.work, env=site.env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                  for _ in range(4)]
+    received = []
+    for p in submitters:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0 and err == "", err
+        received += [int(line.split()[1]) for line in out.splitlines()]
+    assert len(received) == len(set(received)) == 100
+    site.wait_idle(timeout=300)
+    jobs = site.jobs()
+    assert sorted(jobs) == sorted(received)
+    assert all(job["status"] == "done" for job in jobs.values())
+    assert sorted(ran(site)) == sorted(received)  # every job exactly once
+    wait_for(lambda: not qpy_processes(site.home), what="no qpy process left")
+
+
+def test_no_qpy_process_outlives_an_empty_queue(site):
+    ids = [site.submit("sleep", "0.2") for _ in range(5)]
+    site.wait_idle()
+    wait_for(lambda: not qpy_processes(site.home), what="no qpy process left")
+    assert all(site.status(j) == "done" for j in ids)
+
+
+# ---- crash points --------------------------------------------------------------------------
+
+def test_crash_in_sub_before_its_commit_stores_nothing(site):
+    env, _ = crash_env(site, "sub:spooled")
+    result = site.run("sub", "true", env=env)
+    assert result.returncode == -signal.SIGKILL and result.stdout == ""
+    assert site.jobs() == {}
+    spool = os.path.join(site.state, "users", os.listdir(os.path.join(site.state, "users"))[0],
+                         "spool")
+    assert len(os.listdir(spool)) == 1  # the job file of the unfinished submission
+    site.ok("restart")
+    assert os.listdir(spool) == []
+    assert site.submit("true") == 1
+
+
+def test_crash_in_sub_after_its_commit_keeps_the_job(site):
+    env, _ = crash_env(site, "sub:committed")
+    result = site.run("sub", APPEND_ID % os.path.join(site.work, "ran.log"), env=env)
+    assert result.returncode == -signal.SIGKILL
+    (job,) = site.jobs()
+    assert site.status(job) == "queue"
+    site.ok("check")  # notices the tick nobody ran
+    site.wait_status(job, "done")
+    assert ran(site) == [job]
+
+
+def test_crash_of_the_tick_between_claim_and_launch(site):
+    env, _ = crash_env(site, "tick:claimed")
+    job = submit_logged(site, env=env)
+    wait_for(lambda: site.jobs()[job]["status"] == "starting"
+             and not qpy_processes(site.home), what="the crashed claim")
+    site.ok("check")  # within launch_timeout: the claim is left alone
+    assert site.status(job) == "starting"
+    site.ok("set", "launch_timeout", "0", admin=True)  # now it is overdue
+    site.ok("check")
+    site.wait_status(job, "done")
+    assert ran(site) == [job]
+    assert site.jobs()[job]["attempt"] == 2
+
+
+def test_crash_of_the_tick_after_launch(site):
+    env, _ = crash_env(site, "tick:launched")
+    job = submit_logged(site, env=env)
+    site.wait_status(job, "done")
+    assert ran(site) == [job]
+    assert site.jobs()[job]["attempt"] == 1
+
+
+def test_late_runner_of_a_retaken_claim_never_runs_the_job(site, monkeypatch):
+    """A claim taken back (launch timed out) and claimed again: the first runner, if it ever
+    starts, finds another attempt and leaves. Driven in-process, step by step."""
+    import qpy
+    site.ok("set", "launch_timeout", "0", admin=True)
+    site.ok("ctrlQueue", "pause")
+    job = submit_logged(site)
+    monkeypatch.setenv("HOME", site.home)
+    monkeypatch.delenv("QPY_STATE", raising=False)
+    qpy.disconnect()
+    try:
+        qpy.atomically(lambda db: db.execute(
+            "UPDATE jobs SET status = 'starting', node = 'localhost', attempt = 1, "
+            "claimed_at = 0 WHERE id = ?", (job,)))
+        qpy.atomically(qpy.reconcile)           # the claim times out: back to the queue
+        assert site.status(job) == "queue"
+        qpy.run_job(job, 1)                     # the late runner of attempt 1
+        assert site.status(job) == "queue" and ran(site) == []
+    finally:
+        qpy.disconnect()
+    site.ok("ctrlQueue", "continue")
+    site.wait_status(job, "done")
+    assert ran(site) == [job]
+
+
+def test_crash_of_the_runner_before_the_command_starts(site):
+    env, _ = crash_env(site, "runner:confirmed")
+    job = submit_logged(site, env=env)
+    site.wait_status(job, "running")
+    wait_for(lambda: not qpy_processes(site.home), what="the runner to die")
+    site.ok("check")
+    record = site.wait_status(job, "failed")
+    assert record["reason"] == "runner lost"
+    assert ran(site) == []  # the command never started, and is not run behind the user's back
+
+
+def test_crash_of_the_runner_after_the_exit_record(site):
+    env, _ = crash_env(site, "runner:recorded")
+    job = site.submit("sh", "-c", "%s; exit 7" % (APPEND_ID % os.path.join(site.work, "ran.log")),
+                      env=env)
+    wait_for(lambda: os.path.exists(os.path.join(site.work, "ran.log"))
+             and not qpy_processes(site.home), what="the runner to die")
+    assert site.status(job) == "running"
+    site.ok("check")
+    record = site.wait_status(job, "failed")
+    assert record["exit_code"] == 7 and ran(site) == [job]
+
+
+def test_crash_of_the_runner_after_storing_the_end(site):
+    site.ok("nodes", write_nodes(site, "localhost 1"), admin=True)
+    env, _ = crash_env(site, "runner:stored")
+    first = submit_logged(site, env=env)
+    second = submit_logged(site)
+    site.wait_status(first, "done")
+    wait_for(lambda: not qpy_processes(site.home), what="the runner to die")
+    site.ok("check")
+    site.wait_status(second, "done")
+    assert sorted(ran(site)) == [first, second]
+
+
+def test_a_runner_killed_while_its_job_runs(site):
+    job = site.submit("sleep", "300")
+    record = site.wait_status(job, "running")
+    os.kill(record["runner_pid"], signal.SIGKILL)
+    wait_for(lambda: record["runner_pid"] not in qpy_processes(site.home), what="runner death")
+    site.ok("check")
+    record = site.wait_status(job, "failed")
+    assert record["reason"] == "runner lost"
+    wait_for(lambda: not group_members(record["pgid"]), what="the orphaned job to be stopped")
+
+
+def test_kill_of_a_job_whose_runner_died(site):
+    job = site.submit("sleep", "300")
+    record = site.wait_status(job, "running")
+    os.kill(record["runner_pid"], signal.SIGSTOP)  # the runner cannot act; then it dies
+    os.kill(record["runner_pid"], signal.SIGKILL)
+    wait_for(lambda: record["runner_pid"] not in qpy_processes(site.home), what="runner death")
+    assert site.ok("kill", str(job)) == "1 job will be killed.\n"
+    assert site.wait_status(job, "killed")["status"] == "killed"
+    wait_for(lambda: not group_members(record["pgid"]), what="the job to be stopped")
+
+
+def test_random_kills_of_submitters_never_lose_or_repeat_a_job(site):
+    """SIGKILL `qpy sub` (and the tick it forks) at random moments; then recover."""
+    rng = random.Random(1)
+    log = os.path.join(site.work, "ran.log")
+    acknowledged = []
+    for _ in range(30):
+        p = subprocess.Popen(QPY + ["sub", APPEND_ID % log], cwd=site.work, env=site.env,
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        time.sleep(rng.uniform(0, 0.08))
+        p.kill()
+        out = p.communicate()[0]
+        if out.startswith("Job "):
+            acknowledged.append(int(out.split()[1]))
+    site.ok("restart")
+    site.wait_idle(timeout=120)
+    jobs = site.jobs()
+    assert set(acknowledged) <= set(jobs)  # an acknowledged job is never lost
+    assert all(job["status"] in ("done", "failed") for job in jobs.values())
+    runs = ran(site)
+    assert len(runs) == len(set(runs))      # nothing ran twice
+    assert {j for j, job in jobs.items() if job["status"] == "done"} == set(runs)
+
+
+def write_nodes(site, text):
+    path = os.path.join(site.work, "nodes")
+    with open(path, "w") as f:
+        f.write(text + "\n")
+    return path
