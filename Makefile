@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 DEMO   := $(CURDIR)/.demo
 
-.PHONY: all venv test demo clean
+.PHONY: all venv system-deps test demo clean
 
 all: venv
 
@@ -22,7 +22,14 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	chmod +x $(VENV)/bin/qpy $(VENV)/bin/qpy_admin
 	touch $@
 
-test: venv
+# The cluster tests need sshd and iproute2; as root, install them (elsewhere those tests skip).
+SYSTEM_PACKAGES := openssh-server openssh-client iproute2 util-linux procps
+system-deps:
+	@if [ "$$(id -u)" = 0 ] && ! [ -x /usr/sbin/sshd -a -x /usr/bin/ssh -a -x /usr/sbin/ip ]; then \
+	  export DEBIAN_FRONTEND=noninteractive; apt-get update -q && \
+	  apt-get install -y -q --no-install-recommends $(SYSTEM_PACKAGES); fi
+
+test: venv system-deps
 	$(PY) -m pytest -q tests
 
 # A personal queue in .demo/ (not your ~/.qpy): submit, watch, read the output.

@@ -84,6 +84,9 @@ def run_file(user, job_id, kind):
 
 def ensure_user_dirs(user):
     connect()  # creates the state directory first, with its own modes
+    if not os.path.isdir(user_dir(user)):
+        os.makedirs(user_dir(user), mode=0o700, exist_ok=True)
+        os.chmod(user_dir(user), 0o700)  # the umask must not open it to the group
     for sub in ("spool", "scripts", "run"):
         os.makedirs(os.path.join(user_dir(user), sub), mode=0o700, exist_ok=True)
 
@@ -138,22 +141,30 @@ def connect():
         state = state_dir()
         path = os.path.join(state, "qpy.db")
         if not os.path.exists(path):
+            if not os.environ.get("QPY_STATE") and os.path.exists(os.path.join(HERE, "qpy.site")):
+                raise QpyError("No qpy site in %s (named by %s): ask your administrator."
+                               % (state, os.path.join(HERE, "qpy.site")))
             create_personal_state(state)
-        try:
-            _db = sqlite3.connect(path, isolation_level=None, timeout=30)
-            _db.row_factory = sqlite3.Row
-            _db.execute("PRAGMA synchronous=FULL")
-            version = _db.execute("PRAGMA user_version").fetchone()[0]
-        except sqlite3.DatabaseError as e:
-            _db = None
-            raise QpyError("Cannot open the qpy database %s: %s" % (path, e))
+        _db = open_db(path)
+        version = _db.execute("PRAGMA user_version").fetchone()[0]
         if version == 0:
-            initialise_db(_db)
+            initialise_db(personal=True)
         elif version > SCHEMA_VERSION:
-            _db = None
+            disconnect()
             raise QpyError("The qpy database %s has schema %d; this qpy knows only %d: "
                            "use a newer qpy." % (path, version, SCHEMA_VERSION))
     return _db
+
+
+def open_db(path):
+    try:
+        db = sqlite3.connect(path, isolation_level=None, timeout=30)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA user_version").fetchone()
+        return db
+    except sqlite3.DatabaseError as e:
+        raise QpyError("Cannot open the qpy database %s: %s" % (path, e))
 
 
 def disconnect():
@@ -163,21 +174,49 @@ def disconnect():
         _db = None
 
 
+def create_file(path, mode, group=None):
+    """Create a file with exactly this mode (SQLite and the umask would choose their own)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except FileExistsError:
+        return
+    os.fchmod(fd, mode)
+    if group is not None:
+        os.fchown(fd, -1, group)
+    os.close(fd)
+
+
 def create_personal_state(state):
     """The embedded default: ~/.qpy (0700) with a DB file we create ourselves at 0660."""
     os.makedirs(state, mode=0o700, exist_ok=True)
     os.chmod(state, 0o700)
     os.makedirs(os.path.join(state, "users"), mode=0o700, exist_ok=True)
-    path = os.path.join(state, "qpy.db")
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o660)
-    except FileExistsError:
-        return
-    os.fchmod(fd, 0o660)
-    os.close(fd)
+    create_file(os.path.join(state, "qpy.db"), 0o660)
 
 
-def initialise_db(db):
+def create_site(state, group):
+    """A shared state directory for a lab: group-owned and setgid, so that every file in it
+    belongs to the group; the DB and lock files 0660; users/ sticky, so each user owns (and
+    only they can remove) their own directory. No nodes yet: the admin loads them."""
+    global _db
+    import grp
+    gid = grp.getgrnam(group).gr_gid if group else os.getgid()
+    os.makedirs(state, exist_ok=True)
+    os.chown(state, -1, gid)
+    os.chmod(state, 0o2770)
+    users = os.path.join(state, "users")
+    os.makedirs(users, exist_ok=True)
+    os.chown(users, -1, gid)
+    os.chmod(users, 0o3770)
+    for name in ("qpy.db", "qpy.lock", "tick.lock"):
+        create_file(os.path.join(state, name), 0o660, gid)
+    os.environ["QPY_STATE"] = state
+    disconnect()
+    _db = open_db(os.path.join(state, "qpy.db"))
+    initialise_db(personal=False)
+
+
+def initialise_db(personal):
     """Load schema.sql into an empty DB, and (personal mode) add this machine as 'localhost'."""
     with open(os.path.join(HERE, "schema.sql")) as f:
         ddl = f.read()
@@ -187,8 +226,9 @@ def initialise_db(db):
             for statement in ddl.split(";\n"):
                 if statement.strip():
                     db.execute(statement)
-            db.execute("INSERT INTO nodes (name, address, cores, mem) VALUES "
-                       "('localhost', 'localhost', ?, ?)", (os.cpu_count() or 1, machine_memory()))
+            if personal:
+                db.execute("INSERT INTO nodes (name, address, cores, mem) VALUES ('localhost', "
+                           "'localhost', ?, ?)", (os.cpu_count() or 1, machine_memory()))
     atomically(create)
 
 
@@ -645,7 +685,7 @@ def parse_node_line(words):
             node["pref_multicore"] = parse_bool(value)
     if node["cores"] is None:
         raise QpyError("node %s has no number of cores (cores=<n>)" % name)
-    if node["mem"] is None and node["address"] in ("localhost", "127.0.0.1"):
+    if node["mem"] is None and is_local(node["address"]):
         node["mem"] = machine_memory()
     return node
 
@@ -743,7 +783,7 @@ def tick_overdue(db, jobs):
     if meta_number(db, "tick_wanted"):
         return True
     stale = time.time() - meta_number(db, "launch_timeout")
-    local = {row[0] for row in db.execute("SELECT name FROM nodes WHERE address = 'localhost'")}
+    local = {row[0] for row in db.execute("SELECT name, address FROM nodes") if is_local(row[1])}
     return any(job["status"] == "starting" and job["claimed_at"] < stale
                or job["status"] == "running" and job["node"] in local
                and not process_alive(job["runner_pid"], job["runner_boot"]) for job in jobs)
@@ -770,10 +810,15 @@ def tick():
 
 
 def tick_pass():
-    """One pass: reconcile what ended or got lost, claim the jobs that can start, launch them."""
+    """One pass: probe down nodes, reconcile what ended or got lost, claim the jobs that can
+    start, launch them (ssh in parallel, outside the lock)."""
+    probe_down_nodes()
+
     def claim(db):
         db.execute("UPDATE meta SET value = '0' WHERE key = 'tick_wanted'")
         reconcile(db)
+        if not meta_number(db, "dispatch"):
+            return []
         nodes = db.execute("SELECT * FROM nodes ORDER BY position, name").fetchall()
         live = db.execute("SELECT * FROM jobs WHERE status IN ('queue', 'starting', 'running') "
                           "ORDER BY position, id").fetchall()
@@ -784,39 +829,66 @@ def tick_pass():
         for job_id, node_name in schedule(nodes, live, blocked):
             db.execute("UPDATE jobs SET status = 'starting', node = ?, attempt = attempt + 1, "
                        "claimed_at = ?, reason = NULL WHERE id = ?", (node_name, now, job_id))
-            row = db.execute("SELECT j.id, j.attempt, j.user, n.address FROM jobs j "
+            row = db.execute("SELECT j.id, j.attempt, j.user, j.node, n.address FROM jobs j "
                              "JOIN nodes n ON n.name = j.node WHERE j.id = ?", (job_id,)).fetchone()
             claims.append(dict(row))
         return claims
 
     claims = atomically(claim)
     crash_point("tick:claimed")
-    for job in claims:
-        launch(job)
+    launch_all(claims)
     crash_point("tick:launched")
 
 
 def reconcile(db):
     """Inside the tick's transaction: take back claims nobody confirmed in time, harvest exit
-    records the DB missed, and end running jobs whose runner is gone."""
+    records the DB missed, and end running jobs whose runner or node is gone."""
     now = time.time()
     timeout = meta_number(db, "launch_timeout")
     for job in db.execute("SELECT * FROM jobs WHERE status = 'starting' AND claimed_at < ?",
                           (now - timeout,)).fetchall():
-        remove_quietly(run_file(job["user"], job["id"], "started"))
-        db.execute("UPDATE jobs SET status = 'queue', node = NULL, reason = 'launch timed out' "
-                   "WHERE id = ?", (job["id"],))
-    for job in db.execute("SELECT j.* FROM jobs j JOIN nodes n ON n.name = j.node "
-                          "WHERE j.status = 'running' AND n.address = 'localhost'").fetchall():
+        requeue(db, job, "launch timed out")
+    node_timeout = meta_number(db, "node_timeout")
+    for job in db.execute("SELECT j.*, n.address FROM jobs j LEFT JOIN nodes n ON n.name = j.node "
+                          "WHERE j.status = 'running'").fetchall():
         record = read_exit_record(job)
         if record is not None:
             finish_job(db, job, record)
-        elif not process_alive(job["runner_pid"], job["runner_boot"]):
-            stop_orphans(job)
-            status = "killed" if job["kill_requested"] else "failed"
-            finish_job(db, job, {"status": status, "attempt": job["attempt"],
-                                 "reason": None if job["kill_requested"] else "runner lost",
-                                 "ended_at": now})
+        elif is_local(job["address"]):
+            if not process_alive(job["runner_pid"], job["runner_boot"]):
+                stop_orphans(job)
+                end_lost_job(db, job, "runner lost")
+        elif now - last_heartbeat(job) > node_timeout:
+            db.execute("UPDATE nodes SET state = 'down', state_reason = ?, probed_at = ? "
+                       "WHERE name = ? AND state = 'up'",
+                       ("no heartbeat from job %d" % job["id"], now, job["node"]))
+            if job["requeue"] and not job["kill_requested"]:
+                requeue(db, job, "requeued: node lost")
+            else:
+                end_lost_job(db, job, "node lost")
+
+
+def requeue(db, job, reason):
+    """Back to the queue, as if never claimed (its started marker, if any, is void)."""
+    remove_quietly(run_file(job["user"], job["id"], "started"))
+    db.execute("UPDATE jobs SET status = 'queue', node = NULL, reason = ?, runner_pid = NULL "
+               "WHERE id = ?", (reason, job["id"]))
+    request_tick(db)
+
+
+def end_lost_job(db, job, reason):
+    """A running job whose runner (or node) is gone and left no exit record."""
+    killed = bool(job["kill_requested"])
+    finish_job(db, job, {"status": "killed" if killed else "failed", "attempt": job["attempt"],
+                         "reason": "killed by the user (%s)" % reason if killed else reason,
+                         "ended_at": time.time()})
+
+
+def last_heartbeat(job):
+    try:
+        return os.stat(run_file(job["user"], job["id"], "hb")).st_mtime
+    except OSError:
+        return job["started_at"] or 0
 
 
 def read_exit_record(job):
@@ -920,22 +992,124 @@ def detach(fn, *args):
         os._exit(0)
 
 
-def launch(job):
-    """Start the runner of a claimed job on its node; on failure the job goes back to the queue."""
-    if job["address"] == "localhost":
+LOCAL_ADDRESSES = ("localhost", "127.0.0.1")
+
+
+def is_local(address):
+    """Jobs on this machine's own node are started by fork, without ssh."""
+    return address in LOCAL_ADDRESSES
+
+
+def ssh_command(address, command):
+    """System ssh in batch mode, multiplexed through a master kept under the user's own
+    runtime directory, with a connect time-out. `command` is a list, quoted for the shell."""
+    import shlex
+    runtime = os.environ.get("XDG_RUNTIME_DIR") or "/tmp"
+    sockets = os.path.join(runtime, "qpy-ssh-%d" % os.getuid())
+    os.makedirs(sockets, mode=0o700, exist_ok=True)
+    timeout = int(atomically(lambda db: meta_number(db, "ssh_timeout"), write=False))
+    return ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=%d" % timeout,
+            "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=2",
+            "-o", "ControlMaster=auto", "-o", "ControlPath=%s/%%C" % sockets,
+            "-o", "ControlPersist=60", address, "--", shlex.join(command)]
+
+
+def qpy_on_node(*args):
+    """The command line that runs this qpy on a node (same Python, same files: the install
+    is on the shared filesystem)."""
+    return ["env", "QPY_STATE=" + state_dir(), sys.executable, os.path.join(HERE, "qpy.py")] \
+        + [str(arg) for arg in args]
+
+
+def run_on_nodes(calls):
+    """Run [(address, command)] by ssh, all at once; return [(exit status, error text)].
+    stderr goes to a file: a multiplexing master that stays behind must not hold a pipe."""
+    import subprocess
+    import tempfile
+    started = []
+    for address, command in calls:
+        err = tempfile.TemporaryFile()
         try:
-            detach(run_job, job["id"], job["attempt"])
-            return
+            proc = subprocess.Popen(ssh_command(address, command), stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
         except OSError as e:
-            failure = str(e)
-    else:
-        failure = "ssh nodes are not supported yet"
+            proc = e
+        started.append((proc, err))
+    results = []
+    limit = 2 * int(atomically(lambda db: meta_number(db, "ssh_timeout"), write=False)) + 30
+    for proc, err in started:
+        if isinstance(proc, OSError):
+            results.append((255, str(proc)))
+            continue
+        try:
+            status = proc.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            status = proc.wait()
+        err.seek(0)
+        text = err.read().decode(errors="replace").strip().splitlines()
+        results.append((status, text[-1] if text else "exit status %d" % status))
+        err.close()
+    return results
+
+
+def launch_all(claims):
+    """Start the runners of claimed jobs: by fork on this machine, by ssh elsewhere (in
+    parallel). A job whose launch fails goes back to the queue and its node is marked down."""
+    failures = []
+    remote = [job for job in claims if not is_local(job["address"])]
+    for job in claims:
+        if is_local(job["address"]):
+            try:
+                detach(run_job, job["id"], job["attempt"])
+            except OSError as e:
+                failures.append((job, str(e)))
+    calls = [(job["address"], qpy_on_node("_run", job["id"], job["attempt"])) for job in remote]
+    for job, (status, error) in zip(remote, run_on_nodes(calls)):
+        if status != 0:
+            failures.append((job, error))
+    if not failures:
+        return
 
     def unclaim(db):
-        db.execute("UPDATE jobs SET status = 'queue', node = NULL, reason = ? "
-                   "WHERE id = ? AND attempt = ? AND status = 'starting'",
-                   ("launch failed: " + failure, job["id"], job["attempt"]))
+        now = time.time()
+        for job, error in failures:
+            db.execute("UPDATE jobs SET status = 'queue', node = NULL, reason = ? "
+                       "WHERE id = ? AND attempt = ? AND status = 'starting'",
+                       ("launch failed on %s: %s" % (job["node"], error), job["id"],
+                        job["attempt"]))
+            db.execute("UPDATE nodes SET state = 'down', state_reason = ?, probed_at = ? "
+                       "WHERE name = ? AND state = 'up'", ("launch failed: " + error, now,
+                                                           job["node"]))
+        request_tick(db)
     atomically(unclaim)
+
+
+def probe_down_nodes():
+    """ssh to each down node whose last probe is old enough; those that answer are up again."""
+    def due(db):
+        return db.execute("SELECT name, address FROM nodes WHERE state = 'down' AND "
+                          "(probed_at IS NULL OR probed_at < ?)",
+                          (time.time() - meta_number(db, "probe_interval"),)).fetchall()
+    nodes = atomically(due, write=False)
+    if not nodes:
+        return
+    results = run_on_nodes([(node["address"], ["true"]) for node in nodes
+                            if not is_local(node["address"])])
+    answers = dict(zip([n["name"] for n in nodes if not is_local(n["address"])], results))
+
+    def record(db):
+        now = time.time()
+        for node in nodes:
+            status, error = answers.get(node["name"], (0, ""))
+            if status == 0:
+                db.execute("UPDATE nodes SET state = 'up', state_reason = NULL, probed_at = ? "
+                           "WHERE name = ? AND state = 'down'", (now, node["name"]))
+                request_tick(db)
+            else:
+                db.execute("UPDATE nodes SET probed_at = ?, state_reason = ? WHERE name = ?",
+                           (now, "probe failed: " + error, node["name"]))
+    atomically(record)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1054,7 +1228,8 @@ def supervise(job, pid, stop, wake):
     """Wait for the command, forwarding a kill (SIGTERM, then SIGKILL after kill_grace) and
     touching the heartbeat file; return the exit record."""
     import select
-    grace = atomically(lambda db: meta_number(db, "kill_grace"), write=False)
+    grace, beat = atomically(lambda db: (meta_number(db, "kill_grace"),
+                                         meta_number(db, "heartbeat")), write=False)
     heartbeat = run_file(job["user"], job["id"], "hb")
     poller = select.poll()
     poller.register(wake, select.POLLIN)
@@ -1065,7 +1240,7 @@ def supervise(job, pid, stop, wake):
         if now >= next_beat:
             with open(heartbeat, "w"):
                 pass
-            next_beat = now + 30
+            next_beat = now + beat
         if stop["asked"] and hard_kill_at is None:
             signal_group(pid, signal.SIGTERM)
             hard_kill_at = now + grace
@@ -1131,6 +1306,8 @@ Options:
                         Node attributes, e.g. 'big and (fast or gpu)' [#QPY node_attr].
   -c, --copyScript      Run a copy of the script, so it can be edited meanwhile.
   -o, --originalScript  Run the script itself (overrides copyScripts true).
+  --requeue             If the job's node is lost, queue the job again (instead of failed):
+                        only for jobs that may safely start again from scratch.
   -h, --help            Show this help.
 
 Examples:
@@ -1197,10 +1374,10 @@ Examples:
         write_atomically(spec_path, json.dumps(spec).encode())
         crash_point("sub:spooled")
         cursor = db.execute(
-            "INSERT INTO jobs (user, command, cwd, spec, n_cores, mem, attributes, position, "
-            "queued_at) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?)",
+            "INSERT INTO jobs (user, command, cwd, spec, n_cores, mem, attributes, requeue, "
+            "position, queued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
             (user, command, cwd, spec_path, job["n_cores"], job["mem"], job["attributes"],
-             time.time()))
+             int(args["--requeue"]), time.time()))
         db.execute("UPDATE jobs SET position = id WHERE id = ?", (cursor.lastrowid,))
         request_tick(db)
         return cursor.lastrowid
@@ -1343,18 +1520,37 @@ Examples:
     removed, to_signal = atomically(mark)
     if not removed and not to_signal:
         raise QpyError("Nothing to do: required jobs not found.")
-    lost = False
-    for job in to_signal:
-        if process_alive(job["runner_pid"], job["runner_boot"]):
-            os.kill(job["runner_pid"], signal.SIGTERM)
-        else:
-            lost = True  # runner gone: the tick stops what is left and records it
     if removed:
         print("%s removed from the queue." % plural(removed, "job"))
     if to_signal:
         print("%s will be killed." % plural(len(to_signal), "job"))
-    if lost:
+    sys.stdout.flush()
+    signal_jobs(to_signal)
+
+
+def signal_jobs(jobs):
+    """Ask the runners of these jobs to stop them: directly here, by ssh on other nodes. A job
+    whose runner is gone, or whose node cannot be reached, is ended by the tick (its kill
+    request is recorded)."""
+    addresses = dict(atomically(lambda db: db.execute("SELECT name, address FROM nodes")
+                                .fetchall(), write=False))
+    local = [job for job in jobs if is_local(addresses.get(job["node"], ""))]
+    remote = [job for job in jobs if job not in local]
+    lost = [job for job in local if not signal_runner(job)]
+    results = run_on_nodes([(addresses.get(job["node"]) or job["node"],
+                             qpy_on_node("_signal", job["id"])) for job in remote])
+    if lost or any(status != 0 for status, _ in results):
         tick()
+
+
+def signal_runner(job):
+    """On the job's node: SIGTERM its runner, which stops the job and records it. If the runner
+    is gone, stop what is left of the job; return False then."""
+    if process_alive(job["runner_pid"], job["runner_boot"]):
+        os.kill(job["runner_pid"], signal.SIGTERM)
+        return True
+    stop_orphans(job)
+    return False
 
 
 def cmd_clean(args):
@@ -1696,6 +1892,23 @@ COMMANDS = {
 }
 
 
+def node_run(job_id, attempt):
+    """`qpy.py _run ID ATTEMPT`, started by a tick over ssh: detach the runner, return."""
+    detach(run_job, int(job_id), int(attempt))
+    return 0
+
+
+def node_signal(job_id):
+    """`qpy.py _signal ID`, started by qpy kill over ssh on the job's node."""
+    job = atomically(lambda db: db.execute("SELECT * FROM jobs WHERE id = ?", (int(job_id),))
+                     .fetchone(), write=False)
+    return 0 if job is not None and signal_runner(job) else 3
+
+
+# Commands qpy runs on nodes for itself (not for users).
+NODE_COMMANDS = {"_run": node_run, "_signal": node_signal}
+
+
 def usage_text():
     width = max(len(name) for name in COMMANDS) + 2
     lines = ["Usage: qpy <option> [<arguments>].", "Options:"]
@@ -1743,6 +1956,8 @@ def main(argv=None):
         else:
             sys.stdout.write(usage_text())
         return 0
+    if name in NODE_COMMANDS:
+        return NODE_COMMANDS[name](*rest)
     if name == "--version":
         print("qpy", VERSION)
         return 0

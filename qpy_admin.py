@@ -1,46 +1,149 @@
 #!/usr/bin/env python3
-"""Usage: qpy_admin.py tick
-       qpy_admin.py nodes <file>
-       qpy_admin.py status
-       qpy_admin.py set [<key> <value>]
-       qpy_admin.py (-h | --help)
+"""Usage:
+  qpy_admin.py create <dir> [--group=<group>] [--site-file]
+  qpy_admin.py nodes [<file>]
+  qpy_admin.py add <node> <setting>...
+  qpy_admin.py remove <node>
+  qpy_admin.py list
+  qpy_admin.py drain <node> [<reason>...]
+  qpy_admin.py resume <node>
+  qpy_admin.py status
+  qpy_admin.py variables
+  qpy_admin.py tick
+  qpy_admin.py start
+  qpy_admin.py finish
+  qpy_admin.py set [<key> <value>]
+  qpy_admin.py (-h | --help)
 
-The administrator's side of qpy, on the same state as the users' qpy (QPY_STATE, the site
-file next to qpy.py, or ~/.qpy; see the README).
+The administrator's side of qpy. It works on the state that users' qpy finds: $QPY_STATE, else
+the directory named in qpy.site next to qpy.py, else ~/.qpy (a personal queue).
 
 Commands:
-  tick          Harvest ended jobs and start what can start (run it from cron or a timer).
-  nodes <file>  Load the nodes file: one node per line, either the manual's
-                '<name> <cores> [M]' or '<name> address=<host> cores=<n> memory=<GB>
-                attributes=a,b pref_multicore=true'. Jobs running on the nodes are kept.
-  status        The users and nodes table, as 'qpy status'.
-  set           Show the site settings; with <key> <value>, change one
-                (launch_timeout, kill_grace: seconds).
+  create <dir>     Make a site: <dir> on the shared filesystem, owned by the group (setgid,
+                   2770), DB and locks 0660. --site-file writes qpy.site next to qpy.py, so
+                   every user of this qpy install finds the site with no set-up.
+  nodes [<file>]   Load the nodes file (default <state>/nodes), one node per line:
+                     <name> <cores> [M]
+                     <name> address=<host> cores=<n> memory=<GB> gpus=<n> attributes=a,b
+                            pref_multicore=true
+                   Nodes no longer listed are removed; running jobs are kept and finish.
+  add <node> <setting>...    Add or change one node, settings as in the nodes file.
+  remove <node>    Remove a node (its running jobs go on and are accounted until they end).
+  list             The nodes, their settings and states.
+  drain <node>     Start no new job on the node; running jobs finish. resume undoes it.
+  status           Users and nodes, as 'qpy status'.
+  variables        The internals: settings, counters, nodes and live jobs (for debugging).
+  tick             Harvest ended jobs, probe down nodes, start what can start. Run it from cron
+                   or a systemd timer (see the README).
+  start, finish    Allow or stop the start of any job on the site (running jobs go on).
+  set [<key> <value>]  Show the site settings, or change one (numbers of seconds).
 """
+import os
 import sys
 
 import qpy
 
-SETTINGS = ("launch_timeout", "kill_grace")
+SETTINGS = ("launch_timeout", "kill_grace", "heartbeat", "node_timeout", "probe_interval",
+            "ssh_timeout")
+NODE_COLUMNS = ("name", "address", "cores", "mem", "gpus", "attributes", "pref_multicore")
+
+
+def store_nodes(nodes, replace_all):
+    """Insert or update nodes, keeping the state (down, drained) of those that stay; with
+    replace_all, remove the nodes not given."""
+    def write(db):
+        position = db.execute("SELECT COALESCE(MAX(position), -1) + 1 FROM nodes").fetchone()[0]
+        if replace_all:
+            names = [node["name"] for node in nodes]
+            db.execute("DELETE FROM nodes WHERE name NOT IN (%s)" % ",".join("?" * len(names)),
+                       names)
+            position = 0
+        for offset, node in enumerate(nodes):
+            values = [node[column] for column in NODE_COLUMNS]
+            db.execute("INSERT INTO nodes (%s, position) VALUES (%s, ?) ON CONFLICT (name) DO "
+                       "UPDATE SET %s" % (", ".join(NODE_COLUMNS), ",".join("?" * len(values)),
+                                          ", ".join("%s = excluded.%s" % (c, c) for c in
+                                                    NODE_COLUMNS[1:] + ("position",))),
+                       values + [position + offset])
+        qpy.request_tick(db)
+    qpy.atomically(write)
 
 
 def load_nodes(path):
+    path = path or os.path.join(qpy.state_dir(), "nodes")
     try:
         with open(path) as f:
             nodes = qpy.parse_nodes_file(f.read())
     except OSError as e:
         raise qpy.QpyError("Cannot read the nodes file: %s" % e)
+    store_nodes(nodes, replace_all=True)
+    print("Nodes loaded: %s." % (", ".join(node["name"] for node in nodes) or "none"))
 
-    def replace(db):
-        db.execute("DELETE FROM nodes")
-        for position, node in enumerate(nodes):
-            db.execute("INSERT INTO nodes (name, address, cores, mem, gpus, attributes, "
-                       "pref_multicore, position) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                       (node["name"], node["address"], node["cores"], node["mem"], node["gpus"],
-                        node["attributes"], node["pref_multicore"], position))
+
+def remove_node(name):
+    def delete(db):
+        if not db.execute("DELETE FROM nodes WHERE name = ?", (name,)).rowcount:
+            raise qpy.QpyError("No node %s (see qpy_admin.py list)." % name)
+    qpy.atomically(delete)
+    print("Node %s removed." % name)
+
+
+def set_node_state(name, state, reason):
+    def update(db):
+        node = db.execute("SELECT state FROM nodes WHERE name = ?", (name,)).fetchone()
+        if node is None:
+            raise qpy.QpyError("No node %s (see qpy_admin.py list)." % name)
+        db.execute("UPDATE nodes SET state = ?, state_reason = ?, probed_at = NULL "
+                   "WHERE name = ?", (state, reason, name))
         qpy.request_tick(db)
-    qpy.atomically(replace)
-    print("Nodes loaded: %s." % ", ".join(node["name"] for node in nodes))
+    qpy.atomically(update)
+    print("Node %s %s." % (name, "drained: no new jobs start there" if state == "drained"
+                           else "resumed"))
+
+
+def list_nodes():
+    nodes = qpy.atomically(lambda db: db.execute("SELECT * FROM nodes ORDER BY position, name")
+                           .fetchall(), write=False)
+    for node in nodes:
+        settings = ["address=%s" % node["address"], "cores=%d" % node["cores"]]
+        if node["mem"] is not None:
+            settings.append("memory=%g" % node["mem"])
+        if node["gpus"]:
+            settings.append("gpus=%d" % node["gpus"])
+        if node["attributes"]:
+            settings.append("attributes=%s" % node["attributes"])
+        if node["pref_multicore"]:
+            settings.append("pref_multicore=true")
+        state = node["state"] + (" (%s)" % node["state_reason"] if node["state_reason"] else "")
+        print("%-20s %-10s %s" % (node["name"], state, " ".join(settings)))
+    if not nodes:
+        print("No nodes.")
+
+
+def variables():
+    def read(db):
+        return (db.execute("SELECT key, value FROM meta ORDER BY key").fetchall(),
+                db.execute("SELECT * FROM nodes ORDER BY position, name").fetchall(),
+                db.execute("SELECT * FROM users ORDER BY name").fetchall(),
+                db.execute("SELECT id, user, status, node, n_cores, mem, attempt, runner_pid "
+                           "FROM jobs WHERE status IN ('queue', 'starting', 'running') "
+                           "ORDER BY position, id").fetchall())
+    meta, nodes, users, live = qpy.atomically(read, write=False)
+    print("state directory  = %s" % qpy.state_dir())
+    for row in meta:
+        print("%-16s = %s" % (row["key"], row["value"]))
+    print("\nNodes:\n------")
+    for node in nodes:
+        print(node["name"])
+        for key in node.keys()[1:]:
+            print("  %s = %s" % (key, node[key]))
+    print("\nUsers:\n------")
+    for user in users:
+        print("%s: paused = %d, finished = %d" % (user["name"], user["paused"], user["finished"]))
+    print("\nLive jobs:\n----------")
+    for job in live:
+        print("%d: user = %s, status = %s, node = %s, n_cores = %d, mem = %g, attempt = %d, "
+              "runner = %s" % tuple(job))
 
 
 def settings(key, value):
@@ -54,7 +157,7 @@ def settings(key, value):
     if key not in SETTINGS:
         raise qpy.QpyError("Unknown setting: %s (settings: %s)" % (key, ", ".join(SETTINGS)))
     try:
-        if float(value) < 0:
+        if not 0 <= float(value) < float("inf"):
             raise ValueError
     except ValueError:
         raise qpy.QpyError("Value for %s must be a number of seconds, not %r." % (key, value))
@@ -62,20 +165,74 @@ def settings(key, value):
     print("%s set to %s." % (key, value))
 
 
+def dispatch(on):
+    def write(db):
+        db.execute("UPDATE meta SET value = ? WHERE key = 'dispatch'", (str(int(on)),))
+        qpy.request_tick(db)
+    qpy.atomically(write)
+    print("Jobs start again." if on else "No job starts until 'qpy_admin.py start'; "
+          "running jobs go on.")
+    if on:
+        qpy.tick()
+
+
+def create(directory, group, site_file):
+    directory = os.path.abspath(directory)
+    try:
+        qpy.create_site(directory, group)
+    except KeyError:
+        raise qpy.QpyError("No group %s (create it first: groupadd %s)." % (group, group))
+    except OSError as e:
+        raise qpy.QpyError("Cannot create the site: %s" % e)
+    print("Site created in %s." % directory)
+    if site_file:
+        with open(os.path.join(qpy.HERE, "qpy.site"), "w") as f:
+            f.write(directory + "\n")
+        print("Users of %s find it through %s." % (qpy.HERE, os.path.join(qpy.HERE, "qpy.site")))
+    else:
+        print("Users find it with: export QPY_STATE=%s" % directory)
+    print("Next: write the nodes file and run: qpy_admin.py nodes <file>")
+
+
 def main(argv=None):
     import docopt
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["-h"], ["--help"]):
+        sys.stdout.write(__doc__)
+        return 0
     try:
-        args = docopt.docopt(__doc__, sys.argv[1:] if argv is None else argv)
+        args = docopt.docopt(__doc__, argv, default_help=False)
     except docopt.DocoptExit:
         sys.stderr.write("qpy_admin.py: wrong arguments. Try 'qpy_admin.py --help'.\n")
         return 1
     try:
-        if args["tick"]:
-            qpy.tick()
+        if args["create"]:
+            create(args["<dir>"], args["--group"], args["--site-file"])
         elif args["nodes"]:
             load_nodes(args["<file>"])
+        elif args["add"]:
+            try:
+                node = qpy.parse_node_line([args["<node>"]] + args["<setting>"])
+            except ValueError as e:
+                raise qpy.QpyError("Bad node setting: %s" % e)
+            store_nodes([node], replace_all=False)
+            print("Node %s added." % node["name"])
+        elif args["remove"]:
+            remove_node(args["<node>"])
+        elif args["list"]:
+            list_nodes()
+        elif args["drain"]:
+            set_node_state(args["<node>"], "drained", " ".join(args["<reason>"]) or "drained")
+        elif args["resume"]:
+            set_node_state(args["<node>"], "up", None)
         elif args["status"]:
             qpy.cmd_status({})
+        elif args["variables"]:
+            variables()
+        elif args["tick"]:
+            qpy.tick()
+        elif args["start"] or args["finish"]:
+            dispatch(args["start"])
         elif args["set"]:
             settings(args["<key>"], args["<value>"])
     except qpy.QpyError as e:

@@ -8,14 +8,20 @@
 
 -- Key/value facts and settings of this state directory.
 --   tick_wanted     ticks asked for while one was running: the running tick loops until 0
+--   dispatch        1: ticks start jobs; 0: nothing starts (qpy_admin.py finish / start)
 --   launch_timeout  seconds a claimed job may wait for its runner before it is queued again
 --   kill_grace      seconds between SIGTERM and SIGKILL when a job is killed
+--   heartbeat       seconds between two touches of a running job's heartbeat file
+--   node_timeout    seconds without heartbeat after which a job's node is declared lost
+--   probe_interval  seconds between two ssh probes of a node that is down
+--   ssh_timeout     seconds ssh may take to connect to a node
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
 INSERT INTO meta (key, value) VALUES
-    ('tick_wanted', '0'), ('launch_timeout', '60'), ('kill_grace', '10');
+    ('tick_wanted', '0'), ('dispatch', '1'), ('launch_timeout', '60'), ('kill_grace', '10'),
+    ('heartbeat', '30'), ('node_timeout', '180'), ('probe_interval', '60'), ('ssh_timeout', '10');
 
 -- Where jobs run. In personal mode there is one node, 'localhost', started by fork.
 CREATE TABLE nodes (
@@ -27,6 +33,8 @@ CREATE TABLE nodes (
     attributes     TEXT NOT NULL DEFAULT '',     -- comma separated labels
     pref_multicore INTEGER NOT NULL DEFAULT 0,   -- the manual's 'M': keep for multicore jobs
     state          TEXT NOT NULL DEFAULT 'up' CHECK (state IN ('up', 'down', 'drained')),
+    state_reason   TEXT,                         -- why it is down or drained
+    probed_at      REAL,                         -- last ssh probe of a down node
     position       INTEGER NOT NULL DEFAULT 0    -- order of the nodes file
 );
 
@@ -72,6 +80,7 @@ CREATE TABLE jobs (
     runner_boot TEXT,                     -- start time of runner_pid (guards against pid reuse)
     pgid        INTEGER,                  -- the job's process group on the node
     kill_requested INTEGER NOT NULL DEFAULT 0,
+    requeue     INTEGER NOT NULL DEFAULT 0,   -- queue it again (not failed) if its node is lost
     exit_code   INTEGER,                  -- exit status, or NULL when ended by a signal
     signal      INTEGER,                  -- terminating signal, if any
     reason      TEXT,                     -- why it failed or did not run

@@ -1,5 +1,7 @@
 """Shared helpers: every test gets its own HOME (so its own ~/.qpy) and drives the real CLI."""
+import hashlib
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -158,3 +160,125 @@ def group_members(pgid):
             if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
                 members.append(int(entry))
     return members
+
+
+# ---- the emulated cluster (tests/cluster.py) ------------------------------------------------
+
+@pytest.fixture(scope="session")
+def cluster():
+    import cluster as lab_cluster
+    reason = lab_cluster.why_unavailable()
+    if reason:
+        pytest.skip("cluster tests " + reason)
+    info = lab_cluster.up()
+    yield lab_cluster
+    lab_cluster.down()
+
+
+class Lab:
+    """A qpy site on the emulated cluster: created by root, used by real users over ssh."""
+
+    def __init__(self, cluster, name, nodes_file):
+        self.cluster = cluster
+        self.state = os.path.join(cluster.DIR, "sites", name)
+        self.python = os.path.join(cluster.DIR, "venv", "bin", "python")
+        self.qpy = os.path.join(cluster.DIR, "qpy", "qpy.py")
+        self.admin_tool = os.path.join(cluster.DIR, "qpy", "qpy_admin.py")
+        os.makedirs(os.path.dirname(self.state), exist_ok=True)
+        self.admin("create", self.state, "--group", cluster.GROUP)
+        path = os.path.join(cluster.DIR, "sites", name + ".nodes")
+        with open(path, "w") as f:
+            f.write(nodes_file)
+        self.admin("nodes", path)
+        for key, value in (("heartbeat", "0.3"), ("node_timeout", "3"), ("probe_interval", "0.5"),
+                           ("ssh_timeout", "2"), ("kill_grace", "2")):
+            self.admin("set", key, value)
+
+    def home(self, user):
+        return os.path.join(self.cluster.DIR, "home", user)
+
+    def workdir(self, user):
+        path = os.path.join(self.home(user), os.path.basename(self.state))
+        if not os.path.isdir(path):
+            subprocess.run(["runuser", "-u", user, "--", "mkdir", "-p", path], check=True)
+        return path
+
+    def env(self, user):
+        return {"HOME": self.home(user), "USER": user, "LOGNAME": user, "PATH": "/usr/bin:/bin",
+                "QPY_STATE": self.state, "LANG": "C.UTF-8"}
+
+    def run(self, user, *args, tool=None, env=None):
+        command = ["runuser", "-u", user, "--", "env", "-i"] + \
+            ["%s=%s" % item for item in {**self.env(user), **(env or {})}.items()] + \
+            [self.python, tool or self.qpy] + list(args)
+        return subprocess.run(command, cwd=self.workdir(user), capture_output=True, text=True,
+                              timeout=120)
+
+    def ok(self, user, *args, **kw):
+        result = self.run(user, *args, **kw)
+        assert result.returncode == 0 and result.stderr == "", (args, result.stdout, result.stderr)
+        return result.stdout
+
+    def submit(self, user, *args, **kw):
+        out = self.ok(user, "sub", *args, **kw)
+        return int(out.split()[1])
+
+    def tick(self, user="alice"):
+        self.ok(user, "tick", tool=self.admin_tool)
+
+    def admin(self, *args):
+        result = subprocess.run([self.python, self.admin_tool] + list(args),
+                                env={"PATH": "/usr/bin:/bin", "QPY_STATE": self.state},
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, (args, result.stdout, result.stderr)
+        return result.stdout
+
+    def jobs(self):
+        db = sqlite3.connect("file:%s?mode=ro" % os.path.join(self.state, "qpy.db"), uri=True,
+                             timeout=30)
+        db.row_factory = sqlite3.Row
+        try:
+            return {row["id"]: dict(row) for row in db.execute("SELECT * FROM jobs")}
+        finally:
+            db.close()
+
+    def node_state(self, name):
+        db = sqlite3.connect("file:%s?mode=ro" % os.path.join(self.state, "qpy.db"), uri=True,
+                             timeout=30)
+        try:
+            return db.execute("SELECT state FROM nodes WHERE name = ?", (name,)).fetchone()[0]
+        finally:
+            db.close()
+
+    def wait_status(self, job_id, *statuses, timeout=60, tick=False):
+        def reached():
+            if tick:
+                self.tick()
+            return self.jobs().get(job_id, {}).get("status") in statuses
+        wait_for(reached, timeout, "job %d to be %s" % (job_id, "/".join(statuses)))
+        return self.jobs()[job_id]
+
+    def output(self, user, job_id, kind="out"):
+        with open(os.path.join(self.workdir(user), "job_%d.%s" % (job_id, kind))) as f:
+            return f.read()
+
+    def stop_all(self):
+        for job in self.jobs().values():
+            if job["status"] in ("queue", "starting", "running"):
+                self.run(job["user"], "kill", str(job["id"]))
+
+
+@pytest.fixture
+def lab(cluster, request):
+    """A fresh site on the cluster: 3 nodes of 2 cores, fast heartbeats for the tests."""
+    created = []
+
+    def make(nodes_file="node1 cores=2 memory=16\nnode2 cores=2 memory=16\nnode3 cores=2 memory=16\n"):
+        name = re.sub(r"\W", "_", request.node.name)[:40]
+        unique = hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:8]
+        site = Lab(cluster, "%s-%s-%d" % (name, unique, len(created)), nodes_file)
+        created.append(site)
+        return site
+    yield make
+    for site in created:
+        site.stop_all()
