@@ -179,3 +179,21 @@ def test_kill_of_a_job_on_an_unreachable_node_completes_when_it_is_lost(lab):
         assert "node lost" in record["reason"]
     finally:
         site.cluster.boot("node1")
+
+
+def test_a_requeue_job_starts_again_elsewhere_when_its_node_is_lost(lab):
+    site = lab()
+    site.admin("drain", "node2")
+    site.admin("drain", "node3")
+    job = site.submit("alice", "--requeue", "sh", "-c", "hostname >> runs; sleep 5")
+    assert site.wait_status(job, "running")["node"] == "node1"
+    site.admin("resume", "node2")
+    site.admin("resume", "node3")
+    site.cluster.crash("node1")
+    try:
+        record = site.wait_status(job, "done", tick=True)
+        assert record["node"] in ("node2", "node3") and record["attempt"] == 2
+    finally:
+        site.cluster.boot("node1")
+    with open(os.path.join(site.workdir("alice"), "runs")) as f:
+        assert f.read().split() == ["node1", record["node"]]

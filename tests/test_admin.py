@@ -1,0 +1,124 @@
+"""qpy_admin.py on a personal queue and on a site directory made by `create` (no ssh needed:
+the nodes here are this machine under other names)."""
+import os
+import stat
+
+from conftest import wait_for
+
+
+def write(site, name, text):
+    path = os.path.join(site.work, name)
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def admin_fails(site, *args):
+    result = site.run(*args, admin=True)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result
+    assert result.stderr.startswith("qpy_admin.py: ") and "Traceback" not in result.stderr
+    return result.stderr
+
+
+def test_create_makes_a_group_site(site, tmp_path):
+    directory = str(tmp_path / "site")
+    out = site.ok("create", directory, admin=True)
+    assert "Site created in %s." % directory in out and "QPY_STATE=%s" % directory in out
+    assert stat.S_IMODE(os.stat(directory).st_mode) == 0o2770
+    assert stat.S_IMODE(os.stat(os.path.join(directory, "users")).st_mode) == 0o3770
+    for name in ("qpy.db", "qpy.lock", "tick.lock"):
+        assert stat.S_IMODE(os.stat(os.path.join(directory, name)).st_mode) == 0o660
+    env = {"QPY_STATE": directory}
+    assert site.ok("list", admin=True, env=env) == "No nodes.\n"
+    assert "no nodes" in site.fails("sub", "true", env=env)
+    site.ok("add", "here", "address=localhost", "cores=2", admin=True, env=env)
+    job = int(site.ok("sub", "echo on $QPY_NODE", env=env).split()[1])
+    wait_for(lambda: os.path.exists(os.path.join(site.work, "job_%d.out" % job))
+             and site.read("job_%d.out" % job), what="the job")
+    assert site.read("job_%d.out" % job) == "on here\n"
+    me = os.path.join(directory, "users", os.listdir(os.path.join(directory, "users"))[0])
+    assert stat.S_IMODE(os.stat(me).st_mode) & 0o077 == 0  # a user's files are theirs alone
+
+
+def test_nodes_file_both_formats_and_reload_keeps_state(site):
+    nodes = write(site, "nodes", "# lab\nlocalhost 2\nbig address=localhost cores=4 memory=8 "
+                                 "attributes=fast,big pref_multicore=true gpus=1\n")
+    assert site.ok("nodes", nodes, admin=True) == "Nodes loaded: localhost, big.\n"
+    site.ok("drain", "big", "disk", "swap", admin=True)
+    listing = site.ok("list", admin=True).splitlines()
+    assert listing[0].split() == ["localhost", "up", "address=localhost", "cores=2",
+                                  "memory=%g" % site_memory(site)]
+    assert listing[1].split()[:3] == ["big", "drained", "(disk"]
+    assert "attributes=fast,big pref_multicore=true" in listing[1] and "gpus=1" in listing[1]
+    site.ok("nodes", nodes, admin=True)
+    assert "drained" in site.ok("list", admin=True).splitlines()[1]  # reload kept the state
+    site.ok("resume", "big", admin=True)
+    assert site.ok("list", admin=True).splitlines()[1].split()[1] == "up"
+    site.ok("remove", "big", admin=True)
+    assert len(site.ok("list", admin=True).splitlines()) == 1
+
+
+def site_memory(site):
+    import qpy
+    return qpy.machine_memory()
+
+
+def test_drained_nodes_take_no_jobs_and_multicore_jobs_prefer_M(site):
+    site.ok("nodes", write(site, "nodes", "small address=localhost cores=2\n"
+                                          "multi address=localhost cores=4 pref_multicore=true\n"),
+            admin=True)
+    two = site.submit("-n", "2", "true")
+    one = site.submit("true")
+    site.wait_idle()
+    assert site.jobs()[two]["node"] == "multi" and site.jobs()[one]["node"] == "small"
+    site.ok("drain", "small", admin=True)
+    more = [site.submit("true") for _ in range(3)]
+    site.wait_idle()
+    assert {site.jobs()[j]["node"] for j in more} == {"multi"}
+
+
+def test_finish_and_start_stop_all_dispatch(site):
+    assert "No job starts" in site.ok("finish", admin=True)
+    job = site.submit("true")
+    site.ok("check")
+    assert site.status(job) == "queue"
+    assert "Jobs start again." in site.ok("start", admin=True)
+    site.wait_status(job, "done")
+
+
+def test_status_and_variables(site):
+    site.ok("ctrlQueue", "pause")
+    site.submit("true")
+    status = site.ok("status", admin=True)
+    assert status == site.ok("status")
+    assert "queue size" in status and "localhost" in status
+    variables = site.ok("variables", admin=True)
+    for word in ("tick_wanted", "launch_timeout", "Nodes:", "localhost", "Users:",
+                 "paused = 1", "Live jobs:", "status = queue"):
+        assert word in variables
+
+
+def test_settings(site):
+    assert "node_timeout = 180" in site.ok("set", admin=True)
+    assert site.ok("set", "node_timeout", "30", admin=True) == "node_timeout set to 30.\n"
+    assert "node_timeout = 30" in site.ok("set", admin=True)
+
+
+def test_bad_admin_input(site):
+    site.ok("restart")
+    before = site.dump()
+    assert "line 2: unknown key 'colour'" in admin_fails(
+        site, "nodes", write(site, "bad", "a 2\nb cores=2 colour=red\n"))
+    assert "line 1: cores must be a whole number" in admin_fails(
+        site, "nodes", write(site, "bad2", "a cores=x\n"))
+    assert "Cannot read the nodes file" in admin_fails(site, "nodes", "/nonexistent/nodes")
+    assert "No node ghost" in admin_fails(site, "drain", "ghost")
+    assert "No node ghost" in admin_fails(site, "remove", "ghost")
+    assert "Unknown setting: colour" in admin_fails(site, "set", "colour", "1")
+    assert "must be a number of seconds" in admin_fails(site, "set", "heartbeat", "-1")
+    assert "must be a number of seconds" in admin_fails(site, "set", "heartbeat", "inf")
+    assert "Bad node setting" in admin_fails(site, "add", "x", "cores=1", "memory=lots")
+    assert "wrong arguments" in admin_fails(site, "frobnicate")
+    assert "No group nosuchgroup" in admin_fails(site, "create", os.path.join(site.work, "s"),
+                                                 "--group", "nosuchgroup")
+    assert site.dump() == before
