@@ -731,25 +731,162 @@ def choose_node(job, nodes, free):
     return sorted(fits, key=lambda node: not node["pref_multicore"])[0]
 
 
-def schedule(nodes, live_jobs, blocked_users):
+def parse_rules(text):
+    """The distribution_rules file: a first line `even` or `explicit`, optionally followed by
+    `minimum N`; for `explicit`, then one line per user, `<user> <spec>` or `<user>=<spec>`,
+    where spec is E, E%, M+E or M+E% (M: the user's own minimum, E: extra cores, or a
+    percentage of the cores left after all minimums). '#' starts a comment.
+    Returns {"kind", "minimum", "users": {name: (minimum or None, extra, is_percent)}}."""
+    lines = [(n, line.split("#", 1)[0].strip()) for n, line in enumerate(text.splitlines(), 1)]
+    lines = [(n, line) for n, line in lines if line]
+    if not lines:
+        raise QpyError("distribution_rules is empty: write 'even' or 'explicit'")
+    number, first = lines[0]
+    words = first.split()
+    if words[0] not in ("even", "explicit"):
+        raise QpyError("distribution_rules, line %d: unknown type of distribution %r "
+                       "(even or explicit)" % (number, words[0]))
+    rules = {"kind": words[0], "minimum": 0, "users": {}}
+    if len(words) > 1:
+        if len(words) != 3 or words[1] != "minimum" or not words[2].isdigit():
+            raise QpyError("distribution_rules, line %d: expected '%s minimum <cores>'"
+                           % (number, words[0]))
+        rules["minimum"] = int(words[2])
+    for number, line in lines[1:]:
+        if rules["kind"] == "even":
+            raise QpyError("distribution_rules, line %d: 'even' takes no user lines" % number)
+        m = re.fullmatch(r"([^\s=]+)\s*(?:=|\s)\s*(?:(\d+)\+)?(\d+)(%?)", line)
+        if not m:
+            raise QpyError("distribution_rules, line %d: expected '<user> <extra>[%%]' or "
+                           "'<user> <minimum>+<extra>[%%]', got %r" % (number, line))
+        name, minimum, extra, percent = m.groups()
+        if name in rules["users"]:
+            raise QpyError("distribution_rules, line %d: user %s given twice" % (number, name))
+        if percent and int(extra) > 100:
+            raise QpyError("distribution_rules, line %d: %s%% is more than all" % (number, extra))
+        rules["users"][name] = (int(minimum) if minimum else None, int(extra), bool(percent))
+    return rules
+
+
+DEFAULT_RULES = {"kind": "even", "minimum": 0, "users": {}}
+
+
+def compute_shares(rules, users, total):
+    """{user: (minimum, extra)} for these users (in this order) on `total` cores, as the
+    original qpy: everyone gets the minimum, then `even` splits the rest equally (the remainder
+    one by one), and `explicit` gives listed users their extra and unlisted users an equal part
+    of what is left. Minimums that do not fit are cut one core at a time, never a hang."""
+    listed = rules["users"]
+    minimum = {u: (listed[u][0] if u in listed and listed[u][0] is not None else rules["minimum"])
+               for u in users}
+    while sum(minimum.values()) > total:  # more guaranteed than there is: cut, round-robin
+        for u in sorted(users, key=lambda u: -minimum[u]):
+            if sum(minimum.values()) > total and minimum[u] > 0:
+                minimum[u] -= 1
+    left = total - sum(minimum.values())
+    extra = dict.fromkeys(users, 0)
+    if rules["kind"] == "explicit":
+        for u in users:
+            if u in listed:
+                e, percent = listed[u][1], listed[u][2]
+                extra[u] = left * e // 100 if percent else e
+        receivers = [u for u in users if u not in listed] or [u for u in users if u in listed]
+    else:
+        receivers = list(users)
+    rest = left - sum(extra.values())
+    while rest < 0:  # promised more than there is: take back one by one
+        for u in reversed(receivers):
+            if rest < 0 and extra[u] > 0:
+                extra[u] -= 1
+                rest += 1
+        if not any(extra[u] for u in receivers):
+            break
+    if receivers and rest > 0:
+        for u in receivers:
+            extra[u] += rest // len(receivers)
+        for u in receivers[:rest % len(receivers)]:
+            extra[u] += 1
+    return {u: (minimum[u], extra[u]) for u in users}
+
+
+def admitted(user, cores, shares, used, queued, free_unreserved):
+    """The original's admission rule (qpy_original.md 4.3), no preemption:
+    within the guaranteed minimum, always; within minimum + extra, if the cores are free (and
+    not kept as someone's unused minimum); beyond, borrow a part of the extra cores of the
+    users with an empty queue, split among the users that also want more."""
+    least, extra = shares.get(user, (0, 0))
+    mine = used.get(user, 0) + cores
+    if mine <= least:
+        return True
+    if free_unreserved < cores:
+        return False
+    if mine <= least + extra:
+        return True
+    others = [v for v in shares if v != user]
+    wanting = 1 + sum(1 for v in others if queued.get(v, 0) > 0
+                      and used.get(v, 0) >= sum(shares[v]))
+    idle = sum(min(sum(shares[v]) - used.get(v, 0), shares[v][1])
+               for v in others if queued.get(v, 0) == 0)
+    return mine <= least + extra + idle // wanting
+
+
+def schedule(nodes, live_jobs, blocked_users, shares=None):
     """Decide which queued jobs start now, and where.
 
     nodes: rows with name, cores, mem, attributes, pref_multicore, state (in file order);
     live_jobs: queued, starting and running jobs, queued ones in queue order;
-    blocked_users: users whose queue is paused or finished.
-    Returns [(job id, node name)]. A job that does not fit is passed over so that smaller
-    jobs behind it can start (backfilling)."""
+    blocked_users: {user: why} for users whose queue is paused or finished;
+    shares: {user: (minimum, extra)} from compute_shares, or None for no fair share.
+    Returns ([(job id, node name)], {job id: why it waits}). A job that does not fit is passed
+    over so that smaller jobs behind it can start (backfilling)."""
     free = free_resources(nodes, live_jobs)
-    placements = []
+    total = sum(node["cores"] for node in nodes)
+    used, queued = {}, {}
     for job in live_jobs:
-        if job["status"] != "queue" or job["user"] in blocked_users:
-            continue
-        node = choose_node(job, nodes, free)
-        if node is not None:
-            free[node["name"]][0] -= job["n_cores"]
-            free[node["name"]][1] -= job["mem"]
-            placements.append((job["id"], node["name"]))
-    return placements
+        if job["status"] == "queue":
+            if job["user"] not in blocked_users:
+                queued[job["user"]] = queued.get(job["user"], 0) + 1
+        else:
+            used[job["user"]] = used.get(job["user"], 0) + job["n_cores"]
+    placements, pending = [], {}
+    waiting = [job for job in live_jobs if job["status"] == "queue"]
+    while True:  # until a pass places nothing: a placement may make another job admissible
+        before = len(placements)
+        for job in waiting:
+            where, why = place_one(job, nodes, free, total, used, queued, blocked_users, shares)
+            if where:
+                placements.append((job["id"], where))
+                pending.pop(job["id"], None)
+            else:
+                pending[job["id"]] = why
+        if len(placements) == before:
+            return placements, pending
+        placed = {job_id for job_id, _ in placements}
+        waiting = [job for job in waiting if job["id"] not in placed]
+
+
+def place_one(job, nodes, free, total, used, queued, blocked_users, shares):
+    """Place one queued job if its user's share and the nodes allow it, updating the counts.
+    Returns (node name, None), or (None, why it waits)."""
+    user = job["user"]
+    if user in blocked_users:
+        return None, blocked_users[user]
+    if shares is not None:
+        reserved = sum(max(0, least - used.get(u, 0)) for u, (least, _) in shares.items()
+                       if u != user)
+        unreserved = total - sum(used.values()) - reserved
+        if not admitted(user, job["n_cores"], shares, used, queued, unreserved):
+            within = used.get(user, 0) + job["n_cores"] <= sum(shares.get(user, (0, 0)))
+            return None, ("waiting for free cores" if within
+                          else "waiting for its share of the cores")
+    node = choose_node(job, nodes, free)
+    if node is None:
+        return None, "waiting for resources"
+    free[node["name"]][0] -= job["n_cores"]
+    free[node["name"]][1] -= job["mem"]
+    used[user] = used.get(user, 0) + job["n_cores"]
+    queued[user] -= 1
+    return node["name"], None
 
 
 def unsatisfiable_reason(request, nodes):
@@ -811,26 +948,41 @@ def tick():
 
 def tick_pass():
     """One pass: probe down nodes, reconcile what ended or got lost, claim the jobs that can
-    start, launch them (ssh in parallel, outside the lock)."""
+    start, launch them (ssh in parallel, outside the lock).
+
+    Every tick schedules all users' jobs (so the fair share holds), but claims only the jobs
+    it may launch: a user's tick its user's own, root's tick anybody's, as their owner."""
+    me = None if os.geteuid() == 0 else user_name()
     probe_down_nodes()
 
     def claim(db):
         db.execute("UPDATE meta SET value = '0' WHERE key = 'tick_wanted'")
-        reconcile(db)
+        reconcile(db, me)
         if not meta_number(db, "dispatch"):
             return []
         nodes = db.execute("SELECT * FROM nodes ORDER BY position, name").fetchall()
         live = db.execute("SELECT * FROM jobs WHERE status IN ('queue', 'starting', 'running') "
                           "ORDER BY position, id").fetchall()
-        blocked = {row["name"] for row in
-                   db.execute("SELECT name FROM users WHERE paused OR finished")}
+        blocked = {row["name"]: "queue paused" if row["paused"] else "qpy finish"
+                   for row in db.execute("SELECT * FROM users WHERE paused OR finished")}
+        shares = compute_shares(load_rules(db), share_holders(db),
+                                sum(node["cores"] for node in nodes))
+        placements, pending = schedule(nodes, live, blocked, shares)
+        for job in live:
+            if job["id"] in pending and job["reason"] != pending[job["id"]]:
+                db.execute("UPDATE jobs SET reason = ? WHERE id = ?",
+                           (pending[job["id"]], job["id"]))
+        owner = {job["id"]: job["user"] for job in live}
         claims = []
         now = time.time()
-        for job_id, node_name in schedule(nodes, live, blocked):
+        for job_id, node_name in placements:
+            if me is not None and owner[job_id] != me:
+                continue  # its owner's tick (or root's) will start it
             db.execute("UPDATE jobs SET status = 'starting', node = ?, attempt = attempt + 1, "
                        "claimed_at = ?, reason = NULL WHERE id = ?", (node_name, now, job_id))
-            row = db.execute("SELECT j.id, j.attempt, j.user, j.node, n.address FROM jobs j "
-                             "JOIN nodes n ON n.name = j.node WHERE j.id = ?", (job_id,)).fetchone()
+            row = db.execute("SELECT j.id, j.attempt, j.user, j.node, j.spec, n.address "
+                             "FROM jobs j JOIN nodes n ON n.name = j.node WHERE j.id = ?",
+                             (job_id,)).fetchone()
             claims.append(dict(row))
         return claims
 
@@ -840,17 +992,32 @@ def tick_pass():
     crash_point("tick:launched")
 
 
-def reconcile(db):
+def load_rules(db):
+    row = db.execute("SELECT value FROM meta WHERE key = 'rules'").fetchone()
+    return json.loads(row[0]) if row else DEFAULT_RULES
+
+
+def share_holders(db):
+    """The users the cores are shared among: allowed_users if the site has the list, else
+    everyone who has used this state directory."""
+    names = [row[0] for row in db.execute("SELECT name FROM allowed_users ORDER BY rowid")]
+    return names or [row[0] for row in db.execute("SELECT name FROM users ORDER BY rowid")]
+
+
+def reconcile(db, me=None):
     """Inside the tick's transaction: take back claims nobody confirmed in time, harvest exit
-    records the DB missed, and end running jobs whose runner or node is gone."""
+    records the DB missed, and end running jobs whose runner or node is gone. A user's tick
+    looks only at that user's jobs (other users' files are closed to it); root's at all."""
     now = time.time()
+    mine = "1" if me is None else "j.user = ?"
+    who = () if me is None else (me,)
     timeout = meta_number(db, "launch_timeout")
-    for job in db.execute("SELECT * FROM jobs WHERE status = 'starting' AND claimed_at < ?",
-                          (now - timeout,)).fetchall():
+    for job in db.execute("SELECT j.* FROM jobs j WHERE j.status = 'starting' AND "
+                          "j.claimed_at < ? AND " + mine, (now - timeout,) + who).fetchall():
         requeue(db, job, "launch timed out")
     node_timeout = meta_number(db, "node_timeout")
     for job in db.execute("SELECT j.*, n.address FROM jobs j LEFT JOIN nodes n ON n.name = j.node "
-                          "WHERE j.status = 'running'").fetchall():
+                          "WHERE j.status = 'running' AND " + mine, who).fetchall():
         record = read_exit_record(job)
         if record is not None:
             finish_job(db, job, record)
@@ -1000,18 +1167,16 @@ def is_local(address):
     return address in LOCAL_ADDRESSES
 
 
-def ssh_command(address, command):
+def ssh_command(address, command, timeout, uid):
     """System ssh in batch mode, multiplexed through a master kept under the user's own
     runtime directory, with a connect time-out. `command` is a list, quoted for the shell."""
     import shlex
-    runtime = os.environ.get("XDG_RUNTIME_DIR") or "/tmp"
-    sockets = os.path.join(runtime, "qpy-ssh-%d" % os.getuid())
-    os.makedirs(sockets, mode=0o700, exist_ok=True)
-    timeout = int(atomically(lambda db: meta_number(db, "ssh_timeout"), write=False))
+    runtime = os.environ.get("XDG_RUNTIME_DIR") if uid == os.getuid() else None
+    sockets = os.path.join(runtime or "/tmp", "qpy-ssh-%d" % uid)
     return ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=%d" % timeout,
             "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=2",
             "-o", "ControlMaster=auto", "-o", "ControlPath=%s/%%C" % sockets,
-            "-o", "ControlPersist=60", address, "--", shlex.join(command)]
+            "-o", "ControlPersist=60", address, "--", shlex.join(command)], sockets
 
 
 def qpy_on_node(*args):
@@ -1022,27 +1187,41 @@ def qpy_on_node(*args):
 
 
 def run_on_nodes(calls):
-    """Run [(address, command)] by ssh, all at once; return [(exit status, error text)].
-    stderr goes to a file: a multiplexing master that stays behind must not hold a pipe."""
+    """Run [(address, command, owner)] by ssh, all at once, each as its owner (a pwd entry;
+    None: as ourselves); return [(exit status, error text)]. stderr goes to a file: a
+    multiplexing master that stays behind must not hold a pipe."""
     import subprocess
     import tempfile
+    if not calls:
+        return []
+    timeout = int(atomically(lambda db: meta_number(db, "ssh_timeout"), write=False))
     started = []
-    for address, command in calls:
+    for address, command, owner in calls:
+        uid = owner.pw_uid if owner else os.getuid()
+        argv, sockets = ssh_command(address, command, timeout, uid)
         err = tempfile.TemporaryFile()
+
+        def prepare(owner=owner, sockets=sockets):
+            if owner:
+                become(owner)
+            os.makedirs(sockets, mode=0o700, exist_ok=True)
+        env = dict(os.environ)
+        if owner:
+            env.update(HOME=owner.pw_dir, USER=owner.pw_name, LOGNAME=owner.pw_name)
         try:
-            proc = subprocess.Popen(ssh_command(address, command), stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
-        except OSError as e:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=err, start_new_session=True, preexec_fn=prepare,
+                                    env=env)
+        except (OSError, subprocess.SubprocessError) as e:
             proc = e
         started.append((proc, err))
     results = []
-    limit = 2 * int(atomically(lambda db: meta_number(db, "ssh_timeout"), write=False)) + 30
     for proc, err in started:
-        if isinstance(proc, OSError):
+        if isinstance(proc, Exception):
             results.append((255, str(proc)))
             continue
         try:
-            status = proc.wait(timeout=limit)
+            status = proc.wait(timeout=2 * timeout + 30)
         except subprocess.TimeoutExpired:
             proc.kill()
             status = proc.wait()
@@ -1053,22 +1232,72 @@ def run_on_nodes(calls):
     return results
 
 
+def owner_of(job):
+    """For a tick run by root: the job's owner, once the job file is proven theirs (inside
+    their own spool directory, owned by their uid). The DB is writable by the whole group, so
+    its rows alone are not trusted with whom to run a job as."""
+    import pwd
+    try:
+        owner = pwd.getpwnam(job["user"])
+    except KeyError:
+        raise QpyError("refused: there is no user %s here" % job["user"])
+    spool = os.path.realpath(os.path.join(user_dir(job["user"]), "spool"))
+    spec = os.path.realpath(job["spec"])
+    if os.path.dirname(spec) != spool:
+        raise QpyError("refused: the job file is outside %s" % spool)
+    for path in (user_dir(job["user"]), spool, spec):
+        try:
+            if os.stat(path).st_uid != owner.pw_uid:
+                raise QpyError("refused: %s is not owned by %s" % (path, job["user"]))
+        except OSError as e:
+            raise QpyError("refused: %s" % e)
+    return owner
+
+
+def become(owner):
+    """In a child process about to act for `owner` (a pwd entry): drop root for them."""
+    if owner.pw_uid == os.geteuid():
+        return
+    os.setgroups(os.getgrouplist(owner.pw_name, owner.pw_gid))
+    os.setgid(owner.pw_gid)
+    os.setuid(owner.pw_uid)
+    os.environ.update(HOME=owner.pw_dir, USER=owner.pw_name, LOGNAME=owner.pw_name)
+
+
+def run_job_as(owner, job_id, attempt):
+    if owner:
+        become(owner)
+    run_job(job_id, attempt)
+
+
 def launch_all(claims):
     """Start the runners of claimed jobs: by fork on this machine, by ssh elsewhere (in
-    parallel). A job whose launch fails goes back to the queue and its node is marked down."""
-    failures = []
-    remote = [job for job in claims if not is_local(job["address"])]
+    parallel), as their owners when root runs the tick. A job whose launch fails goes back to
+    the queue and its node is marked down; a job whose files are not its owner's fails."""
+    failures, refused = [], []
+    owners = {}
     for job in claims:
+        if os.geteuid() == 0:
+            try:
+                owners[job["id"]] = owner_of(job)
+            except QpyError as e:
+                refused.append((job, str(e)))
+        else:
+            owners[job["id"]] = None
+    ready = [job for job in claims if job["id"] in owners]
+    remote = [job for job in ready if not is_local(job["address"])]
+    for job in ready:
         if is_local(job["address"]):
             try:
-                detach(run_job, job["id"], job["attempt"])
+                detach(run_job_as, owners[job["id"]], job["id"], job["attempt"])
             except OSError as e:
                 failures.append((job, str(e)))
-    calls = [(job["address"], qpy_on_node("_run", job["id"], job["attempt"])) for job in remote]
+    calls = [(job["address"], qpy_on_node("_run", job["id"], job["attempt"]), owners[job["id"]])
+             for job in remote]
     for job, (status, error) in zip(remote, run_on_nodes(calls)):
         if status != 0:
             failures.append((job, error))
-    if not failures:
+    if not failures and not refused:
         return
 
     def unclaim(db):
@@ -1081,6 +1310,10 @@ def launch_all(claims):
             db.execute("UPDATE nodes SET state = 'down', state_reason = ?, probed_at = ? "
                        "WHERE name = ? AND state = 'up'", ("launch failed: " + error, now,
                                                            job["node"]))
+        for job, error in refused:
+            db.execute("UPDATE jobs SET status = 'failed', reason = ?, ended_at = ? "
+                       "WHERE id = ? AND attempt = ? AND status = 'starting'",
+                       (error, now, job["id"], job["attempt"]))
         request_tick(db)
     atomically(unclaim)
 
@@ -1094,7 +1327,18 @@ def probe_down_nodes():
     nodes = atomically(due, write=False)
     if not nodes:
         return
-    results = run_on_nodes([(node["address"], ["true"]) for node in nodes
+    prober = None
+    if os.geteuid() == 0:  # root need not reach the nodes: probe as a user who needs them
+        import pwd
+        waiting = atomically(lambda db: db.execute("SELECT user FROM jobs WHERE status = "
+                                                   "'queue' LIMIT 1").fetchone(), write=False)
+        if waiting is None:
+            return
+        try:
+            prober = pwd.getpwnam(waiting[0])
+        except KeyError:
+            return
+    results = run_on_nodes([(node["address"], ["true"], prober) for node in nodes
                             if not is_local(node["address"])])
     answers = dict(zip([n["name"] for n in nodes if not is_local(n["address"])], results))
 
@@ -1353,6 +1597,10 @@ Examples:
     token = "%d-%d" % (time.time_ns(), os.getpid())
 
     def insert(db):
+        allowed = [row[0] for row in db.execute("SELECT name FROM allowed_users")]
+        if allowed and user not in allowed:
+            raise QpyError("Job rejected: user %s is not allowed to use this qpy site (the "
+                           "administrator adds users to allowed_users)." % user)
         ensure_user(db, user)
         config = load_config(db, user)
         nodes = db.execute("SELECT * FROM nodes").fetchall()
@@ -1538,7 +1786,7 @@ def signal_jobs(jobs):
     remote = [job for job in jobs if job not in local]
     lost = [job for job in local if not signal_runner(job)]
     results = run_on_nodes([(addresses.get(job["node"]) or job["node"],
-                             qpy_on_node("_signal", job["id"])) for job in remote])
+                             qpy_on_node("_signal", job["id"]), None) for job in remote])
     if lost or any(status != 0 for status, _ in results):
         tick()
 

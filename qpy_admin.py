@@ -2,6 +2,8 @@
 """Usage:
   qpy_admin.py create <dir> [--group=<group>] [--site-file]
   qpy_admin.py nodes [<file>]
+  qpy_admin.py users [<file>]
+  qpy_admin.py distribute [<file>]
   qpy_admin.py add <node> <setting>...
   qpy_admin.py remove <node>
   qpy_admin.py list
@@ -27,6 +29,14 @@ Commands:
                      <name> address=<host> cores=<n> memory=<GB> gpus=<n> attributes=a,b
                             pref_multicore=true
                    Nodes no longer listed are removed; running jobs are kept and finish.
+  users [<file>]   Load allowed_users (default <state>/allowed_users): one user name per line.
+                   Only they may submit, and the cores are shared among them. An empty file
+                   allows everyone with access to the site.
+  distribute [<file>]  Load distribution_rules (default <state>/distribution_rules):
+                     even [minimum <n>]
+                     explicit [minimum <n>]   then lines  <user> <extra>[%]  or
+                                              <user> <minimum>+<extra>[%]  ('=' also works)
+                   and show each user's share on the current nodes.
   add <node> <setting>...    Add or change one node, settings as in the nodes file.
   remove <node>    Remove a node (its running jobs go on and are accounted until they end).
   list             The nodes, their settings and states.
@@ -78,6 +88,53 @@ def load_nodes(path):
         raise qpy.QpyError("Cannot read the nodes file: %s" % e)
     store_nodes(nodes, replace_all=True)
     print("Nodes loaded: %s." % (", ".join(node["name"] for node in nodes) or "none"))
+
+
+def read_site_file(path, name):
+    path = path or os.path.join(qpy.state_dir(), name)
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError as e:
+        raise qpy.QpyError("Cannot read %s: %s" % (name, e))
+
+
+def load_users(path):
+    import pwd
+    names = []
+    for number, line in enumerate(read_site_file(path, "allowed_users").splitlines(), 1):
+        name = line.split("#", 1)[0].strip()
+        if not name:
+            continue
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            raise qpy.QpyError("allowed_users, line %d: no such user %r" % (number, name))
+        names.append(name)
+
+    def write(db):
+        db.execute("DELETE FROM allowed_users")
+        for name in dict.fromkeys(names):
+            db.execute("INSERT INTO allowed_users (name) VALUES (?)", (name,))
+        qpy.request_tick(db)
+    qpy.atomically(write)
+    print("Allowed users: %s." % (", ".join(names) if names else "everyone in the group"))
+
+
+def distribute(path):
+    import json
+    rules = qpy.parse_rules(read_site_file(path, "distribution_rules"))
+
+    def write(db):
+        db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('rules', ?)",
+                   (json.dumps(rules),))
+        qpy.request_tick(db)
+        total = db.execute("SELECT COALESCE(SUM(cores), 0) FROM nodes").fetchone()[0]
+        return qpy.compute_shares(rules, qpy.share_holders(db), total), total
+    shares, total = qpy.atomically(write)
+    print("Cores distributed (%d in all):" % total)
+    for user, (least, extra) in shares.items():
+        print("  %-20s minimum %3d  extra %3d" % (user, least, extra))
 
 
 def remove_node(name):
@@ -210,6 +267,10 @@ def main(argv=None):
             create(args["<dir>"], args["--group"], args["--site-file"])
         elif args["nodes"]:
             load_nodes(args["<file>"])
+        elif args["users"]:
+            load_users(args["<file>"])
+        elif args["distribute"]:
+            distribute(args["<file>"])
         elif args["add"]:
             try:
                 node = qpy.parse_node_line([args["<node>"]] + args["<setting>"])

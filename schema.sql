@@ -15,6 +15,7 @@
 --   node_timeout    seconds without heartbeat after which a job's node is declared lost
 --   probe_interval  seconds between two ssh probes of a node that is down
 --   ssh_timeout     seconds ssh may take to connect to a node
+--   rules           the distribution rules as JSON (qpy_admin.py distribute); absent: even
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -43,6 +44,12 @@ CREATE TABLE users (
     name     TEXT PRIMARY KEY,
     paused   INTEGER NOT NULL DEFAULT 0,  -- ctrlQueue pause: nothing of this user starts
     finished INTEGER NOT NULL DEFAULT 0   -- qpy finish: nothing starts until qpy restart
+);
+
+-- allowed_users, loaded by qpy_admin.py users: when it has rows, only they may submit, and
+-- the cores are shared among them; when empty, among everyone in the users table.
+CREATE TABLE allowed_users (
+    name TEXT PRIMARY KEY
 );
 
 -- A user's settings changed with 'qpy config'; absent keys have their default (qpy.py CONFIG).

@@ -212,44 +212,48 @@ def job(job_id, cores=1, mem=1.0, attributes="", user="alice", status="queue", o
             "status": status, "node": on}
 
 
+def place(nodes, live, blocked=None, shares=None):
+    return qpy.schedule(nodes, live, blocked or {}, shares)[0]
+
+
 def test_single_core_jobs_spread_to_the_node_with_most_free_cores():
     nodes = [node("node1", 10), node("node2", 10)]
-    placed = qpy.schedule(nodes, [job(i) for i in range(1, 6)], set())
+    placed = place(nodes, [job(i) for i in range(1, 6)])
     assert [n for _, n in placed] == ["node1", "node2", "node1", "node2", "node1"]
 
 
 def test_multicore_jobs_prefer_M_nodes_and_single_core_jobs_avoid_them():
     nodes = [node("plain", 4), node("multi", 8, pref_multicore=True)]
-    assert qpy.schedule(nodes, [job(1, cores=4)], set()) == [(1, "multi")]
-    assert qpy.schedule(nodes, [job(1)], set()) == [(1, "plain")]
+    assert place(nodes, [job(1, cores=4)]) == [(1, "multi")]
+    assert place(nodes, [job(1)]) == [(1, "plain")]
     full = [job(9, cores=4, status="running", on="plain")]
-    assert qpy.schedule(nodes, full + [job(1)], set()) == [(1, "multi")]
+    assert place(nodes, full + [job(1)]) == [(1, "multi")]
 
 
 def test_down_and_drained_nodes_are_never_chosen():
     nodes = [node("down", 10, state="down"), node("drained", 10, state="drained"), node("up", 1)]
-    assert qpy.schedule(nodes, [job(1), job(2)], set()) == [(1, "up")]
+    assert place(nodes, [job(1), job(2)]) == [(1, "up")]
 
 
 def test_backfill_and_memory():
     nodes = [node("n", 4, mem=10.0)]
     queue = [job(1, mem=120.0), job(2, mem=6.0), job(3, mem=6.0), job(4, mem=4.0)]
-    assert qpy.schedule(nodes, queue, set()) == [(2, "n"), (4, "n")]
+    assert place(nodes, queue) == [(2, "n"), (4, "n")]
 
 
 def test_attributes_select_nodes():
     nodes = [node("node1", 6, attributes="big"), node("node2", 6, attributes="infiband"),
              node("node3", 6, attributes="big,infiband"), node("node4", 6)]
-    placed = dict(qpy.schedule(nodes, [job(1, attributes="(big)and(infiband)"),
-                                       job(2, attributes="not((big)or(infiband))"),
-                                       job(3, attributes="node2")], set()))
+    placed = dict(place(nodes, [job(1, attributes="(big)and(infiband)"),
+                                job(2, attributes="not((big)or(infiband))"),
+                                job(3, attributes="node2")]))
     assert placed == {1: "node3", 2: "node4", 3: "node2"}
 
 
 def test_paused_users_and_running_jobs_hold_their_place():
     nodes = [node("n", 2)]
     live = [job(1, status="running", on="n"), job(2, user="bob"), job(3), job(4)]
-    assert qpy.schedule(nodes, live, {"bob"}) == [(3, "n")]
+    assert place(nodes, live, {"bob": "queue paused"}) == [(3, "n")]
 
 
 @given(st.lists(st.tuples(st.integers(1, 4), st.floats(0, 20)), max_size=30),
@@ -258,7 +262,7 @@ def test_paused_users_and_running_jobs_hold_their_place():
 def test_scheduler_never_overcommits(requests, node_specs):
     nodes = [node("n%d" % i, c, m, pref_multicore=p) for i, (c, m, p) in enumerate(node_specs)]
     queue = [job(i, cores=c, mem=m) for i, (c, m) in enumerate(requests)]
-    placed = qpy.schedule(nodes, queue, set())
+    placed = place(nodes, queue)
     by_id = {j["id"]: j for j in queue}
     for n in nodes:
         mine = [by_id[i] for i, name in placed if name == n["name"]]

@@ -1,0 +1,165 @@
+"""The distribution rules and the admission rule of the original qpy (qpy_original.md 4.2-4.3),
+as pure functions: table-driven cases computed by hand, and properties over random states."""
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import qpy
+
+
+def shares(text, users=("alice", "bob"), total=18):
+    return qpy.compute_shares(qpy.parse_rules(text), list(users), total)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("even", {"alice": (0, 9), "bob": (0, 9)}),
+    ("even minimum 2", {"alice": (2, 7), "bob": (2, 7)}),
+    ("explicit\nalice 4\nbob 50%", {"alice": (0, 7), "bob": (0, 11)}),
+    ("explicit minimum 2\nalice 30%\nbob 4+50%", {"alice": (2, 5), "bob": (4, 7)}),
+    ("explicit\nalice 2+0\nbob 3+0", {"alice": (2, 7), "bob": (3, 6)}),
+    # the documented '=' form, which the original read as a user named 'alice=4'
+    ("explicit\nalice=4\nbob=4+50%", {"alice": (0, 6), "bob": (4, 8)}),
+    # unlisted users share what is left (the original gave them nothing)
+    ("explicit\nalice 4", {"alice": (0, 4), "bob": (0, 14)}),
+    ("# our lab\nexplicit   # comments and blank lines are fine\n\nalice 4\n", {"alice": (0, 4),
+                                                                                "bob": (0, 14)}),
+])
+def test_shares_of_the_originals_examples(text, expected):
+    assert shares(text) == expected
+
+
+def test_even_remainder_goes_one_by_one_in_user_order():
+    assert shares("even", ("alice", "bob", "carol"), 5) == {"alice": (0, 2), "bob": (0, 2),
+                                                           "carol": (0, 1)}
+    assert shares("even minimum 2", ("alice", "bob", "carol"), 10) == \
+        {"alice": (2, 2), "bob": (2, 1), "carol": (2, 1)}
+
+
+def test_minimums_larger_than_the_site_are_cut_not_a_hang():
+    result = shares("even minimum 8", ("alice", "bob", "carol"), 10)
+    assert sum(least for least, _ in result.values()) == 10
+    assert sum(extra for _, extra in result.values()) == 0
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "empty"),
+    ("fair", "unknown type of distribution 'fair'"),
+    ("even minimum", "expected 'even minimum <cores>'"),
+    ("even maximum 3", "expected 'even minimum <cores>'"),
+    ("even\nalice 3", "line 2: 'even' takes no user lines"),
+    ("explicit\nalice", "line 2: expected"),
+    ("explicit\nalice lots", "line 2: expected"),
+    ("explicit\nalice 3\nalice 4", "line 3: user alice given twice"),
+    ("explicit\nalice 120%", "more than all"),
+])
+def test_bad_rules_files_name_the_line(text, message):
+    with pytest.raises(qpy.QpyError, match=message):
+        qpy.parse_rules(text)
+
+
+@given(st.text(max_size=60))
+def test_rules_parser_never_crashes(text):
+    try:
+        rules = qpy.parse_rules(text)
+    except qpy.QpyError:
+        return
+    result = qpy.compute_shares(rules, ["a", "b", "c"], 17)
+    assert sum(least + extra for least, extra in result.values()) <= 17
+
+
+# ---- admission -----------------------------------------------------------------------------
+
+EVEN_10 = {"alice": (0, 5), "bob": (0, 5)}
+MIN_2_OF_10 = {"alice": (2, 2), "bob": (2, 1), "carol": (2, 1)}
+
+
+@pytest.mark.parametrize("who, cores, shares, used, queued, free, expected, why", [
+    ("alice", 1, EVEN_10, {}, {"alice": 9}, 10, True, "within her share"),
+    ("alice", 1, EVEN_10, {"alice": 5}, {"alice": 9}, 5, True, "bob idle: borrow his 5"),
+    ("alice", 1, EVEN_10, {"alice": 9}, {"alice": 9}, 1, True, "borrowing up to 10"),
+    ("alice", 1, EVEN_10, {"alice": 10}, {"alice": 9}, 0, False, "no free core"),
+    ("alice", 1, EVEN_10, {"alice": 5}, {"alice": 9, "bob": 3}, 5, False, "bob wants his"),
+    ("bob", 1, EVEN_10, {"alice": 9}, {"alice": 9, "bob": 3}, 1, True, "bob below share"),
+    ("bob", 1, EVEN_10, {"alice": 10}, {"alice": 9, "bob": 3}, 0, False, "no preemption"),
+    ("carol", 1, MIN_2_OF_10, {"alice": 4, "bob": 6}, {"carol": 1}, 0, True, "her minimum"),
+    ("alice", 1, MIN_2_OF_10, {"alice": 4, "bob": 3}, {"alice": 5, "bob": 2}, 1, False,
+     "bob wants more too: carol's extra 1 split by 2 rounds down"),
+    ("alice", 1, MIN_2_OF_10, {"alice": 4, "bob": 2}, {"alice": 5}, 2, True,
+     "bob and carol idle: borrow"),
+    ("alice", 2, EVEN_10, {"alice": 4}, {"alice": 3, "bob": 1}, 6, False, "2 cores go beyond 5"),
+])
+def test_admission_rule(who, cores, shares, used, queued, free, expected, why):
+    assert qpy.admitted(who, cores, shares, used, queued, free) is expected, why
+
+
+# ---- the scheduler with shares -------------------------------------------------------------
+
+def node(name, cores, mem=1000.0):
+    return {"name": name, "cores": cores, "mem": mem, "attributes": "", "pref_multicore": False,
+            "state": "up"}
+
+
+def jobs_of(user, count, start, status="queue", on=None):
+    return [{"id": start + i, "user": user, "n_cores": 1, "mem": 1.0, "attributes": "",
+             "status": status, "node": on} for i in range(count)]
+
+
+def test_alone_a_user_takes_everything_then_the_other_gets_every_freed_core():
+    nodes = [node("n", 10)]
+    shares = {"alice": (0, 5), "bob": (0, 5)}
+    placed, _ = qpy.schedule(nodes, jobs_of("alice", 12, 1), {}, shares)
+    assert len(placed) == 10
+    running = jobs_of("alice", 10, 1, "running", "n")
+    queue = jobs_of("alice", 2, 11) + jobs_of("bob", 8, 100)
+    placed, pending = qpy.schedule(nodes, running + queue, {}, shares)
+    assert placed == [] and pending[11] == "waiting for its share of the cores"
+    assert pending[100] == "waiting for free cores"  # bob is within his share
+    for freed in range(1, 6):  # alice's jobs end one by one: each core goes to bob
+        live = running[freed:] + jobs_of("bob", freed - 1, 100, "running", "n") + \
+            jobs_of("alice", 2, 11) + jobs_of("bob", 9 - freed, 100 + freed - 1)
+        placed, _ = qpy.schedule(nodes, live, {}, shares)
+        assert [qpy_user(live, job_id) for job_id, _ in placed] == ["bob"]
+    live = running[6:] + jobs_of("bob", 5, 100, "running", "n") + jobs_of("alice", 2, 11) + \
+        jobs_of("bob", 3, 200)
+    placed, _ = qpy.schedule(nodes, live, {}, shares)
+    assert [qpy_user(live, job_id) for job_id, _ in placed] == ["alice"]  # 4 + 1 = her 5
+
+
+def qpy_user(live, job_id):
+    return next(job["user"] for job in live if job["id"] == job_id)
+
+
+states = st.fixed_dictionaries({
+    "cores": st.integers(1, 16),
+    "minimum": st.integers(0, 4),
+    "demand": st.lists(st.integers(0, 12), min_size=2, max_size=4),
+})
+
+
+@settings(max_examples=200, deadline=None)
+@given(states)
+def test_fair_share_properties(state):
+    users = ["u%d" % i for i in range(len(state["demand"]))]
+    shares = qpy.compute_shares({"kind": "even", "minimum": state["minimum"], "users": {}},
+                                users, state["cores"])
+    live, start = [], 1
+    for user, demand in zip(users, state["demand"]):
+        live += jobs_of(user, demand, start)
+        start += demand
+    placed, _ = qpy.schedule([node("n", state["cores"])], live, {}, shares)
+    used = {u: 0 for u in users}
+    for job_id, _ in placed:
+        used[qpy_user(live, job_id)] += 1
+    waiting = {u for u, demand in zip(users, state["demand"]) if demand > used[u]}
+    assert sum(used.values()) <= state["cores"]
+    for v in waiting:
+        least = shares[v][0]
+        # a user below its minimum never waits while another is above its share
+        if used[v] < least:
+            assert not any(used[u] > sum(shares[u]) for u in users if u != v)
+    free = state["cores"] - sum(used.values())
+    if waiting and free:
+        # no core idles while an admissible job waits
+        queued = {u: d - used[u] for u, d in zip(users, state["demand"])}
+        reserved = lambda u: sum(max(0, shares[v][0] - used[v]) for v in users if v != u)
+        assert not any(qpy.admitted(u, 1, shares, used, queued, free - reserved(u))
+                       for u in waiting)
