@@ -877,8 +877,9 @@ def place_one(job, nodes, free, total, used, queued, blocked_users, shares):
         unreserved = total - sum(used.values()) - reserved
         if not admitted(user, job["n_cores"], shares, used, queued, unreserved):
             within = used.get(user, 0) + job["n_cores"] <= sum(shares.get(user, (0, 0)))
-            return None, ("waiting for free cores" if within
-                          else "waiting for its share of the cores")
+            others_wait = any(count > 0 for u, count in queued.items() if u != user)
+            return None, ("waiting for its share of the cores" if others_wait and not within
+                          else "waiting for free cores")
     node = choose_node(job, nodes, free)
     if node is None:
         return None, "waiting for resources"
@@ -1671,6 +1672,17 @@ def selection(words, allowed_statuses, command):
     return statuses, dirs, ranges
 
 
+def nothing_to_do(db, user, ranges, verb):
+    """The error for a selection that matched none of the user's jobs: name another user's job
+    if that is what was asked for, so nobody wonders why it was not touched."""
+    for lo, hi in ranges:
+        row = db.execute("SELECT id FROM jobs WHERE id BETWEEN ? AND ? AND user != ? LIMIT 1",
+                         (lo, hi, user)).fetchone()
+        if row:
+            return QpyError("Job %d is not yours: you can only %s your own jobs." % (row[0], verb))
+    return QpyError("Nothing to do: required jobs not found.")
+
+
 def selected(job, statuses, dirs, ranges):
     """OR semantics: a job is selected when it matches any status, directory or ID."""
     return ("all" in statuses or user_status(job) in statuses or job["cwd"] in dirs
@@ -1761,13 +1773,13 @@ Examples:
                 db.execute("UPDATE jobs SET status = 'undone', ended_at = ?, "
                            "reason = 'killed while queued' WHERE id = ?", (now, job["id"]))
                 removed += 1
+        if not removed and not to_signal:
+            raise nothing_to_do(db, user, ranges, "kill")
         if removed:
             request_tick(db)
         return removed, to_signal
 
     removed, to_signal = atomically(mark)
-    if not removed and not to_signal:
-        raise QpyError("Nothing to do: required jobs not found.")
     if removed:
         print("%s removed from the queue." % plural(removed, "job"))
     if to_signal:
@@ -1820,14 +1832,14 @@ Examples:
         ids = [job["id"] for job in
                user_jobs(db, user, "status IN ('done', 'failed', 'killed', 'undone')")
                if selected(job, statuses, dirs, ranges)]
+        if not ids:
+            raise nothing_to_do(db, user, ranges, "clean")
         for job_id in ids:
             db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
             db.execute("DELETE FROM notes WHERE job_id = ?", (job_id,))
         return len(ids)
 
     count = atomically(remove)
-    if not count:
-        raise QpyError("Nothing to do: required jobs not found.")
     print("%s removed." % plural(count, "finished job"))
 
 
@@ -1991,6 +2003,9 @@ Example:
         order = [job["id"] for job in queue]
         moving = [job_id for job_id in order if in_idset(job_id, ranges)]
         if not moving:
+            error = nothing_to_do(db, user, ranges, "move")
+            if "not yours" in str(error):
+                raise error
             return "List does not have jobs in queue: queue not reordered."
         if len(moving) == len(order):
             return "Queue is completely contained in list: queue not reordered."

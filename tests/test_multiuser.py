@@ -1,0 +1,199 @@
+"""Several users on one site, with real Unix accounts on the emulated cluster: the original's
+test scenarios (qpy_original.md 8) as assertions, and the security model of design.md 7."""
+import os
+import sqlite3
+
+from conftest import wait_for
+
+TEN_CORES = "node1 cores=4 memory=64\nnode2 cores=3 memory=64\nnode3 cores=3 memory=64\n"
+# A job that runs until the test lets it end: `touch stop-<ID>` in its directory.
+HOLD = "while [ ! -e stop-$QPY_JOB_ID ]; do sleep 0.1; done; id -un"
+
+
+def multi_site(lab, users=("alice", "bob"), rules="even", nodes=TEN_CORES):
+    site = lab(nodes)
+    path = site.state + ".users"
+    with open(path, "w") as f:
+        f.write("\n".join(users) + "\n")
+    site.admin("users", path)
+    with open(site.state + ".rules", "w") as f:
+        f.write(rules + "\n")
+    site.admin("distribute", site.state + ".rules")
+    return site
+
+
+def release(site, user, job_id):
+    open(os.path.join(site.workdir(user), "stop-%d" % job_id), "w").close()
+
+
+def running(site, user=None):
+    return sorted(j["id"] for j in site.jobs().values()
+                  if j["status"] == "running" and (user is None or j["user"] == user))
+
+
+def cores_in_use(site):
+    use = {}
+    for job in site.jobs().values():
+        if job["status"] in ("running", "starting"):
+            use[job["user"]] = use.get(job["user"], 0) + job["n_cores"]
+    return use
+
+
+def settle(site, expected):
+    """Tick as root (the timer's job) until each user holds the expected cores."""
+    wait_for(lambda: site.admin("tick") is not None and cores_in_use(site) == expected,
+             what="cores in use to be %s (they are %s)" % (expected, cores_in_use(site)))
+
+
+def test_alone_a_user_gets_all_then_freed_cores_go_to_the_other(lab):
+    """general.sh / long.sh: 10 cores, even: alice alone takes all 10; bob then queues and
+    takes every core alice frees until both hold 5."""
+    site = multi_site(lab)
+    alice = [site.submit("alice", "-m", "1", HOLD) for _ in range(12)]
+    settle(site, {"alice": 10})
+    bob = [site.submit("bob", "-m", "1", HOLD) for _ in range(6)]
+    settle(site, {"alice": 10})
+    assert site.jobs()[bob[0]]["reason"] == "waiting for free cores"
+    assert site.jobs()[alice[10]]["reason"] == "waiting for its share of the cores"
+    for step in range(1, 6):
+        release(site, "alice", running(site, "alice")[0])
+        settle(site, {"alice": 10 - step, "bob": step})
+    release(site, "alice", running(site, "alice")[0])
+    settle(site, {"alice": 5, "bob": 5})  # alice's freed core comes back to her
+    status = site.ok("alice", "status")
+    lines = {line.split()[0]: line.split()[1:3] for line in status.splitlines()[2:4]}
+    assert lines == {"alice": ["5", "1"], "bob": ["5", "1"]}
+    assert "There are 10 out of a total of 10 cores being used." in status
+    for job in running(site, "bob")[:1]:
+        release(site, "bob", job)
+        assert site.wait_status(job, "done")["user"] == "bob"
+        assert site.output("bob", job) == "bob\n"  # ran as bob, started by root's tick
+    site.ok("alice", "kill", "all")
+    site.ok("bob", "kill", "all")
+
+
+def test_shares_of_the_manuals_rules(lab):
+    site = multi_site(lab, rules="even minimum 2")
+    out = site.admin("distribute", site.state + ".rules")
+    assert "Cores distributed (10 in all):" in out
+    assert "alice                minimum   2  extra   3" in out
+    assert "bob                  minimum   2  extra   3" in out
+    with open(site.state + ".rules", "w") as f:
+        f.write("explicit minimum 1\nalice=4\nbob 1+50%\n")
+    out = site.admin("distribute", site.state + ".rules")
+    assert "alice                minimum   1  extra   4" in out
+    assert "bob                  minimum   1  extra   4" in out  # 4 = 50% of 8, +0 left over
+
+
+def test_a_minimum_is_kept_for_its_user(lab):
+    """even minimum 2: bob's 2 guaranteed cores are never lent to alice."""
+    site = multi_site(lab, rules="even minimum 2")
+    [site.submit("alice", "-m", "1", HOLD) for _ in range(12)]
+    settle(site, {"alice": 8})
+    bob = site.submit("bob", "-m", "1", HOLD)
+    settle(site, {"alice": 8, "bob": 1})
+    site.ok("alice", "kill", "all")
+    release(site, "bob", bob)
+
+
+def test_killing_scenario(lab):
+    """killing.sh: kill 1; 11 more on 10 cores; kill 3-5 7,9; job 12 then starts."""
+    site = multi_site(lab, users=("alice",))
+    first = site.submit("alice", "sleep", "30")
+    site.wait_status(first, "running")
+    assert site.ok("alice", "kill", str(first)) == "1 job will be killed.\n"
+    site.wait_status(first, "killed")
+    ids = [site.submit("alice", "-m", "1", "sleep", "60") for _ in range(11)]
+    assert ids == list(range(2, 13))
+    wait_for(lambda: len(running(site)) == 10, what="10 running")
+    assert site.jobs()[12]["status"] == "queue"
+    assert site.ok("alice", "kill", "3-5", "7,9") == "5 jobs will be killed.\n"
+    for job in (3, 4, 5, 7, 9):
+        site.wait_status(job, "killed")
+    site.wait_status(12, "running")
+    site.ok("alice", "kill", "all")
+
+
+def test_backfill_scenario(lab):
+    """advanceQ.sh: a job that cannot start yet does not hold back smaller ones behind it."""
+    site = multi_site(lab, users=("alice",))
+    small = [site.submit("alice", "-m", "1", "sleep", "60") for _ in range(2)]
+    wait_for(lambda: len(running(site)) == 2, what="2 running")
+    big = site.submit("alice", "-n", "4", "-m", "1", "sleep", "60")
+    behind = [site.submit("alice", "-m", "1", "sleep", "60") for _ in range(6)]
+    wait_for(lambda: len(running(site)) == 8, what="the small jobs behind the big one")
+    assert site.jobs()[big]["status"] == "queue"
+    assert site.jobs()[big]["reason"] == "waiting for free cores"
+    assert all(site.jobs()[j]["status"] == "running" for j in small + behind)
+    site.ok("alice", "kill", "all")
+
+
+def test_basic_nodes_scenario(lab):
+    """basicnodes.sh: single-core jobs go to the node with most free cores, alternating."""
+    site = multi_site(lab, users=("alice",), nodes="node1 cores=10 memory=64\n"
+                                                   "node2 cores=10 memory=64\n")
+    site.ok("alice", "config", "checkFMT", r"%j %n\n")
+    jobs = []
+    for _ in range(5):
+        jobs.append(site.submit("alice", "-m", "1", "sleep", "60"))
+        site.wait_status(jobs[-1], "running")
+    assert [site.jobs()[j]["node"] for j in jobs] == ["node1", "node2", "node1", "node2", "node1"]
+    assert site.ok("alice", "check").split() == \
+        [w for j in jobs for w in (str(j), site.jobs()[j]["node"])]
+    status = site.ok("alice", "status")
+    assert any(line.split()[:3] == ["node1", "3", "10"] for line in status.splitlines())
+    assert any(line.split()[:3] == ["node2", "2", "10"] for line in status.splitlines())
+    site.ok("alice", "kill", "all")
+
+
+def test_users_cannot_touch_each_others_jobs(lab):
+    site = multi_site(lab, users=("alice", "bob"))
+    job = site.submit("alice", "sleep", "60")
+    site.wait_status(job, "running")
+    done = site.submit("alice", "true")
+    site.wait_status(done, "done")
+    for args, verb in ((("kill", str(job)), "kill"), (("clean", str(done)), "clean")):
+        result = site.run("bob", *args)
+        assert result.returncode == 1
+        assert result.stderr == "qpy: Job %s is not yours: you can only %s your own jobs.\n" \
+            % (args[1], verb)
+    site.ok("bob", "ctrlQueue", "pause")
+    result = site.run("bob", "ctrlQueue", "jump", str(job), "begin")
+    assert "is not yours" in result.stderr and result.returncode == 1
+    assert site.ok("bob", "check") == "Job submission is paused.\n"  # alice's are not shown
+    assert "You have no job" in site.run("bob", "notes", str(job)).stderr
+    assert site.jobs()[job]["status"] == "running" and site.jobs()[done]["status"] == "done"
+    site.ok("bob", "ctrlQueue", "continue")
+    # the operating system agrees: bob cannot read alice's job files
+    spool = os.path.join(site.state, "users", "alice")
+    result = site.run("bob", "sub", "cat %s/spool/*" % spool)
+    peek = int(result.stdout.split()[1])
+    site.wait_status(peek, "failed")
+    assert "Permission denied" in site.output("bob", peek, "err")
+    assert oct(os.stat(spool).st_mode)[-3:] == "700" and os.stat(spool).st_uid != 0
+    site.ok("alice", "kill", "all")
+
+
+def test_a_user_not_allowed_gets_a_clear_error(lab):
+    site = multi_site(lab, users=("alice", "bob"))
+    result = site.run("carol", "sub", "hostname")
+    assert result.returncode == 1
+    assert result.stderr == ("qpy: Job rejected: user carol is not allowed to use this qpy site "
+                             "(the administrator adds users to allowed_users).\n")
+    assert site.jobs() == {}
+
+
+def test_root_tick_refuses_a_job_whose_files_are_not_its_owners(lab):
+    """The DB is writable by the group: alice re-labels her queued job as bob's. Root's tick
+    checks the job file's owner and refuses to run it as bob."""
+    site = multi_site(lab, users=("alice", "bob"))
+    site.ok("alice", "ctrlQueue", "pause")
+    job = site.submit("alice", "id -un > whoami")
+    db = sqlite3.connect(os.path.join(site.state, "qpy.db"))
+    with db:
+        db.execute("UPDATE jobs SET user = 'bob' WHERE id = ?", (job,))
+    db.close()
+    site.admin("tick")
+    record = site.wait_status(job, "failed", tick=True)
+    assert record["reason"].startswith("refused: ")
+    assert not os.path.exists(os.path.join(site.workdir("alice"), "whoami"))
