@@ -15,6 +15,7 @@
   qpy_admin.py start
   qpy_admin.py finish
   qpy_admin.py set [<key> <value>]
+  qpy_admin.py timer [--install] [--dir=<dir>]
   qpy_admin.py (-h | --help)
 
 The administrator's side of qpy. It works on the state that users' qpy finds: $QPY_STATE, else
@@ -47,6 +48,9 @@ Commands:
                    or a systemd timer (see the README).
   start, finish    Allow or stop the start of any job on the site (running jobs go on).
   set [<key> <value>]  Show the site settings, or change one (numbers of seconds).
+  timer            Print the systemd service and timer that run the tick as root every 15 s,
+                   and the equivalent /etc/cron.d line. --install writes the two units to
+                   --dir (default /etc/systemd/system).
 """
 import os
 import sys
@@ -233,6 +237,38 @@ def dispatch(on):
         qpy.tick()
 
 
+def timer_units():
+    """The periodic tick, for systemd and for cron, for this install and this site."""
+    tick = "%s %s tick" % (sys.executable, os.path.join(qpy.HERE, "qpy_admin.py"))
+    state = qpy.state_dir()
+    service = ("[Unit]\nDescription=qpy tick: harvest ended jobs, start queued ones\n\n"
+               "[Service]\nType=oneshot\nEnvironment=QPY_STATE=%s\nExecStart=%s\n"
+               % (state, tick))
+    timer = ("[Unit]\nDescription=Run the qpy tick every 15 seconds\n\n"
+             "[Timer]\nOnBootSec=30\nOnUnitActiveSec=15\nAccuracySec=1\n\n"
+             "[Install]\nWantedBy=timers.target\n")
+    cron = "* * * * * root QPY_STATE=%s %s >/dev/null 2>&1\n" % (state, tick)
+    return {"qpy-tick.service": service, "qpy-tick.timer": timer}, cron
+
+
+def timer(install, directory):
+    units, cron = timer_units()
+    if install:
+        directory = directory or "/etc/systemd/system"
+        try:
+            for name, text in units.items():
+                with open(os.path.join(directory, name), "w") as f:
+                    f.write(text)
+        except OSError as e:
+            raise qpy.QpyError("Cannot install the units: %s" % e)
+        print("Installed %s in %s. Now: systemctl daemon-reload && systemctl enable --now "
+              "qpy-tick.timer" % (" and ".join(units), directory))
+        return
+    for name, text in units.items():
+        print("# %s\n%s" % (name, text))
+    print("# or, without systemd, /etc/cron.d/qpy (every minute):\n%s" % cron, end="")
+
+
 def create(directory, group, site_file):
     directory = os.path.abspath(directory)
     try:
@@ -296,6 +332,8 @@ def main(argv=None):
             dispatch(args["start"])
         elif args["set"]:
             settings(args["<key>"], args["<value>"])
+        elif args["timer"]:
+            timer(args["--install"], args["--dir"])
     except qpy.QpyError as e:
         sys.stderr.write("qpy_admin.py: %s\n" % e)
         return 1

@@ -122,3 +122,16 @@ def test_bad_admin_input(site):
     assert "No group nosuchgroup" in admin_fails(site, "create", os.path.join(site.work, "s"),
                                                  "--group", "nosuchgroup")
     assert site.dump() == before
+
+
+def test_timer_units_run_the_tick_for_this_site(site, tmp_path):
+    out = site.ok("timer", admin=True)
+    assert "[Timer]\nOnBootSec=30\nOnUnitActiveSec=15" in out
+    assert "Environment=QPY_STATE=%s" % site.state in out
+    assert "qpy_admin.py tick" in out and "/etc/cron.d/qpy" in out
+    units = tmp_path / "units"
+    units.mkdir()
+    out = site.ok("timer", "--install", "--dir", str(units), admin=True)
+    assert "systemctl enable --now qpy-tick.timer" in out
+    assert sorted(os.listdir(units)) == ["qpy-tick.service", "qpy-tick.timer"]
+    assert "Cannot install" in admin_fails(site, "timer", "--install", "--dir", "/nonexistent")
