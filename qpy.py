@@ -353,6 +353,7 @@ def job_fields(job, now, notes=""):
         "n": lambda: str(job["node"]) if user_status(job) != "queue" else "None",
         "N": lambda: str(job["n_cores"]),
         "m": lambda: str(float(job["mem"])),
+        "g": lambda: job["gpu_ids"] or "None",
         "a": lambda: job["attributes"],
         "A": lambda: (job["node"] if user_status(job) != "queue" and job["node"]
                       else "[%s]" % job["attributes"]),
@@ -554,7 +555,7 @@ def combine_attributes(job_attr, config):
 
 DIRECTIVE_KEYS = {
     "n_cores": "cores", "number of cores": "cores",
-    "mem": "mem", "memory": "mem",
+    "mem": "mem", "memory": "mem", "gpus": "gpus",
     "node_attr": "attributes", "node attributes": "attributes",
     "cpScript": "copy", "cp_script": "copy", "copy script": "copy",
 }
@@ -582,9 +583,9 @@ def parse_directives(lines):
 def check_request_value(kind, value, name):
     """Validate one resource request (from a flag or a directive); return it typed."""
     try:
-        if kind == "cores":
+        if kind in ("cores", "gpus"):
             number = int(value)
-            if number < 1:
+            if number < (1 if kind == "cores" else 0):
                 raise ValueError
             return number
         if kind == "mem":
@@ -704,13 +705,24 @@ def node_memory(node):
 
 
 def free_resources(nodes, live_jobs):
-    """{node name: [free cores, free mem]} after what running and claimed jobs hold."""
-    free = {node["name"]: [node["cores"], node_memory(node)] for node in nodes}
+    """{node name: {"cores", "mem", "gpus"}} left after what running and claimed jobs hold."""
+    free = {node["name"]: {"cores": node["cores"], "mem": node_memory(node), "gpus": node["gpus"]}
+            for node in nodes}
     for job in live_jobs:
         if job["status"] in ("starting", "running") and job["node"] in free:
-            free[job["node"]][0] -= job["n_cores"]
-            free[job["node"]][1] -= job["mem"]
+            hold(free[job["node"]], job)
     return free
+
+
+def hold(free_on_node, job):
+    free_on_node["cores"] -= job["n_cores"]
+    free_on_node["mem"] -= job["mem"]
+    free_on_node["gpus"] -= job["gpus"]
+
+
+def fits(free_on_node, job):
+    return (free_on_node["cores"] >= job["n_cores"] and free_on_node["mem"] >= job["mem"] - 1e-9
+            and free_on_node["gpus"] >= job["gpus"])
 
 
 def choose_node(job, nodes, free):
@@ -718,17 +730,15 @@ def choose_node(job, nodes, free):
     sparing the nodes marked for multicore jobs; multicore jobs take the first node that fits,
     those marked 'M' first. Down and drained nodes are never chosen."""
     tree = parse_attributes(job["attributes"])
-    fits = [node for node in nodes
-            if node["state"] == "up"
-            and free[node["name"]][0] >= job["n_cores"]
-            and free[node["name"]][1] >= job["mem"] - 1e-9
-            and matches_attributes(tree, node_labels(node))]
-    if not fits:
+    candidates = [node for node in nodes
+                  if node["state"] == "up" and fits(free[node["name"]], job)
+                  and matches_attributes(tree, node_labels(node))]
+    if not candidates:
         return None
     if job["n_cores"] == 1:
-        spare = [node for node in fits if not node["pref_multicore"]] or fits
-        return max(spare, key=lambda node: free[node["name"]][0])  # ties: first in order
-    return sorted(fits, key=lambda node: not node["pref_multicore"])[0]
+        spare = [node for node in candidates if not node["pref_multicore"]] or candidates
+        return max(spare, key=lambda node: free[node["name"]]["cores"])  # ties: first in order
+    return sorted(candidates, key=lambda node: not node["pref_multicore"])[0]
 
 
 def parse_rules(text):
@@ -883,15 +893,14 @@ def place_one(job, nodes, free, total, used, queued, blocked_users, shares):
     node = choose_node(job, nodes, free)
     if node is None:
         return None, "waiting for resources"
-    free[node["name"]][0] -= job["n_cores"]
-    free[node["name"]][1] -= job["mem"]
+    hold(free[node["name"]], job)
     used[user] = used.get(user, 0) + job["n_cores"]
     queued[user] -= 1
     return node["name"], None
 
 
 def unsatisfiable_reason(request, nodes):
-    """Why no node could ever run this request (cores, memory, attributes), or None."""
+    """Why no node could ever run this request (cores, memory, GPUs, attributes), or None."""
     tree = parse_attributes(request["attributes"])
     named = [node for node in nodes if matches_attributes(tree, node_labels(node))]
     if not named:
@@ -903,6 +912,10 @@ def unsatisfiable_reason(request, nodes):
                for node in named):
         return "no node with %d cores has %g GB of memory (the largest has %g GB)" % (
             request["n_cores"], request["mem"], max(node_memory(node) for node in named))
+    if not any(fits({"cores": n["cores"], "mem": node_memory(n), "gpus": n["gpus"]}, request)
+               for n in named):
+        return "no node with %d cores and %g GB has %d GPUs" % (
+            request["n_cores"], request["mem"], request["gpus"])
     return None
 
 
@@ -973,14 +986,17 @@ def tick_pass():
             if job["id"] in pending and job["reason"] != pending[job["id"]]:
                 db.execute("UPDATE jobs SET reason = ? WHERE id = ?",
                            (pending[job["id"]], job["id"]))
-        owner = {job["id"]: job["user"] for job in live}
+        by_id = {job["id"]: job for job in live}
+        devices = gpus_in_use(live)
         claims = []
         now = time.time()
         for job_id, node_name in placements:
-            if me is not None and owner[job_id] != me:
+            if me is not None and by_id[job_id]["user"] != me:
                 continue  # its owner's tick (or root's) will start it
+            ids = pick_gpus(devices.setdefault(node_name, set()), by_id[job_id]["gpus"])
             db.execute("UPDATE jobs SET status = 'starting', node = ?, attempt = attempt + 1, "
-                       "claimed_at = ?, reason = NULL WHERE id = ?", (node_name, now, job_id))
+                       "claimed_at = ?, reason = NULL, gpu_ids = ? WHERE id = ?",
+                       (node_name, now, ",".join(map(str, ids)), job_id))
             row = db.execute("SELECT j.id, j.attempt, j.user, j.node, j.spec, n.address "
                              "FROM jobs j JOIN nodes n ON n.name = j.node WHERE j.id = ?",
                              (job_id,)).fetchone()
@@ -991,6 +1007,27 @@ def tick_pass():
     crash_point("tick:claimed")
     launch_all(claims)
     crash_point("tick:launched")
+
+
+def gpus_in_use(live_jobs):
+    """{node: set of GPU indices held by its running and claimed jobs}."""
+    devices = {}
+    for job in live_jobs:
+        if job["status"] in ("starting", "running") and job["gpu_ids"]:
+            devices.setdefault(job["node"], set()).update(map(int, job["gpu_ids"].split(",")))
+    return devices
+
+
+def pick_gpus(taken, count):
+    """The lowest `count` GPU indices not in `taken` (which they join)."""
+    chosen = []
+    index = 0
+    while len(chosen) < count:
+        if index not in taken:
+            chosen.append(index)
+            taken.add(index)
+        index += 1
+    return chosen
 
 
 def load_rules(db):
@@ -1367,6 +1404,8 @@ def job_environment(spec, job, node):
                QPY_MEM=str(float(job["mem"])))
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env.setdefault(name, str(job["n_cores"]))
+    if job["gpus"]:
+        env.update(CUDA_VISIBLE_DEVICES=job["gpu_ids"], QPY_GPUS=job["gpu_ids"])
     env.pop("QPY_CRASH_AT", None)
     return env
 
@@ -1547,6 +1586,7 @@ command: everything after the command is the command's.
 Options:
   -n N, --cores N       Number of cores [#QPY n_cores; default 1].
   -m M, --mem M         Memory in GB [#QPY mem; default 5, at most a node's memory].
+  -g N, --gpus N        Number of GPUs, distinct devices of one node [#QPY gpus; default 0].
   -a EXPR, --node_attr EXPR
                         Node attributes, e.g. 'big and (fast or gpu)' [#QPY node_attr].
   -c, --copyScript      Run a copy of the script, so it can be edited meanwhile.
@@ -1573,7 +1613,8 @@ Examples:
         raise QpyError("Job rejected due to its options: give only one of -c and -o.")
     cwd = os.getcwd()
     flags = {}
-    for kind, option in (("cores", "--cores"), ("mem", "--mem"), ("attributes", "--node_attr")):
+    for kind, option in (("cores", "--cores"), ("mem", "--mem"), ("gpus", "--gpus"),
+                         ("attributes", "--node_attr")):
         if args[option] is not None:
             try:
                 flags[kind] = check_request_value(kind, args[option], option)
@@ -1607,7 +1648,7 @@ Examples:
         nodes = db.execute("SELECT * FROM nodes").fetchall()
         if not nodes:
             raise QpyError("Job rejected: this qpy site has no nodes; ask the administrator.")
-        job = {"n_cores": request.get("cores", 1),
+        job = {"n_cores": request.get("cores", 1), "gpus": request.get("gpus", 0),
                "mem": request.get("mem", min(5.0, max(node_memory(node) for node in nodes))),
                "attributes": combine_attributes(request.get("attributes", ""), config)}
         why = unsatisfiable_reason(job, nodes)
@@ -1623,10 +1664,10 @@ Examples:
         write_atomically(spec_path, json.dumps(spec).encode())
         crash_point("sub:spooled")
         cursor = db.execute(
-            "INSERT INTO jobs (user, command, cwd, spec, n_cores, mem, attributes, requeue, "
-            "position, queued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
-            (user, command, cwd, spec_path, job["n_cores"], job["mem"], job["attributes"],
-             int(args["--requeue"]), time.time()))
+            "INSERT INTO jobs (user, command, cwd, spec, n_cores, mem, gpus, attributes, "
+            "requeue, position, queued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
+            (user, command, cwd, spec_path, job["n_cores"], job["mem"], job["gpus"],
+             job["attributes"], int(args["--requeue"]), time.time()))
         db.execute("UPDATE jobs SET position = id WHERE id = ?", (cursor.lastrowid,))
         request_tick(db)
         return cursor.lastrowid
@@ -1846,49 +1887,51 @@ Examples:
 def cmd_status(args):
     """Usage: qpy status
 
-Show the users with their cores in use and queue sizes, and the nodes with their cores and
-memory in use.
+Show the users (cores in use, queued jobs) and the nodes (cores, memory and GPUs in use and in
+all; down or drained), as the original qpy did.
 """
     def read(db):
         users = db.execute(
-            "SELECT user, SUM(CASE WHEN status IN ('starting', 'running') THEN n_cores ELSE 0 END)"
-            " AS cores, SUM(status = 'queue') AS queued FROM jobs "
-            "WHERE status IN ('queue', 'starting', 'running') GROUP BY user ORDER BY user"
-        ).fetchall()
+            "SELECT user, SUM(CASE WHEN status = 'queue' THEN 0 ELSE n_cores END) AS cores, "
+            "SUM(status = 'queue') AS queued FROM jobs "
+            "WHERE status IN ('queue', 'starting', 'running') GROUP BY user").fetchall()
         nodes = db.execute("SELECT * FROM nodes ORDER BY position, name").fetchall()
         live = db.execute("SELECT * FROM jobs WHERE status IN ('starting', 'running')").fetchall()
-        return users, nodes, live
+        return share_holders(db), users, nodes, live
 
-    users, nodes, live = atomically(read, write=False)
-    line = "-" * 88 + "\n"
-    double = "=" * 88 + "\n"
+    holders, busy, nodes, live = atomically(read, write=False)
+    usage = {row["user"]: (row["cores"], row["queued"]) for row in busy}
+    names = list(dict.fromkeys(holders + sorted(usage)))
+    line, double = "-" * 88 + "\n", "=" * 88 + "\n"
     out = ["user                          using cores        queue size\n", line]
-    for row in users:
-        out.append("%-32s %-5d%s%-5d\n" % (row["user"], row["cores"], " " * 13, row["queued"]))
-    if not users:
+    for name in names:
+        cores, queued = usage.get(name, (0, 0))
+        out.append("%-32s %-5d%s%-5d\n" % (name, cores, " " * 13, queued))
+    if not names:
         out.append("No users.\n")
-    out += [double, "                                   cores          memory (GB)\n",
-            "node                            used  total      used    total\n", line]
+    out += [double,
+            "                                   cores           memory (GB)          GPUs\n",
+            "node                            used  total      used    total     used  total\n",
+            line]
     free = free_resources(nodes, live)
-    used_total = 0
     for node in nodes:
-        used = node["cores"] - free[node["name"]][0]
-        used_total += used
+        left = free[node["name"]]
         label = node["name"]
-        if node["attributes"]:
+        if node["attributes"] and len(label + node["attributes"]) < 24:
             label += " [%s]" % node["attributes"]
         if node["state"] != "up":
             label += " (%s)" % node["state"]
         known = node["mem"] is not None
-        out.append("%-30s %5d %5d   %7s  %7s\n" % (
-            label, used, node["cores"],
-            "%.1f" % (node["mem"] - free[node["name"]][1]) if known else "-",
-            "%.1f" % node["mem"] if known else "?"))
+        out.append("%-30s %5d %5d   %7s  %7s    %5d  %5d\n" % (
+            label, node["cores"] - left["cores"], node["cores"],
+            "%.1f" % (node["mem"] - left["mem"]) if known else "-",
+            "%.1f" % node["mem"] if known else "?", node["gpus"] - left["gpus"], node["gpus"]))
     if not nodes:
         out.append("No nodes.\n")
     out.append(double)
-    out.append("There are %d out of a total of %d cores being used.\n"
-               % (used_total, sum(node["cores"] for node in nodes)))
+    out.append("There are %d out of a total of %d cores being used.\n" % (
+        sum(node["cores"] - free[node["name"]]["cores"] for node in nodes),
+        sum(node["cores"] for node in nodes)))
     sys.stdout.write("".join(out))
 
 

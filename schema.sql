@@ -75,6 +75,8 @@ CREATE TABLE jobs (
     spec        TEXT NOT NULL,            -- job file in the owner's directory: argv and environment
     n_cores     INTEGER NOT NULL CHECK (n_cores >= 1),
     mem         REAL NOT NULL CHECK (mem >= 0),
+    gpus        INTEGER NOT NULL DEFAULT 0 CHECK (gpus >= 0),
+    gpu_ids     TEXT,                     -- the GPU indices it holds on its node ('0,1')
     attributes  TEXT NOT NULL DEFAULT '', -- node attribute expression ('' = any node)
     position    REAL NOT NULL,            -- queue order (FIFO, changed by ctrlQueue jump)
     node        TEXT,                     -- where it runs or ran

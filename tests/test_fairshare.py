@@ -95,12 +95,12 @@ def test_admission_rule(who, cores, shares, used, queued, free, expected, why):
 
 def node(name, cores, mem=1000.0):
     return {"name": name, "cores": cores, "mem": mem, "attributes": "", "pref_multicore": False,
-            "state": "up"}
+            "state": "up", "gpus": 0}
 
 
 def jobs_of(user, count, start, status="queue", on=None):
     return [{"id": start + i, "user": user, "n_cores": 1, "mem": 1.0, "attributes": "",
-             "status": status, "node": on} for i in range(count)]
+             "status": status, "node": on, "gpus": 0} for i in range(count)]
 
 
 def test_alone_a_user_takes_everything_then_the_other_gets_every_freed_core():

@@ -38,7 +38,7 @@ def test_idset_parser_never_crashes(text):
 JOB = {"id": 100, "status": "running", "command": "bash my_script.sh", "cwd": "/home/users/",
        "node": "comp1", "n_cores": 2, "mem": 5.0, "attributes": "big and fast",
        "queued_at": 1000.0, "started_at": 1010.0, "ended_at": None, "exit_code": None,
-       "signal": None, "reason": None}
+       "signal": None, "reason": None, "gpu_ids": None}
 
 
 def test_default_format_is_the_manuals():
@@ -50,6 +50,7 @@ def test_every_key():
     out = qpy.format_job("%j|%s|%c|%d|%n|%N|%m|%a|%A|%R|%x|%%", JOB, 1100.0)
     assert out == "100|running|bash my_script.sh|/home/users/|comp1|2|5.0|big and fast|comp1|" \
                   "0:01:30|None|%"
+    assert qpy.format_job("%g", dict(JOB, gpu_ids="0,1"), 0) == "0,1"
     queued = dict(JOB, status="starting", node="comp1")
     assert qpy.format_job("%s %n %A", queued, 1100.0) == "queue None [big and fast]"
 
@@ -202,14 +203,14 @@ def test_bad_nodes_files(text, message):
 
 # ---- scheduler -----------------------------------------------------------------------------
 
-def node(name, cores, mem=100.0, attributes="", pref_multicore=False, state="up"):
+def node(name, cores, mem=100.0, attributes="", pref_multicore=False, state="up", gpus=0):
     return {"name": name, "cores": cores, "mem": mem, "attributes": attributes,
-            "pref_multicore": pref_multicore, "state": state}
+            "pref_multicore": pref_multicore, "state": state, "gpus": gpus}
 
 
-def job(job_id, cores=1, mem=1.0, attributes="", user="alice", status="queue", on=None):
+def job(job_id, cores=1, mem=1.0, attributes="", user="alice", status="queue", on=None, gpus=0):
     return {"id": job_id, "n_cores": cores, "mem": mem, "attributes": attributes, "user": user,
-            "status": status, "node": on}
+            "status": status, "node": on, "gpus": gpus}
 
 
 def place(nodes, live, blocked=None, shares=None):
@@ -271,10 +272,22 @@ def test_scheduler_never_overcommits(requests, node_specs):
     assert len({i for i, _ in placed}) == len(placed)
 
 
+def test_gpus_are_counted_per_node():
+    nodes = [node("cpu", 8), node("gpu", 8, gpus=2)]
+    live = [job(1, gpus=1), job(2, gpus=2), job(3, gpus=1), job(4)]
+    assert place(nodes, live) == [(1, "gpu"), (3, "gpu"), (4, "cpu")]
+    taken = {0}
+    assert qpy.pick_gpus(taken, 2) == [1, 2] and taken == {0, 1, 2}
+
+
+def request(cores=1, mem=1.0, attributes="", gpus=0):
+    return {"n_cores": cores, "mem": mem, "attributes": attributes, "gpus": gpus}
+
+
 def test_unsatisfiable_requests_are_explained():
-    nodes = [node("a", 2, mem=8.0, attributes="big")]
-    assert "3 cores" in qpy.unsatisfiable_reason({"n_cores": 3, "mem": 1, "attributes": ""}, nodes)
-    assert "GB" in qpy.unsatisfiable_reason({"n_cores": 1, "mem": 9, "attributes": ""}, nodes)
-    assert "attributes" in qpy.unsatisfiable_reason({"n_cores": 1, "mem": 1,
-                                                     "attributes": "gpu"}, nodes)
-    assert qpy.unsatisfiable_reason({"n_cores": 2, "mem": 8, "attributes": "a"}, nodes) is None
+    nodes = [node("a", 2, mem=8.0, attributes="big", gpus=1)]
+    assert "3 cores" in qpy.unsatisfiable_reason(request(cores=3), nodes)
+    assert "GB" in qpy.unsatisfiable_reason(request(mem=9), nodes)
+    assert "attributes" in qpy.unsatisfiable_reason(request(attributes="gpu"), nodes)
+    assert "2 GPUs" in qpy.unsatisfiable_reason(request(gpus=2), nodes)
+    assert qpy.unsatisfiable_reason(request(cores=2, mem=8, attributes="a", gpus=1), nodes) is None
