@@ -354,6 +354,11 @@ def job_fields(job, now, notes=""):
         "N": lambda: str(job["n_cores"]),
         "m": lambda: str(float(job["mem"])),
         "g": lambda: job["gpu_ids"] or "None",
+        "J": lambda: job["name"] or "",
+        "L": lambda: format_span(job["time_limit"]),
+        "M": lambda: "None" if job["max_rss"] is None else "%.1f MB" % (job["max_rss"] / 1024),
+        "U": lambda: format_span(job["cpu_time"]),
+        "i": lambda: "None" if job["array_index"] is None else str(job["array_index"]),
         "a": lambda: job["attributes"],
         "A": lambda: (job["node"] if user_status(job) != "queue" and job["node"]
                       else "[%s]" % job["attributes"]),
@@ -555,7 +560,7 @@ def combine_attributes(job_attr, config):
 
 DIRECTIVE_KEYS = {
     "n_cores": "cores", "number of cores": "cores",
-    "mem": "mem", "memory": "mem", "gpus": "gpus",
+    "mem": "mem", "memory": "mem", "gpus": "gpus", "time": "time",
     "node_attr": "attributes", "node attributes": "attributes",
     "cpScript": "copy", "cp_script": "copy", "copy script": "copy",
 }
@@ -595,10 +600,35 @@ def check_request_value(kind, value, name):
             return number
         if kind == "copy":
             return parse_bool(value)
+        if kind == "time":
+            return parse_duration(value)
     except ValueError:
         raise QpyError("Invalid value for %s: %s." % (name, value))
     parse_attributes(value)
     return value
+
+
+def parse_duration(text):
+    """A time limit as Slurm writes it: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS.
+    Returns seconds (> 0); raises ValueError."""
+    days, dash, rest = text.strip().rpartition("-") if "-" in text else ("0", "", text.strip())
+    parts = rest.split(":")
+    if not days.isdigit() or not all(p.isdigit() for p in parts) or len(parts) > 3:
+        raise ValueError(text)
+    numbers = [int(p) for p in parts]
+    if dash:  # D-HH[:MM[:SS]]
+        numbers += [0] * (3 - len(numbers))
+        hours, minutes, seconds = numbers
+    elif len(numbers) == 3:
+        hours, minutes, seconds = numbers
+    elif len(numbers) == 2:
+        hours, (minutes, seconds) = 0, numbers
+    else:
+        hours, minutes, seconds = 0, numbers[0], 0
+    total = ((int(days) * 24 + hours) * 60 + minutes) * 60 + seconds
+    if total <= 0:
+        raise ValueError(text)
+    return float(total)
 
 
 SHELLS = {"sh", "bash", "dash", "zsh", "ksh", "csh", "tcsh", "python", "python3", "perl"}
@@ -840,30 +870,43 @@ def admitted(user, cores, shares, used, queued, free_unreserved):
     return mine <= least + extra + idle // wanting
 
 
-def schedule(nodes, live_jobs, blocked_users, shares=None):
+def schedule(nodes, live_jobs, blocked_users, shares=None, held=None):
     """Decide which queued jobs start now, and where.
 
     nodes: rows with name, cores, mem, attributes, pref_multicore, state (in file order);
     live_jobs: queued, starting and running jobs, queued ones in queue order;
     blocked_users: {user: why} for users whose queue is paused or finished;
-    shares: {user: (minimum, extra)} from compute_shares, or None for no fair share.
+    shares: {user: (minimum, extra)} from compute_shares, or None for no fair share;
+    held: {job id: why} for jobs that may not start yet (their dependencies).
     Returns ([(job id, node name)], {job id: why it waits}). A job that does not fit is passed
     over so that smaller jobs behind it can start (backfilling)."""
     free = free_resources(nodes, live_jobs)
     total = sum(node["cores"] for node in nodes)
-    used, queued = {}, {}
+    held = held or {}
+    used, queued, array_running = {}, {}, {}
     for job in live_jobs:
         if job["status"] == "queue":
-            if job["user"] not in blocked_users:
+            if job["user"] not in blocked_users and job["id"] not in held:
                 queued[job["user"]] = queued.get(job["user"], 0) + 1
         else:
             used[job["user"]] = used.get(job["user"], 0) + job["n_cores"]
+            if job["array_of"] is not None:
+                array_running[job["array_of"]] = array_running.get(job["array_of"], 0) + 1
     placements, pending = [], {}
     waiting = [job for job in live_jobs if job["status"] == "queue"]
     while True:  # until a pass places nothing: a placement may make another job admissible
         before = len(placements)
         for job in waiting:
-            where, why = place_one(job, nodes, free, total, used, queued, blocked_users, shares)
+            limit = job["array_limit"]
+            if job["id"] in held:
+                where, why = None, held[job["id"]]
+            elif limit and array_running.get(job["array_of"], 0) >= limit:
+                where, why = None, "array limit: %d running" % limit
+            else:
+                where, why = place_one(job, nodes, free, total, used, queued, blocked_users,
+                                       shares)
+                if where and job["array_of"] is not None:
+                    array_running[job["array_of"]] = array_running.get(job["array_of"], 0) + 1
             if where:
                 placements.append((job["id"], where))
                 pending.pop(job["id"], None)
@@ -981,7 +1024,9 @@ def tick_pass():
                    for row in db.execute("SELECT * FROM users WHERE paused OR finished")}
         shares = compute_shares(load_rules(db), share_holders(db),
                                 sum(node["cores"] for node in nodes))
-        placements, pending = schedule(nodes, live, blocked, shares)
+        held, dropped = hold_for_dependencies(db, live)
+        live = [job for job in live if job["id"] not in dropped]
+        placements, pending = schedule(nodes, live, blocked, shares, held)
         for job in live:
             if job["id"] in pending and job["reason"] != pending[job["id"]]:
                 db.execute("UPDATE jobs SET reason = ? WHERE id = ?",
@@ -1007,6 +1052,34 @@ def tick_pass():
     crash_point("tick:claimed")
     launch_all(claims)
     crash_point("tick:launched")
+
+
+DEPENDENCY_MET = {"after": FINISHED, "afterok": ("done",),
+                  "afternotok": ("failed", "killed", "undone")}
+
+
+def hold_for_dependencies(db, live):
+    """({job id: why}, {job id}): queued jobs whose dependencies are not met yet, and those
+    whose dependencies can no longer be met, which become undone with the reason at once."""
+    held, dropped = {}, set()
+    for job in live:
+        if job["status"] != "queue" or not job["dependencies"]:
+            continue
+        for kind, other in json.loads(job["dependencies"]):
+            row = db.execute("SELECT status FROM jobs WHERE id = ?", (other,)).fetchone()
+            status = row[0] if row else None
+            if status in DEPENDENCY_MET[kind]:
+                continue
+            if status in FINISHED or (status is None and kind != "after"):
+                # its own dependents follow in the next pass (unqueue asks for one)
+                unqueue(db, job, "dependency never satisfied: job %d %s"
+                        % (other, status or "was cleaned"))
+                dropped.add(job["id"])
+                break
+            if status is not None:
+                held[job["id"]] = "waiting for job %d (%s)" % (other, kind)
+                break
+    return held, dropped
 
 
 def gpus_in_use(live_jobs):
@@ -1116,18 +1189,30 @@ def finish_job(db, job, record):
                 record["ended_at"], record.get("max_rss"), record.get("cpu_time"),
                 job["id"], job["attempt"]))
     request_tick(db)
-    discard_job_files(job)
+    discard_job_files(db, job)
 
 
-def discard_job_files(job):
-    spec = job["spec"]
+def discard_job_files(db, job):
+    """Remove an ended job's files. The job file and script copy are shared by the jobs of an
+    array: they go with the last of them."""
+    remove_quietly(*(run_file(job["user"], job["id"], kind) for kind in ("exit", "hb", "started")))
+    if db.execute("SELECT 1 FROM jobs WHERE spec = ? AND id != ? AND status IN "
+                  "('queue', 'starting', 'running') LIMIT 1", (job["spec"], job["id"])).fetchone():
+        return
     try:
-        with open(spec) as f:
+        with open(job["spec"]) as f:
             copied = json.load(f).get("script_copy")
     except (OSError, ValueError):
         copied = None
-    remove_quietly(*(run_file(job["user"], job["id"], kind) for kind in ("exit", "hb", "started")))
-    remove_quietly(spec, *([copied] if copied else []))
+    remove_quietly(job["spec"], *([copied] if copied else []))
+
+
+def unqueue(db, job, reason):
+    """A queued job that will never run: undone, with the reason."""
+    db.execute("UPDATE jobs SET status = 'undone', ended_at = ?, reason = ? WHERE id = ?",
+               (time.time(), reason, job["id"]))
+    discard_job_files(db, job)
+    request_tick(db)
 
 
 def process_boot(pid):
@@ -1399,14 +1484,23 @@ def probe_down_nodes():
 # --------------------------------------------------------------------------------------------
 
 def job_environment(spec, job, node):
+    """The submitter's environment, plus what qpy tells the job. Thread counts follow the
+    job's cores unless the user chose them. QPY_SET_VARS names what qpy set, so that a qpy sub
+    inside the job does not pass it on to the next job."""
     env = dict(spec["env"])
     env.update(QPY_JOB_ID=str(job["id"]), QPY_NODE=node, QPY_N_CORES=str(job["n_cores"]),
                QPY_MEM=str(float(job["mem"])))
+    chosen = []
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        env.setdefault(name, str(job["n_cores"]))
+        if name not in env:
+            env[name] = str(job["n_cores"])
+            chosen.append(name)
     if job["gpus"]:
         env.update(CUDA_VISIBLE_DEVICES=job["gpu_ids"], QPY_GPUS=job["gpu_ids"])
-    env.pop("QPY_CRASH_AT", None)
+        chosen.append("CUDA_VISIBLE_DEVICES")
+    if job["array_index"] is not None:
+        env["QPY_ARRAY_INDEX"] = str(job["array_index"])
+    env["QPY_SET_VARS"] = ",".join(chosen)
     return env
 
 
@@ -1509,14 +1603,19 @@ def run_job(job_id, attempt):
 
 
 def supervise(job, pid, stop, wake):
-    """Wait for the command, forwarding a kill (SIGTERM, then SIGKILL after kill_grace) and
-    touching the heartbeat file; return the exit record."""
+    """Wait for the command, touching the heartbeat file; stop it (SIGTERM to its group, then
+    SIGKILL after kill_grace) when the user kills it or its time limit passes; return the
+    exit record."""
     import select
     grace, beat = atomically(lambda db: (meta_number(db, "kill_grace"),
                                          meta_number(db, "heartbeat")), write=False)
     heartbeat = run_file(job["user"], job["id"], "hb")
     poller = select.poll()
     poller.register(wake, select.POLLIN)
+    time_up = time.time() + job["time_limit"] if job["time_limit"] else None
+    floor = memory_peak(os.getpid(), None) or 0  # what the fork left in the child's count
+    peak = 0
+    stopping = None  # why the job is being stopped, once it is
     hard_kill_at = None
     next_beat = 0
     while True:
@@ -1525,19 +1624,23 @@ def supervise(job, pid, stop, wake):
             with open(heartbeat, "w"):
                 pass
             next_beat = now + beat
-        if stop["asked"] and hard_kill_at is None:
+        if stopping is None and (stop["asked"] or (time_up and now >= time_up)):
+            stopping = "killed by the user" if stop["asked"] else "time limit"
             signal_group(pid, signal.SIGTERM)
             hard_kill_at = now + grace
         if hard_kill_at is not None and now >= hard_kill_at:
             signal_group(pid, signal.SIGKILL)
+        peak = max(peak, memory_peak(pid, sys.executable) or 0)
         done, status, usage = os.wait4(pid, os.WNOHANG)
         if done:
             break
-        deadline = min(next_beat, hard_kill_at or next_beat)
+        deadline = min(t for t in (next_beat, hard_kill_at, time_up, now + 1) if t is not None)
         if poller.poll(max(0.0, deadline - time.time()) * 1000 + 1):
             os.read(wake, 512)
     signal_group(pid, signal.SIGKILL)  # what the command left behind in its group
-    record = {"attempt": job["attempt"], "ended_at": time.time(), "max_rss": usage.ru_maxrss,
+    # ru_maxrss counts the runner's own pages copied by the fork; below that, trust the samples
+    rss = usage.ru_maxrss if usage.ru_maxrss > floor * 1.1 else (peak or None)
+    record = {"attempt": job["attempt"], "ended_at": time.time(), "max_rss": rss,
               "cpu_time": usage.ru_utime + usage.ru_stime, "exit_code": None, "signal": None,
               "reason": None}
     if os.WIFSIGNALED(status):
@@ -1547,12 +1650,28 @@ def supervise(job, pid, stop, wake):
         record["exit_code"] = os.WEXITSTATUS(status)
         if record["exit_code"]:
             record["reason"] = "exit code %d" % record["exit_code"]
-    if stop["asked"]:
-        record["status"] = "killed"
-        record["reason"] = "killed by the user"
+    if stopping:
+        record["status"] = "killed" if stopping == "killed by the user" else "failed"
+        record["reason"] = stopping
     else:
         record["status"] = "done" if record["exit_code"] == 0 else "failed"
     return record
+
+
+def memory_peak(pid, unless_running):
+    """The peak resident memory (VmHWM, KB) of a process, or None: gone, or still running
+    the program `unless_running` (a forked job that has not become its command yet)."""
+    try:
+        if unless_running and os.readlink("/proc/%d/exe" % pid) == os.path.realpath(
+                unless_running):
+            return None
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
 
 
 def signal_group(pgid, sig):
@@ -1589,6 +1708,14 @@ Options:
   -g N, --gpus N        Number of GPUs, distinct devices of one node [#QPY gpus; default 0].
   -a EXPR, --node_attr EXPR
                         Node attributes, e.g. 'big and (fast or gpu)' [#QPY node_attr].
+  -t TIME, --time TIME  Time limit: MM, MM:SS, HH:MM:SS, D-HH or D-HH:MM:SS [#QPY time];
+                        then the job is stopped and failed with reason 'time limit'.
+  -N NAME, --name NAME  A name for the job, shown by the checkFMT key %J.
+  --after IDS           Start after these jobs have ended, however they ended.
+  --afterok IDS         Start after these jobs are done; if one is not, never (undone).
+  --afternotok IDS      Start after these jobs have ended without being done.
+  --array RANGE         One job per index (1-100 or 1-9,20, and %K for at most K running at
+                        once: 1-100%5); each gets QPY_ARRAY_INDEX.
   -c, --copyScript      Run a copy of the script, so it can be edited meanwhile.
   -o, --originalScript  Run the script itself (overrides copyScripts true).
   --requeue             If the job's node is lost, queue the job again (instead of failed):
@@ -1599,6 +1726,8 @@ Examples:
   qpy sub hostname
   qpy sub -n 3 -m 10 ./script.sh
   qpy sub 'for i in 1 2 3; do echo $i; done > f'   (one argument: run by the shell)
+  qpy sub --array 1-100%10 -t 30 ./analyse.sh      (100 jobs, 10 at a time, 30 minutes each)
+  qpy sub --afterok 12 ./plot.sh
 """
     import shlex
     if args["--help"]:
@@ -1609,30 +1738,9 @@ Examples:
         argv = argv[1:]
     if not argv or not argv[0].strip():
         raise QpyError("Job rejected: give the command to run, e.g. qpy sub hostname")
-    if args["--copyScript"] and args["--originalScript"]:
-        raise QpyError("Job rejected due to its options: give only one of -c and -o.")
     cwd = os.getcwd()
-    flags = {}
-    for kind, option in (("cores", "--cores"), ("mem", "--mem"), ("gpus", "--gpus"),
-                         ("attributes", "--node_attr")):
-        if args[option] is not None:
-            try:
-                flags[kind] = check_request_value(kind, args[option], option)
-            except QpyError as e:
-                raise QpyError("Job rejected due to its options: %s" % e)
-    if args["--copyScript"] or args["--originalScript"]:
-        flags["copy"] = bool(args["--copyScript"])
     script = find_script(argv, cwd)
-    directives = {}
-    if script:
-        try:
-            with open(script[2], errors="replace") as f:
-                directives = parse_directives(f)
-        except OSError:
-            pass
-        except QpyError as e:
-            raise QpyError("Job rejected: %s (in %s)" % (e, script[1]))
-    request = {**directives, **flags}  # flags win over #QPY lines
+    request = submission_request(args, script)
     command = argv[0] if len(argv) == 1 else shlex.join(argv)
     user = user_name()
     ensure_user_dirs(user)
@@ -1654,28 +1762,112 @@ Examples:
         why = unsatisfiable_reason(job, nodes)
         if why:
             raise QpyError("Job rejected: %s." % why)
+        for kind, job_id in request["dependencies"]:
+            if not db.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone():
+                raise QpyError("Job rejected: --%s names job %d, which does not exist."
+                               % (kind, job_id))
         run_argv = list(argv)
         copy = None
         if script and request.get("copy", config["copyScripts"]):
             copy = copy_script(user, token, script[2])
             run_argv = substitute_script(argv, script, copy)
         spec_path = os.path.join(user_dir(user), "spool", token + ".job")
-        spec = {"argv": run_argv, "cwd": cwd, "env": dict(os.environ), "script_copy": copy}
+        spec = {"argv": run_argv, "cwd": cwd, "env": submitted_environment(),
+                "script_copy": copy}
         write_atomically(spec_path, json.dumps(spec).encode())
         crash_point("sub:spooled")
-        cursor = db.execute(
-            "INSERT INTO jobs (user, command, cwd, spec, n_cores, mem, gpus, attributes, "
-            "requeue, position, queued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
-            (user, command, cwd, spec_path, job["n_cores"], job["mem"], job["gpus"],
-             job["attributes"], int(args["--requeue"]), time.time()))
-        db.execute("UPDATE jobs SET position = id WHERE id = ?", (cursor.lastrowid,))
+        indices, limit = request["array"]
+        ids = []
+        for index in indices:
+            cursor = db.execute(
+                "INSERT INTO jobs (user, command, cwd, spec, n_cores, mem, gpus, attributes, "
+                "requeue, name, time_limit, dependencies, array_index, array_limit, position, "
+                "queued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
+                (user, command, cwd, spec_path, job["n_cores"], job["mem"], job["gpus"],
+                 job["attributes"], int(args["--requeue"]), args["--name"],
+                 request.get("time"),
+                 json.dumps(request["dependencies"]) if request["dependencies"] else None, index,
+                 limit, time.time()))
+            ids.append(cursor.lastrowid)
+        db.execute("UPDATE jobs SET position = id, array_of = CASE WHEN array_index IS NULL "
+                   "THEN NULL ELSE ? END WHERE id BETWEEN ? AND ?", (ids[0], ids[0], ids[-1]))
         request_tick(db)
-        return cursor.lastrowid
+        return ids
 
-    job_id = atomically(insert)
+    ids = atomically(insert)
     crash_point("sub:committed")
-    print("Job %d received." % job_id)
+    if len(ids) == 1 and request["array"][0] == [None]:
+        print("Job %d received." % ids[0])
+    else:
+        print("Jobs %d-%d received (array %s)." % (ids[0], ids[-1], args["--array"]))
     detach(tick)
+
+
+def submission_request(args, script):
+    """What a submission asks for, from its options and its script's #QPY lines (options win),
+    validated: a mistake raises QpyError naming it."""
+    if args["--copyScript"] and args["--originalScript"]:
+        raise QpyError("Job rejected due to its options: give only one of -c and -o.")
+    flags = {}
+    for kind, option in (("cores", "--cores"), ("mem", "--mem"), ("gpus", "--gpus"),
+                         ("attributes", "--node_attr"), ("time", "--time")):
+        if args[option] is not None:
+            try:
+                flags[kind] = check_request_value(kind, args[option], option)
+            except QpyError as e:
+                raise QpyError("Job rejected due to its options: %s" % e)
+    if args["--copyScript"] or args["--originalScript"]:
+        flags["copy"] = bool(args["--copyScript"])
+    directives = {}
+    if script:
+        try:
+            with open(script[2], errors="replace") as f:
+                directives = parse_directives(f)
+        except OSError:
+            pass
+        except QpyError as e:
+            raise QpyError("Job rejected: %s (in %s)" % (e, script[1]))
+    request = {**directives, **flags}
+    request["dependencies"] = []
+    for kind in ("after", "afterok", "afternotok"):
+        if args["--" + kind]:
+            try:
+                ranges = parse_idset(args["--" + kind])
+            except ValueError:
+                raise QpyError("Job rejected due to its options: --%s needs job IDs, not %r."
+                               % (kind, args["--" + kind]))
+            request["dependencies"] += [[kind, job_id] for lo, hi in ranges
+                                        for job_id in range(lo, hi + 1)]
+    request["array"] = parse_array(args["--array"]) if args["--array"] else ([None], None)
+    return request
+
+
+def parse_array(text):
+    """'1-100%5' -> ([1, ..., 100], 5): the indices, and how many may run at once."""
+    indices, _, limit = text.partition("%")
+    try:
+        ranges = parse_idset(indices)
+        if limit and (not limit.isdigit() or int(limit) < 1):
+            raise ValueError
+    except ValueError:
+        raise QpyError("Job rejected due to its options: --array needs indices like 1-100 or "
+                       "1-100%%5, not %r." % text)
+    values = sorted({i for lo, hi in ranges for i in range(lo, hi + 1)})
+    if len(values) > 100000:
+        raise QpyError("Job rejected due to its options: an array has at most 100000 jobs.")
+    return values, int(limit) if limit else None
+
+
+def submitted_environment():
+    """The environment a job inherits: the submitter's, without what qpy set for the job that
+    submits it (when qpy sub runs inside a job): its QPY_ variables and thread counts."""
+    env = dict(os.environ)
+    for name in env.get("QPY_SET_VARS", "").split(","):
+        env.pop(name, None)
+    for name in [name for name in env if name.startswith("QPY_")]:
+        if name != "QPY_STATE":
+            del env[name]
+    return env
 
 
 def copy_script(user, token, path):
@@ -1736,10 +1928,11 @@ def user_jobs(db, user, where="1", params=()):
 
 
 def cmd_check(args):
-    """Usage: qpy check [<filter>...]
+    """Usage: qpy check [--json] [<filter>...]
 
 List your jobs: all of them, or those matching any filter (a status, a directory, job IDs or
 ranges such as 100-120 130-135,137). The layout is the checkFMT pattern (qpy config).
+With --json, a JSON list with every field of each job (see the README).
 
 Statuses: queue running done failed killed undone.
 
@@ -1747,6 +1940,7 @@ Examples:
   qpy check running
   qpy check .
   qpy check 100-120 130-135,137
+  qpy check --json failed
 """
     statuses, dirs, ranges = selection(args["<filter>"], STATUSES, "check")
     user = user_name()
@@ -1758,7 +1952,7 @@ Examples:
         config = load_config(db, user)
         paused = db.execute("SELECT paused FROM users WHERE name = ?", (user,)).fetchone()
         notes = {}
-        if "%K" in config["checkFMT"]:
+        if "%K" in config["checkFMT"] or args["--json"]:
             for row in db.execute("SELECT n.* FROM notes n JOIN jobs j ON j.id = n.job_id "
                                   "WHERE j.user = ? ORDER BY added_at", (user,)):
                 notes[row["job_id"]] = notes.get(row["job_id"], "") + "\n" + row["text"]
@@ -1769,6 +1963,9 @@ Examples:
         detach(tick)
     if args["<filter>"]:
         jobs = [job for job in jobs if selected(job, statuses, dirs, ranges)]
+    if args["--json"]:
+        print(json.dumps([job_record(job, notes.get(job["id"], "")) for job in jobs], indent=1))
+        return
     coloured = (config["colour"] and sys.stdout.isatty() and "NO_COLOR" not in os.environ)
     scheme = dict(zip(("queue", "running", "done", "killed", "undone", "failed"),
                       config["coloursScheme"]))
@@ -1780,6 +1977,119 @@ Examples:
     if paused:
         out.append("Job submission is paused.\n")
     sys.stdout.write("".join(out))
+
+
+def job_record(job, notes=""):
+    """One job for `check --json`: a stable schema (times in Unix seconds, null when unset)."""
+    return {
+        "id": job["id"], "name": job["name"], "user": job["user"], "status": user_status(job),
+        "reason": job["reason"], "command": job["command"], "directory": job["cwd"],
+        "node": job["node"] if user_status(job) != "queue" else None,
+        "cores": job["n_cores"], "memory_gb": job["mem"], "gpus": job["gpus"],
+        "gpu_ids": [int(i) for i in job["gpu_ids"].split(",")] if job["gpu_ids"] else [],
+        "attributes": job["attributes"], "time_limit_s": job["time_limit"],
+        "dependencies": json.loads(job["dependencies"]) if job["dependencies"] else [],
+        "array_of": job["array_of"], "array_index": job["array_index"],
+        "array_limit": job["array_limit"], "requeue": bool(job["requeue"]),
+        "queued_at": job["queued_at"], "started_at": job["started_at"],
+        "ended_at": job["ended_at"], "exit_code": job["exit_code"], "signal": job["signal"],
+        "max_rss_kb": job["max_rss"], "cpu_time_s": job["cpu_time"], "attempts": job["attempt"],
+        "notes": notes.strip("\n"),
+    }
+
+
+def cmd_wait(args):
+    """Usage: qpy wait [<jobs>...]
+
+Wait until these jobs (IDs or ranges; by default all your queued and running jobs) have ended.
+The exit status is 0 if they are all done, 1 if any failed, was killed or undone. Works from
+a job script too (a job never waits for itself).
+
+Example:
+  qpy sub ./simulate.sh && qpy wait && ./analyse.sh
+"""
+    ranges = ids_of(args["<jobs>"], "wait")
+    user = user_name()
+    me = os.environ.get("QPY_JOB_ID")
+
+    def chosen(db):
+        if not ranges:
+            rows = db.execute("SELECT id FROM jobs WHERE user = ? AND status IN "
+                              "('queue', 'starting', 'running')", (user,)).fetchall()
+        else:
+            rows = [row for lo, hi in ranges for row in db.execute(
+                "SELECT id FROM jobs WHERE id BETWEEN ? AND ? AND user = ?", (lo, hi, user))]
+            if not rows:
+                raise nothing_to_do(db, user, ranges, "wait for")
+        return [row[0] for row in rows if str(row[0]) != me]
+
+    def statuses(db):
+        found = dict(db.execute("SELECT id, status FROM jobs WHERE id IN (%s)"
+                                % ",".join(map(str, wanted))).fetchall()) if wanted else {}
+        return {job_id: found.get(job_id, "cleaned") for job_id in wanted}
+
+    wanted = atomically(chosen, write=False)
+    delay = 0.1
+    while True:
+        status = atomically(statuses, write=False)
+        if all(s in FINISHED + ("cleaned",) for s in status.values()):
+            break
+        time.sleep(delay)
+        delay = min(delay * 1.5, 2.0)
+    counts = {}
+    for s in status.values():
+        counts[s] = counts.get(s, 0) + 1
+    print("%s ended%s." % (plural(len(status), "job"), ": " + ", ".join(
+        "%d %s" % (n, s) for s, n in sorted(counts.items())) if counts else ""))
+    return 0 if all(s == "done" for s in status.values()) else 1
+
+
+def ids_of(words, command):
+    """Job IDs and ranges given to `command`, as ranges."""
+    ranges = []
+    for word in words:
+        try:
+            ranges += parse_idset(word)
+        except ValueError:
+            raise QpyError("Range with wrong format: %s (use job IDs like 100-105,108)" % word)
+    return ranges
+
+
+def cmd_tail(args):
+    """Usage: qpy tail <job>
+
+Print the job's standard output as it grows (like tail -f) until the job ends; the exit status
+is then 0 if it is done, 1 otherwise.
+"""
+    if not args["<job>"].isdigit():
+        raise QpyError("Give a job ID to tail, not %r." % args["<job>"])
+    job_id, user = int(args["<job>"]), user_name()
+
+    def read(db):
+        job = db.execute("SELECT id, status, cwd FROM jobs WHERE id = ? AND user = ?",
+                         (job_id, user)).fetchone()
+        if job is None:
+            raise nothing_to_do(db, user, [(job_id, job_id)], "tail")
+        return job
+    job = atomically(read, write=False)
+    path = os.path.join(job["cwd"], "job_%d.out" % job_id)
+    offset = 0
+    while True:
+        ended = job["status"] in FINISHED
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            chunk = b""
+        if chunk:
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.flush()
+            offset += len(chunk)
+        if ended:
+            return 0 if job["status"] == "done" else 1
+        time.sleep(0.2)
+        job = atomically(read, write=False)
 
 
 def plural(n, word):
@@ -1803,7 +2113,6 @@ Examples:
 
     def mark(db):
         removed, to_signal = 0, []
-        now = time.time()
         for job in user_jobs(db, user, "status IN ('queue', 'starting', 'running')"):
             if not selected(job, statuses, dirs, ranges):
                 continue
@@ -1811,13 +2120,10 @@ Examples:
                 db.execute("UPDATE jobs SET kill_requested = 1 WHERE id = ?", (job["id"],))
                 to_signal.append(dict(job))
             else:
-                db.execute("UPDATE jobs SET status = 'undone', ended_at = ?, "
-                           "reason = 'killed while queued' WHERE id = ?", (now, job["id"]))
+                unqueue(db, job, "killed while queued")
                 removed += 1
         if not removed and not to_signal:
             raise nothing_to_do(db, user, ranges, "kill")
-        if removed:
-            request_tick(db)
         return removed, to_signal
 
     removed, to_signal = atomically(mark)
@@ -1885,54 +2191,74 @@ Examples:
 
 
 def cmd_status(args):
-    """Usage: qpy status
+    """Usage: qpy status [--json]
 
 Show the users (cores in use, queued jobs) and the nodes (cores, memory and GPUs in use and in
-all; down or drained), as the original qpy did.
+all; down or drained), as the original qpy did. With --json, the same as a JSON object.
 """
     def read(db):
-        users = db.execute(
+        busy = db.execute(
             "SELECT user, SUM(CASE WHEN status = 'queue' THEN 0 ELSE n_cores END) AS cores, "
             "SUM(status = 'queue') AS queued FROM jobs "
             "WHERE status IN ('queue', 'starting', 'running') GROUP BY user").fetchall()
         nodes = db.execute("SELECT * FROM nodes ORDER BY position, name").fetchall()
         live = db.execute("SELECT * FROM jobs WHERE status IN ('starting', 'running')").fetchall()
-        return share_holders(db), users, nodes, live
+        return share_holders(db), busy, nodes, live
 
     holders, busy, nodes, live = atomically(read, write=False)
-    usage = {row["user"]: (row["cores"], row["queued"]) for row in busy}
-    names = list(dict.fromkeys(holders + sorted(usage)))
+    report = site_report(holders, busy, nodes, live)
+    if args.get("--json"):
+        print(json.dumps(report, indent=1))
+        return
     line, double = "-" * 88 + "\n", "=" * 88 + "\n"
     out = ["user                          using cores        queue size\n", line]
-    for name in names:
-        cores, queued = usage.get(name, (0, 0))
-        out.append("%-32s %-5d%s%-5d\n" % (name, cores, " " * 13, queued))
-    if not names:
+    for user in report["users"]:
+        out.append("%-32s %-5d%s%-5d\n" % (user["user"], user["cores"], " " * 13, user["queued"]))
+    if not report["users"]:
         out.append("No users.\n")
     out += [double,
             "                                   cores           memory (GB)          GPUs\n",
             "node                            used  total      used    total     used  total\n",
             line]
-    free = free_resources(nodes, live)
-    for node in nodes:
-        left = free[node["name"]]
+    for node in report["nodes"]:
         label = node["name"]
-        if node["attributes"] and len(label + node["attributes"]) < 24:
-            label += " [%s]" % node["attributes"]
+        if node["attributes"] and len(label + ",".join(node["attributes"])) < 24:
+            label += " [%s]" % ",".join(node["attributes"])
         if node["state"] != "up":
             label += " (%s)" % node["state"]
-        known = node["mem"] is not None
+        known = node["memory_gb"] is not None
         out.append("%-30s %5d %5d   %7s  %7s    %5d  %5d\n" % (
-            label, node["cores"] - left["cores"], node["cores"],
-            "%.1f" % (node["mem"] - left["mem"]) if known else "-",
-            "%.1f" % node["mem"] if known else "?", node["gpus"] - left["gpus"], node["gpus"]))
-    if not nodes:
+            label, node["cores_used"], node["cores"],
+            "%.1f" % node["memory_used_gb"] if known else "-",
+            "%.1f" % node["memory_gb"] if known else "?", node["gpus_used"], node["gpus"]))
+    if not report["nodes"]:
         out.append("No nodes.\n")
     out.append(double)
-    out.append("There are %d out of a total of %d cores being used.\n" % (
-        sum(node["cores"] - free[node["name"]]["cores"] for node in nodes),
-        sum(node["cores"] for node in nodes)))
+    out.append("There are %d out of a total of %d cores being used.\n"
+               % (report["cores_used"], report["cores"]))
     sys.stdout.write("".join(out))
+
+
+def site_report(holders, busy, nodes, live):
+    """The users and nodes of `qpy status`, as plain data (the --json schema)."""
+    usage = {row["user"]: (row["cores"], row["queued"]) for row in busy}
+    users = [{"user": name, "cores": usage.get(name, (0, 0))[0],
+              "queued": usage.get(name, (0, 0))[1]}
+             for name in dict.fromkeys(holders + sorted(usage))]
+    free = free_resources(nodes, live)
+    rows = []
+    for node in nodes:
+        left = free[node["name"]]
+        rows.append({
+            "name": node["name"], "address": node["address"], "state": node["state"],
+            "state_reason": node["state_reason"],
+            "attributes": [a for a in node["attributes"].split(",") if a],
+            "cores": node["cores"], "cores_used": node["cores"] - left["cores"],
+            "memory_gb": node["mem"],
+            "memory_used_gb": None if node["mem"] is None else node["mem"] - left["mem"],
+            "gpus": node["gpus"], "gpus_used": node["gpus"] - left["gpus"]})
+    return {"users": users, "nodes": rows, "cores": sum(n["cores"] for n in rows),
+            "cores_used": sum(n["cores_used"] for n in rows)}
 
 
 def cmd_config(args):
@@ -2195,6 +2521,8 @@ COMMANDS = {
     "restart": (cmd_restart, "Restarts qpy for you. No arguments"),
     "ctrlQueue": (cmd_ctrlQueue, "Fine control over the queue. Arguments: see tutorial"),
     "notes": (cmd_notes, "Adds and reads notes. Arguments: ID and the note"),
+    "wait": (cmd_wait, "Waits until jobs end. Arguments: optional: the jobs id"),
+    "tail": (cmd_tail, "Follows the output of a job. Arguments: the job id"),
 }
 
 
@@ -2275,7 +2603,7 @@ def main(argv=None):
         sys.stdout.write(COMMANDS[name][0].__doc__)
         return 0
     try:
-        COMMANDS[name][0](parse_args(name, rest))
+        status = COMMANDS[name][0](parse_args(name, rest))
     except QpyError as e:
         sys.stderr.write("qpy: %s\n" % e)
         return 1
@@ -2284,7 +2612,7 @@ def main(argv=None):
         return 130
     except BrokenPipeError:
         return 0
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

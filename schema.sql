@@ -90,6 +90,12 @@ CREATE TABLE jobs (
     pgid        INTEGER,                  -- the job's process group on the node
     kill_requested INTEGER NOT NULL DEFAULT 0,
     requeue     INTEGER NOT NULL DEFAULT 0,   -- queue it again (not failed) if its node is lost
+    name        TEXT,                     -- qpy sub -N (shown by %J)
+    time_limit  REAL,                     -- seconds; the runner stops the job after it
+    dependencies TEXT,                    -- JSON [[kind, job id]...]; kind: after, afterok, afternotok
+    array_of    INTEGER,                  -- first job ID of its array (qpy sub --array)
+    array_index INTEGER,                  -- QPY_ARRAY_INDEX
+    array_limit INTEGER,                  -- at most this many jobs of the array run at once
     exit_code   INTEGER,                  -- exit status, or NULL when ended by a signal
     signal      INTEGER,                  -- terminating signal, if any
     reason      TEXT,                     -- why it failed or did not run

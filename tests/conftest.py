@@ -19,6 +19,20 @@ QPY_ADMIN = [sys.executable, "-c", "import sys; sys.path.insert(0, %r); import q
              "sys.exit(qpy_admin.main())" % REPO]
 
 
+def sched_node(name, cores, mem=100.0, attributes="", pref_multicore=False, state="up", gpus=0):
+    """A node row as the scheduler sees it."""
+    return {"name": name, "cores": cores, "mem": mem, "attributes": attributes,
+            "pref_multicore": pref_multicore, "state": state, "gpus": gpus}
+
+
+def sched_job(job_id, cores=1, mem=1.0, attributes="", user="alice", status="queue", on=None,
+              gpus=0, array_of=None, array_limit=None):
+    """A job row as the scheduler sees it."""
+    return {"id": job_id, "n_cores": cores, "mem": mem, "attributes": attributes, "user": user,
+            "status": status, "node": on, "gpus": gpus, "array_of": array_of,
+            "array_limit": array_limit}
+
+
 def wait_for(condition, timeout=60, what="condition"):
     """Poll until condition() is true; tests never assert on wall-clock time."""
     deadline = time.time() + timeout

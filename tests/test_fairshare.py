@@ -4,6 +4,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import qpy
+from conftest import sched_job, sched_node
 
 
 def shares(text, users=("alice", "bob"), total=18):
@@ -93,14 +94,12 @@ def test_admission_rule(who, cores, shares, used, queued, free, expected, why):
 
 # ---- the scheduler with shares -------------------------------------------------------------
 
-def node(name, cores, mem=1000.0):
-    return {"name": name, "cores": cores, "mem": mem, "attributes": "", "pref_multicore": False,
-            "state": "up", "gpus": 0}
-
-
 def jobs_of(user, count, start, status="queue", on=None):
-    return [{"id": start + i, "user": user, "n_cores": 1, "mem": 1.0, "attributes": "",
-             "status": status, "node": on, "gpus": 0} for i in range(count)]
+    return [sched_job(start + i, user=user, status=status, on=on) for i in range(count)]
+
+
+def node(name, cores):
+    return sched_node(name, cores, mem=1000.0)
 
 
 def test_alone_a_user_takes_everything_then_the_other_gets_every_freed_core():

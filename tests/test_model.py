@@ -4,6 +4,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 import qpy
+from conftest import sched_job as job, sched_node as node
 
 
 # ---- ID sets -------------------------------------------------------------------------------
@@ -202,16 +203,6 @@ def test_bad_nodes_files(text, message):
 
 
 # ---- scheduler -----------------------------------------------------------------------------
-
-def node(name, cores, mem=100.0, attributes="", pref_multicore=False, state="up", gpus=0):
-    return {"name": name, "cores": cores, "mem": mem, "attributes": attributes,
-            "pref_multicore": pref_multicore, "state": state, "gpus": gpus}
-
-
-def job(job_id, cores=1, mem=1.0, attributes="", user="alice", status="queue", on=None, gpus=0):
-    return {"id": job_id, "n_cores": cores, "mem": mem, "attributes": attributes, "user": user,
-            "status": status, "node": on, "gpus": gpus}
-
 
 def place(nodes, live, blocked=None, shares=None):
     return qpy.schedule(nodes, live, blocked or {}, shares)[0]
