@@ -14,13 +14,15 @@ _qpy_help() {
         notes)     echo "Read or add notes: qpy notes [<ID> [<text>]]" ;;
         restart)   echo "Make qpy ready and resume your queue" ;;
         finish)    echo "Stop starting your queued jobs until qpy restart" ;;
+        wait)      echo "Wait until jobs end; exit status 0 if all are done" ;;
+        tail)      echo "Follow the output of a job until it ends" ;;
         *)         echo "Unknown command: $1" ;;
     esac
 }
 
 _qpy() {
     local cur=${COMP_WORDS[COMP_CWORD]} cmd=${COMP_WORDS[1]}
-    local commands="sub check kill clean status config ctrlQueue tutorial notes restart finish"
+    local commands="sub check kill clean status config ctrlQueue tutorial notes restart finish wait tail"
     local statuses="queue running done failed killed undone"
     COMPREPLY=()
     if [ "$COMP_CWORD" -eq 1 ]; then
@@ -39,20 +41,24 @@ _qpy() {
     local prev=${COMP_WORDS[COMP_CWORD-1]}
     case "$cmd" in
         sub)
-            if [ "$COMP_CWORD" -eq 2 ] || [[ "$prev" == -[nma] || "$prev" == -[co] ]]; then
-                case "$prev" in
-                    -n|-m|-a) return ;;
-                esac
-                if [[ "$cur" == -* ]]; then
-                    COMPREPLY=($(compgen -W "-n -m -a -c -o --cores --mem --node_attr \
-                        --copyScript --originalScript --help" -- "$cur"))
-                else
-                    COMPREPLY=($(compgen -c -- "$cur") $(compgen -f -- "$cur"))
+            # options come before the command; after it, complete file names
+            local i valued="-n -m -a -g -t -N --cores --mem --node_attr --gpus --time --name --after --afterok --afternotok --array"
+            for ((i = 2; i < COMP_CWORD; i++)); do
+                if [[ "${COMP_WORDS[i]}" != -* ]] && [[ " $valued " != *" ${COMP_WORDS[i-1]} "* ]]; then
+                    COMPREPLY=($(compgen -f -- "$cur"))
+                    return
                 fi
+            done
+            if [[ " $valued " == *" $prev "* ]]; then
+                return
+            elif [[ "$cur" == -* ]]; then
+                COMPREPLY=($(compgen -W "$valued -c -o --copyScript --originalScript --requeue \
+                    --help" -- "$cur"))
             else
-                COMPREPLY=($(compgen -f -- "$cur"))
+                COMPREPLY=($(compgen -c -- "$cur") $(compgen -f -- "$cur"))
             fi ;;
-        check) COMPREPLY=($(compgen -W "$statuses" -- "$cur") $(compgen -d -- "$cur")) ;;
+        check) COMPREPLY=($(compgen -W "$statuses --json" -- "$cur") $(compgen -d -- "$cur")) ;;
+        status) COMPREPLY=($(compgen -W "--json" -- "$cur")) ;;
         kill)  COMPREPLY=($(compgen -W "all queue running" -- "$cur")) ;;
         clean) COMPREPLY=($(compgen -W "all done failed killed undone" -- "$cur")
                           $(compgen -d -- "$cur")) ;;

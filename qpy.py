@@ -771,6 +771,16 @@ def choose_node(job, nodes, free):
     return sorted(candidates, key=lambda node: not node["pref_multicore"])[0]
 
 
+def why_no_node(job, nodes):
+    """The pending reason of a job that fits on no node now."""
+    tree = parse_attributes(job["attributes"])
+    matching = [node for node in nodes if matches_attributes(tree, node_labels(node))]
+    if not any(node["state"] == "up" for node in matching):
+        return "waiting for a node: %s" % (
+            ", ".join("%s %s" % (n["name"], n["state"]) for n in matching) or "none matches")
+    return "waiting for resources"
+
+
 def parse_rules(text):
     """The distribution_rules file: a first line `even` or `explicit`, optionally followed by
     `minimum N`; for `explicit`, then one line per user, `<user> <spec>` or `<user>=<spec>`,
@@ -935,7 +945,7 @@ def place_one(job, nodes, free, total, used, queued, blocked_users, shares):
                           else "waiting for free cores")
     node = choose_node(job, nodes, free)
     if node is None:
-        return None, "waiting for resources"
+        return None, why_no_node(job, nodes)
     hold(free[node["name"]], job)
     used[user] = used.get(user, 0) + job["n_cores"]
     queued[user] -= 1

@@ -411,6 +411,10 @@ def test_completion_script_offers_commands_and_help():
     assert run("config colour ''", 3).split() == ["true", "false", "default"]
     assert run("ctrlQueue ''", 2).split() == ["pause", "continue", "jump"]
     assert run("kill '?' ''", 3).startswith("Kill the required jobs")
+    assert "--afterok" in run("sub -n 2 --a", 4).split()
+    assert run("sub -n ''", 3).split() == []       # a value: nothing to offer
+    assert "bash_completion.sh" in run("sub ls bash_comp", 3).split()  # the command's files
+    assert run("w", 1).split() == ["wait"]
     assert "complete -F _qpy qpy" in subprocess.run(
         ["bash", "-c", "source %s; complete -p qpy" % script], capture_output=True,
         text=True).stdout
