@@ -1366,25 +1366,32 @@ def run_on_nodes(calls):
 
 
 def owner_of(job):
-    """For a tick run by root: the job's owner, once the job file is proven theirs (inside
-    their own spool directory, owned by their uid). The DB is writable by the whole group, so
-    its rows alone are not trusted with whom to run a job as."""
+    """For a tick run by root: the job's owner, once the job file is proven theirs. The DB is
+    writable by the whole group, so its rows alone are not trusted with whom to run a job as."""
     import pwd
     try:
         owner = pwd.getpwnam(job["user"])
     except KeyError:
         raise QpyError("refused: there is no user %s here" % job["user"])
+    check_job_file(job, owner.pw_uid)
+    return owner
+
+
+def check_job_file(job, uid=None):
+    """A job runs only from a file in its owner's own spool directory, owned by the owner
+    (the runner checks this too, as the owner: a forged row cannot make it run a stranger's
+    file)."""
+    uid = os.getuid() if uid is None else uid
     spool = os.path.realpath(os.path.join(user_dir(job["user"]), "spool"))
     spec = os.path.realpath(job["spec"])
     if os.path.dirname(spec) != spool:
         raise QpyError("refused: the job file is outside %s" % spool)
     for path in (user_dir(job["user"]), spool, spec):
         try:
-            if os.stat(path).st_uid != owner.pw_uid:
+            if os.stat(path).st_uid != uid:
                 raise QpyError("refused: %s is not owned by %s" % (path, job["user"]))
         except OSError as e:
             raise QpyError("refused: %s" % e)
-    return owner
 
 
 def become(owner):
@@ -1551,10 +1558,16 @@ def run_job(job_id, attempt):
     if job is None or job["status"] != "starting" or job["attempt"] != attempt:
         return
     try:
+        check_job_file(job)
         with open(job["spec"]) as f:
             spec = json.load(f)
-    except (OSError, ValueError) as e:
+        first, last = spec["ids"]
+        if not first <= job_id <= last:
+            raise QpyError("refused: the job file %s is not for job %d" % (job["spec"], job_id))
+    except (OSError, ValueError, KeyError, TypeError) as e:
         return abandon(job, "job file unreadable: %s" % e)
+    except QpyError as e:
+        return abandon(job, str(e))
     env = job_environment(spec, job, job["node"])
 
     wake_r, wake_w = os.pipe()
@@ -1692,7 +1705,8 @@ def signal_group(pgid, sig):
 
 
 def abandon(job, reason):
-    """A claimed job that cannot start at all (its job file is gone): failed, with the reason."""
+    """A claimed job that cannot start at all (its job file is gone or not its owner's):
+    failed, with the reason."""
     def fail(db):
         db.execute("UPDATE jobs SET status = 'failed', reason = ?, ended_at = ? "
                    "WHERE id = ? AND status = 'starting' AND attempt = ?",
@@ -1782,10 +1796,6 @@ Examples:
             copy = copy_script(user, token, script[2])
             run_argv = substitute_script(argv, script, copy)
         spec_path = os.path.join(user_dir(user), "spool", token + ".job")
-        spec = {"argv": run_argv, "cwd": cwd, "env": submitted_environment(),
-                "script_copy": copy}
-        write_atomically(spec_path, json.dumps(spec).encode())
-        crash_point("sub:spooled")
         indices, limit = request["array"]
         ids = []
         for index in indices:
@@ -1802,6 +1812,12 @@ Examples:
         db.execute("UPDATE jobs SET position = id, array_of = CASE WHEN array_index IS NULL "
                    "THEN NULL ELSE ? END WHERE id BETWEEN ? AND ?", (ids[0], ids[0], ids[-1]))
         request_tick(db)
+        # The job file names the IDs it is for: a row forged into the shared DB that points
+        # at it (or at anybody else's file) is refused by the runner.
+        spec = {"argv": run_argv, "cwd": cwd, "env": submitted_environment(),
+                "script_copy": copy, "ids": [ids[0], ids[-1]]}
+        write_atomically(spec_path, json.dumps(spec).encode())
+        crash_point("sub:spooled")
         return ids
 
     ids = atomically(insert)

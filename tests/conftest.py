@@ -44,6 +44,24 @@ def wait_for(condition, timeout=60, what="condition"):
     raise AssertionError("timed out waiting for %s" % what)
 
 
+def read_db(state, query, params=()):
+    """Rows of a query on a state directory's DB, opened read-only beside qpy's own use."""
+    path = os.path.join(state, "qpy.db")
+    if not os.path.exists(path):
+        return []
+    db = sqlite3.connect("file:%s?mode=ro" % path, uri=True, timeout=30)
+    db.row_factory = sqlite3.Row
+    try:
+        return [dict(row) for row in db.execute(query, params)]
+    finally:
+        db.close()
+
+
+def read_jobs(state):
+    """Every job row, straight from the database: {id: row}."""
+    return {row["id"]: row for row in read_db(state, "SELECT * FROM jobs")}
+
+
 class Site:
     """One personal qpy: a HOME, a working directory, and ways to look inside."""
 
@@ -86,16 +104,7 @@ class Site:
         return int(out.split()[1])
 
     def jobs(self):
-        """Every job row, straight from the database (read-only)."""
-        path = os.path.join(self.state, "qpy.db")
-        if not os.path.exists(path):
-            return {}
-        db = sqlite3.connect("file:%s?mode=ro" % path, uri=True, timeout=30)
-        db.row_factory = sqlite3.Row
-        try:
-            return {row["id"]: dict(row) for row in db.execute("SELECT * FROM jobs")}
-        finally:
-            db.close()
+        return read_jobs(self.state)
 
     def status(self, job_id):
         return self.jobs()[job_id]["status"]
@@ -184,7 +193,7 @@ def cluster():
     reason = lab_cluster.why_unavailable()
     if reason:
         pytest.skip("cluster tests " + reason)
-    info = lab_cluster.up()
+    lab_cluster.up()
     yield lab_cluster
     lab_cluster.down()
 
@@ -248,21 +257,10 @@ class Lab:
         return result.stdout
 
     def jobs(self):
-        db = sqlite3.connect("file:%s?mode=ro" % os.path.join(self.state, "qpy.db"), uri=True,
-                             timeout=30)
-        db.row_factory = sqlite3.Row
-        try:
-            return {row["id"]: dict(row) for row in db.execute("SELECT * FROM jobs")}
-        finally:
-            db.close()
+        return read_jobs(self.state)
 
     def node_state(self, name):
-        db = sqlite3.connect("file:%s?mode=ro" % os.path.join(self.state, "qpy.db"), uri=True,
-                             timeout=30)
-        try:
-            return db.execute("SELECT state FROM nodes WHERE name = ?", (name,)).fetchone()[0]
-        finally:
-            db.close()
+        return read_db(self.state, "SELECT state FROM nodes WHERE name = ?", (name,))[0]["state"]
 
     def wait_status(self, job_id, *statuses, timeout=60, tick=False):
         def reached():

@@ -1,7 +1,6 @@
 """qpy on compute nodes over ssh: the emulated cluster of tests/cluster.py (network namespaces,
 one sshd per node, real users). Skipped where root, sshd or namespaces are missing."""
 import os
-import signal
 
 import pytest
 
@@ -82,12 +81,10 @@ def test_directives_pick_the_node_over_ssh(lab):
 
 def test_a_crashed_node_fails_its_job_and_comes_back(lab):
     site = lab()
-    site.admin("drain", "node2")
-    site.admin("drain", "node3")
+    only_node1(site)
     job = site.submit("alice", "sleep", "300")
     assert site.wait_status(job, "running")["node"] == "node1"
-    site.admin("resume", "node2")
-    site.admin("resume", "node3")
+    all_nodes(site)
     site.cluster.crash("node1")
     try:
         record = site.wait_status(job, "failed", tick=True)
@@ -99,8 +96,7 @@ def test_a_crashed_node_fails_its_job_and_comes_back(lab):
     finally:
         site.cluster.boot("node1")
     wait_for(lambda: site.tick() or site.node_state("node1") == "up", what="node1 to be up")
-    site.admin("drain", "node2")
-    site.admin("drain", "node3")
+    only_node1(site)
     again = site.submit("alice", "hostname")
     assert site.wait_status(again, "done")["node"] == "node1"
 
@@ -120,8 +116,7 @@ def test_a_launch_to_a_dead_node_goes_elsewhere(lab):
 
 def test_a_partitioned_node_keeps_its_job_and_never_runs_it_twice(lab):
     site = lab()
-    site.admin("drain", "node2")
-    site.admin("drain", "node3")
+    only_node1(site)
     log = os.path.join(site.workdir("alice"), "ran.log")
     job = site.submit("alice", "echo $QPY_JOB_ID >> %s; sleep 3" % log)
     site.wait_status(job, "running")
@@ -168,8 +163,7 @@ def test_a_drained_node_finishes_its_jobs_and_gets_no_new_ones(lab):
 
 def test_kill_of_a_job_on_an_unreachable_node_completes_when_it_is_lost(lab):
     site = lab()
-    site.admin("drain", "node2")
-    site.admin("drain", "node3")
+    only_node1(site)
     job = site.submit("alice", "sleep", "300")
     site.wait_status(job, "running")
     site.cluster.crash("node1")
@@ -183,12 +177,10 @@ def test_kill_of_a_job_on_an_unreachable_node_completes_when_it_is_lost(lab):
 
 def test_a_requeue_job_starts_again_elsewhere_when_its_node_is_lost(lab):
     site = lab()
-    site.admin("drain", "node2")
-    site.admin("drain", "node3")
+    only_node1(site)
     job = site.submit("alice", "--requeue", "sh", "-c", "hostname >> runs; sleep 5")
     assert site.wait_status(job, "running")["node"] == "node1"
-    site.admin("resume", "node2")
-    site.admin("resume", "node3")
+    all_nodes(site)
     site.cluster.crash("node1")
     try:
         record = site.wait_status(job, "done", tick=True)
@@ -197,3 +189,14 @@ def test_a_requeue_job_starts_again_elsewhere_when_its_node_is_lost(lab):
         site.cluster.boot("node1")
     with open(os.path.join(site.workdir("alice"), "runs")) as f:
         assert f.read().split() == ["node1", record["node"]]
+
+
+def only_node1(site):
+    """Drain the other nodes, so that the next job lands on node1."""
+    site.admin("drain", "node2")
+    site.admin("drain", "node3")
+
+
+def all_nodes(site):
+    site.admin("resume", "node2")
+    site.admin("resume", "node3")

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import time
 
-import pytest
 
 from conftest import QPY, group_members, qpy_processes, wait_for
 

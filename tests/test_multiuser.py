@@ -2,6 +2,7 @@
 test scenarios (qpy_original.md 8) as assertions, and the security model of design.md 7."""
 import os
 import sqlite3
+import subprocess
 
 from conftest import wait_for
 
@@ -197,3 +198,58 @@ def test_root_tick_refuses_a_job_whose_files_are_not_its_owners(lab):
     record = site.wait_status(job, "failed", tick=True)
     assert record["reason"].startswith("refused: ")
     assert not os.path.exists(os.path.join(site.workdir("alice"), "whoami"))
+
+
+FORGE = """
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1])
+with db:
+    for spec in sys.argv[2:]:
+        db.execute("INSERT INTO jobs (user, command, cwd, spec, n_cores, mem, position, "
+                   "queued_at) VALUES ('alice', 'forged', '/tmp', ?, 1, 0.1, 0, ?)",
+                   (spec, time.time()))
+    db.execute("UPDATE jobs SET position = id")
+"""
+
+
+def test_rows_forged_by_bob_never_run_anything_as_alice(lab):
+    """bob writes rows 'owned' by alice into the shared DB, pointing at alice's real job file
+    and at a file of his own. Neither runs, whoever ticks: root, alice or bob."""
+    site = multi_site(lab, users=("alice", "bob"))
+    site.ok("alice", "ctrlQueue", "pause")
+    real = site.submit("alice", "echo alice-ran >> %s/ran" % site.workdir("alice"))
+    alice_file = site.jobs()[real]["spec"]
+    bob_file = os.path.join(site.workdir("bob"), "evil.job")
+    with open(bob_file, "w") as f:
+        f.write('{"argv": ["sh", "-c", "touch %s/pwned"], "cwd": "/tmp", "env": {}, '
+                '"ids": [1, 99]}' % site.workdir("bob"))
+    os.chmod(bob_file, 0o644)
+    result = subprocess.run(["runuser", "-u", "bob", "--", site.python, "-c", FORGE,
+                             os.path.join(site.state, "qpy.db"), alice_file, bob_file],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    forged = [j for j in site.jobs() if j != real]
+    site.ok("alice", "ctrlQueue", "continue")
+    site.admin("tick")
+    site.tick("alice")
+    site.tick("bob")
+    for job in forged:
+        record = site.wait_status(job, "failed", tick=True)
+        assert record["reason"].startswith("refused: "), record["reason"]
+    site.wait_status(real, "done")
+    assert not os.path.exists(os.path.join(site.workdir("bob"), "pwned"))
+    with open(os.path.join(site.workdir("alice"), "ran")) as f:
+        assert f.read() == "alice-ran\n"  # her own job, once
+
+
+def test_a_job_runs_with_its_owners_uid_and_groups_on_the_node(lab):
+    site = multi_site(lab, users=("alice",))
+    job = site.submit("alice", "id -un; id -Gn; sleep 30")
+    site.wait_status(job, "running")
+    node = site.jobs()[job]["node"]
+    wait_for(lambda: site.output("alice", job).count("\n") >= 2, what="the job's output")
+    name, groups = site.output("alice", job).splitlines()[:2]
+    assert name == "alice" and "qpylab" in groups.split()
+    result = site.cluster.node_exec(node, "root", "ps", "-o", "user=,args=", "-C", "sleep")
+    assert "alice    sleep 30" in result.stdout
+    site.ok("alice", "kill", str(job))
