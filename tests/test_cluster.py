@@ -200,3 +200,28 @@ def only_node1(site):
 def all_nodes(site):
     site.admin("resume", "node2")
     site.admin("resume", "node3")
+
+
+def test_the_slurm_style_features_work_over_ssh(lab):
+    """GPUs, time limits, dependencies, arrays, names, wait, tail and JSON on ssh nodes."""
+    import json
+    site = lab("node1 cores=2 memory=16 gpus=2\nnode2 cores=2 memory=16\n")
+    gpu = site.submit("alice", "-g", "2", "-N", "trainer", "echo $QPY_NODE $CUDA_VISIBLE_DEVICES")
+    limited = site.submit("alice", "-t", "0:01", "sleep 60")
+    array = site.ok("alice", "sub", "--array", "1-4%1", "--afterok", str(gpu),
+                    "echo $QPY_ARRAY_INDEX on $QPY_NODE")
+    first, last = map(int, array.split()[1].split("-"))
+    follow = site.submit("alice", "for i in 1 2; do echo tick $i; sleep 0.5; done")
+    tail = site.run("alice", "tail", str(follow))
+    assert tail.returncode == 0 and tail.stdout == "tick 1\ntick 2\n"
+    waited = site.run("alice", "wait", "%d-%d" % (gpu, last))
+    assert waited.returncode == 1 and "1 failed" in waited.stdout, waited  # the time limit
+    assert site.output("alice", gpu) == "node1 0,1\n"
+    assert site.jobs()[limited]["reason"] == "time limit"
+    for index, job in enumerate(range(first, last + 1), 1):
+        assert site.output("alice", job).split()[0] == str(index)
+    starts = sorted((site.jobs()[j]["started_at"], site.jobs()[j]["ended_at"])
+                    for j in range(first, last + 1))
+    assert all(a[1] <= b[0] for a, b in zip(starts, starts[1:]))  # %1: one at a time
+    records = {r["id"]: r for r in json.loads(site.ok("alice", "check", "--json"))}
+    assert records[gpu]["name"] == "trainer" and records[gpu]["gpu_ids"] == [0, 1]
