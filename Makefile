@@ -15,6 +15,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(PY) -m compileall -q qpy.py qpy_admin.py  # byte-code once: qpy starts faster
 	printf '#!%s\nimport sys\nsys.path.insert(0, "%s")\nimport qpy\nsys.exit(qpy.main())\n' \
 	    "$(abspath $(PY))" "$(CURDIR)" > $(VENV)/bin/qpy
 	printf '#!%s\nimport sys\nsys.path.insert(0, "%s")\nimport qpy_admin\nsys.exit(qpy_admin.main())\n' \

@@ -94,13 +94,17 @@ def ensure_user_dirs(user):
 def write_atomically(path, data):
     """Write, fsync, rename: readers see the old file or the whole new one."""
     tmp = "%s.tmp%d" % (path, os.getpid())
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+    except OSError:
+        remove_quietly(tmp)  # no half-written file left behind (a full disk, say)
+        raise
 
 
 def remove_quietly(*paths):
@@ -144,6 +148,9 @@ def connect():
             if not os.environ.get("QPY_STATE") and os.path.exists(os.path.join(HERE, "qpy.site")):
                 raise QpyError("No qpy site in %s (named by %s): ask your administrator."
                                % (state, os.path.join(HERE, "qpy.site")))
+            if not os.path.isdir(os.path.dirname(state)):
+                raise QpyError("No directory %s for the qpy state %s: check QPY_STATE."
+                               % (os.path.dirname(state), state))
             create_personal_state(state)
         _db = open_db(path)
         version = _db.execute("PRAGMA user_version").fetchone()[0]
@@ -164,7 +171,8 @@ def open_db(path):
         db.execute("PRAGMA user_version").fetchone()
         return db
     except sqlite3.DatabaseError as e:
-        raise QpyError("Cannot open the qpy database %s: %s" % (path, e))
+        raise QpyError("Cannot open the qpy database %s: %s. Move it away (qpy then starts an "
+                       "empty one) or restore a backup: qpy_admin.py restore <file>." % (path, e))
 
 
 def disconnect():
@@ -261,14 +269,43 @@ def atomically(fn, write=True):
                         db.execute("ROLLBACK")
                     raise
         except Timeout:
-            raise QpyError("Waited %g s for the qpy lock %s; another qpy process holds it."
-                           % (lock_timeout(), lock.lock_file))
+            raise QpyError("Waited %g s for the qpy lock %s, held by %s (QPY_LOCK_TIMEOUT "
+                           "sets the wait)." % (lock_timeout(), lock.lock_file,
+                                                lock_holder(lock.lock_file)))
         except sqlite3.OperationalError as e:
             transient = ("locked" in str(e) or "busy" in str(e) or "disk I/O" in str(e))
             if not transient or attempt == 7:
-                raise QpyError("The qpy database failed: %s" % e)
+                raise QpyError("The qpy database failed: %s%s" % (e, DB_HINTS.get(str(e), "")))
             time.sleep(delay)
             delay *= 2
+
+
+DB_HINTS = {
+    "attempt to write a readonly database": " (are you in the site's group? the DB and its "
+                                            "directory must be writable by it)",
+    "unable to open database file": " (check the state directory's permissions)",
+    "database or disk is full": " (free some space: nothing stored was lost, try again then)",
+}
+
+
+def lock_holder(path):
+    """Who holds a file lock on this machine, from /proc/locks ('another host' if nobody
+    here does: on a shared filesystem the holder may be elsewhere)."""
+    try:
+        inode = os.stat(path).st_ino
+        with open("/proc/locks") as f:
+            for line in f:
+                fields = line.split()
+                if fields[1] == "->":
+                    continue
+                if int(fields[5].rsplit(":", 1)[1]) == inode:
+                    pid = int(fields[4])
+                    with open("/proc/%d/cmdline" % pid, "rb") as g:
+                        command = g.read().replace(b"\0", b" ").decode(errors="replace")
+                    return "process %d (%s)" % (pid, " ".join(command.split())[:80])
+    except (OSError, ValueError, IndexError):
+        pass
+    return "a process on another host, or one that just ended"
 
 
 def meta_number(db, key):
@@ -1613,16 +1650,34 @@ def run_job(job_id, attempt):
     os.write(go_w, b"go")
     os.close(go_w)
     record = supervise(job, pid, stop, wake_r)
-    write_atomically(run_file(job["user"], job_id, "exit"), json.dumps(record).encode())
+    heartbeat = run_file(job["user"], job_id, "hb")
+    keep_trying(lambda: write_atomically(run_file(job["user"], job_id, "exit"),
+                                         json.dumps(record).encode()), heartbeat)
     crash_point("runner:recorded")
 
     def store(db):
         row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is not None:
             finish_job(db, row, record)
-    atomically(store)
+    keep_trying(lambda: atomically(store), heartbeat)
     crash_point("runner:stored")
     tick()
+
+
+def keep_trying(action, heartbeat):
+    """Retry what records a job's end until it works (a full disk, a lost lock...): an exit
+    status is never dropped. The heartbeat goes on meanwhile, so the job is not declared lost."""
+    delay = 0.5
+    while True:
+        try:
+            return action()
+        except (OSError, QpyError):
+            try:
+                os.utime(heartbeat)
+            except OSError:
+                pass
+            time.sleep(delay)
+            delay = min(delay * 2, 30)
 
 
 def supervise(job, pid, stop, wake):

@@ -16,6 +16,9 @@
   qpy_admin.py finish
   qpy_admin.py set [<key> <value>]
   qpy_admin.py timer [--install] [--dir=<dir>]
+  qpy_admin.py check
+  qpy_admin.py backup <file>
+  qpy_admin.py restore <file>
   qpy_admin.py (-h | --help)
 
 The administrator's side of qpy. It works on the state that users' qpy finds: $QPY_STATE, else
@@ -48,6 +51,11 @@ Commands:
                    or a systemd timer (see the README).
   start, finish    Allow or stop the start of any job on the site (running jobs go on).
   set [<key> <value>]  Show the site settings, or change one (numbers of seconds).
+  check            Check the site: the DB's integrity, exit records and job files nobody
+                   will use, running jobs on nodes that are no longer listed.
+  backup <file>    Copy the DB to <file> while qpy is in use (SQLite's online backup).
+  restore <file>   Replace the DB by a backup (checked first); the current one is kept as
+                   qpy.db.before-restore.
   timer            Print the systemd service and timer that run the tick as root every 15 s,
                    and the equivalent /etc/cron.d line. --install writes the two units to
                    --dir (default /etc/systemd/system).
@@ -269,6 +277,78 @@ def timer(install, directory):
     print("# or, without systemd, /etc/cron.d/qpy (every minute):\n%s" % cron, end="")
 
 
+def check_site():
+    """Print what is wrong with the site; return the number of problems."""
+    def read(db):
+        return (db.execute("PRAGMA integrity_check").fetchall(),
+                db.execute("SELECT j.id, j.node FROM jobs j LEFT JOIN nodes n ON n.name = j.node "
+                           "WHERE j.status IN ('starting', 'running') AND n.name IS NULL")
+                .fetchall(),
+                db.execute("SELECT id, user, status, spec FROM jobs").fetchall())
+    integrity, homeless, jobs = qpy.atomically(read, write=False)
+    problems = []
+    if [tuple(row) for row in integrity] != [("ok",)]:
+        problems += ["database: %s" % row[0] for row in integrity]
+    problems += ["job %d runs on %s, which is no longer a node" % tuple(row) for row in homeless]
+    live = {row["id"] for row in jobs if row["status"] in qpy.LIVE}
+    specs = {row["spec"] for row in jobs if row["status"] in qpy.LIVE}
+    users = os.path.join(qpy.state_dir(), "users")
+    for user in sorted(os.listdir(users)) if os.path.isdir(users) else []:
+        run = os.path.join(users, user, "run")
+        for name in sorted(os.listdir(run)) if os.path.isdir(run) else []:
+            number = name.split(".")[0]
+            if number.isdigit() and int(number) not in live:
+                problems.append("%s/%s: a record of a job that is not running" % (run, name))
+        spool = os.path.join(users, user, "spool")
+        for name in sorted(os.listdir(spool)) if os.path.isdir(spool) else []:
+            if os.path.join(spool, name) not in specs:
+                problems.append("%s/%s: a job file of no queued or running job (qpy restart, as "
+                                "%s, removes it)" % (spool, name, user))
+    for problem in problems:
+        print(problem)
+    print("%s found." % qpy.plural(len(problems), "problem") if problems else "The site is fine.")
+    return len(problems)
+
+
+def backup(target):
+    import sqlite3
+    if os.path.exists(target):
+        raise qpy.QpyError("%s exists: give a new file name." % target)
+
+    def copy(db):
+        out = sqlite3.connect(target)
+        with out:
+            db.backup(out)
+        out.close()
+    try:
+        qpy.atomically(copy, write=False)
+    except sqlite3.Error as e:
+        raise qpy.QpyError("Backup failed: %s" % e)
+    print("Backed up %s to %s." % (os.path.join(qpy.state_dir(), "qpy.db"), target))
+
+
+def restore(source):
+    import shutil
+    import sqlite3
+    try:
+        backup_db = sqlite3.connect("file:%s?mode=ro" % source, uri=True)
+        version = backup_db.execute("PRAGMA user_version").fetchone()[0]
+        ok = backup_db.execute("PRAGMA integrity_check").fetchone()[0]
+        backup_db.execute("SELECT COUNT(*) FROM jobs").fetchone()
+    except sqlite3.Error as e:
+        raise qpy.QpyError("%s is not a qpy database: %s" % (source, e))
+    if ok != "ok" or not 0 < version <= qpy.SCHEMA_VERSION:
+        raise qpy.QpyError("%s cannot be restored: integrity %s, schema %d" % (source, ok,
+                                                                             version))
+    live = os.path.join(qpy.state_dir(), "qpy.db")
+
+    def replace(db):
+        shutil.copyfile(live, live + ".before-restore")
+        backup_db.backup(db)
+    qpy.atomically(replace, write=False)
+    print("Restored %s from %s (the previous DB is %s.before-restore)." % (live, source, live))
+
+
 def create(directory, group, site_file):
     directory = os.path.abspath(directory)
     try:
@@ -334,6 +414,12 @@ def main(argv=None):
             settings(args["<key>"], args["<value>"])
         elif args["timer"]:
             timer(args["--install"], args["--dir"])
+        elif args["check"]:
+            return 1 if check_site() else 0
+        elif args["backup"]:
+            backup(args["<file>"])
+        elif args["restore"]:
+            restore(args["<file>"])
     except qpy.QpyError as e:
         sys.stderr.write("qpy_admin.py: %s\n" % e)
         return 1

@@ -1,0 +1,140 @@
+"""Faults and bad state: a corrupt or missing state, locks held by stopped or dead processes,
+a full disk, Ctrl-C, backups. Each ends in one clear line and no damage."""
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+
+import pytest
+
+from conftest import QPY, group_members, wait_for
+
+
+def test_a_corrupt_database_is_one_clear_line(site):
+    os.makedirs(site.state)
+    with open(os.path.join(site.state, "qpy.db"), "w") as f:
+        f.write("this is not a database, but somebody's notes\n" * 100)
+    err = site.fails("check")
+    assert "file is not a database" in err and "qpy_admin.py restore" in err
+
+
+def test_a_missing_state_directory_is_named(site):
+    err = site.fails("check", env={"QPY_STATE": "/nonexistent/qpy"})
+    assert err == "qpy: No directory /nonexistent for the qpy state /nonexistent/qpy: " \
+                  "check QPY_STATE.\n"
+    assert not os.path.exists("/nonexistent")
+
+
+def test_a_newer_database_is_refused(site):
+    site.ok("restart")
+    db = sqlite3.connect(os.path.join(site.state, "qpy.db"))
+    db.execute("PRAGMA user_version = 99")
+    db.close()
+    assert "has schema 99; this qpy knows only 1: use a newer qpy." in site.fails("check")
+
+
+HOLD_LOCK = """
+import sys, time
+from filelock import FileLock
+lock = FileLock(sys.argv[1])
+lock.acquire()
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def holder(site):
+    p = subprocess.Popen([QPY[0], "-c", HOLD_LOCK, os.path.join(site.state, "qpy.lock")],
+                         stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline() == "held\n"
+    return p
+
+
+def test_a_stopped_lock_holder_makes_others_wait_then_say_who(site):
+    site.ok("restart")
+    p = holder(site)
+    os.kill(p.pid, signal.SIGSTOP)
+    try:
+        err = site.fails("check", env={"QPY_LOCK_TIMEOUT": "0.5"})
+        assert "Waited 0.5 s for the qpy lock" in err and "process %d" % p.pid in err
+    finally:
+        p.kill()
+        p.wait()
+    site.ok("check")  # a dead holder blocks nobody
+
+
+def test_a_full_disk_refuses_new_jobs_and_loses_no_exit_status(site, tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small tmpfs")
+    disk = str(tmp_path / "disk")
+    os.makedirs(disk)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", disk], check=True)
+    try:
+        env = {"QPY_STATE": os.path.join(disk, "state")}
+        first = int(site.ok("sub", "true", env=env).split()[1])
+        wait_for(lambda: "(done)" in site.ok("check", env=env), what="the first job")
+        job = int(site.ok("sub", "echo started; sleep 1", env=env).split()[1])
+        wait_for(lambda: os.path.exists(os.path.join(site.work, "job_%d.out" % job))
+                 and site.read("job_%d.out" % job), what="the job to start")
+        filler = os.path.join(disk, "filler")
+        subprocess.run(["dd", "if=/dev/zero", "of=" + filler, "bs=4k"], capture_output=True)
+        err = site.fails("sub", "true", env=env)
+        assert "database or disk is full" in err and "free some space" in err
+        rows = sqlite3.connect(os.path.join(disk, "state", "qpy.db"))
+        pgid = rows.execute("SELECT pgid FROM jobs WHERE id = ?", (job,)).fetchone()[0]
+        wait_for(lambda: not group_members(pgid), what="the command to end")
+        time.sleep(1)  # the runner now retries writing the exit record (the disk is full)
+        assert rows.execute("SELECT status FROM jobs WHERE id = ?", (job,)).fetchone()[0] == \
+            "running"
+        os.unlink(filler)
+        wait_for(lambda: rows.execute("SELECT status FROM jobs WHERE id = ?",
+                                      (job,)).fetchone()[0] == "done", what="the retried record")
+        assert rows.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert rows.execute("SELECT status FROM jobs WHERE id = ?", (first,)).fetchone()[0] == \
+            "done"
+        rows.close()
+        site.ok("sub", "true", env=env)
+    finally:
+        subprocess.run(["umount", "-l", disk])
+
+
+def test_ctrl_c_leaves_no_half_done_state(site):
+    site.ok("ctrlQueue", "pause")
+    job = site.submit("true")
+    p = subprocess.Popen(QPY + ["wait", str(job)], cwd=site.work, env=site.env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.3)  # let it block
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 130 and err == "qpy: interrupted.\n"
+    for _ in range(20):  # interrupted submissions: each is all there or not at all
+        p = subprocess.Popen(QPY + ["sub", "true"], cwd=site.work, env=site.env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(0.03)
+        p.send_signal(signal.SIGINT)
+        p.communicate(timeout=30)
+    for record in site.jobs().values():
+        assert os.path.exists(record["spec"])
+    site.ok("ctrlQueue", "continue")
+    site.wait_idle()
+    assert all(record["status"] == "done" for record in site.jobs().values())
+
+
+def test_backup_check_and_restore(site, tmp_path):
+    done = site.submit("true")
+    site.wait_idle()
+    backup = str(tmp_path / "backup.db")
+    assert "Backed up" in site.ok("backup", backup, admin=True)
+    site.ok("clean", "all")
+    assert site.jobs() == {}
+    assert site.ok("check", admin=True) == "The site is fine.\n"
+    assert "Restored" in site.ok("restore", backup, admin=True)
+    assert list(site.jobs()) == [done]
+    assert "is not a qpy database" in site.run("restore", "/etc/passwd", admin=True).stderr
+    assert "exists" in site.run("backup", backup, admin=True).stderr
+    spool = os.path.join(site.state, "users", os.listdir(os.path.join(site.state, "users"))[0],
+                         "spool")
+    open(os.path.join(spool, "stray.job"), "w").close()
+    result = site.run("check", admin=True)
+    assert result.returncode == 1 and "stray.job: a job file of no queued" in result.stdout
