@@ -38,7 +38,7 @@ import sys
 import time
 
 VERSION = "0.1.0"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 STATUSES = ("queue", "running", "done", "failed", "killed", "undone")
@@ -156,6 +156,8 @@ def connect():
         version = _db.execute("PRAGMA user_version").fetchone()[0]
         if version == 0:
             initialise_db(personal=True)
+        elif version < SCHEMA_VERSION:
+            upgrade_db(path)
         elif version > SCHEMA_VERSION:
             disconnect()
             raise QpyError("The qpy database %s has schema %d; this qpy knows only %d: "
@@ -231,13 +233,43 @@ def initialise_db(personal):
 
     def create(db):
         if db.execute("PRAGMA user_version").fetchone()[0] == 0:  # lost no race
-            for statement in ddl.split(";\n"):
-                if statement.strip():
-                    db.execute(statement)
+            for statement in sql_statements(ddl):
+                db.execute(statement)
             if personal:
                 db.execute("INSERT INTO nodes (name, address, cores, mem) VALUES ('localhost', "
                            "'localhost', ?, ?)", (os.cpu_count() or 1, machine_memory()))
     atomically(create)
+
+
+def sql_statements(text):
+    """The statements of an SQL script, one by one (so they run inside our transaction)."""
+    statement = ""
+    for line in text.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):
+            yield statement
+            statement = ""
+
+
+# How to bring a DB of schema N up to N + 1 (schema.sql is always the newest whole).
+MIGRATIONS = {
+    1: ["CREATE INDEX jobs_by_spec ON jobs (spec)"],
+}
+
+
+def upgrade_db(path):
+    """Upgrade an older DB in place, in one transaction, keeping every job."""
+    def upgrade(db):
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        while version < SCHEMA_VERSION:
+            for statement in MIGRATIONS[version]:
+                db.execute(statement)
+            version += 1
+        db.execute("PRAGMA user_version = %d" % version)
+    try:
+        atomically(upgrade)
+    except sqlite3.DatabaseError as e:
+        raise QpyError("Could not upgrade the qpy database %s: %s (it is unchanged)." % (path, e))
 
 
 def machine_memory():

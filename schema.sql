@@ -106,6 +106,7 @@ CREATE TABLE jobs (
 -- The tick and 'check running' look only at live jobs: never scan the history.
 CREATE INDEX jobs_live ON jobs (status, position) WHERE status IN ('queue', 'starting', 'running');
 CREATE INDEX jobs_by_user ON jobs (user, position);
+CREATE INDEX jobs_by_spec ON jobs (spec);  -- the jobs of an array share one job file
 
 -- Free-text notes on a job ('qpy notes'), shown by %K, removed by 'qpy clean'.
 CREATE TABLE notes (
@@ -115,4 +116,4 @@ CREATE TABLE notes (
 );
 CREATE INDEX notes_by_job ON notes (job_id);
 
-PRAGMA user_version = 1;
+PRAGMA user_version = 2;

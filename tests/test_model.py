@@ -282,3 +282,33 @@ def test_unsatisfiable_requests_are_explained():
     assert "attributes" in qpy.unsatisfiable_reason(request(attributes="gpu"), nodes)
     assert "2 GPUs" in qpy.unsatisfiable_reason(request(gpus=2), nodes)
     assert qpy.unsatisfiable_reason(request(cores=2, mem=8, attributes="a", gpus=1), nodes) is None
+
+
+@given(st.text(max_size=80))
+def test_nodes_file_parser_never_crashes(text):
+    try:
+        nodes = qpy.parse_nodes_file(text)
+    except qpy.QpyError as e:
+        assert "\n" not in str(e)
+        return
+    assert all(node["cores"] >= 0 for node in nodes)
+
+
+@given(st.sampled_from(sorted(qpy.CONFIG)), st.lists(st.text(max_size=12), max_size=6))
+def test_config_values_never_crash(key, values):
+    try:
+        qpy.parse_config_value(key, values)
+    except qpy.QpyError:
+        pass
+
+
+@given(st.text(max_size=20))
+def test_time_limits_and_arrays_never_crash(text):
+    try:
+        assert qpy.parse_duration(text) > 0
+    except ValueError:
+        pass
+    try:
+        qpy.parse_array(text)
+    except qpy.QpyError:
+        pass

@@ -31,7 +31,26 @@ def test_a_newer_database_is_refused(site):
     db = sqlite3.connect(os.path.join(site.state, "qpy.db"))
     db.execute("PRAGMA user_version = 99")
     db.close()
-    assert "has schema 99; this qpy knows only 1: use a newer qpy." in site.fails("check")
+    assert "has schema 99; this qpy knows only 2: use a newer qpy." in site.fails("check")
+
+
+def test_an_older_database_is_upgraded_in_place_keeping_every_job(site):
+    site.ok("ctrlQueue", "pause")
+    jobs = [site.submit("true") for _ in range(3)]
+    db = sqlite3.connect(os.path.join(site.state, "qpy.db"))
+    with db:  # what schema 1 was: no index on job files
+        db.execute("DROP INDEX jobs_by_spec")
+    db.execute("PRAGMA user_version = 1")
+    db.close()
+    assert sorted(site.jobs()) == jobs
+    site.ok("check")
+    db = sqlite3.connect(os.path.join(site.state, "qpy.db"))
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert db.execute("SELECT name FROM sqlite_master WHERE name = 'jobs_by_spec'").fetchone()
+    db.close()
+    site.ok("ctrlQueue", "continue")
+    site.wait_idle()
+    assert [site.status(j) for j in jobs] == ["done"] * 3
 
 
 HOLD_LOCK = """
