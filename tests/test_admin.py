@@ -135,3 +135,17 @@ def test_timer_units_run_the_tick_for_this_site(site, tmp_path):
     assert "systemctl enable --now qpy-tick.timer" in out
     assert sorted(os.listdir(units)) == ["qpy-tick.service", "qpy-tick.timer"]
     assert "Cannot install" in admin_fails(site, "timer", "--install", "--dir", "/nonexistent")
+
+
+def test_reloading_nodes_keeps_the_running_jobs(site):
+    path = write(site, "nodes", "localhost cores=2\n")
+    site.ok("nodes", path, admin=True)
+    job = site.submit("sleep", "60")
+    site.wait_status(job, "running")
+    site.ok("nodes", write(site, "nodes", "localhost cores=3\nother address=localhost cores=1\n"),
+            admin=True)
+    status = site.ok("status")
+    assert any(line.split()[:3] == ["localhost", "1", "3"] for line in status.splitlines())
+    assert site.status(job) == "running"
+    site.ok("kill", str(job))
+    site.wait_status(job, "killed")
