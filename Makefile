@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 DEMO   := $(CURDIR)/.demo
 
-.PHONY: all venv system-deps test demo clean
+.PHONY: all venv system-deps test demo bench clean
 
 all: venv
 
@@ -45,3 +45,9 @@ demo: venv
 
 clean:
 	rm -rf $(VENV) $(DEMO)
+
+# Performance figures beside baselines measured in the same run (task-spooler from apt as root).
+bench: venv
+	@if [ "$$(id -u)" = 0 ] && ! command -v tsp >/dev/null; then \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends task-spooler; fi
+	$(PY) bench/bench.py

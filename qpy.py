@@ -1389,9 +1389,9 @@ def qpy_on_node(*args):
 
 
 def run_on_nodes(calls):
-    """Run [(address, command, owner)] by ssh, all at once, each as its owner (a pwd entry;
-    None: as ourselves); return [(exit status, error text)]. stderr goes to a file: a
-    multiplexing master that stays behind must not hold a pipe."""
+    """Run [(address, command, owner)] by ssh (directly for this machine), all at once, each as
+    its owner (a pwd entry; None: as ourselves); return [(exit status, error text)]. stderr
+    goes to a file: a multiplexing master that stays behind must not hold a pipe."""
     import subprocess
     import tempfile
     if not calls:
@@ -1401,12 +1401,15 @@ def run_on_nodes(calls):
     for address, command, owner in calls:
         uid = owner.pw_uid if owner else os.getuid()
         argv, sockets = ssh_command(address, command, timeout, uid)
+        if is_local(address):  # this machine: the same command, without ssh
+            argv, sockets = command, None
         err = tempfile.TemporaryFile()
 
         def prepare(owner=owner, sockets=sockets):
             if owner:
                 become(owner)
-            os.makedirs(sockets, mode=0o700, exist_ok=True)
+            if sockets:
+                os.makedirs(sockets, mode=0o700, exist_ok=True)
         env = dict(os.environ)
         if owner:
             env.update(HOME=owner.pw_dir, USER=owner.pw_name, LOGNAME=owner.pw_name)
@@ -1473,12 +1476,6 @@ def become(owner):
     os.environ.update(HOME=owner.pw_dir, USER=owner.pw_name, LOGNAME=owner.pw_name)
 
 
-def run_job_as(owner, job_id, attempt):
-    if owner:
-        become(owner)
-    run_job(job_id, attempt)
-
-
 def launch_all(claims):
     """Start the runners of claimed jobs: by fork on this machine, by ssh elsewhere (in
     parallel), as their owners when root runs the tick. A job whose launch fails goes back to
@@ -1493,17 +1490,12 @@ def launch_all(claims):
                 refused.append((job, str(e)))
         else:
             owners[job["id"]] = None
+    # A runner is always a fresh process (never a fork of this one: its stack and state would
+    # pile up, job after job), started by ssh on its node or directly here.
     ready = [job for job in claims if job["id"] in owners]
-    remote = [job for job in ready if not is_local(job["address"])]
-    for job in ready:
-        if is_local(job["address"]):
-            try:
-                detach(run_job_as, owners[job["id"]], job["id"], job["attempt"])
-            except OSError as e:
-                failures.append((job, str(e)))
     calls = [(job["address"], qpy_on_node("_run", job["id"], job["attempt"]), owners[job["id"]])
-             for job in remote]
-    for job, (status, error) in zip(remote, run_on_nodes(calls)):
+             for job in ready]
+    for job, (status, error) in zip(ready, run_on_nodes(calls)):
         if status != 0:
             failures.append((job, error))
     if not failures and not refused:

@@ -21,7 +21,9 @@ def test_gpus_are_distinct_devices(site):
              what="two GPU jobs running")
     outputs = sorted(site.read("job_%d.out" % j) for j in jobs[:2])
     assert outputs == ["0 0\n", "1 1\n"]
-    assert site.jobs()[jobs[2]]["reason"] == "waiting for resources"
+    site.ok("check")
+    wait_for(lambda: site.jobs()[jobs[2]]["reason"] == "waiting for resources",
+             what="the pending reason")
     assert any(line.split()[-2:] == ["2", "2"] for line in site.ok("status").splitlines()
                if line.startswith("localhost"))
     open(os.path.join(site.work, "stop-%d" % jobs[0]), "w").close()
