@@ -44,6 +44,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 STATUSES = ("queue", "running", "done", "failed", "killed", "undone")
 FINISHED = ("done", "failed", "killed", "undone")
 LIVE = ("queue", "starting", "running")
+# The condition of the partial index jobs_live, written out so that SQLite uses that index
+# (it matches only this literal form): queries of live jobs never walk the history.
+LIVE_SQL = "status IN ('queue', 'starting', 'running')"
 
 
 class QpyError(Exception):
@@ -1097,7 +1100,7 @@ def tick_pass():
         if not meta_number(db, "dispatch"):
             return []
         nodes = db.execute("SELECT * FROM nodes ORDER BY position, name").fetchall()
-        live = db.execute("SELECT * FROM jobs WHERE status IN ('queue', 'starting', 'running') "
+        live = db.execute("SELECT * FROM jobs WHERE " + LIVE_SQL + " "
                           "ORDER BY position, id").fetchall()
         blocked = {row["name"]: "queue paused" if row["paused"] else "qpy finish"
                    for row in db.execute("SELECT * FROM users WHERE paused OR finished")}
@@ -1199,15 +1202,17 @@ def reconcile(db, me=None):
     records the DB missed, and end running jobs whose runner or node is gone. A user's tick
     looks only at that user's jobs (other users' files are closed to it); root's at all."""
     now = time.time()
-    mine = "1" if me is None else "j.user = ?"
+    mine = "1" if me is None else "+j.user = ?"  # "+": stay on the index of live jobs
     who = () if me is None else (me,)
     timeout = meta_number(db, "launch_timeout")
-    for job in db.execute("SELECT j.* FROM jobs j WHERE j.status = 'starting' AND "
-                          "j.claimed_at < ? AND " + mine, (now - timeout,) + who).fetchall():
+    for job in db.execute("SELECT j.* FROM jobs j WHERE j." + LIVE_SQL + " AND "
+                          "j.status = 'starting' AND j.claimed_at < ? AND " + mine,
+                          (now - timeout,) + who).fetchall():
         requeue(db, job, "launch timed out")
     node_timeout = meta_number(db, "node_timeout")
     for job in db.execute("SELECT j.*, n.address FROM jobs j LEFT JOIN nodes n ON n.name = j.node "
-                          "WHERE j.status = 'running' AND " + mine, who).fetchall():
+                          "WHERE j." + LIVE_SQL + " AND j.status = 'running' AND " + mine,
+                          who).fetchall():
         record = read_exit_record(job)
         if record is not None:
             finish_job(db, job, record)
@@ -1531,8 +1536,9 @@ def probe_down_nodes():
     prober = None
     if os.geteuid() == 0:  # root need not reach the nodes: probe as a user who needs them
         import pwd
-        waiting = atomically(lambda db: db.execute("SELECT user FROM jobs WHERE status = "
-                                                   "'queue' LIMIT 1").fetchone(), write=False)
+        waiting = atomically(lambda db: db.execute(
+            "SELECT user FROM jobs WHERE " + LIVE_SQL + " AND status = 'queue' LIMIT 1")
+            .fetchone(), write=False)
         if waiting is None:
             return
         try:
@@ -2027,9 +2033,18 @@ def selected(job, statuses, dirs, ranges):
             or in_idset(job["id"], ranges))
 
 
-def user_jobs(db, user, where="1", params=()):
-    return db.execute("SELECT * FROM jobs WHERE user = ? AND (%s) ORDER BY position, id" % where,
-                      (user,) + tuple(params)).fetchall()
+def user_jobs(db, user, statuses=None):
+    """A user's jobs in queue order: all of them, or those with these (DB) statuses. For the
+    live ones the '+' keeps SQLite on the index of live jobs, not on the user's history."""
+    if statuses is None:
+        return db.execute("SELECT * FROM jobs WHERE user = ? ORDER BY position, id",
+                          (user,)).fetchall()
+    if statuses == LIVE:
+        return db.execute("SELECT * FROM jobs WHERE " + LIVE_SQL + " AND +user = ? "
+                          "ORDER BY position, id", (user,)).fetchall()
+    listed = ",".join("'%s'" % status for status in statuses)
+    return db.execute("SELECT * FROM jobs WHERE status IN (%s) AND user = ? ORDER BY position, id"
+                      % listed, (user,)).fetchall()
 
 
 def cmd_check(args):
@@ -2052,8 +2067,7 @@ Examples:
     live_only = statuses and statuses <= {"queue", "running"} and not dirs and not ranges
 
     def read(db):
-        where = "status IN ('queue', 'starting', 'running')" if live_only else "1"
-        jobs = user_jobs(db, user, where)
+        jobs = user_jobs(db, user, LIVE if live_only else None)
         config = load_config(db, user)
         paused = db.execute("SELECT paused FROM users WHERE name = ?", (user,)).fetchone()
         notes = {}
@@ -2218,7 +2232,7 @@ Examples:
 
     def mark(db):
         removed, to_signal = 0, []
-        for job in user_jobs(db, user, "status IN ('queue', 'starting', 'running')"):
+        for job in user_jobs(db, user, LIVE):
             if not selected(job, statuses, dirs, ranges):
                 continue
             if job["status"] == "running":
@@ -2282,7 +2296,7 @@ Examples:
 
     def remove(db):
         ids = [job["id"] for job in
-               user_jobs(db, user, "status IN ('done', 'failed', 'killed', 'undone')")
+               user_jobs(db, user, FINISHED)
                if selected(job, statuses, dirs, ranges)]
         if not ids:
             raise nothing_to_do(db, user, ranges, "clean")
@@ -2305,9 +2319,10 @@ all; down or drained), as the original qpy did. With --json, the same as a JSON 
         busy = db.execute(
             "SELECT user, SUM(CASE WHEN status = 'queue' THEN 0 ELSE n_cores END) AS cores, "
             "SUM(status = 'queue') AS queued FROM jobs "
-            "WHERE status IN ('queue', 'starting', 'running') GROUP BY user").fetchall()
+            "WHERE " + LIVE_SQL + " GROUP BY user").fetchall()
         nodes = db.execute("SELECT * FROM nodes ORDER BY position, name").fetchall()
-        live = db.execute("SELECT * FROM jobs WHERE status IN ('starting', 'running')").fetchall()
+        live = db.execute("SELECT * FROM jobs WHERE " + LIVE_SQL + " AND status != 'queue'")\
+            .fetchall()
         return share_holders(db), busy, nodes, live
 
     holders, busy, nodes, live = atomically(read, write=False)
@@ -2473,7 +2488,7 @@ Example:
         row = ensure_user(db, user)
         if not row["paused"]:
             raise QpyError("Pause the queue before trying to control it: qpy ctrlQueue pause")
-        queue = user_jobs(db, user, "status = 'queue'")
+        queue = [job for job in user_jobs(db, user, LIVE) if job["status"] == "queue"]
         order = [job["id"] for job in queue]
         moving = [job_id for job_id in order if in_idset(job_id, ranges)]
         if not moving:

@@ -195,7 +195,7 @@ def variables():
                 db.execute("SELECT * FROM nodes ORDER BY position, name").fetchall(),
                 db.execute("SELECT * FROM users ORDER BY name").fetchall(),
                 db.execute("SELECT id, user, status, node, n_cores, mem, attempt, runner_pid "
-                           "FROM jobs WHERE status IN ('queue', 'starting', 'running') "
+                           "FROM jobs WHERE " + qpy.LIVE_SQL + " "
                            "ORDER BY position, id").fetchall())
     meta, nodes, users, live = qpy.atomically(read, write=False)
     print("state directory  = %s" % qpy.state_dir())
