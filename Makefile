@@ -6,21 +6,16 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 DEMO   := $(CURDIR)/.demo
 
-.PHONY: all venv system-deps test demo bench clean
+.PHONY: all venv system-deps test demo bench install uninstall clean
 
 all: venv
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+$(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	$(PY) -m compileall -q qpy.py qpy_admin.py  # byte-code once: qpy starts faster
-	printf '#!%s\nimport sys\nsys.path.insert(0, "%s")\nimport qpy\nsys.exit(qpy.main())\n' \
-	    "$(abspath $(PY))" "$(CURDIR)" > $(VENV)/bin/qpy
-	printf '#!%s\nimport sys\nsys.path.insert(0, "%s")\nimport qpy_admin\nsys.exit(qpy_admin.main())\n' \
-	    "$(abspath $(PY))" "$(CURDIR)" > $(VENV)/bin/qpy_admin
-	chmod +x $(VENV)/bin/qpy $(VENV)/bin/qpy_admin
 	touch $@
 
 # The cluster tests need sshd and iproute2; as root, install them (elsewhere those tests skip).
@@ -51,3 +46,24 @@ bench: venv
 	@if [ "$$(id -u)" = 0 ] && ! command -v tsp >/dev/null; then \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends task-spooler; fi
 	$(PY) bench/bench.py
+
+# A shared install for a lab: a venv from the system Python (readable by every user and node),
+# the qpy and qpy-admin commands in $(PREFIX)/bin, the completion and docs in
+# $(PREFIX)/share/qpy. With SITE=<dir>, every user of this install finds that site.
+PREFIX ?= /opt/qpy
+install:
+	$(PYTHON) -m venv $(PREFIX)/venv
+	$(PREFIX)/venv/bin/pip install --quiet --disable-pip-version-check .
+	mkdir -p $(PREFIX)/bin $(PREFIX)/share/qpy
+	ln -sf ../venv/bin/qpy $(PREFIX)/bin/qpy
+	ln -sf ../venv/bin/qpy-admin $(PREFIX)/bin/qpy-admin
+	cp bash_completion.sh README.md $(PREFIX)/share/qpy/
+	if [ -n "$(SITE)" ]; then $(PREFIX)/venv/bin/python -I -c \
+	  'import qpy, os, sys; open(os.path.join(qpy.HERE, "qpy.site"), "w").write(sys.argv[1] + "\n")' \
+	  "$(SITE)"; fi
+	chmod -R a+rX $(PREFIX)
+	@echo "Installed in $(PREFIX): users add $(PREFIX)/bin to PATH and source $(PREFIX)/share/qpy/bash_completion.sh"
+
+uninstall:
+	rm -rf $(PREFIX)/venv $(PREFIX)/bin/qpy $(PREFIX)/bin/qpy-admin $(PREFIX)/share/qpy
+	-rmdir $(PREFIX)/bin $(PREFIX)/share $(PREFIX) 2>/dev/null

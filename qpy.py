@@ -57,6 +57,15 @@ class QpyError(Exception):
 # Paths
 # --------------------------------------------------------------------------------------------
 
+def shipped_file(name):
+    """A file that comes with qpy (schema.sql, README.md): next to qpy.py in a checkout,
+    in <prefix>/share/qpy when installed by pip."""
+    for folder in (HERE, os.path.join(sys.prefix, "share", "qpy")):
+        if os.path.exists(os.path.join(folder, name)):
+            return os.path.join(folder, name)
+    return os.path.join(HERE, name)
+
+
 def state_dir():
     """Where the state lives, first match wins:
     $QPY_STATE, then the path in the site file `qpy.site` next to qpy.py, then ~/.qpy."""
@@ -231,7 +240,7 @@ def create_site(state, group):
 
 def initialise_db(personal):
     """Load schema.sql into an empty DB, and (personal mode) add this machine as 'localhost'."""
-    with open(os.path.join(HERE, "schema.sql")) as f:
+    with open(shipped_file("schema.sql")) as f:
         ddl = f.read()
 
     def create(db):
@@ -2607,7 +2616,7 @@ Show the users' guide (the README's section for users), in $PAGER on a terminal,
 the first match of <pattern> if one is given.
 """
     try:
-        with open(os.path.join(HERE, "README.md")) as f:
+        with open(shipped_file("README.md")) as f:
             readme = f.read()
     except OSError:
         raise QpyError("Error when loading the tutorial: README.md is missing next to qpy.py.")

@@ -1,0 +1,2748 @@
+#!/usr/bin/env python3
+"""qpy -- a batch queue for a lab's compute nodes, without daemons.
+
+The protocol (design.md sections 3-4), which every function below keeps:
+
+ 1. All state is one SQLite file, <state>/qpy.db, in journal_mode=DELETE (never WAL: the
+    state directory may be on NFS) with synchronous=FULL.
+ 2. Every transaction runs while holding the file lock <state>/qpy.lock and inside
+    BEGIN IMMEDIATE. The lock is held for milliseconds: nobody forks, sshes, signals a
+    remote host or waits for anything while holding it.
+ 3. `qpy sub` inserts a job ('queue') and bumps meta.tick_wanted in one transaction, then
+    forks a detached tick and returns. It never waits for a launch.
+ 4. One tick at a time: <state>/tick.lock, taken without blocking. A tick that finds it held
+    leaves; the holder loops until tick_wanted is 0, and re-checks after releasing, so no
+    request is ever lost and nobody waits for a tick.
+ 5. A tick claims a job ('starting', attempt+1, node reserved), commits, and only then
+    launches its runner. The runner confirms under the lock that the job is still
+    'starting' with *its* attempt, creates the started marker with O_EXCL and records
+    'running' in that same transaction; only after the commit does the command run.
+    A claim nobody confirms within launch_timeout goes back to 'queue'. So a job runs at
+    most once, and a crash anywhere leaves it queued, never lost.
+ 6. The runner owns a running job: the command runs in its own process group; at the end
+    the exit record is written to a file (tmp, fsync, rename) *before* the database is
+    updated, then the runner runs a tick so the freed cores are used at once. A tick
+    harvests exit records the database missed, and fails jobs whose runner is gone.
+ 7. No qpy process outlives its work: the tick exits when nothing is wanted, the runner
+    when its job has ended.
+
+The code follows the data: paths -> store -> model -> scheduler -> launcher/runner -> CLI.
+"""
+
+import json
+import os
+import re
+import signal
+import sqlite3
+import sys
+import time
+
+VERSION = "0.1.0"
+SCHEMA_VERSION = 2
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+STATUSES = ("queue", "running", "done", "failed", "killed", "undone")
+FINISHED = ("done", "failed", "killed", "undone")
+LIVE = ("queue", "starting", "running")
+# The condition of the partial index jobs_live, written out so that SQLite uses that index
+# (it matches only this literal form): queries of live jobs never walk the history.
+LIVE_SQL = "status IN ('queue', 'starting', 'running')"
+
+
+class QpyError(Exception):
+    """A problem the user can fix: printed as one line on stderr, exit status 1."""
+
+
+# --------------------------------------------------------------------------------------------
+# Paths
+# --------------------------------------------------------------------------------------------
+
+def shipped_file(name):
+    """A file that comes with qpy (schema.sql, README.md): next to qpy.py in a checkout,
+    in <prefix>/share/qpy when installed by pip."""
+    for folder in (HERE, os.path.join(sys.prefix, "share", "qpy")):
+        if os.path.exists(os.path.join(folder, name)):
+            return os.path.join(folder, name)
+    return os.path.join(HERE, name)
+
+
+def state_dir():
+    """Where the state lives, first match wins:
+    $QPY_STATE, then the path in the site file `qpy.site` next to qpy.py, then ~/.qpy."""
+    explicit = os.environ.get("QPY_STATE")
+    if explicit:
+        return os.path.abspath(explicit)
+    site_file = os.path.join(HERE, "qpy.site")
+    if os.path.exists(site_file):
+        with open(site_file) as f:
+            return f.read().strip()
+    return os.path.join(os.path.expanduser("~"), ".qpy")
+
+
+def user_name():
+    import pwd
+    return pwd.getpwuid(os.getuid()).pw_name
+
+
+def user_dir(user):
+    """The per-user directory for job files, markers and exit records (owned by the user)."""
+    return os.path.join(state_dir(), "users", user)
+
+
+def run_file(user, job_id, kind):
+    """<state>/users/<user>/run/<id>.<kind>: kind is started, exit or hb."""
+    return os.path.join(user_dir(user), "run", "%d.%s" % (job_id, kind))
+
+
+def ensure_user_dirs(user):
+    connect()  # creates the state directory first, with its own modes
+    if not os.path.isdir(user_dir(user)):
+        os.makedirs(user_dir(user), mode=0o700, exist_ok=True)
+        os.chmod(user_dir(user), 0o700)  # the umask must not open it to the group
+    for sub in ("spool", "scripts", "run"):
+        os.makedirs(os.path.join(user_dir(user), sub), mode=0o700, exist_ok=True)
+
+
+def write_atomically(path, data):
+    """Write, fsync, rename: readers see the old file or the whole new one."""
+    tmp = "%s.tmp%d" % (path, os.getpid())
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+    except OSError:
+        remove_quietly(tmp)  # no half-written file left behind (a full disk, say)
+        raise
+
+
+def remove_quietly(*paths):
+    for path in paths:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+def crash_point(name):
+    """Tests kill qpy at named steps: QPY_CRASH_AT=<name>@<token file>. The first process to
+    reach <name> and remove the token dies by SIGKILL, as if the machine had stopped there."""
+    point, _, token = os.environ.get("QPY_CRASH_AT", "").partition("@")
+    if point == name:
+        try:
+            os.unlink(token)
+        except OSError:
+            return
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+# --------------------------------------------------------------------------------------------
+# Store: SQLite under a file lock
+# --------------------------------------------------------------------------------------------
+
+_db = None  # this process's connection; dropped before every fork (never carried across one)
+
+
+def lock_timeout():
+    return float(os.environ.get("QPY_LOCK_TIMEOUT", "120"))
+
+
+def connect():
+    """The connection to <state>/qpy.db, creating the state directory and the DB on first use."""
+    global _db
+    if _db is None:
+        state = state_dir()
+        path = os.path.join(state, "qpy.db")
+        if not os.path.exists(path):
+            if not os.environ.get("QPY_STATE") and os.path.exists(os.path.join(HERE, "qpy.site")):
+                raise QpyError("No qpy site in %s (named by %s): ask your administrator."
+                               % (state, os.path.join(HERE, "qpy.site")))
+            if not os.path.isdir(os.path.dirname(state)):
+                raise QpyError("No directory %s for the qpy state %s: check QPY_STATE."
+                               % (os.path.dirname(state), state))
+            create_personal_state(state)
+        _db = open_db(path)
+        version = _db.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0:
+            initialise_db(personal=True)
+        elif version < SCHEMA_VERSION:
+            upgrade_db(path)
+        elif version > SCHEMA_VERSION:
+            disconnect()
+            raise QpyError("The qpy database %s has schema %d; this qpy knows only %d: "
+                           "use a newer qpy." % (path, version, SCHEMA_VERSION))
+    return _db
+
+
+def open_db(path):
+    try:
+        db = sqlite3.connect(path, isolation_level=None, timeout=30)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA user_version").fetchone()
+        return db
+    except sqlite3.DatabaseError as e:
+        raise QpyError("Cannot open the qpy database %s: %s. Move it away (qpy then starts an "
+                       "empty one) or restore a backup: qpy_admin.py restore <file>." % (path, e))
+
+
+def disconnect():
+    global _db
+    if _db is not None:
+        _db.close()
+        _db = None
+
+
+def create_file(path, mode, group=None):
+    """Create a file with exactly this mode (SQLite and the umask would choose their own)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except FileExistsError:
+        return
+    os.fchmod(fd, mode)
+    if group is not None:
+        os.fchown(fd, -1, group)
+    os.close(fd)
+
+
+def create_personal_state(state):
+    """The embedded default: ~/.qpy (0700) with a DB file we create ourselves at 0660."""
+    os.makedirs(state, mode=0o700, exist_ok=True)
+    os.chmod(state, 0o700)
+    os.makedirs(os.path.join(state, "users"), mode=0o700, exist_ok=True)
+    create_file(os.path.join(state, "qpy.db"), 0o660)
+
+
+def create_site(state, group):
+    """A shared state directory for a lab: group-owned and setgid, so that every file in it
+    belongs to the group; the DB and lock files 0660; users/ sticky, so each user owns (and
+    only they can remove) their own directory. No nodes yet: the admin loads them."""
+    global _db
+    import grp
+    gid = grp.getgrnam(group).gr_gid if group else os.getgid()
+    os.makedirs(state, exist_ok=True)
+    os.chown(state, -1, gid)
+    os.chmod(state, 0o2770)
+    users = os.path.join(state, "users")
+    os.makedirs(users, exist_ok=True)
+    os.chown(users, -1, gid)
+    os.chmod(users, 0o3770)
+    for name in ("qpy.db", "qpy.lock", "tick.lock"):
+        create_file(os.path.join(state, name), 0o660, gid)
+    os.environ["QPY_STATE"] = state
+    disconnect()
+    _db = open_db(os.path.join(state, "qpy.db"))
+    initialise_db(personal=False)
+
+
+def initialise_db(personal):
+    """Load schema.sql into an empty DB, and (personal mode) add this machine as 'localhost'."""
+    with open(shipped_file("schema.sql")) as f:
+        ddl = f.read()
+
+    def create(db):
+        if db.execute("PRAGMA user_version").fetchone()[0] == 0:  # lost no race
+            for statement in sql_statements(ddl):
+                db.execute(statement)
+            if personal:
+                db.execute("INSERT INTO nodes (name, address, cores, mem) VALUES ('localhost', "
+                           "'localhost', ?, ?)", (os.cpu_count() or 1, machine_memory()))
+    atomically(create)
+
+
+def sql_statements(text):
+    """The statements of an SQL script, one by one (so they run inside our transaction)."""
+    statement = ""
+    for line in text.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):
+            yield statement
+            statement = ""
+
+
+# How to bring a DB of schema N up to N + 1 (schema.sql is always the newest whole).
+MIGRATIONS = {
+    1: ["CREATE INDEX jobs_by_spec ON jobs (spec)"],
+}
+
+
+def upgrade_db(path):
+    """Upgrade an older DB in place, in one transaction, keeping every job."""
+    def upgrade(db):
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        while version < SCHEMA_VERSION:
+            for statement in MIGRATIONS[version]:
+                db.execute(statement)
+            version += 1
+        db.execute("PRAGMA user_version = %d" % version)
+    try:
+        atomically(upgrade)
+    except sqlite3.DatabaseError as e:
+        raise QpyError("Could not upgrade the qpy database %s: %s (it is unchanged)." % (path, e))
+
+
+def machine_memory():
+    """Total memory of this machine in GB (one decimal, rounded down)."""
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                return int(int(line.split()[1]) / 1048576 * 10) / 10
+    return 1.0
+
+
+def atomically(fn, write=True):
+    """Run fn(db) in one transaction under qpy.lock; retry when SQLite reports a busy or
+    failing filesystem; return what fn returns."""
+    from filelock import FileLock, Timeout
+    db = connect()
+    lock = FileLock(os.path.join(state_dir(), "qpy.lock"), mode=0o660, timeout=lock_timeout())
+    delay = 0.05
+    for attempt in range(8):
+        try:
+            with lock:
+                db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                try:
+                    result = fn(db)
+                    db.execute("COMMIT")
+                    return result
+                except BaseException:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    raise
+        except Timeout:
+            raise QpyError("Waited %g s for the qpy lock %s, held by %s (QPY_LOCK_TIMEOUT "
+                           "sets the wait)." % (lock_timeout(), lock.lock_file,
+                                                lock_holder(lock.lock_file)))
+        except sqlite3.OperationalError as e:
+            transient = ("locked" in str(e) or "busy" in str(e) or "disk I/O" in str(e))
+            if not transient or attempt == 7:
+                raise QpyError("The qpy database failed: %s%s" % (e, DB_HINTS.get(str(e), "")))
+            time.sleep(delay)
+            delay *= 2
+
+
+DB_HINTS = {
+    "attempt to write a readonly database": " (are you in the site's group? the DB and its "
+                                            "directory must be writable by it)",
+    "unable to open database file": " (check the state directory's permissions)",
+    "database or disk is full": " (free some space: nothing stored was lost, try again then)",
+}
+
+
+def lock_holder(path):
+    """Who holds a file lock on this machine, from /proc/locks ('another host' if nobody
+    here does: on a shared filesystem the holder may be elsewhere)."""
+    try:
+        inode = os.stat(path).st_ino
+        with open("/proc/locks") as f:
+            for line in f:
+                fields = line.split()
+                if fields[1] == "->":
+                    continue
+                if int(fields[5].rsplit(":", 1)[1]) == inode:
+                    pid = int(fields[4])
+                    with open("/proc/%d/cmdline" % pid, "rb") as g:
+                        command = g.read().replace(b"\0", b" ").decode(errors="replace")
+                    return "process %d (%s)" % (pid, " ".join(command.split())[:80])
+    except (OSError, ValueError, IndexError):
+        pass
+    return "a process on another host, or one that just ended"
+
+
+def meta_number(db, key):
+    return float(db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0])
+
+
+def ensure_user(db, user):
+    db.execute("INSERT OR IGNORE INTO users (name) VALUES (?)", (user,))
+    return db.execute("SELECT * FROM users WHERE name = ?", (user,)).fetchone()
+
+
+# --------------------------------------------------------------------------------------------
+# Model: ID sets, check formats, #QPY directives, attribute expressions, configuration
+# --------------------------------------------------------------------------------------------
+
+def parse_idset(text):
+    """'100-120,130' -> [(100, 120), (130, 130)]. Raises ValueError on anything else."""
+    ranges = []
+    for item in text.split(","):
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", item.strip())
+        if not m:
+            raise ValueError(text)
+        lo = int(m.group(1))
+        hi = int(m.group(2)) if m.group(2) else lo
+        if hi < lo:
+            raise ValueError(text)
+        ranges.append((lo, hi))
+    return ranges
+
+
+def in_idset(job_id, ranges):
+    return any(lo <= job_id <= hi for lo, hi in ranges)
+
+
+DEFAULT_CHECK_FMT = "%j (%s):%c (on %n; wd: %d)\n"
+
+
+def format_time(t):
+    from datetime import datetime
+    return "None" if t is None else str(datetime.fromtimestamp(t))
+
+
+def format_span(seconds):
+    from datetime import timedelta
+    return "None" if seconds is None else str(timedelta(seconds=seconds))
+
+
+def user_status(job):
+    """The status word users see: 'starting' is still 'queue' to them."""
+    return "queue" if job["status"] == "starting" else job["status"]
+
+
+def run_time(job, now):
+    """%R: time in the queue while queued, running time while running, else start to end."""
+    status = user_status(job)
+    if status == "queue":
+        return now - job["queued_at"]
+    if status == "running":
+        return now - job["started_at"]
+    if job["started_at"] is None:
+        return None
+    return job["ended_at"] - job["started_at"]
+
+
+def exit_text(job):
+    """%x: the exit code, or the signal name for a job ended by a signal, else None."""
+    if job["signal"]:
+        try:
+            return signal.Signals(job["signal"]).name
+        except ValueError:
+            return "signal %d" % job["signal"]
+    return "None" if job["exit_code"] is None else str(job["exit_code"])
+
+
+def job_fields(job, now, notes=""):
+    """The checkFMT keys of one job (each computed only when the pattern asks for it)."""
+    return {
+        "j": lambda: str(job["id"]),
+        "s": lambda: user_status(job),
+        "c": lambda: job["command"],
+        "d": lambda: job["cwd"],
+        "n": lambda: str(job["node"]) if user_status(job) != "queue" else "None",
+        "N": lambda: str(job["n_cores"]),
+        "m": lambda: str(float(job["mem"])),
+        "g": lambda: job["gpu_ids"] or "None",
+        "J": lambda: job["name"] or "",
+        "L": lambda: format_span(job["time_limit"]),
+        "M": lambda: "None" if job["max_rss"] is None else "%.1f MB" % (job["max_rss"] / 1024),
+        "U": lambda: format_span(job["cpu_time"]),
+        "i": lambda: "None" if job["array_index"] is None else str(job["array_index"]),
+        "a": lambda: job["attributes"],
+        "A": lambda: (job["node"] if user_status(job) != "queue" and job["node"]
+                      else "[%s]" % job["attributes"]),
+        "R": lambda: format_span(run_time(job, now)),
+        "Q": lambda: format_time(job["queued_at"]),
+        "S": lambda: format_time(job["started_at"]),
+        "E": lambda: format_time(job["ended_at"]),
+        "x": lambda: exit_text(job),
+        "r": lambda: job["reason"] or "",
+        "K": lambda: notes,
+    }
+
+
+def format_job(pattern, job, now, notes=""):
+    """Replace every %<key> of the pattern in one pass (so a '%d' inside the command stays)."""
+    fields = job_fields(job, now, notes)
+
+    def one(m):
+        key = m.group(1)
+        if key == "%":
+            return "%"
+        return fields[key]() if key in fields else m.group(0)
+    return re.sub(r"%(.)", one, pattern, flags=re.S)
+
+
+def decode_escapes(text):
+    r"""'\n' and '\t' typed in a checkFMT pattern mean newline and tab; '\\' is a backslash."""
+    return re.sub(r"\\(.)", lambda m: {"n": "\n", "t": "\t", "\\": "\\"}.get(m.group(1), m.group(0)),
+                  text)
+
+
+COLOURS = {"grey": 30, "red": 31, "green": 32, "yellow": 33, "blue": 34, "magenta": 35,
+           "cyan": 36, "white": 37}
+DEFAULT_SCHEME = ["yellow", "blue", "green", "red", "grey", "magenta"]  # + failed
+
+
+def colour(text, name):
+    return "\x1b[%dm%s\x1b[0m" % (COLOURS[name], text)
+
+
+def parse_bool(text):
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    raise ValueError(text)
+
+
+# A user's settings: name -> (default, aliases). Values are stored as JSON in `config`.
+CONFIG = {
+    "checkFMT": (DEFAULT_CHECK_FMT, ("job_fmt_pattern",)),
+    "colour": (True, ("use_colour", "color")),
+    "coloursScheme": (DEFAULT_SCHEME, ("colorsScheme",)),
+    "copyScripts": (False, ("use_script_copy",)),
+    "defaultAttr": ("", ()),
+    "andAttr": ("", ()),
+    "orAttr": ("", ()),
+}
+CONFIG_ALIASES = {alias: key for key, (_, aliases) in CONFIG.items() for alias in aliases}
+
+
+def load_config(db, user):
+    config = {key: default for key, (default, _) in CONFIG.items()}
+    for row in db.execute("SELECT key, value FROM config WHERE user = ?", (user,)):
+        if row["key"] in config:
+            config[row["key"]] = json.loads(row["value"])
+    return config
+
+
+def parse_config_value(key, values):
+    """Validate `qpy config <key> <values...>`: return (stored value, message) or raise QpyError."""
+    if values == ["default"]:
+        default = CONFIG[key][0]
+        if key == "checkFMT":
+            return default, ("Check pattern restored to the default value: %s." % repr(default))
+        return default, "%s restored to the default value: %s." % (key, default)
+    if key == "checkFMT":
+        if not values:
+            raise QpyError("Give a pattern for checkFMT, e.g. qpy config checkFMT '%j: %s\\n' "
+                           "(or 'default').")
+        pattern = decode_escapes(" ".join(values))
+        return pattern, "Check pattern modified to %s" % repr(pattern)
+    if key in ("colour", "copyScripts"):
+        try:
+            if len(values) != 1:
+                raise ValueError
+            value = parse_bool(values[0])
+        except ValueError:
+            raise QpyError("Value for %s must be true or false." % key)
+        return value, "%s set to %s" % (key, value)
+    if key == "coloursScheme":
+        for name in values:
+            if name not in COLOURS:
+                raise QpyError("Unknown colour: %s (choose from %s)." % (name, " ".join(COLOURS)))
+        if len(values) not in (5, 6):
+            raise QpyError("Give five colours for coloursScheme (queue running done killed undone),"
+                           " and optionally a sixth for failed.")
+        return values + DEFAULT_SCHEME[len(values):], "Colours scheme changed."
+    # defaultAttr, andAttr, orAttr: an attribute expression, or nothing to unset it
+    expression = " ".join(values)
+    if not expression:
+        return "", "%s unset." % key
+    parse_attributes(expression)
+    return expression, "%s set to %s." % (key, expression)
+
+
+ATTR_TOKEN = re.compile(r"\s*(?:(\()|(\))|([^\s()]+))")
+
+
+def parse_attributes(text):
+    """Parse a node attribute expression: labels (or node names) with and, or, not and
+    parentheses; precedence not > and > or. Returns a tree of tuples, or None for ''.
+    Raises QpyError on a syntax error (never 'matches everything' as in the original)."""
+    tokens = []
+    pos = 0
+    text = text.strip()
+    while pos < len(text):
+        m = ATTR_TOKEN.match(text, pos)
+        tokens.append(m.group(m.lastindex))
+        pos = m.end()
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+    if not tokens:
+        return None
+    position = [0]
+
+    def peek():
+        return tokens[position[0]] if position[0] < len(tokens) else None
+
+    def take():
+        position[0] += 1
+        return tokens[position[0] - 1]
+
+    def disjunction():
+        left = conjunction()
+        while peek() == "or":
+            take()
+            left = ("or", left, conjunction())
+        return left
+
+    def conjunction():
+        left = negation()
+        while peek() == "and":
+            take()
+            left = ("and", left, negation())
+        return left
+
+    def negation():
+        if peek() == "not":
+            take()
+            return ("not", negation())
+        return atom()
+
+    def atom():
+        token = peek()
+        if token is None:
+            raise QpyError("Invalid node attribute expression %r: it ends too early." % text)
+        if token == "(":
+            take()
+            inner = disjunction()
+            if peek() != ")":
+                raise QpyError("Invalid node attribute expression %r: missing ')'." % text)
+            take()
+            return inner
+        if token in (")", "and", "or", "not"):
+            raise QpyError("Invalid node attribute expression %r: unexpected %r." % (text, token))
+        return ("label", take())
+
+    tree = disjunction()
+    if peek() is not None:
+        raise QpyError("Invalid node attribute expression %r: unexpected %r." % (text, peek()))
+    return tree
+
+
+def matches_attributes(tree, labels):
+    """Does a node with these labels (its attributes and its name) satisfy the expression?"""
+    if tree is None:
+        return True
+    kind = tree[0]
+    if kind == "label":
+        return tree[1] in labels
+    if kind == "not":
+        return not matches_attributes(tree[1], labels)
+    if kind == "and":
+        return matches_attributes(tree[1], labels) and matches_attributes(tree[2], labels)
+    return matches_attributes(tree[1], labels) or matches_attributes(tree[2], labels)
+
+
+def combine_attributes(job_attr, config):
+    """Apply the user's defaultAttr, orAttr and andAttr to a job's expression, as the original."""
+    expression = job_attr or config["defaultAttr"]
+    if config["orAttr"]:
+        expression = "( %s ) or ( %s )" % (config["orAttr"], expression) if expression \
+            else config["orAttr"]
+    if config["andAttr"]:
+        expression = "( %s ) and ( %s )" % (config["andAttr"], expression) if expression \
+            else config["andAttr"]
+    return expression
+
+
+DIRECTIVE_KEYS = {
+    "n_cores": "cores", "number of cores": "cores",
+    "mem": "mem", "memory": "mem", "gpus": "gpus", "time": "time",
+    "node_attr": "attributes", "node attributes": "attributes",
+    "cpScript": "copy", "cp_script": "copy", "copy script": "copy",
+}
+
+
+def parse_directives(lines):
+    """`#QPY key=value; key=value` lines of a script -> {'cores', 'mem', 'attributes', 'copy'}.
+    Values are validated here; a bad line raises QpyError naming it."""
+    found = {}
+    for line in lines:
+        if not line.startswith("#QPY "):
+            continue
+        for pair in line[5:].strip().split(";"):
+            if not pair.strip():
+                continue
+            if pair.count("=") != 1:
+                raise QpyError("Invalid syntax for options inside script: %s" % pair.strip())
+            key, value = (part.strip() for part in pair.split("="))
+            if key not in DIRECTIVE_KEYS:
+                raise QpyError("Unknown script option: %s" % key)
+            found[DIRECTIVE_KEYS[key]] = check_request_value(DIRECTIVE_KEYS[key], value, key)
+    return found
+
+
+def check_request_value(kind, value, name):
+    """Validate one resource request (from a flag or a directive); return it typed."""
+    try:
+        if kind in ("cores", "gpus"):
+            number = int(value)
+            if number < (1 if kind == "cores" else 0):
+                raise ValueError
+            return number
+        if kind == "mem":
+            number = float(value)
+            if not number >= 0 or number == float("inf"):
+                raise ValueError
+            return number
+        if kind == "copy":
+            return parse_bool(value)
+        if kind == "time":
+            return parse_duration(value)
+    except ValueError:
+        raise QpyError("Invalid value for %s: %s." % (name, value))
+    parse_attributes(value)
+    return value
+
+
+def parse_duration(text):
+    """A time limit as Slurm writes it: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS.
+    Returns seconds (> 0); raises ValueError."""
+    days, dash, rest = text.strip().rpartition("-") if "-" in text else ("0", "", text.strip())
+    parts = rest.split(":")
+    if not days.isdigit() or not all(p.isdigit() for p in parts) or len(parts) > 3:
+        raise ValueError(text)
+    numbers = [int(p) for p in parts]
+    if dash:  # D-HH[:MM[:SS]]
+        numbers += [0] * (3 - len(numbers))
+        hours, minutes, seconds = numbers
+    elif len(numbers) == 3:
+        hours, minutes, seconds = numbers
+    elif len(numbers) == 2:
+        hours, (minutes, seconds) = 0, numbers
+    else:
+        hours, minutes, seconds = 0, numbers[0], 0
+    total = ((int(days) * 24 + hours) * 60 + minutes) * 60 + seconds
+    if total <= 0:
+        raise ValueError(text)
+    return float(total)
+
+
+SHELLS = {"sh", "bash", "dash", "zsh", "ksh", "csh", "tcsh", "python", "python3", "perl"}
+
+
+def find_script(argv, cwd):
+    """The script a command runs, if any: its first word, or the word after a shell or
+    interpreter (`bash job.sh`). Returns (index of the word, absolute path) or None."""
+    import shlex
+    words = argv
+    if len(argv) == 1:
+        try:
+            words = shlex.split(argv[0])
+        except ValueError:
+            words = argv[0].split()
+    for index, word in enumerate(words[:2]):
+        path = os.path.join(cwd, os.path.expanduser(word))
+        if os.path.isfile(path):
+            return index, word, os.path.abspath(path)
+        if index == 0 and os.path.basename(word) not in SHELLS:
+            return None
+    return None
+
+
+NODE_KEYS = {"address", "cores", "memory", "gpus", "attributes", "pref_multicore", "check_dir"}
+
+
+def parse_nodes_file(text):
+    """The nodes file, in either format, one node per line ('#' starts a comment):
+      the manual's   <name> <cores> [M]
+      the original's <name> address=<host> cores=<n> memory=<GB> gpus=<n> attributes=a,b
+                     pref_multicore=true|false
+    Returns a list of node dicts; raises QpyError naming the line and the problem."""
+    nodes, names = [], set()
+    for number, line in enumerate(text.splitlines(), 1):
+        words = line.split("#", 1)[0].split()
+        if not words:
+            continue
+        try:
+            node = parse_node_line(words)
+        except (ValueError, QpyError) as e:
+            raise QpyError("nodes file, line %d: %s" % (number, e))
+        if node["name"] in names:
+            raise QpyError("nodes file, line %d: node %s is defined twice" % (number, node["name"]))
+        names.add(node["name"])
+        nodes.append(node)
+    return nodes
+
+
+def parse_node_line(words):
+    name, rest = words[0], words[1:]
+    node = {"name": name, "address": name, "cores": None, "mem": None, "gpus": 0,
+            "attributes": "", "pref_multicore": False}
+    if rest and rest[0].isdigit():  # the manual's format
+        node["cores"] = int(rest[0])
+        for word in rest[1:]:
+            if word != "M":
+                raise QpyError("expected 'M' after the cores, got %r" % word)
+            node["pref_multicore"] = True
+        rest = []
+    for word in rest:
+        key, equals, value = word.partition("=")
+        if not equals:
+            raise QpyError("expected a pair <key>=<value>, but got %r" % word)
+        if key not in NODE_KEYS:
+            raise QpyError("unknown key %r (keys: %s)" % (key, ", ".join(sorted(NODE_KEYS))))
+        if key == "address":
+            node["address"] = value
+        elif key == "cores" or key == "gpus":
+            if not value.isdigit():
+                raise QpyError("%s must be a whole number, not %r" % (key, value))
+            node[key] = int(value)
+        elif key == "memory":
+            node["mem"] = float(value)
+            if not 0 <= node["mem"] < float("inf"):
+                raise QpyError("memory must be a number of GB, not %r" % value)
+        elif key == "attributes":
+            labels = [label for label in value.split(",") if label]
+            bad = [label for label in labels if label in ("and", "or", "not")
+                   or not re.fullmatch(r"[^\s(),]+", label)]
+            if bad:
+                raise QpyError("attribute %r cannot be used in expressions" % bad[0])
+            node["attributes"] = ",".join(labels)
+        elif key == "pref_multicore":
+            node["pref_multicore"] = parse_bool(value)
+    if node["cores"] is None:
+        raise QpyError("node %s has no number of cores (cores=<n>)" % name)
+    if node["mem"] is None and is_local(node["address"]):
+        node["mem"] = machine_memory()
+    return node
+
+
+# --------------------------------------------------------------------------------------------
+# Scheduler: a pure function from the state to the jobs to start and where
+# --------------------------------------------------------------------------------------------
+
+def node_labels(node):
+    return set(filter(None, node["attributes"].split(","))) | {node["name"]}
+
+
+def node_memory(node):
+    """A node's memory in GB; a node whose memory is not known does not limit memory."""
+    return float("inf") if node["mem"] is None else node["mem"]
+
+
+def free_resources(nodes, live_jobs):
+    """{node name: {"cores", "mem", "gpus"}} left after what running and claimed jobs hold."""
+    free = {node["name"]: {"cores": node["cores"], "mem": node_memory(node), "gpus": node["gpus"]}
+            for node in nodes}
+    for job in live_jobs:
+        if job["status"] in ("starting", "running") and job["node"] in free:
+            hold(free[job["node"]], job)
+    return free
+
+
+def hold(free_on_node, job):
+    free_on_node["cores"] -= job["n_cores"]
+    free_on_node["mem"] -= job["mem"]
+    free_on_node["gpus"] -= job["gpus"]
+
+
+def fits(free_on_node, job):
+    return (free_on_node["cores"] >= job["n_cores"] and free_on_node["mem"] >= job["mem"] - 1e-9
+            and free_on_node["gpus"] >= job["gpus"])
+
+
+def choose_node(job, nodes, free):
+    """The node for a job, or None. Single-core jobs go to the node with the most free cores,
+    sparing the nodes marked for multicore jobs; multicore jobs take the first node that fits,
+    those marked 'M' first. Down and drained nodes are never chosen."""
+    tree = parse_attributes(job["attributes"])
+    candidates = [node for node in nodes
+                  if node["state"] == "up" and fits(free[node["name"]], job)
+                  and matches_attributes(tree, node_labels(node))]
+    if not candidates:
+        return None
+    if job["n_cores"] == 1:
+        spare = [node for node in candidates if not node["pref_multicore"]] or candidates
+        return max(spare, key=lambda node: free[node["name"]]["cores"])  # ties: first in order
+    return sorted(candidates, key=lambda node: not node["pref_multicore"])[0]
+
+
+def why_no_node(job, nodes):
+    """The pending reason of a job that fits on no node now."""
+    tree = parse_attributes(job["attributes"])
+    matching = [node for node in nodes if matches_attributes(tree, node_labels(node))]
+    if not any(node["state"] == "up" for node in matching):
+        return "waiting for a node: %s" % (
+            ", ".join("%s %s" % (n["name"], n["state"]) for n in matching) or "none matches")
+    return "waiting for resources"
+
+
+def parse_rules(text):
+    """The distribution_rules file: a first line `even` or `explicit`, optionally followed by
+    `minimum N`; for `explicit`, then one line per user, `<user> <spec>` or `<user>=<spec>`,
+    where spec is E, E%, M+E or M+E% (M: the user's own minimum, E: extra cores, or a
+    percentage of the cores left after all minimums). '#' starts a comment.
+    Returns {"kind", "minimum", "users": {name: (minimum or None, extra, is_percent)}}."""
+    lines = [(n, line.split("#", 1)[0].strip()) for n, line in enumerate(text.splitlines(), 1)]
+    lines = [(n, line) for n, line in lines if line]
+    if not lines:
+        raise QpyError("distribution_rules is empty: write 'even' or 'explicit'")
+    number, first = lines[0]
+    words = first.split()
+    if words[0] not in ("even", "explicit"):
+        raise QpyError("distribution_rules, line %d: unknown type of distribution %r "
+                       "(even or explicit)" % (number, words[0]))
+    rules = {"kind": words[0], "minimum": 0, "users": {}}
+    if len(words) > 1:
+        if len(words) != 3 or words[1] != "minimum" or not words[2].isdigit():
+            raise QpyError("distribution_rules, line %d: expected '%s minimum <cores>'"
+                           % (number, words[0]))
+        rules["minimum"] = int(words[2])
+    for number, line in lines[1:]:
+        if rules["kind"] == "even":
+            raise QpyError("distribution_rules, line %d: 'even' takes no user lines" % number)
+        m = re.fullmatch(r"([^\s=]+)\s*(?:=|\s)\s*(?:(\d+)\+)?(\d+)(%?)", line)
+        if not m:
+            raise QpyError("distribution_rules, line %d: expected '<user> <extra>[%%]' or "
+                           "'<user> <minimum>+<extra>[%%]', got %r" % (number, line))
+        name, minimum, extra, percent = m.groups()
+        if name in rules["users"]:
+            raise QpyError("distribution_rules, line %d: user %s given twice" % (number, name))
+        if percent and int(extra) > 100:
+            raise QpyError("distribution_rules, line %d: %s%% is more than all" % (number, extra))
+        rules["users"][name] = (int(minimum) if minimum else None, int(extra), bool(percent))
+    return rules
+
+
+DEFAULT_RULES = {"kind": "even", "minimum": 0, "users": {}}
+
+
+def compute_shares(rules, users, total):
+    """{user: (minimum, extra)} for these users (in this order) on `total` cores, as the
+    original qpy: everyone gets the minimum, then `even` splits the rest equally (the remainder
+    one by one), and `explicit` gives listed users their extra and unlisted users an equal part
+    of what is left. Minimums that do not fit are cut one core at a time, never a hang."""
+    listed = rules["users"]
+    minimum = {u: (listed[u][0] if u in listed and listed[u][0] is not None else rules["minimum"])
+               for u in users}
+    while sum(minimum.values()) > total:  # more guaranteed than there is: cut, round-robin
+        for u in sorted(users, key=lambda u: -minimum[u]):
+            if sum(minimum.values()) > total and minimum[u] > 0:
+                minimum[u] -= 1
+    left = total - sum(minimum.values())
+    extra = dict.fromkeys(users, 0)
+    if rules["kind"] == "explicit":
+        for u in users:
+            if u in listed:
+                e, percent = listed[u][1], listed[u][2]
+                extra[u] = left * e // 100 if percent else e
+        receivers = [u for u in users if u not in listed] or [u for u in users if u in listed]
+    else:
+        receivers = list(users)
+    rest = left - sum(extra.values())
+    while rest < 0:  # promised more than there is: take back one by one
+        for u in reversed(receivers):
+            if rest < 0 and extra[u] > 0:
+                extra[u] -= 1
+                rest += 1
+        if not any(extra[u] for u in receivers):
+            break
+    if receivers and rest > 0:
+        for u in receivers:
+            extra[u] += rest // len(receivers)
+        for u in receivers[:rest % len(receivers)]:
+            extra[u] += 1
+    return {u: (minimum[u], extra[u]) for u in users}
+
+
+def admitted(user, cores, shares, used, queued, free_unreserved):
+    """The original's admission rule (qpy_original.md 4.3), no preemption:
+    within the guaranteed minimum, always; within minimum + extra, if the cores are free (and
+    not kept as someone's unused minimum); beyond, borrow a part of the extra cores of the
+    users with an empty queue, split among the users that also want more."""
+    least, extra = shares.get(user, (0, 0))
+    mine = used.get(user, 0) + cores
+    if mine <= least:
+        return True
+    if free_unreserved < cores:
+        return False
+    if mine <= least + extra:
+        return True
+    others = [v for v in shares if v != user]
+    wanting = 1 + sum(1 for v in others if queued.get(v, 0) > 0
+                      and used.get(v, 0) >= sum(shares[v]))
+    idle = sum(min(sum(shares[v]) - used.get(v, 0), shares[v][1])
+               for v in others if queued.get(v, 0) == 0)
+    return mine <= least + extra + idle // wanting
+
+
+def schedule(nodes, live_jobs, blocked_users, shares=None, held=None):
+    """Decide which queued jobs start now, and where.
+
+    nodes: rows with name, cores, mem, attributes, pref_multicore, state (in file order);
+    live_jobs: queued, starting and running jobs, queued ones in queue order;
+    blocked_users: {user: why} for users whose queue is paused or finished;
+    shares: {user: (minimum, extra)} from compute_shares, or None for no fair share;
+    held: {job id: why} for jobs that may not start yet (their dependencies).
+    Returns ([(job id, node name)], {job id: why it waits}). A job that does not fit is passed
+    over so that smaller jobs behind it can start (backfilling)."""
+    free = free_resources(nodes, live_jobs)
+    total = sum(node["cores"] for node in nodes)
+    held = held or {}
+    used, queued, array_running = {}, {}, {}
+    for job in live_jobs:
+        if job["status"] == "queue":
+            if job["user"] not in blocked_users and job["id"] not in held:
+                queued[job["user"]] = queued.get(job["user"], 0) + 1
+        else:
+            used[job["user"]] = used.get(job["user"], 0) + job["n_cores"]
+            if job["array_of"] is not None:
+                array_running[job["array_of"]] = array_running.get(job["array_of"], 0) + 1
+    placements, pending = [], {}
+    waiting = [job for job in live_jobs if job["status"] == "queue"]
+    while True:  # until a pass places nothing: a placement may make another job admissible
+        before = len(placements)
+        for job in waiting:
+            limit = job["array_limit"]
+            if job["id"] in held:
+                where, why = None, held[job["id"]]
+            elif limit and array_running.get(job["array_of"], 0) >= limit:
+                where, why = None, "array limit: %d running" % limit
+            else:
+                where, why = place_one(job, nodes, free, total, used, queued, blocked_users,
+                                       shares)
+                if where and job["array_of"] is not None:
+                    array_running[job["array_of"]] = array_running.get(job["array_of"], 0) + 1
+            if where:
+                placements.append((job["id"], where))
+                pending.pop(job["id"], None)
+            else:
+                pending[job["id"]] = why
+        if len(placements) == before:
+            return placements, pending
+        placed = {job_id for job_id, _ in placements}
+        waiting = [job for job in waiting if job["id"] not in placed]
+
+
+def place_one(job, nodes, free, total, used, queued, blocked_users, shares):
+    """Place one queued job if its user's share and the nodes allow it, updating the counts.
+    Returns (node name, None), or (None, why it waits)."""
+    user = job["user"]
+    if user in blocked_users:
+        return None, blocked_users[user]
+    if shares is not None:
+        reserved = sum(max(0, least - used.get(u, 0)) for u, (least, _) in shares.items()
+                       if u != user)
+        unreserved = total - sum(used.values()) - reserved
+        if not admitted(user, job["n_cores"], shares, used, queued, unreserved):
+            within = used.get(user, 0) + job["n_cores"] <= sum(shares.get(user, (0, 0)))
+            others_wait = any(count > 0 for u, count in queued.items() if u != user)
+            return None, ("waiting for its share of the cores" if others_wait and not within
+                          else "waiting for free cores")
+    node = choose_node(job, nodes, free)
+    if node is None:
+        return None, why_no_node(job, nodes)
+    hold(free[node["name"]], job)
+    used[user] = used.get(user, 0) + job["n_cores"]
+    queued[user] -= 1
+    return node["name"], None
+
+
+def unsatisfiable_reason(request, nodes):
+    """Why no node could ever run this request (cores, memory, GPUs, attributes), or None."""
+    tree = parse_attributes(request["attributes"])
+    named = [node for node in nodes if matches_attributes(tree, node_labels(node))]
+    if not named:
+        return "no node has the attributes '%s'" % request["attributes"]
+    if not any(node["cores"] >= request["n_cores"] for node in named):
+        return "no node has %d cores (the largest has %d)" % (
+            request["n_cores"], max(node["cores"] for node in named))
+    if not any(node["cores"] >= request["n_cores"] and node_memory(node) >= request["mem"]
+               for node in named):
+        return "no node with %d cores has %g GB of memory (the largest has %g GB)" % (
+            request["n_cores"], request["mem"], max(node_memory(node) for node in named))
+    if not any(fits({"cores": n["cores"], "mem": node_memory(n), "gpus": n["gpus"]}, request)
+               for n in named):
+        return "no node with %d cores and %g GB has %d GPUs" % (
+            request["n_cores"], request["mem"], request["gpus"])
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Tick: harvest, reconcile, claim, launch
+# --------------------------------------------------------------------------------------------
+
+def request_tick(db):
+    """Inside a transaction: ask for a tick pass (the running tick, or the next, will do it)."""
+    db.execute("UPDATE meta SET value = value + 1 WHERE key = 'tick_wanted'")
+
+
+def tick_overdue(db, jobs):
+    """Was a tick missed (its requester or runner killed)? Then whoever notices starts one:
+    a tick was asked for, a claim is older than launch_timeout, or a local runner is gone."""
+    if meta_number(db, "tick_wanted"):
+        return True
+    stale = time.time() - meta_number(db, "launch_timeout")
+    local = {row[0] for row in db.execute("SELECT name, address FROM nodes") if is_local(row[1])}
+    return any(job["status"] == "starting" and job["claimed_at"] < stale
+               or job["status"] == "running" and job["node"] in local
+               and not process_alive(job["runner_pid"], job["runner_boot"]) for job in jobs)
+
+
+def tick():
+    """Run tick passes until nobody wants one; leave at once if another tick is running."""
+    from filelock import FileLock, Timeout
+    lock = FileLock(os.path.join(state_dir(), "tick.lock"), mode=0o660, timeout=0)
+    while True:
+        try:
+            lock.acquire()
+        except Timeout:
+            return  # its holder will see tick_wanted > 0
+        try:
+            while True:
+                tick_pass()
+                if not atomically(lambda db: meta_number(db, "tick_wanted"), write=False):
+                    break
+        finally:
+            lock.release()
+        if not atomically(lambda db: meta_number(db, "tick_wanted"), write=False):
+            return
+
+
+def tick_pass():
+    """One pass: probe down nodes, reconcile what ended or got lost, claim the jobs that can
+    start, launch them (ssh in parallel, outside the lock).
+
+    Every tick schedules all users' jobs (so the fair share holds), but claims only the jobs
+    it may launch: a user's tick its user's own, root's tick anybody's, as their owner."""
+    me = None if os.geteuid() == 0 else user_name()
+    probe_down_nodes()
+
+    def claim(db):
+        db.execute("UPDATE meta SET value = '0' WHERE key = 'tick_wanted'")
+        reconcile(db, me)
+        if not meta_number(db, "dispatch"):
+            return []
+        nodes = db.execute("SELECT * FROM nodes ORDER BY position, name").fetchall()
+        live = db.execute("SELECT * FROM jobs WHERE " + LIVE_SQL + " "
+                          "ORDER BY position, id").fetchall()
+        blocked = {row["name"]: "queue paused" if row["paused"] else "qpy finish"
+                   for row in db.execute("SELECT * FROM users WHERE paused OR finished")}
+        shares = compute_shares(load_rules(db), share_holders(db),
+                                sum(node["cores"] for node in nodes))
+        held, dropped = hold_for_dependencies(db, live)
+        live = [job for job in live if job["id"] not in dropped]
+        placements, pending = schedule(nodes, live, blocked, shares, held)
+        for job in live:
+            if job["id"] in pending and job["reason"] != pending[job["id"]]:
+                db.execute("UPDATE jobs SET reason = ? WHERE id = ?",
+                           (pending[job["id"]], job["id"]))
+        by_id = {job["id"]: job for job in live}
+        devices = gpus_in_use(live)
+        claims = []
+        now = time.time()
+        for job_id, node_name in placements:
+            if me is not None and by_id[job_id]["user"] != me:
+                continue  # its owner's tick (or root's) will start it
+            ids = pick_gpus(devices.setdefault(node_name, set()), by_id[job_id]["gpus"])
+            db.execute("UPDATE jobs SET status = 'starting', node = ?, attempt = attempt + 1, "
+                       "claimed_at = ?, reason = NULL, gpu_ids = ? WHERE id = ?",
+                       (node_name, now, ",".join(map(str, ids)), job_id))
+            row = db.execute("SELECT j.id, j.attempt, j.user, j.node, j.spec, n.address "
+                             "FROM jobs j JOIN nodes n ON n.name = j.node WHERE j.id = ?",
+                             (job_id,)).fetchone()
+            claims.append(dict(row))
+        return claims
+
+    claims = atomically(claim)
+    crash_point("tick:claimed")
+    launch_all(claims)
+    crash_point("tick:launched")
+
+
+DEPENDENCY_MET = {"after": FINISHED, "afterok": ("done",),
+                  "afternotok": ("failed", "killed", "undone")}
+
+
+def hold_for_dependencies(db, live):
+    """({job id: why}, {job id}): queued jobs whose dependencies are not met yet, and those
+    whose dependencies can no longer be met, which become undone with the reason at once."""
+    held, dropped = {}, set()
+    for job in live:
+        if job["status"] != "queue" or not job["dependencies"]:
+            continue
+        for kind, other in json.loads(job["dependencies"]):
+            row = db.execute("SELECT status FROM jobs WHERE id = ?", (other,)).fetchone()
+            status = row[0] if row else None
+            if status in DEPENDENCY_MET[kind]:
+                continue
+            if status in FINISHED or (status is None and kind != "after"):
+                # its own dependents follow in the next pass (unqueue asks for one)
+                unqueue(db, job, "dependency never satisfied: job %d %s"
+                        % (other, status or "was cleaned"))
+                dropped.add(job["id"])
+                break
+            if status is not None:
+                held[job["id"]] = "waiting for job %d (%s)" % (other, kind)
+                break
+    return held, dropped
+
+
+def gpus_in_use(live_jobs):
+    """{node: set of GPU indices held by its running and claimed jobs}."""
+    devices = {}
+    for job in live_jobs:
+        if job["status"] in ("starting", "running") and job["gpu_ids"]:
+            devices.setdefault(job["node"], set()).update(map(int, job["gpu_ids"].split(",")))
+    return devices
+
+
+def pick_gpus(taken, count):
+    """The lowest `count` GPU indices not in `taken` (which they join)."""
+    chosen = []
+    index = 0
+    while len(chosen) < count:
+        if index not in taken:
+            chosen.append(index)
+            taken.add(index)
+        index += 1
+    return chosen
+
+
+def load_rules(db):
+    row = db.execute("SELECT value FROM meta WHERE key = 'rules'").fetchone()
+    return json.loads(row[0]) if row else DEFAULT_RULES
+
+
+def share_holders(db):
+    """The users the cores are shared among: allowed_users if the site has the list, else
+    everyone who has used this state directory."""
+    names = [row[0] for row in db.execute("SELECT name FROM allowed_users ORDER BY rowid")]
+    return names or [row[0] for row in db.execute("SELECT name FROM users ORDER BY rowid")]
+
+
+def reconcile(db, me=None):
+    """Inside the tick's transaction: take back claims nobody confirmed in time, harvest exit
+    records the DB missed, and end running jobs whose runner or node is gone. A user's tick
+    looks only at that user's jobs (other users' files are closed to it); root's at all."""
+    now = time.time()
+    mine = "1" if me is None else "+j.user = ?"  # "+": stay on the index of live jobs
+    who = () if me is None else (me,)
+    timeout = meta_number(db, "launch_timeout")
+    for job in db.execute("SELECT j.* FROM jobs j WHERE j." + LIVE_SQL + " AND "
+                          "j.status = 'starting' AND j.claimed_at < ? AND " + mine,
+                          (now - timeout,) + who).fetchall():
+        requeue(db, job, "launch timed out")
+    node_timeout = meta_number(db, "node_timeout")
+    for job in db.execute("SELECT j.*, n.address FROM jobs j LEFT JOIN nodes n ON n.name = j.node "
+                          "WHERE j." + LIVE_SQL + " AND j.status = 'running' AND " + mine,
+                          who).fetchall():
+        record = read_exit_record(job)
+        if record is not None:
+            finish_job(db, job, record)
+        elif is_local(job["address"]):
+            if not process_alive(job["runner_pid"], job["runner_boot"]):
+                stop_orphans(job)
+                end_lost_job(db, job, "runner lost")
+        elif now - last_heartbeat(job) > node_timeout:
+            db.execute("UPDATE nodes SET state = 'down', state_reason = ?, probed_at = ? "
+                       "WHERE name = ? AND state = 'up'",
+                       ("no heartbeat from job %d" % job["id"], now, job["node"]))
+            if job["requeue"] and not job["kill_requested"]:
+                requeue(db, job, "requeued: node lost")
+            else:
+                end_lost_job(db, job, "node lost")
+
+
+def requeue(db, job, reason):
+    """Back to the queue, as if never claimed (its started marker, if any, is void)."""
+    remove_quietly(run_file(job["user"], job["id"], "started"))
+    db.execute("UPDATE jobs SET status = 'queue', node = NULL, reason = ?, runner_pid = NULL "
+               "WHERE id = ?", (reason, job["id"]))
+    request_tick(db)
+
+
+def end_lost_job(db, job, reason):
+    """A running job whose runner (or node) is gone and left no exit record."""
+    killed = bool(job["kill_requested"])
+    finish_job(db, job, {"status": "killed" if killed else "failed", "attempt": job["attempt"],
+                         "reason": "killed by the user (%s)" % reason if killed else reason,
+                         "ended_at": time.time()})
+
+
+def last_heartbeat(job):
+    try:
+        return os.stat(run_file(job["user"], job["id"], "hb")).st_mtime
+    except OSError:
+        return job["started_at"] or 0
+
+
+def read_exit_record(job):
+    try:
+        with open(run_file(job["user"], job["id"], "exit")) as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return record if record.get("attempt") == job["attempt"] else None
+
+
+def finish_job(db, job, record):
+    """Record the end of a running job (from its exit record) and remove its files."""
+    status = record["status"]
+    if job["kill_requested"] and status != "done":
+        status = "killed"
+    db.execute("UPDATE jobs SET status = ?, exit_code = ?, signal = ?, reason = ?, ended_at = ?, "
+               "max_rss = ?, cpu_time = ? WHERE id = ? AND attempt = ? AND status = 'running'",
+               (status, record.get("exit_code"), record.get("signal"), record.get("reason"),
+                record["ended_at"], record.get("max_rss"), record.get("cpu_time"),
+                job["id"], job["attempt"]))
+    request_tick(db)
+    discard_job_files(db, job)
+
+
+def discard_job_files(db, job):
+    """Remove an ended job's files. The job file and script copy are shared by the jobs of an
+    array: they go with the last of them."""
+    remove_quietly(*(run_file(job["user"], job["id"], kind) for kind in ("exit", "hb", "started")))
+    if db.execute("SELECT 1 FROM jobs WHERE spec = ? AND id != ? AND status IN "
+                  "('queue', 'starting', 'running') LIMIT 1", (job["spec"], job["id"])).fetchone():
+        return
+    try:
+        with open(job["spec"]) as f:
+            copied = json.load(f).get("script_copy")
+    except (OSError, ValueError):
+        copied = None
+    remove_quietly(job["spec"], *([copied] if copied else []))
+
+
+def unqueue(db, job, reason):
+    """A queued job that will never run: undone, with the reason."""
+    db.execute("UPDATE jobs SET status = 'undone', ended_at = ?, reason = ? WHERE id = ?",
+               (time.time(), reason, job["id"]))
+    discard_job_files(db, job)
+    request_tick(db)
+
+
+def process_boot(pid):
+    """The start time of a process (field 22 of /proc/<pid>/stat), or None if it is gone or a
+    zombie. Stored beside a pid so a reused pid is never mistaken for ours."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rpartition(")")[2].split()
+    except (OSError, TypeError):
+        return None
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def process_alive(pid, boot):
+    return pid is not None and process_boot(pid) == boot
+
+
+def stop_orphans(job):
+    """SIGKILL what is left of a job whose runner died: the processes of its group that carry
+    its QPY_JOB_ID (so a reused group id never hits a stranger)."""
+    if not job["pgid"]:
+        return
+    marker = ("QPY_JOB_ID=%d" % job["id"]).encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.getpgid(int(entry)) != job["pgid"]:
+                continue
+            with open("/proc/%s/environ" % entry, "rb") as f:
+                if marker in f.read().split(b"\0"):
+                    os.killpg(job["pgid"], signal.SIGKILL)
+                    return
+        except OSError:
+            continue
+
+
+# --------------------------------------------------------------------------------------------
+# Launcher: start a runner for a claimed job
+# --------------------------------------------------------------------------------------------
+
+def detach(fn, *args):
+    """Run fn(*args) in a new session, fully detached (double fork, stdio on /dev/null), and
+    return at once. The DB connection is dropped first: it must not cross a fork."""
+    disconnect()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        os.waitpid(pid, 0)
+        return
+    try:
+        os.setsid()
+        if os.fork():
+            os._exit(0)
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.closerange(3, 65536)
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGINT):
+            signal.signal(sig, signal.SIG_DFL)
+        fn(*args)
+    except BaseException:
+        pass
+    finally:
+        os._exit(0)
+
+
+LOCAL_ADDRESSES = ("localhost", "127.0.0.1")
+
+
+def is_local(address):
+    """Jobs on this machine's own node are started by fork, without ssh."""
+    return address in LOCAL_ADDRESSES
+
+
+def ssh_command(address, command, timeout, uid):
+    """System ssh in batch mode, multiplexed through a master kept under the user's own
+    runtime directory, with a connect time-out. `command` is a list, quoted for the shell."""
+    import shlex
+    runtime = os.environ.get("XDG_RUNTIME_DIR") if uid == os.getuid() else None
+    sockets = os.path.join(runtime or "/tmp", "qpy-ssh-%d" % uid)
+    return ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=%d" % timeout,
+            "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=2",
+            "-o", "ControlMaster=auto", "-o", "ControlPath=%s/%%C" % sockets,
+            "-o", "ControlPersist=60", address, "--", shlex.join(command)], sockets
+
+
+def qpy_on_node(*args):
+    """The command line that runs this qpy on a node (same Python, same files: the install
+    is on the shared filesystem)."""
+    return ["env", "QPY_STATE=" + state_dir(), sys.executable, os.path.join(HERE, "qpy.py")] \
+        + [str(arg) for arg in args]
+
+
+def run_on_nodes(calls):
+    """Run [(address, command, owner)] by ssh (directly for this machine), all at once, each as
+    its owner (a pwd entry; None: as ourselves); return [(exit status, error text)]. stderr
+    goes to a file: a multiplexing master that stays behind must not hold a pipe."""
+    import subprocess
+    import tempfile
+    if not calls:
+        return []
+    timeout = int(atomically(lambda db: meta_number(db, "ssh_timeout"), write=False))
+    started = []
+    for address, command, owner in calls:
+        uid = owner.pw_uid if owner else os.getuid()
+        argv, sockets = ssh_command(address, command, timeout, uid)
+        if is_local(address):  # this machine: the same command, without ssh
+            argv, sockets = command, None
+        err = tempfile.TemporaryFile()
+
+        def prepare(owner=owner, sockets=sockets):
+            if owner:
+                become(owner)
+            if sockets:
+                os.makedirs(sockets, mode=0o700, exist_ok=True)
+        env = dict(os.environ)
+        if owner:
+            env.update(HOME=owner.pw_dir, USER=owner.pw_name, LOGNAME=owner.pw_name)
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=err, start_new_session=True, preexec_fn=prepare,
+                                    env=env)
+        except (OSError, subprocess.SubprocessError) as e:
+            proc = e
+        started.append((proc, err))
+    results = []
+    for proc, err in started:
+        if isinstance(proc, Exception):
+            results.append((255, str(proc)))
+            continue
+        try:
+            status = proc.wait(timeout=2 * timeout + 30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            status = proc.wait()
+        err.seek(0)
+        text = err.read().decode(errors="replace").strip().splitlines()
+        results.append((status, text[-1] if text else "exit status %d" % status))
+        err.close()
+    return results
+
+
+def owner_of(job):
+    """For a tick run by root: the job's owner, once the job file is proven theirs. The DB is
+    writable by the whole group, so its rows alone are not trusted with whom to run a job as."""
+    import pwd
+    try:
+        owner = pwd.getpwnam(job["user"])
+    except KeyError:
+        raise QpyError("refused: there is no user %s here" % job["user"])
+    check_job_file(job, owner.pw_uid)
+    return owner
+
+
+def check_job_file(job, uid=None):
+    """A job runs only from a file in its owner's own spool directory, owned by the owner
+    (the runner checks this too, as the owner: a forged row cannot make it run a stranger's
+    file)."""
+    uid = os.getuid() if uid is None else uid
+    spool = os.path.realpath(os.path.join(user_dir(job["user"]), "spool"))
+    spec = os.path.realpath(job["spec"])
+    if os.path.dirname(spec) != spool:
+        raise QpyError("refused: the job file is outside %s" % spool)
+    for path in (user_dir(job["user"]), spool, spec):
+        try:
+            if os.stat(path).st_uid != uid:
+                raise QpyError("refused: %s is not owned by %s" % (path, job["user"]))
+        except OSError as e:
+            raise QpyError("refused: %s" % e)
+
+
+def become(owner):
+    """In a child process about to act for `owner` (a pwd entry): drop root for them."""
+    if owner.pw_uid == os.geteuid():
+        return
+    os.setgroups(os.getgrouplist(owner.pw_name, owner.pw_gid))
+    os.setgid(owner.pw_gid)
+    os.setuid(owner.pw_uid)
+    os.environ.update(HOME=owner.pw_dir, USER=owner.pw_name, LOGNAME=owner.pw_name)
+
+
+def launch_all(claims):
+    """Start the runners of claimed jobs: by fork on this machine, by ssh elsewhere (in
+    parallel), as their owners when root runs the tick. A job whose launch fails goes back to
+    the queue and its node is marked down; a job whose files are not its owner's fails."""
+    failures, refused = [], []
+    owners = {}
+    for job in claims:
+        if os.geteuid() == 0:
+            try:
+                owners[job["id"]] = owner_of(job)
+            except QpyError as e:
+                refused.append((job, str(e)))
+        else:
+            owners[job["id"]] = None
+    # A runner is always a fresh process (never a fork of this one: its stack and state would
+    # pile up, job after job), started by ssh on its node or directly here.
+    ready = [job for job in claims if job["id"] in owners]
+    calls = [(job["address"], qpy_on_node("_run", job["id"], job["attempt"]), owners[job["id"]])
+             for job in ready]
+    for job, (status, error) in zip(ready, run_on_nodes(calls)):
+        if status != 0:
+            failures.append((job, error))
+    if not failures and not refused:
+        return
+
+    def unclaim(db):
+        now = time.time()
+        for job, error in failures:
+            db.execute("UPDATE jobs SET status = 'queue', node = NULL, reason = ? "
+                       "WHERE id = ? AND attempt = ? AND status = 'starting'",
+                       ("launch failed on %s: %s" % (job["node"], error), job["id"],
+                        job["attempt"]))
+            db.execute("UPDATE nodes SET state = 'down', state_reason = ?, probed_at = ? "
+                       "WHERE name = ? AND state = 'up'", ("launch failed: " + error, now,
+                                                           job["node"]))
+        for job, error in refused:
+            db.execute("UPDATE jobs SET status = 'failed', reason = ?, ended_at = ? "
+                       "WHERE id = ? AND attempt = ? AND status = 'starting'",
+                       (error, now, job["id"], job["attempt"]))
+        request_tick(db)
+    atomically(unclaim)
+
+
+def probe_down_nodes():
+    """ssh to each down node whose last probe is old enough; those that answer are up again."""
+    def due(db):
+        return db.execute("SELECT name, address FROM nodes WHERE state = 'down' AND "
+                          "(probed_at IS NULL OR probed_at < ?)",
+                          (time.time() - meta_number(db, "probe_interval"),)).fetchall()
+    nodes = atomically(due, write=False)
+    if not nodes:
+        return
+    prober = None
+    if os.geteuid() == 0:  # root need not reach the nodes: probe as a user who needs them
+        import pwd
+        waiting = atomically(lambda db: db.execute(
+            "SELECT user FROM jobs WHERE " + LIVE_SQL + " AND status = 'queue' LIMIT 1")
+            .fetchone(), write=False)
+        if waiting is None:
+            return
+        try:
+            prober = pwd.getpwnam(waiting[0])
+        except KeyError:
+            return
+    results = run_on_nodes([(node["address"], ["true"], prober) for node in nodes
+                            if not is_local(node["address"])])
+    answers = dict(zip([n["name"] for n in nodes if not is_local(n["address"])], results))
+
+    def record(db):
+        now = time.time()
+        for node in nodes:
+            status, error = answers.get(node["name"], (0, ""))
+            if status == 0:
+                db.execute("UPDATE nodes SET state = 'up', state_reason = NULL, probed_at = ? "
+                           "WHERE name = ? AND state = 'down'", (now, node["name"]))
+                request_tick(db)
+            else:
+                db.execute("UPDATE nodes SET probed_at = ?, state_reason = ? WHERE name = ?",
+                           (now, "probe failed: " + error, node["name"]))
+    atomically(record)
+
+
+# --------------------------------------------------------------------------------------------
+# Runner: runs on the node, as the job's owner, for the whole life of one job
+# --------------------------------------------------------------------------------------------
+
+def job_environment(spec, job, node):
+    """The submitter's environment, plus what qpy tells the job. Thread counts follow the
+    job's cores unless the user chose them. QPY_SET_VARS names what qpy set, so that a qpy sub
+    inside the job does not pass it on to the next job."""
+    env = dict(spec["env"])
+    env.update(QPY_JOB_ID=str(job["id"]), QPY_NODE=node, QPY_N_CORES=str(job["n_cores"]),
+               QPY_MEM=str(float(job["mem"])))
+    chosen = []
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        if name not in env:
+            env[name] = str(job["n_cores"])
+            chosen.append(name)
+    if job["gpus"]:
+        env.update(CUDA_VISIBLE_DEVICES=job["gpu_ids"], QPY_GPUS=job["gpu_ids"])
+        chosen.append("CUDA_VISIBLE_DEVICES")
+    if job["array_index"] is not None:
+        env["QPY_ARRAY_INDEX"] = str(job["array_index"])
+    env["QPY_SET_VARS"] = ",".join(chosen)
+    return env
+
+
+def exec_job(job, spec, env, go):
+    """In the forked child: own session and process group, wait for the runner's go, then
+    become the command with its output in job_<id>.out/.err of the submission directory."""
+    os.setsid()
+    for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGPIPE, signal.SIGINT, signal.SIGHUP,
+                signal.SIGXFSZ):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.set_wakeup_fd(-1)
+    if os.read(go, 2) != b"go":
+        os._exit(1)  # the runner lost its claim: never run
+    code = 1
+    try:
+        out = os.path.join(spec["cwd"], "job_%d.out" % job["id"])
+        err = os.path.join(spec["cwd"], "job_%d.err" % job["id"])
+        for fd, path in ((1, out), (2, err)):
+            os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666), fd)
+        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+        os.closerange(3, 65536)
+        os.chdir(spec["cwd"])
+        argv = spec["argv"]
+        if len(argv) == 1:
+            argv = ["/bin/sh", "-c", argv[0]]
+        code = 127
+        os.execvpe(argv[0], argv, env)
+    except OSError as e:
+        code = 126 if isinstance(e, PermissionError) else code
+        os.write(2, ("qpy: cannot run job %d: %s\n" % (job["id"], e)).encode())
+    os._exit(code)
+
+
+def run_job(job_id, attempt):
+    """The runner: confirm the claim, run the command, record how it ended, then tick."""
+    job = atomically(lambda db: db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone(),
+                     write=False)
+    if job is None or job["status"] != "starting" or job["attempt"] != attempt:
+        return
+    try:
+        check_job_file(job)
+        with open(job["spec"]) as f:
+            spec = json.load(f)
+        first, last = spec["ids"]
+        if not first <= job_id <= last:
+            raise QpyError("refused: the job file %s is not for job %d" % (job["spec"], job_id))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return abandon(job, "job file unreadable: %s" % e)
+    except QpyError as e:
+        return abandon(job, str(e))
+    env = job_environment(spec, job, job["node"])
+
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    stop = {"asked": False}
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(asked=True))
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(go_w)
+        exec_job(job, spec, env, go_r)
+    os.close(go_r)
+
+    def confirm(db):
+        row = db.execute("SELECT status, attempt FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None or row["status"] != "starting" or row["attempt"] != attempt:
+            return False
+        try:
+            fd = os.open(run_file(job["user"], job_id, "started"),
+                         os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            db.execute("UPDATE jobs SET status = 'failed', reason = ?, ended_at = ? WHERE id = ?",
+                       ("started marker exists: refused to run it twice", time.time(), job_id))
+            return False
+        os.write(fd, str(attempt).encode())
+        os.close(fd)
+        db.execute("UPDATE jobs SET status = 'running', started_at = ?, runner_pid = ?, "
+                   "runner_boot = ?, pgid = ? WHERE id = ?",
+                   (time.time(), os.getpid(), process_boot(os.getpid()), pid, job_id))
+        return True
+
+    try:
+        confirmed = atomically(confirm)
+    except QpyError:
+        confirmed = False
+    if not confirmed:
+        os.close(go_w)  # the child reads EOF and exits without running anything
+        os.waitpid(pid, 0)
+        return
+    crash_point("runner:confirmed")
+    os.write(go_w, b"go")
+    os.close(go_w)
+    record = supervise(job, pid, stop, wake_r)
+    heartbeat = run_file(job["user"], job_id, "hb")
+    keep_trying(lambda: write_atomically(run_file(job["user"], job_id, "exit"),
+                                         json.dumps(record).encode()), heartbeat)
+    crash_point("runner:recorded")
+
+    def store(db):
+        row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is not None:
+            finish_job(db, row, record)
+    keep_trying(lambda: atomically(store), heartbeat)
+    crash_point("runner:stored")
+    tick()
+
+
+def keep_trying(action, heartbeat):
+    """Retry what records a job's end until it works (a full disk, a lost lock...): an exit
+    status is never dropped. The heartbeat goes on meanwhile, so the job is not declared lost."""
+    delay = 0.5
+    while True:
+        try:
+            return action()
+        except (OSError, QpyError):
+            try:
+                os.utime(heartbeat)
+            except OSError:
+                pass
+            time.sleep(delay)
+            delay = min(delay * 2, 30)
+
+
+def supervise(job, pid, stop, wake):
+    """Wait for the command, touching the heartbeat file; stop it (SIGTERM to its group, then
+    SIGKILL after kill_grace) when the user kills it or its time limit passes; return the
+    exit record."""
+    import select
+    grace, beat = atomically(lambda db: (meta_number(db, "kill_grace"),
+                                         meta_number(db, "heartbeat")), write=False)
+    heartbeat = run_file(job["user"], job["id"], "hb")
+    poller = select.poll()
+    poller.register(wake, select.POLLIN)
+    time_up = time.time() + job["time_limit"] if job["time_limit"] else None
+    floor = memory_peak(os.getpid(), None) or 0  # what the fork left in the child's count
+    peak = 0
+    stopping = None  # why the job is being stopped, once it is
+    hard_kill_at = None
+    next_beat = 0
+    while True:
+        now = time.time()
+        if now >= next_beat:
+            with open(heartbeat, "w"):
+                pass
+            next_beat = now + beat
+        if stopping is None and (stop["asked"] or (time_up and now >= time_up)):
+            stopping = "killed by the user" if stop["asked"] else "time limit"
+            signal_group(pid, signal.SIGTERM)
+            hard_kill_at = now + grace
+        if hard_kill_at is not None and now >= hard_kill_at:
+            signal_group(pid, signal.SIGKILL)
+        peak = max(peak, memory_peak(pid, sys.executable) or 0)
+        done, status, usage = os.wait4(pid, os.WNOHANG)
+        if done:
+            break
+        deadline = min(t for t in (next_beat, hard_kill_at, time_up, now + 1) if t is not None)
+        if poller.poll(max(0.0, deadline - time.time()) * 1000 + 1):
+            os.read(wake, 512)
+    signal_group(pid, signal.SIGKILL)  # what the command left behind in its group
+    # ru_maxrss counts the runner's own pages copied by the fork; below that, trust the samples
+    rss = usage.ru_maxrss if usage.ru_maxrss > floor * 1.1 else (peak or None)
+    record = {"attempt": job["attempt"], "ended_at": time.time(), "max_rss": rss,
+              "cpu_time": usage.ru_utime + usage.ru_stime, "exit_code": None, "signal": None,
+              "reason": None}
+    if os.WIFSIGNALED(status):
+        record["signal"] = os.WTERMSIG(status)
+        record["reason"] = "killed by %s" % signal.Signals(record["signal"]).name
+    else:
+        record["exit_code"] = os.WEXITSTATUS(status)
+        if record["exit_code"]:
+            record["reason"] = "exit code %d" % record["exit_code"]
+    if stopping:
+        record["status"] = "killed" if stopping == "killed by the user" else "failed"
+        record["reason"] = stopping
+    else:
+        record["status"] = "done" if record["exit_code"] == 0 else "failed"
+    return record
+
+
+def memory_peak(pid, unless_running):
+    """The peak resident memory (VmHWM, KB) of a process, or None: gone, or still running
+    the program `unless_running` (a forked job that has not become its command yet)."""
+    try:
+        if unless_running and os.readlink("/proc/%d/exe" % pid) == os.path.realpath(
+                unless_running):
+            return None
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def signal_group(pgid, sig):
+    try:
+        os.killpg(pgid, sig)
+    except OSError:
+        pass
+
+
+def abandon(job, reason):
+    """A claimed job that cannot start at all (its job file is gone or not its owner's):
+    failed, with the reason."""
+    def fail(db):
+        db.execute("UPDATE jobs SET status = 'failed', reason = ?, ended_at = ? "
+                   "WHERE id = ? AND status = 'starting' AND attempt = ?",
+                   (reason, time.time(), job["id"], job["attempt"]))
+        request_tick(db)
+    atomically(fail)
+
+
+# --------------------------------------------------------------------------------------------
+# User commands
+# --------------------------------------------------------------------------------------------
+
+def cmd_sub(args):
+    """Usage: qpy sub [options] <command>...
+
+Submit <command> (with its arguments) to your queue. It runs in this directory, with this
+environment; its output goes to job_<ID>.out and job_<ID>.err here. Options go before the
+command: everything after the command is the command's.
+
+Options:
+  -n N, --cores N       Number of cores [#QPY n_cores; default 1].
+  -m M, --mem M         Memory in GB [#QPY mem; default 5, at most a node's memory].
+  -g N, --gpus N        Number of GPUs, distinct devices of one node [#QPY gpus; default 0].
+  -a EXPR, --node_attr EXPR
+                        Node attributes, e.g. 'big and (fast or gpu)' [#QPY node_attr].
+  -t TIME, --time TIME  Time limit: MM, MM:SS, HH:MM:SS, D-HH or D-HH:MM:SS [#QPY time];
+                        then the job is stopped and failed with reason 'time limit'.
+  -N NAME, --name NAME  A name for the job, shown by the checkFMT key %J.
+  --after IDS           Start after these jobs have ended, however they ended.
+  --afterok IDS         Start after these jobs are done; if one is not, never (undone).
+  --afternotok IDS      Start after these jobs have ended without being done.
+  --array RANGE         One job per index (1-100 or 1-9,20, and %K for at most K running at
+                        once: 1-100%5); each gets QPY_ARRAY_INDEX.
+  -c, --copyScript      Run a copy of the script, so it can be edited meanwhile.
+  -o, --originalScript  Run the script itself (overrides copyScripts true).
+  --requeue             If the job's node is lost, queue the job again (instead of failed):
+                        only for jobs that may safely start again from scratch.
+  -h, --help            Show this help.
+
+Examples:
+  qpy sub hostname
+  qpy sub -n 3 -m 10 ./script.sh
+  qpy sub 'for i in 1 2 3; do echo $i; done > f'   (one argument: run by the shell)
+  qpy sub --array 1-100%10 -t 30 ./analyse.sh      (100 jobs, 10 at a time, 30 minutes each)
+  qpy sub --afterok 12 ./plot.sh
+"""
+    import shlex
+    if args["--help"]:
+        sys.stdout.write(cmd_sub.__doc__)
+        return
+    argv = args["<command>"]
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv or not argv[0].strip():
+        raise QpyError("Job rejected: give the command to run, e.g. qpy sub hostname")
+    cwd = os.getcwd()
+    script = find_script(argv, cwd)
+    request = submission_request(args, script)
+    command = argv[0] if len(argv) == 1 else shlex.join(argv)
+    user = user_name()
+    ensure_user_dirs(user)
+    token = "%d-%d" % (time.time_ns(), os.getpid())
+
+    def insert(db):
+        allowed = [row[0] for row in db.execute("SELECT name FROM allowed_users")]
+        if allowed and user not in allowed:
+            raise QpyError("Job rejected: user %s is not allowed to use this qpy site (the "
+                           "administrator adds users to allowed_users)." % user)
+        ensure_user(db, user)
+        config = load_config(db, user)
+        nodes = db.execute("SELECT * FROM nodes").fetchall()
+        if not nodes:
+            raise QpyError("Job rejected: this qpy site has no nodes; ask the administrator.")
+        job = {"n_cores": request.get("cores", 1), "gpus": request.get("gpus", 0),
+               "mem": request.get("mem", min(5.0, max(node_memory(node) for node in nodes))),
+               "attributes": combine_attributes(request.get("attributes", ""), config)}
+        why = unsatisfiable_reason(job, nodes)
+        if why:
+            raise QpyError("Job rejected: %s." % why)
+        for kind, job_id in request["dependencies"]:
+            if not db.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone():
+                raise QpyError("Job rejected: --%s names job %d, which does not exist."
+                               % (kind, job_id))
+        run_argv = list(argv)
+        copy = None
+        if script and request.get("copy", config["copyScripts"]):
+            copy = copy_script(user, token, script[2])
+            run_argv = substitute_script(argv, script, copy)
+        spec_path = os.path.join(user_dir(user), "spool", token + ".job")
+        indices, limit = request["array"]
+        ids = []
+        for index in indices:
+            cursor = db.execute(
+                "INSERT INTO jobs (user, command, cwd, spec, n_cores, mem, gpus, attributes, "
+                "requeue, name, time_limit, dependencies, array_index, array_limit, position, "
+                "queued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
+                (user, command, cwd, spec_path, job["n_cores"], job["mem"], job["gpus"],
+                 job["attributes"], int(args["--requeue"]), args["--name"],
+                 request.get("time"),
+                 json.dumps(request["dependencies"]) if request["dependencies"] else None, index,
+                 limit, time.time()))
+            ids.append(cursor.lastrowid)
+        db.execute("UPDATE jobs SET position = id, array_of = CASE WHEN array_index IS NULL "
+                   "THEN NULL ELSE ? END WHERE id BETWEEN ? AND ?", (ids[0], ids[0], ids[-1]))
+        request_tick(db)
+        # The job file names the IDs it is for: a row forged into the shared DB that points
+        # at it (or at anybody else's file) is refused by the runner.
+        spec = {"argv": run_argv, "cwd": cwd, "env": submitted_environment(),
+                "script_copy": copy, "ids": [ids[0], ids[-1]]}
+        write_atomically(spec_path, json.dumps(spec).encode())
+        crash_point("sub:spooled")
+        return ids
+
+    ids = atomically(insert)
+    crash_point("sub:committed")
+    if len(ids) == 1 and request["array"][0] == [None]:
+        print("Job %d received." % ids[0])
+    else:
+        print("Jobs %d-%d received (array %s)." % (ids[0], ids[-1], args["--array"]))
+    detach(tick)
+
+
+def submission_request(args, script):
+    """What a submission asks for, from its options and its script's #QPY lines (options win),
+    validated: a mistake raises QpyError naming it."""
+    if args["--copyScript"] and args["--originalScript"]:
+        raise QpyError("Job rejected due to its options: give only one of -c and -o.")
+    flags = {}
+    for kind, option in (("cores", "--cores"), ("mem", "--mem"), ("gpus", "--gpus"),
+                         ("attributes", "--node_attr"), ("time", "--time")):
+        if args[option] is not None:
+            try:
+                flags[kind] = check_request_value(kind, args[option], option)
+            except QpyError as e:
+                raise QpyError("Job rejected due to its options: %s" % e)
+    if args["--copyScript"] or args["--originalScript"]:
+        flags["copy"] = bool(args["--copyScript"])
+    directives = {}
+    if script:
+        try:
+            with open(script[2], errors="replace") as f:
+                directives = parse_directives(f)
+        except OSError:
+            pass
+        except QpyError as e:
+            raise QpyError("Job rejected: %s (in %s)" % (e, script[1]))
+    request = {**directives, **flags}
+    request["dependencies"] = []
+    for kind in ("after", "afterok", "afternotok"):
+        if args["--" + kind]:
+            try:
+                ranges = parse_idset(args["--" + kind])
+            except ValueError:
+                raise QpyError("Job rejected due to its options: --%s needs job IDs, not %r."
+                               % (kind, args["--" + kind]))
+            request["dependencies"] += [[kind, job_id] for lo, hi in ranges
+                                        for job_id in range(lo, hi + 1)]
+    request["array"] = parse_array(args["--array"]) if args["--array"] else ([None], None)
+    return request
+
+
+def parse_array(text):
+    """'1-100%5' -> ([1, ..., 100], 5): the indices, and how many may run at once."""
+    indices, _, limit = text.partition("%")
+    try:
+        ranges = parse_idset(indices)
+        if limit and (not limit.isdigit() or int(limit) < 1):
+            raise ValueError
+    except ValueError:
+        raise QpyError("Job rejected due to its options: --array needs indices like 1-100 or "
+                       "1-100%%5, not %r." % text)
+    values = sorted({i for lo, hi in ranges for i in range(lo, hi + 1)})
+    if len(values) > 100000:
+        raise QpyError("Job rejected due to its options: an array has at most 100000 jobs.")
+    return values, int(limit) if limit else None
+
+
+def submitted_environment():
+    """The environment a job inherits: the submitter's, without what qpy set for the job that
+    submits it (when qpy sub runs inside a job): its QPY_ variables and thread counts."""
+    env = dict(os.environ)
+    for name in env.get("QPY_SET_VARS", "").split(","):
+        env.pop(name, None)
+    for name in [name for name in env if name.startswith("QPY_")]:
+        if name != "QPY_STATE":
+            del env[name]
+    return env
+
+
+def copy_script(user, token, path):
+    import shutil
+    copy = os.path.join(user_dir(user), "scripts", token + "." + os.path.basename(path))
+    shutil.copy2(path, copy)
+    return copy
+
+
+def substitute_script(argv, script, copy):
+    """The command with the script's word replaced by its copy."""
+    import shlex
+    index, word, _ = script
+    if len(argv) > 1:
+        return argv[:index] + [copy] + argv[index + 1:]
+    return [argv[0].replace(word, shlex.quote(copy), 1)]
+
+
+def selection(words, allowed_statuses, command):
+    """Split check/kill/clean arguments into statuses, directories and ID ranges."""
+    statuses, dirs, ranges = set(), set(), []
+    for word in words:
+        if word in allowed_statuses:
+            statuses.add(word)
+        elif os.path.isdir(word):
+            dirs.add(os.path.abspath(word))
+        else:
+            try:
+                ranges += parse_idset(word)
+            except ValueError:
+                if command == "check":
+                    raise QpyError("Unknown pattern for checking jobs: %s" % word)
+                raise QpyError("Range with wrong format or invalid status: %s (use job IDs like "
+                               "100-105,108, %s, or a directory)" % (word, ", ".join(allowed_statuses)))
+    return statuses, dirs, ranges
+
+
+def nothing_to_do(db, user, ranges, verb):
+    """The error for a selection that matched none of the user's jobs: name another user's job
+    if that is what was asked for, so nobody wonders why it was not touched."""
+    for lo, hi in ranges:
+        row = db.execute("SELECT id FROM jobs WHERE id BETWEEN ? AND ? AND user != ? LIMIT 1",
+                         (lo, hi, user)).fetchone()
+        if row:
+            return QpyError("Job %d is not yours: you can only %s your own jobs." % (row[0], verb))
+    return QpyError("Nothing to do: required jobs not found.")
+
+
+def selected(job, statuses, dirs, ranges):
+    """OR semantics: a job is selected when it matches any status, directory or ID."""
+    return ("all" in statuses or user_status(job) in statuses or job["cwd"] in dirs
+            or in_idset(job["id"], ranges))
+
+
+def user_jobs(db, user, statuses=None):
+    """A user's jobs in queue order: all of them, or those with these (DB) statuses. For the
+    live ones the '+' keeps SQLite on the index of live jobs, not on the user's history."""
+    if statuses is None:
+        return db.execute("SELECT * FROM jobs WHERE user = ? ORDER BY position, id",
+                          (user,)).fetchall()
+    if statuses == LIVE:
+        return db.execute("SELECT * FROM jobs WHERE " + LIVE_SQL + " AND +user = ? "
+                          "ORDER BY position, id", (user,)).fetchall()
+    listed = ",".join("'%s'" % status for status in statuses)
+    return db.execute("SELECT * FROM jobs WHERE status IN (%s) AND user = ? ORDER BY position, id"
+                      % listed, (user,)).fetchall()
+
+
+def cmd_check(args):
+    """Usage: qpy check [--json] [<filter>...]
+
+List your jobs: all of them, or those matching any filter (a status, a directory, job IDs or
+ranges such as 100-120 130-135,137). The layout is the checkFMT pattern (qpy config).
+With --json, a JSON list with every field of each job (see the README).
+
+Statuses: queue running done failed killed undone.
+
+Examples:
+  qpy check running
+  qpy check .
+  qpy check 100-120 130-135,137
+  qpy check --json failed
+"""
+    statuses, dirs, ranges = selection(args["<filter>"], STATUSES, "check")
+    user = user_name()
+    live_only = statuses and statuses <= {"queue", "running"} and not dirs and not ranges
+
+    def read(db):
+        jobs = user_jobs(db, user, LIVE if live_only else None)
+        config = load_config(db, user)
+        paused = db.execute("SELECT paused FROM users WHERE name = ?", (user,)).fetchone()
+        notes = {}
+        if "%K" in config["checkFMT"] or args["--json"]:
+            for row in db.execute("SELECT n.* FROM notes n JOIN jobs j ON j.id = n.job_id "
+                                  "WHERE j.user = ? ORDER BY added_at", (user,)):
+                notes[row["job_id"]] = notes.get(row["job_id"], "") + "\n" + row["text"]
+        return jobs, config, bool(paused and paused["paused"]), notes, tick_overdue(db, jobs)
+
+    jobs, config, paused, notes, overdue = atomically(read, write=False)
+    if overdue:
+        detach(tick)
+    if args["<filter>"]:
+        jobs = [job for job in jobs if selected(job, statuses, dirs, ranges)]
+    if args["--json"]:
+        print(json.dumps([job_record(job, notes.get(job["id"], "")) for job in jobs], indent=1))
+        return
+    coloured = (config["colour"] and sys.stdout.isatty() and "NO_COLOR" not in os.environ)
+    scheme = dict(zip(("queue", "running", "done", "killed", "undone", "failed"),
+                      config["coloursScheme"]))
+    now = time.time()
+    out = []
+    for job in jobs:
+        text = format_job(config["checkFMT"], job, now, notes.get(job["id"], ""))
+        out.append(colour(text, scheme[user_status(job)]) if coloured else text)
+    if paused:
+        out.append("Job submission is paused.\n")
+    sys.stdout.write("".join(out))
+
+
+def job_record(job, notes=""):
+    """One job for `check --json`: a stable schema (times in Unix seconds, null when unset)."""
+    return {
+        "id": job["id"], "name": job["name"], "user": job["user"], "status": user_status(job),
+        "reason": job["reason"], "command": job["command"], "directory": job["cwd"],
+        "node": job["node"] if user_status(job) != "queue" else None,
+        "cores": job["n_cores"], "memory_gb": job["mem"], "gpus": job["gpus"],
+        "gpu_ids": [int(i) for i in job["gpu_ids"].split(",")] if job["gpu_ids"] else [],
+        "attributes": job["attributes"], "time_limit_s": job["time_limit"],
+        "dependencies": json.loads(job["dependencies"]) if job["dependencies"] else [],
+        "array_of": job["array_of"], "array_index": job["array_index"],
+        "array_limit": job["array_limit"], "requeue": bool(job["requeue"]),
+        "queued_at": job["queued_at"], "started_at": job["started_at"],
+        "ended_at": job["ended_at"], "exit_code": job["exit_code"], "signal": job["signal"],
+        "max_rss_kb": job["max_rss"], "cpu_time_s": job["cpu_time"], "attempts": job["attempt"],
+        "notes": notes.strip("\n"),
+    }
+
+
+def cmd_wait(args):
+    """Usage: qpy wait [<jobs>...]
+
+Wait until these jobs (IDs or ranges; by default all your queued and running jobs) have ended.
+The exit status is 0 if they are all done, 1 if any failed, was killed or undone. Works from
+a job script too (a job never waits for itself).
+
+Example:
+  qpy sub ./simulate.sh && qpy wait && ./analyse.sh
+"""
+    ranges = ids_of(args["<jobs>"], "wait")
+    user = user_name()
+    me = os.environ.get("QPY_JOB_ID")
+
+    def chosen(db):
+        if not ranges:
+            rows = db.execute("SELECT id FROM jobs WHERE user = ? AND status IN "
+                              "('queue', 'starting', 'running')", (user,)).fetchall()
+        else:
+            rows = [row for lo, hi in ranges for row in db.execute(
+                "SELECT id FROM jobs WHERE id BETWEEN ? AND ? AND user = ?", (lo, hi, user))]
+            if not rows:
+                raise nothing_to_do(db, user, ranges, "wait for")
+        return [row[0] for row in rows if str(row[0]) != me]
+
+    def statuses(db):
+        found = dict(db.execute("SELECT id, status FROM jobs WHERE id IN (%s)"
+                                % ",".join(map(str, wanted))).fetchall()) if wanted else {}
+        return {job_id: found.get(job_id, "cleaned") for job_id in wanted}
+
+    wanted = atomically(chosen, write=False)
+    delay = 0.1
+    while True:
+        status = atomically(statuses, write=False)
+        if all(s in FINISHED + ("cleaned",) for s in status.values()):
+            break
+        time.sleep(delay)
+        delay = min(delay * 1.5, 2.0)
+    counts = {}
+    for s in status.values():
+        counts[s] = counts.get(s, 0) + 1
+    print("%s ended%s." % (plural(len(status), "job"), ": " + ", ".join(
+        "%d %s" % (n, s) for s, n in sorted(counts.items())) if counts else ""))
+    return 0 if all(s == "done" for s in status.values()) else 1
+
+
+def ids_of(words, command):
+    """Job IDs and ranges given to `command`, as ranges."""
+    ranges = []
+    for word in words:
+        try:
+            ranges += parse_idset(word)
+        except ValueError:
+            raise QpyError("Range with wrong format: %s (use job IDs like 100-105,108)" % word)
+    return ranges
+
+
+def cmd_tail(args):
+    """Usage: qpy tail <job>
+
+Print the job's standard output as it grows (like tail -f) until the job ends; the exit status
+is then 0 if it is done, 1 otherwise.
+"""
+    if not args["<job>"].isdigit():
+        raise QpyError("Give a job ID to tail, not %r." % args["<job>"])
+    job_id, user = int(args["<job>"]), user_name()
+
+    def read(db):
+        job = db.execute("SELECT id, status, cwd FROM jobs WHERE id = ? AND user = ?",
+                         (job_id, user)).fetchone()
+        if job is None:
+            raise nothing_to_do(db, user, [(job_id, job_id)], "tail")
+        return job
+    job = atomically(read, write=False)
+    path = os.path.join(job["cwd"], "job_%d.out" % job_id)
+    offset = 0
+    while True:
+        ended = job["status"] in FINISHED
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            chunk = b""
+        if chunk:
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.flush()
+            offset += len(chunk)
+        if ended:
+            return 0 if job["status"] == "done" else 1
+        time.sleep(0.2)
+        job = atomically(read, write=False)
+
+
+def plural(n, word):
+    return "%d %s%s" % (n, word, "" if n == 1 else "s")
+
+
+def cmd_kill(args):
+    """Usage: qpy kill <jobs>...
+
+Kill jobs: queued ones become undone (they never run), running ones are stopped (SIGTERM to
+their process group, SIGKILL after the grace time) and become killed. <jobs> are job IDs or
+ranges, a status (queue, running), a directory, or all. There is no confirmation.
+
+Examples:
+  qpy kill 100-105 108
+  qpy kill queue
+  qpy kill all
+"""
+    statuses, dirs, ranges = selection(args["<jobs>"], ("queue", "running", "all"), "kill")
+    user = user_name()
+
+    def mark(db):
+        removed, to_signal = 0, []
+        for job in user_jobs(db, user, LIVE):
+            if not selected(job, statuses, dirs, ranges):
+                continue
+            if job["status"] == "running":
+                db.execute("UPDATE jobs SET kill_requested = 1 WHERE id = ?", (job["id"],))
+                to_signal.append(dict(job))
+            else:
+                unqueue(db, job, "killed while queued")
+                removed += 1
+        if not removed and not to_signal:
+            raise nothing_to_do(db, user, ranges, "kill")
+        return removed, to_signal
+
+    removed, to_signal = atomically(mark)
+    if removed:
+        print("%s removed from the queue." % plural(removed, "job"))
+    if to_signal:
+        print("%s will be killed." % plural(len(to_signal), "job"))
+    sys.stdout.flush()
+    signal_jobs(to_signal)
+
+
+def signal_jobs(jobs):
+    """Ask the runners of these jobs to stop them: directly here, by ssh on other nodes. A job
+    whose runner is gone, or whose node cannot be reached, is ended by the tick (its kill
+    request is recorded)."""
+    addresses = dict(atomically(lambda db: db.execute("SELECT name, address FROM nodes")
+                                .fetchall(), write=False))
+    local = [job for job in jobs if is_local(addresses.get(job["node"], ""))]
+    remote = [job for job in jobs if job not in local]
+    lost = [job for job in local if not signal_runner(job)]
+    results = run_on_nodes([(addresses.get(job["node"]) or job["node"],
+                             qpy_on_node("_signal", job["id"]), None) for job in remote])
+    if lost or any(status != 0 for status, _ in results):
+        tick()
+
+
+def signal_runner(job):
+    """On the job's node: SIGTERM its runner, which stops the job and records it. If the runner
+    is gone, stop what is left of the job; return False then."""
+    if process_alive(job["runner_pid"], job["runner_boot"]):
+        os.kill(job["runner_pid"], signal.SIGTERM)
+        return True
+    stop_orphans(job)
+    return False
+
+
+def cmd_clean(args):
+    """Usage: qpy clean <jobs>...
+
+Remove finished jobs (done, failed, killed, undone) from the list; queued and running jobs are
+never touched, nor are output files. <jobs> are job IDs or ranges, a status, a directory, or
+all.
+
+Examples:
+  qpy clean 100-200
+  qpy clean undone
+  qpy clean all
+"""
+    statuses, dirs, ranges = selection(args["<jobs>"], FINISHED + ("all",), "clean")
+    user = user_name()
+
+    def remove(db):
+        ids = [job["id"] for job in
+               user_jobs(db, user, FINISHED)
+               if selected(job, statuses, dirs, ranges)]
+        if not ids:
+            raise nothing_to_do(db, user, ranges, "clean")
+        for job_id in ids:
+            db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+            db.execute("DELETE FROM notes WHERE job_id = ?", (job_id,))
+        return len(ids)
+
+    count = atomically(remove)
+    print("%s removed." % plural(count, "finished job"))
+
+
+def cmd_status(args):
+    """Usage: qpy status [--json]
+
+Show the users (cores in use, queued jobs) and the nodes (cores, memory and GPUs in use and in
+all; down or drained), as the original qpy did. With --json, the same as a JSON object.
+"""
+    def read(db):
+        busy = db.execute(
+            "SELECT user, SUM(CASE WHEN status = 'queue' THEN 0 ELSE n_cores END) AS cores, "
+            "SUM(status = 'queue') AS queued FROM jobs "
+            "WHERE " + LIVE_SQL + " GROUP BY user").fetchall()
+        nodes = db.execute("SELECT * FROM nodes ORDER BY position, name").fetchall()
+        live = db.execute("SELECT * FROM jobs WHERE " + LIVE_SQL + " AND status != 'queue'")\
+            .fetchall()
+        return share_holders(db), busy, nodes, live
+
+    holders, busy, nodes, live = atomically(read, write=False)
+    report = site_report(holders, busy, nodes, live)
+    if args.get("--json"):
+        print(json.dumps(report, indent=1))
+        return
+    line, double = "-" * 88 + "\n", "=" * 88 + "\n"
+    out = ["user                          using cores        queue size\n", line]
+    for user in report["users"]:
+        out.append("%-32s %-5d%s%-5d\n" % (user["user"], user["cores"], " " * 13, user["queued"]))
+    if not report["users"]:
+        out.append("No users.\n")
+    out += [double,
+            "                                   cores           memory (GB)          GPUs\n",
+            "node                            used  total      used    total     used  total\n",
+            line]
+    for node in report["nodes"]:
+        label = node["name"]
+        if node["attributes"] and len(label + ",".join(node["attributes"])) < 24:
+            label += " [%s]" % ",".join(node["attributes"])
+        if node["state"] != "up":
+            label += " (%s)" % node["state"]
+        known = node["memory_gb"] is not None
+        out.append("%-30s %5d %5d   %7s  %7s    %5d  %5d\n" % (
+            label, node["cores_used"], node["cores"],
+            "%.1f" % node["memory_used_gb"] if known else "-",
+            "%.1f" % node["memory_gb"] if known else "?", node["gpus_used"], node["gpus"]))
+    if not report["nodes"]:
+        out.append("No nodes.\n")
+    out.append(double)
+    out.append("There are %d out of a total of %d cores being used.\n"
+               % (report["cores_used"], report["cores"]))
+    sys.stdout.write("".join(out))
+
+
+def site_report(holders, busy, nodes, live):
+    """The users and nodes of `qpy status`, as plain data (the --json schema)."""
+    usage = {row["user"]: (row["cores"], row["queued"]) for row in busy}
+    users = [{"user": name, "cores": usage.get(name, (0, 0))[0],
+              "queued": usage.get(name, (0, 0))[1]}
+             for name in dict.fromkeys(holders + sorted(usage))]
+    free = free_resources(nodes, live)
+    rows = []
+    for node in nodes:
+        left = free[node["name"]]
+        rows.append({
+            "name": node["name"], "address": node["address"], "state": node["state"],
+            "state_reason": node["state_reason"],
+            "attributes": [a for a in node["attributes"].split(",") if a],
+            "cores": node["cores"], "cores_used": node["cores"] - left["cores"],
+            "memory_gb": node["mem"],
+            "memory_used_gb": None if node["mem"] is None else node["mem"] - left["mem"],
+            "gpus": node["gpus"], "gpus_used": node["gpus"] - left["gpus"]})
+    return {"users": users, "nodes": rows, "cores": sum(n["cores"] for n in rows),
+            "cores_used": sum(n["cores_used"] for n in rows)}
+
+
+def cmd_config(args):
+    """Usage: qpy config [<key> [<value>...]]
+
+Without arguments, show your settings. With a key, change it; 'default' restores its default.
+
+Keys:
+  checkFMT '<pattern>'     layout of check; keys %j %s %c %d %n %N %R %Q %S %E, and
+                           %a %m %A %x (exit code) %r (reason) %K (notes); \\n \\t allowed
+  colour true|false        colour the output of check (only on a terminal)
+  coloursScheme <queue> <running> <done> <killed> <undone> [<failed>]
+                           from grey red green yellow blue magenta cyan white
+  copyScripts true|false   run copies of submitted scripts
+  defaultAttr [<expr>]     node attributes for jobs submitted without -a
+  orAttr [<expr>]          every job may also run where <expr> holds
+  andAttr [<expr>]         every job must also run where <expr> holds
+
+Examples:
+  qpy config checkFMT '%j: %s\\n'
+  qpy config checkFMT default
+  qpy config colour false
+"""
+    user = user_name()
+    key = args["<key>"]
+    if key is None:
+        return show_config(user)
+    key = CONFIG_ALIASES.get(key, key)
+    if key not in CONFIG:
+        raise QpyError("Unknown key: %s (keys: %s)" % (key, ", ".join(CONFIG)))
+    value, message = parse_config_value(key, args["<value>"])
+
+    def store(db):
+        ensure_user(db, user)
+        db.execute("INSERT OR REPLACE INTO config (user, key, value) VALUES (?, ?, ?)",
+                   (user, key, json.dumps(value)))
+    atomically(store)
+    print(message)
+
+
+def show_config(user):
+    def read(db):
+        return load_config(db, user), ensure_user(db, user)
+    config, row = atomically(read)
+    out = ["Check pattern: %s\n" % repr(config["checkFMT"]),
+           "Using a copied version of run script: %s\n" % config["copyScripts"],
+           "Using coloured check: %s\n" % config["colour"]]
+    for key, label in (("defaultAttr", "Default node attributes"),
+                       ("andAttr", '"and" node attributes'), ("orAttr", '"or" node attributes')):
+        if config[key]:
+            out.append("%s: %s\n" % (label, config[key]))
+    if config["colour"]:
+        out.append("Colours:\n")
+        tty = sys.stdout.isatty() and "NO_COLOR" not in os.environ
+        for status, name in zip(("queue", "running", "done", "killed", "undone", "failed"),
+                                config["coloursScheme"]):
+            word = colour(status, name) if tty else status
+            out.append("  - %s (%s)\n" % (word, name))
+    if row["paused"]:
+        out.append("Job submission is paused\n")
+    if row["finished"]:
+        out.append("qpy is finished for you: queued jobs wait for 'qpy restart'\n")
+    sys.stdout.write("".join(out))
+
+
+def cmd_ctrlQueue(args):
+    """Usage: qpy ctrlQueue pause
+       qpy ctrlQueue continue
+       qpy ctrlQueue jump <jobs>...
+
+Control your queue. pause stops the start of your queued jobs (running ones go on) until
+continue. jump <jobs>... <target> moves queued jobs (IDs or ranges) right after the job
+<target>, or to the 'begin' or the 'end' of the queue; the queue must be paused first.
+
+Example:
+  qpy ctrlQueue pause
+  qpy ctrlQueue jump 12-14 begin
+  qpy ctrlQueue continue
+"""
+    user = user_name()
+    if args["pause"] or args["continue"]:
+        pause = bool(args["pause"])
+
+        def set_pause(db):
+            ensure_user(db, user)
+            db.execute("UPDATE users SET paused = ? WHERE name = ?", (int(pause), user))
+            request_tick(db)
+        atomically(set_pause)
+        print("Job submission paused." if pause else "Job submission continued.")
+        if not pause:
+            detach(tick)
+        return
+    if len(args["<jobs>"]) < 2:
+        raise QpyError("Give the jobs to change position and the target: "
+                       "qpy ctrlQueue jump <jobs>... <target|begin|end>")
+    *job_words, target = args["<jobs>"]
+    ranges = []
+    for word in job_words:
+        try:
+            ranges += parse_idset(word)
+        except ValueError:
+            raise QpyError("Range with wrong format: %s" % word)
+    if target not in ("begin", "end") and not target.isdigit():
+        raise QpyError("Invalid jump position: %s (a job ID, begin or end)" % target)
+
+    def jump(db):
+        row = ensure_user(db, user)
+        if not row["paused"]:
+            raise QpyError("Pause the queue before trying to control it: qpy ctrlQueue pause")
+        queue = [job for job in user_jobs(db, user, LIVE) if job["status"] == "queue"]
+        order = [job["id"] for job in queue]
+        moving = [job_id for job_id in order if in_idset(job_id, ranges)]
+        if not moving:
+            error = nothing_to_do(db, user, ranges, "move")
+            if "not yours" in str(error):
+                raise error
+            return "List does not have jobs in queue: queue not reordered."
+        if len(moving) == len(order):
+            return "Queue is completely contained in list: queue not reordered."
+        rest = [job_id for job_id in order if job_id not in moving]
+        if target == "begin":
+            new_order = moving + rest
+        elif target == "end":
+            new_order = rest + moving
+        elif int(target) in moving:
+            return "Position is part of list: queue not reordered."
+        elif int(target) not in rest:
+            return "Position not found: queue not reordered."
+        else:
+            at = rest.index(int(target)) + 1
+            new_order = rest[:at] + moving + rest[at:]
+        positions = sorted(job["position"] for job in queue)
+        for job_id, position in zip(new_order, positions):
+            db.execute("UPDATE jobs SET position = ? WHERE id = ?", (position, job_id))
+        return "Queue reordered."
+    print(atomically(jump))
+
+
+def cmd_notes(args):
+    """Usage: qpy notes [<job> [<text>...]]
+
+Without arguments, list the jobs that have notes; with a job ID, show its notes; with a text,
+add it as a note to the job. Notes are shown by the checkFMT key %K and removed by clean.
+"""
+    user = user_name()
+    job_word, words = args["<job>"], args["<text>"]
+    if job_word is None:
+        ids = atomically(lambda db: [row[0] for row in db.execute(
+            "SELECT DISTINCT n.job_id FROM notes n JOIN jobs j ON j.id = n.job_id "
+            "WHERE j.user = ? ORDER BY n.job_id", (user,))], write=False)
+        print("You have notes for the following jobs:\n%s" % " ".join(map(str, ids))
+              if ids else "You have no notes.")
+        return
+    if not job_word.isdigit():
+        raise QpyError("Give a job ID for notes, not %r." % job_word)
+    job_id = int(job_word)
+
+    def note(db):
+        if not db.execute("SELECT 1 FROM jobs WHERE id = ? AND user = ?", (job_id, user)).fetchone():
+            raise QpyError("You have no job %d." % job_id)
+        if words:
+            db.execute("INSERT INTO notes (job_id, added_at, text) VALUES (?, ?, ?)",
+                       (job_id, time.time(), "----- Note added at %s:\n%s\n"
+                        % (format_time(time.time()), " ".join(words))))
+            return "Note stored."
+        texts = [row[0] for row in db.execute(
+            "SELECT text FROM notes WHERE job_id = ? ORDER BY added_at", (job_id,))]
+        return "\n".join(texts) if texts else "No notes for %d" % job_id
+    print(atomically(note, write=bool(words)))
+
+
+def cmd_restart(args):
+    """Usage: qpy restart
+
+Make qpy ready for you: create your directories, let your queued jobs start again after
+'qpy finish', harvest the ends of jobs that were missed, and start what can start. Running
+jobs are not affected.
+"""
+    user = user_name()
+    ensure_user_dirs(user)
+
+    def resume(db):
+        ensure_user(db, user)
+        db.execute("UPDATE users SET finished = 0 WHERE name = ?", (user,))
+        request_tick(db)
+        # job files of submissions that died before their commit
+        live = {row[0] for row in db.execute("SELECT spec FROM jobs WHERE user = ?", (user,))}
+        spool = os.path.join(user_dir(user), "spool")
+        orphans = [os.path.join(spool, name) for name in os.listdir(spool)]
+        remove_quietly(*(path for path in orphans if path not in live))
+    atomically(resume)
+    tick()
+
+    def summary(db):
+        counts = dict(db.execute("SELECT status, COUNT(*) FROM jobs WHERE user = ? "
+                                 "GROUP BY status", (user,)).fetchall())
+        paused = ensure_user(db, user)["paused"]
+        return counts, paused
+    counts, paused = atomically(summary)
+    print("qpy is ready: %d running, %d queued%s." % (
+        counts.get("running", 0), counts.get("queue", 0) + counts.get("starting", 0),
+        " (paused: qpy ctrlQueue continue)" if paused else ""))
+
+
+def cmd_finish(args):
+    """Usage: qpy finish
+
+Stop starting your queued jobs until 'qpy restart'. Running jobs go on to their end.
+"""
+    user = user_name()
+
+    def stop(db):
+        ensure_user(db, user)
+        db.execute("UPDATE users SET finished = 1 WHERE name = ?", (user,))
+        return db.execute("SELECT COUNT(*) FROM jobs WHERE user = ? AND status IN "
+                          "('starting', 'running')", (user,)).fetchone()[0]
+    running = atomically(stop)
+    print("qpy finished: queued jobs wait for 'qpy restart'; %s go on."
+          % plural(running, "running job"))
+
+
+def cmd_tutorial(args):
+    """Usage: qpy tutorial [<pattern>...]
+
+Show the users' guide (the README's section for users), in $PAGER on a terminal, starting at
+the first match of <pattern> if one is given.
+"""
+    try:
+        with open(shipped_file("README.md")) as f:
+            readme = f.read()
+    except OSError:
+        raise QpyError("Error when loading the tutorial: README.md is missing next to qpy.py.")
+    start = readme.find("\n## For users")
+    end = readme.find("\n## ", start + 1)
+    text = readme[start + 1:end if end > 0 else None] if start >= 0 else readme
+    pattern = " ".join(args["<pattern>"])
+    if pattern:
+        at = text.find("### " + pattern)
+        at = at if at >= 0 else text.find(pattern)
+        if at < 0:
+            raise QpyError("Pattern not found in the tutorial: %s" % pattern)
+        text = text[text.rfind("\n", 0, at) + 1:]
+    if not sys.stdout.isatty():
+        sys.stdout.write(text)
+        return
+    import subprocess
+    pager = os.environ.get("PAGER") or "less"
+    subprocess.run(pager, shell=True, input=text.encode())
+
+
+COMMANDS = {
+    "sub": (cmd_sub, "Submits a job. Arguments: the job command"),
+    "check": (cmd_check, "Checks the jobs. Arguments: the desired job status"),
+    "kill": (cmd_kill, "Kills jobs. Argument: the jobs id"),
+    "finish": (cmd_finish, "Stops starting your queued jobs. No arguments"),
+    "config": (cmd_config, "Shows the current configuration. No arguments"),
+    "clean": (cmd_clean, "Removes finished jobs from the list. Arguments: the jobs id"),
+    "tutorial": (cmd_tutorial, "Opens the qpy tutorial. Arguments: optional: a pattern"),
+    "status": (cmd_status, "Shows current status. No arguments"),
+    "restart": (cmd_restart, "Restarts qpy for you. No arguments"),
+    "ctrlQueue": (cmd_ctrlQueue, "Fine control over the queue. Arguments: see tutorial"),
+    "notes": (cmd_notes, "Adds and reads notes. Arguments: ID and the note"),
+    "wait": (cmd_wait, "Waits until jobs end. Arguments: optional: the jobs id"),
+    "tail": (cmd_tail, "Follows the output of a job. Arguments: the job id"),
+}
+
+
+def node_run(job_id, attempt):
+    """`qpy.py _run ID ATTEMPT`, started by a tick over ssh: detach the runner, return."""
+    detach(run_job, int(job_id), int(attempt))
+    return 0
+
+
+def node_signal(job_id):
+    """`qpy.py _signal ID`, started by qpy kill over ssh on the job's node."""
+    job = atomically(lambda db: db.execute("SELECT * FROM jobs WHERE id = ?", (int(job_id),))
+                     .fetchone(), write=False)
+    return 0 if job is not None and signal_runner(job) else 3
+
+
+# Commands qpy runs on nodes for itself (not for users).
+NODE_COMMANDS = {"_run": node_run, "_signal": node_signal}
+
+
+def usage_text():
+    width = max(len(name) for name in COMMANDS) + 2
+    lines = ["Usage: qpy <option> [<arguments>].", "Options:"]
+    lines += ["  %-*s%s" % (width, name + ":", text) for name, (_, text) in COMMANDS.items()]
+    lines.append("Try 'qpy help <option>' (or 'qpy <option> --help') for details.")
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(name, argv):
+    """docopt on one command's docstring. A mistake is one line on stderr, never the usage dump."""
+    import docopt
+    doc = COMMANDS[name][0].__doc__
+    try:
+        # The docstrings say 'qpy <cmd>' for the reader; docopt wants one program word.
+        args = docopt.docopt(doc.replace("qpy " + name, "qpy"), argv, default_help=False,
+                             options_first=(name == "sub"))
+    except docopt.DocoptExit as e:
+        first_line = str(e).split("\n")[0]
+        # docopt-ng names an unmatched option only inside its warning text
+        option = re.search(r"Option\((?:'(-[^']*)'|None, '(--[^']*)')", first_line)
+        if option:
+            problem = "unknown or repeated option %s" % (option.group(1) or option.group(2))
+        elif "requires argument" in first_line or "is not a unique prefix" in first_line:
+            problem = first_line
+        elif name == "sub" and not argv:
+            problem = "give the command to run, e.g. qpy sub hostname"
+        elif name == "ctrlQueue" and not argv:
+            problem = "Give the queue control type: pause, continue or jump"
+        else:
+            problem = "wrong arguments"
+        prefix = "Job rejected due to its options: " if name == "sub" else ""
+        raise QpyError("%s%s. Try 'qpy %s --help'." % (prefix, problem, name))
+    return args
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:
+        sys.stdout.write(usage_text())
+        return 1
+    name, rest = argv[0], argv[1:]
+    if name in ("help", "-h", "--help"):
+        if rest and rest[0] in COMMANDS:
+            sys.stdout.write(COMMANDS[rest[0]][0].__doc__)
+        else:
+            sys.stdout.write(usage_text())
+        return 0
+    if name in NODE_COMMANDS:
+        return NODE_COMMANDS[name](*rest)
+    if name == "--version":
+        print("qpy", VERSION)
+        return 0
+    if name not in COMMANDS:
+        sys.stderr.write("qpy: Unknown command: %s. Commands: %s (try 'qpy help').\n"
+                         % (name, " ".join(COMMANDS)))
+        return 1
+    if rest[:1] in (["-h"], ["--help"]):
+        sys.stdout.write(COMMANDS[name][0].__doc__)
+        return 0
+    try:
+        status = COMMANDS[name][0](parse_args(name, rest))
+    except QpyError as e:
+        sys.stderr.write("qpy: %s\n" % e)
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("qpy: interrupted.\n")
+        return 130
+    except BrokenPipeError:
+        return 0
+    return status or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,430 @@
+#!/usr/bin/env python3
+"""Usage:
+  qpy_admin.py create <dir> [--group=<group>] [--site-file]
+  qpy_admin.py nodes [<file>]
+  qpy_admin.py users [<file>]
+  qpy_admin.py distribute [<file>]
+  qpy_admin.py add <node> <setting>...
+  qpy_admin.py remove <node>
+  qpy_admin.py list
+  qpy_admin.py drain <node> [<reason>...]
+  qpy_admin.py resume <node>
+  qpy_admin.py status
+  qpy_admin.py variables
+  qpy_admin.py tick
+  qpy_admin.py start
+  qpy_admin.py finish
+  qpy_admin.py set [<key> <value>]
+  qpy_admin.py timer [--install] [--dir=<dir>]
+  qpy_admin.py check
+  qpy_admin.py backup <file>
+  qpy_admin.py restore <file>
+  qpy_admin.py (-h | --help)
+
+The administrator's side of qpy. It works on the state that users' qpy finds: $QPY_STATE, else
+the directory named in qpy.site next to qpy.py, else ~/.qpy (a personal queue).
+
+Commands:
+  create <dir>     Make a site: <dir> on the shared filesystem, owned by the group (setgid,
+                   2770), DB and locks 0660. --site-file writes qpy.site next to qpy.py, so
+                   every user of this qpy install finds the site with no set-up.
+  nodes [<file>]   Load the nodes file (default <state>/nodes), one node per line:
+                     <name> <cores> [M]
+                     <name> address=<host> cores=<n> memory=<GB> gpus=<n> attributes=a,b
+                            pref_multicore=true
+                   Nodes no longer listed are removed; running jobs are kept and finish.
+  users [<file>]   Load allowed_users (default <state>/allowed_users): one user name per line.
+                   Only they may submit, and the cores are shared among them. An empty file
+                   allows everyone with access to the site.
+  distribute [<file>]  Load distribution_rules (default <state>/distribution_rules):
+                     even [minimum <n>]
+                     explicit [minimum <n>]   then lines  <user> <extra>[%]  or
+                                              <user> <minimum>+<extra>[%]  ('=' also works)
+                   and show each user's share on the current nodes.
+  add <node> <setting>...    Add or change one node, settings as in the nodes file.
+  remove <node>    Remove a node (its running jobs go on and are accounted until they end).
+  list             The nodes, their settings and states.
+  drain <node>     Start no new job on the node; running jobs finish. resume undoes it.
+  status           Users and nodes, as 'qpy status'.
+  variables        The internals: settings, counters, nodes and live jobs (for debugging).
+  tick             Harvest ended jobs, probe down nodes, start what can start. Run it from cron
+                   or a systemd timer (see the README).
+  start, finish    Allow or stop the start of any job on the site (running jobs go on).
+  set [<key> <value>]  Show the site settings, or change one (numbers of seconds).
+  check            Check the site: the DB's integrity, exit records and job files nobody
+                   will use, running jobs on nodes that are no longer listed.
+  backup <file>    Copy the DB to <file> while qpy is in use (SQLite's online backup).
+  restore <file>   Replace the DB by a backup (checked first); the current one is kept as
+                   qpy.db.before-restore.
+  timer            Print the systemd service and timer that run the tick as root every 15 s,
+                   and the equivalent /etc/cron.d line. --install writes the two units to
+                   --dir (default /etc/systemd/system).
+"""
+import os
+import sys
+
+import qpy
+
+SETTINGS = ("launch_timeout", "kill_grace", "heartbeat", "node_timeout", "probe_interval",
+            "ssh_timeout")
+NODE_COLUMNS = ("name", "address", "cores", "mem", "gpus", "attributes", "pref_multicore")
+
+
+def store_nodes(nodes, replace_all):
+    """Insert or update nodes, keeping the state (down, drained) of those that stay; with
+    replace_all, remove the nodes not given."""
+    def write(db):
+        position = db.execute("SELECT COALESCE(MAX(position), -1) + 1 FROM nodes").fetchone()[0]
+        if replace_all:
+            names = [node["name"] for node in nodes]
+            db.execute("DELETE FROM nodes WHERE name NOT IN (%s)" % ",".join("?" * len(names)),
+                       names)
+            position = 0
+        for offset, node in enumerate(nodes):
+            values = [node[column] for column in NODE_COLUMNS]
+            db.execute("INSERT INTO nodes (%s, position) VALUES (%s, ?) ON CONFLICT (name) DO "
+                       "UPDATE SET %s" % (", ".join(NODE_COLUMNS), ",".join("?" * len(values)),
+                                          ", ".join("%s = excluded.%s" % (c, c) for c in
+                                                    NODE_COLUMNS[1:] + ("position",))),
+                       values + [position + offset])
+        qpy.request_tick(db)
+    qpy.atomically(write)
+
+
+def load_nodes(path):
+    path = path or os.path.join(qpy.state_dir(), "nodes")
+    try:
+        with open(path) as f:
+            nodes = qpy.parse_nodes_file(f.read())
+    except OSError as e:
+        raise qpy.QpyError("Cannot read the nodes file: %s" % e)
+    store_nodes(nodes, replace_all=True)
+    print("Nodes loaded: %s." % (", ".join(node["name"] for node in nodes) or "none"))
+
+
+def read_site_file(path, name):
+    path = path or os.path.join(qpy.state_dir(), name)
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError as e:
+        raise qpy.QpyError("Cannot read %s: %s" % (name, e))
+
+
+def load_users(path):
+    import pwd
+    names = []
+    for number, line in enumerate(read_site_file(path, "allowed_users").splitlines(), 1):
+        name = line.split("#", 1)[0].strip()
+        if not name:
+            continue
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            raise qpy.QpyError("allowed_users, line %d: no such user %r" % (number, name))
+        names.append(name)
+
+    def write(db):
+        db.execute("DELETE FROM allowed_users")
+        for name in dict.fromkeys(names):
+            db.execute("INSERT INTO allowed_users (name) VALUES (?)", (name,))
+        qpy.request_tick(db)
+    qpy.atomically(write)
+    print("Allowed users: %s." % (", ".join(names) if names else "everyone in the group"))
+
+
+def distribute(path):
+    import json
+    rules = qpy.parse_rules(read_site_file(path, "distribution_rules"))
+
+    def write(db):
+        db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('rules', ?)",
+                   (json.dumps(rules),))
+        qpy.request_tick(db)
+        total = db.execute("SELECT COALESCE(SUM(cores), 0) FROM nodes").fetchone()[0]
+        return qpy.compute_shares(rules, qpy.share_holders(db), total), total
+    shares, total = qpy.atomically(write)
+    print("Cores distributed (%d in all):" % total)
+    for user, (least, extra) in shares.items():
+        print("  %-20s minimum %3d  extra %3d" % (user, least, extra))
+
+
+def remove_node(name):
+    def delete(db):
+        if not db.execute("DELETE FROM nodes WHERE name = ?", (name,)).rowcount:
+            raise qpy.QpyError("No node %s (see qpy_admin.py list)." % name)
+    qpy.atomically(delete)
+    print("Node %s removed." % name)
+
+
+def set_node_state(name, state, reason):
+    def update(db):
+        node = db.execute("SELECT state FROM nodes WHERE name = ?", (name,)).fetchone()
+        if node is None:
+            raise qpy.QpyError("No node %s (see qpy_admin.py list)." % name)
+        db.execute("UPDATE nodes SET state = ?, state_reason = ?, probed_at = NULL "
+                   "WHERE name = ?", (state, reason, name))
+        qpy.request_tick(db)
+    qpy.atomically(update)
+    print("Node %s %s." % (name, "drained: no new jobs start there" if state == "drained"
+                           else "resumed"))
+
+
+def list_nodes():
+    nodes = qpy.atomically(lambda db: db.execute("SELECT * FROM nodes ORDER BY position, name")
+                           .fetchall(), write=False)
+    for node in nodes:
+        settings = ["address=%s" % node["address"], "cores=%d" % node["cores"]]
+        if node["mem"] is not None:
+            settings.append("memory=%g" % node["mem"])
+        if node["gpus"]:
+            settings.append("gpus=%d" % node["gpus"])
+        if node["attributes"]:
+            settings.append("attributes=%s" % node["attributes"])
+        if node["pref_multicore"]:
+            settings.append("pref_multicore=true")
+        state = node["state"] + (" (%s)" % node["state_reason"] if node["state_reason"] else "")
+        print("%-20s %-10s %s" % (node["name"], state, " ".join(settings)))
+    if not nodes:
+        print("No nodes.")
+
+
+def variables():
+    def read(db):
+        return (db.execute("SELECT key, value FROM meta ORDER BY key").fetchall(),
+                db.execute("SELECT * FROM nodes ORDER BY position, name").fetchall(),
+                db.execute("SELECT * FROM users ORDER BY name").fetchall(),
+                db.execute("SELECT id, user, status, node, n_cores, mem, attempt, runner_pid "
+                           "FROM jobs WHERE " + qpy.LIVE_SQL + " "
+                           "ORDER BY position, id").fetchall())
+    meta, nodes, users, live = qpy.atomically(read, write=False)
+    print("state directory  = %s" % qpy.state_dir())
+    for row in meta:
+        print("%-16s = %s" % (row["key"], row["value"]))
+    print("\nNodes:\n------")
+    for node in nodes:
+        print(node["name"])
+        for key in node.keys()[1:]:
+            print("  %s = %s" % (key, node[key]))
+    print("\nUsers:\n------")
+    for user in users:
+        print("%s: paused = %d, finished = %d" % (user["name"], user["paused"], user["finished"]))
+    print("\nLive jobs:\n----------")
+    for job in live:
+        print("%d: user = %s, status = %s, node = %s, n_cores = %d, mem = %g, attempt = %d, "
+              "runner = %s" % tuple(job))
+
+
+def settings(key, value):
+    if key is None:
+        rows = qpy.atomically(lambda db: db.execute(
+            "SELECT key, value FROM meta WHERE key IN (%s)" % ",".join("?" * len(SETTINGS)),
+            SETTINGS).fetchall(), write=False)
+        for row in rows:
+            print("%s = %s" % (row["key"], row["value"]))
+        return
+    if key not in SETTINGS:
+        raise qpy.QpyError("Unknown setting: %s (settings: %s)" % (key, ", ".join(SETTINGS)))
+    try:
+        if not 0 <= float(value) < float("inf"):
+            raise ValueError
+    except ValueError:
+        raise qpy.QpyError("Value for %s must be a number of seconds, not %r." % (key, value))
+    qpy.atomically(lambda db: db.execute("UPDATE meta SET value = ? WHERE key = ?", (value, key)))
+    print("%s set to %s." % (key, value))
+
+
+def dispatch(on):
+    def write(db):
+        db.execute("UPDATE meta SET value = ? WHERE key = 'dispatch'", (str(int(on)),))
+        qpy.request_tick(db)
+    qpy.atomically(write)
+    print("Jobs start again." if on else "No job starts until 'qpy_admin.py start'; "
+          "running jobs go on.")
+    if on:
+        qpy.tick()
+
+
+def timer_units():
+    """The periodic tick, for systemd and for cron, for this install and this site."""
+    tick = "%s %s tick" % (sys.executable, os.path.join(qpy.HERE, "qpy_admin.py"))
+    state = qpy.state_dir()
+    service = ("[Unit]\nDescription=qpy tick: harvest ended jobs, start queued ones\n\n"
+               "[Service]\nType=oneshot\nEnvironment=QPY_STATE=%s\nExecStart=%s\n"
+               % (state, tick))
+    timer = ("[Unit]\nDescription=Run the qpy tick every 15 seconds\n\n"
+             "[Timer]\nOnBootSec=30\nOnUnitActiveSec=15\nAccuracySec=1\n\n"
+             "[Install]\nWantedBy=timers.target\n")
+    cron = "* * * * * root QPY_STATE=%s %s >/dev/null 2>&1\n" % (state, tick)
+    return {"qpy-tick.service": service, "qpy-tick.timer": timer}, cron
+
+
+def timer(install, directory):
+    units, cron = timer_units()
+    if install:
+        directory = directory or "/etc/systemd/system"
+        try:
+            for name, text in units.items():
+                with open(os.path.join(directory, name), "w") as f:
+                    f.write(text)
+        except OSError as e:
+            raise qpy.QpyError("Cannot install the units: %s" % e)
+        print("Installed %s in %s. Now: systemctl daemon-reload && systemctl enable --now "
+              "qpy-tick.timer" % (" and ".join(units), directory))
+        return
+    for name, text in units.items():
+        print("# %s\n%s" % (name, text))
+    print("# or, without systemd, /etc/cron.d/qpy (every minute):\n%s" % cron, end="")
+
+
+def check_site():
+    """Print what is wrong with the site; return the number of problems."""
+    def read(db):
+        return (db.execute("PRAGMA integrity_check").fetchall(),
+                db.execute("SELECT j.id, j.node FROM jobs j LEFT JOIN nodes n ON n.name = j.node "
+                           "WHERE j.status IN ('starting', 'running') AND n.name IS NULL")
+                .fetchall(),
+                db.execute("SELECT id, user, status, spec FROM jobs").fetchall())
+    integrity, homeless, jobs = qpy.atomically(read, write=False)
+    problems = []
+    if [tuple(row) for row in integrity] != [("ok",)]:
+        problems += ["database: %s" % row[0] for row in integrity]
+    problems += ["job %d runs on %s, which is no longer a node" % tuple(row) for row in homeless]
+    live = {row["id"] for row in jobs if row["status"] in qpy.LIVE}
+    specs = {row["spec"] for row in jobs if row["status"] in qpy.LIVE}
+    users = os.path.join(qpy.state_dir(), "users")
+    for user in sorted(os.listdir(users)) if os.path.isdir(users) else []:
+        run = os.path.join(users, user, "run")
+        for name in sorted(os.listdir(run)) if os.path.isdir(run) else []:
+            number = name.split(".")[0]
+            if number.isdigit() and int(number) not in live:
+                problems.append("%s/%s: a record of a job that is not running" % (run, name))
+        spool = os.path.join(users, user, "spool")
+        for name in sorted(os.listdir(spool)) if os.path.isdir(spool) else []:
+            if os.path.join(spool, name) not in specs:
+                problems.append("%s/%s: a job file of no queued or running job (qpy restart, as "
+                                "%s, removes it)" % (spool, name, user))
+    for problem in problems:
+        print(problem)
+    print("%s found." % qpy.plural(len(problems), "problem") if problems else "The site is fine.")
+    return len(problems)
+
+
+def backup(target):
+    import sqlite3
+    if os.path.exists(target):
+        raise qpy.QpyError("%s exists: give a new file name." % target)
+
+    def copy(db):
+        out = sqlite3.connect(target)
+        with out:
+            db.backup(out)
+        out.close()
+    try:
+        qpy.atomically(copy, write=False)
+    except sqlite3.Error as e:
+        raise qpy.QpyError("Backup failed: %s" % e)
+    print("Backed up %s to %s." % (os.path.join(qpy.state_dir(), "qpy.db"), target))
+
+
+def restore(source):
+    import shutil
+    import sqlite3
+    try:
+        backup_db = sqlite3.connect("file:%s?mode=ro" % source, uri=True)
+        version = backup_db.execute("PRAGMA user_version").fetchone()[0]
+        ok = backup_db.execute("PRAGMA integrity_check").fetchone()[0]
+        backup_db.execute("SELECT COUNT(*) FROM jobs").fetchone()
+    except sqlite3.Error as e:
+        raise qpy.QpyError("%s is not a qpy database: %s" % (source, e))
+    if ok != "ok" or not 0 < version <= qpy.SCHEMA_VERSION:
+        raise qpy.QpyError("%s cannot be restored: integrity %s, schema %d" % (source, ok,
+                                                                             version))
+    live = os.path.join(qpy.state_dir(), "qpy.db")
+
+    def replace(db):
+        shutil.copyfile(live, live + ".before-restore")
+        backup_db.backup(db)
+    qpy.atomically(replace, write=False)
+    print("Restored %s from %s (the previous DB is %s.before-restore)." % (live, source, live))
+
+
+def create(directory, group, site_file):
+    directory = os.path.abspath(directory)
+    try:
+        qpy.create_site(directory, group)
+    except KeyError:
+        raise qpy.QpyError("No group %s (create it first: groupadd %s)." % (group, group))
+    except OSError as e:
+        raise qpy.QpyError("Cannot create the site: %s" % e)
+    print("Site created in %s." % directory)
+    if site_file:
+        with open(os.path.join(qpy.HERE, "qpy.site"), "w") as f:
+            f.write(directory + "\n")
+        print("Users of %s find it through %s." % (qpy.HERE, os.path.join(qpy.HERE, "qpy.site")))
+    else:
+        print("Users find it with: export QPY_STATE=%s" % directory)
+    print("Next: write the nodes file and run: qpy_admin.py nodes <file>")
+
+
+def main(argv=None):
+    import docopt
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["-h"], ["--help"]):
+        sys.stdout.write(__doc__)
+        return 0
+    try:
+        args = docopt.docopt(__doc__, argv, default_help=False)
+    except docopt.DocoptExit:
+        sys.stderr.write("qpy_admin.py: wrong arguments. Try 'qpy_admin.py --help'.\n")
+        return 1
+    try:
+        if args["create"]:
+            create(args["<dir>"], args["--group"], args["--site-file"])
+        elif args["nodes"]:
+            load_nodes(args["<file>"])
+        elif args["users"]:
+            load_users(args["<file>"])
+        elif args["distribute"]:
+            distribute(args["<file>"])
+        elif args["add"]:
+            try:
+                node = qpy.parse_node_line([args["<node>"]] + args["<setting>"])
+            except ValueError as e:
+                raise qpy.QpyError("Bad node setting: %s" % e)
+            store_nodes([node], replace_all=False)
+            print("Node %s added." % node["name"])
+        elif args["remove"]:
+            remove_node(args["<node>"])
+        elif args["list"]:
+            list_nodes()
+        elif args["drain"]:
+            set_node_state(args["<node>"], "drained", " ".join(args["<reason>"]) or "drained")
+        elif args["resume"]:
+            set_node_state(args["<node>"], "up", None)
+        elif args["status"]:
+            qpy.cmd_status({})
+        elif args["variables"]:
+            variables()
+        elif args["tick"]:
+            qpy.tick()
+        elif args["start"] or args["finish"]:
+            dispatch(args["start"])
+        elif args["set"]:
+            settings(args["<key>"], args["<value>"])
+        elif args["timer"]:
+            timer(args["--install"], args["--dir"])
+        elif args["check"]:
+            return 1 if check_site() else 0
+        elif args["backup"]:
+            backup(args["<file>"])
+        elif args["restore"]:
+            restore(args["<file>"])
+    except qpy.QpyError as e:
+        sys.stderr.write("qpy_admin.py: %s\n" % e)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
