@@ -1074,29 +1074,34 @@ def tick_overdue(db, jobs):
                and not process_alive(job["runner_pid"], job["runner_boot"]) for job in jobs)
 
 
-def tick():
-    """Run tick passes until nobody wants one; leave at once if another tick is running."""
+def tick(keep=None):
+    """Run tick passes until nobody wants one; leave at once if another tick is running.
+
+    keep=(node, user): a runner whose job just ended asks to keep one job claimed for that
+    node and user, to run it itself (no new process, no ssh); it is returned, else None."""
     from filelock import FileLock, Timeout
     lock = FileLock(os.path.join(state_dir(), "tick.lock"), mode=0o660, timeout=0)
+    kept = None
     while True:
         try:
             lock.acquire()
         except Timeout:
-            return  # its holder will see tick_wanted > 0
+            return kept  # its holder will see tick_wanted > 0
         try:
             while True:
-                tick_pass()
+                taken = tick_pass(None if kept else keep)
+                kept = kept or taken
                 if not atomically(lambda db: meta_number(db, "tick_wanted"), write=False):
                     break
         finally:
             lock.release()
         if not atomically(lambda db: meta_number(db, "tick_wanted"), write=False):
-            return
+            return kept
 
 
-def tick_pass():
+def tick_pass(keep=None):
     """One pass: probe down nodes, reconcile what ended or got lost, claim the jobs that can
-    start, launch them (ssh in parallel, outside the lock).
+    start, launch them (ssh in parallel, outside the lock); return the claim kept (see tick).
 
     Every tick schedules all users' jobs (so the fair share holds), but claims only the jobs
     it may launch: a user's tick its user's own, root's tick anybody's, as their owner."""
@@ -1141,8 +1146,10 @@ def tick_pass():
 
     claims = atomically(claim)
     crash_point("tick:claimed")
-    launch_all(claims)
+    mine = [job for job in claims if keep and (job["node"], job["user"]) == keep][:1]
+    launch_all([job for job in claims if job not in mine])
     crash_point("tick:launched")
+    return mine[0] if mine else None
 
 
 DEPENDENCY_MET = {"after": FINISHED, "afterok": ("done",),
@@ -1647,60 +1654,73 @@ def run_job(job_id, attempt):
     env = job_environment(spec, job, job["node"])
 
     wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_w, False)
-    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-    stop = {"asked": False}
-    signal.signal(signal.SIGCHLD, lambda *_: None)
-    signal.signal(signal.SIGTERM, lambda *_: stop.update(asked=True))
-    go_r, go_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(go_w)
-        exec_job(job, spec, env, go_r)
-    os.close(go_r)
-
-    def confirm(db):
-        row = db.execute("SELECT status, attempt FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        if row is None or row["status"] != "starting" or row["attempt"] != attempt:
-            return False
-        try:
-            fd = os.open(run_file(job["user"], job_id, "started"),
-                         os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            db.execute("UPDATE jobs SET status = 'failed', reason = ?, ended_at = ? WHERE id = ?",
-                       ("started marker exists: refused to run it twice", time.time(), job_id))
-            return False
-        os.write(fd, str(attempt).encode())
-        os.close(fd)
-        db.execute("UPDATE jobs SET status = 'running', started_at = ?, runner_pid = ?, "
-                   "runner_boot = ?, pgid = ? WHERE id = ?",
-                   (time.time(), os.getpid(), process_boot(os.getpid()), pid, job_id))
-        return True
-
     try:
-        confirmed = atomically(confirm)
-    except QpyError:
-        confirmed = False
-    if not confirmed:
-        os.close(go_w)  # the child reads EOF and exits without running anything
-        os.waitpid(pid, 0)
-        return
-    crash_point("runner:confirmed")
-    os.write(go_w, b"go")
-    os.close(go_w)
-    record = supervise(job, pid, stop, wake_r)
-    heartbeat = run_file(job["user"], job_id, "hb")
-    keep_trying(lambda: write_atomically(run_file(job["user"], job_id, "exit"),
-                                         json.dumps(record).encode()), heartbeat)
-    crash_point("runner:recorded")
+        os.set_blocking(wake_w, False)
+        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        stop = {"asked": False}
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.signal(signal.SIGTERM, lambda *_: stop.update(asked=True))
+        go_r, go_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(go_w)
+            exec_job(job, spec, env, go_r)
+        os.close(go_r)
 
-    def store(db):
-        row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        if row is not None:
-            finish_job(db, row, record)
-    keep_trying(lambda: atomically(store), heartbeat)
-    crash_point("runner:stored")
-    tick()
+        def confirm(db):
+            row = db.execute("SELECT status, attempt FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None or row["status"] != "starting" or row["attempt"] != attempt:
+                return False
+            try:
+                fd = os.open(run_file(job["user"], job_id, "started"),
+                             os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                db.execute("UPDATE jobs SET status = 'failed', reason = ?, ended_at = ? WHERE id = ?",
+                           ("started marker exists: refused to run it twice", time.time(), job_id))
+                return False
+            os.write(fd, str(attempt).encode())
+            os.close(fd)
+            db.execute("UPDATE jobs SET status = 'running', started_at = ?, runner_pid = ?, "
+                       "runner_boot = ?, pgid = ? WHERE id = ?",
+                       (time.time(), os.getpid(), process_boot(os.getpid()), pid, job_id))
+            return True
+
+        try:
+            confirmed = atomically(confirm)
+        except QpyError:
+            confirmed = False
+        if not confirmed:
+            os.close(go_w)  # the child reads EOF and exits without running anything
+            os.waitpid(pid, 0)
+            return
+        crash_point("runner:confirmed")
+        os.write(go_w, b"go")
+        os.close(go_w)
+        record = supervise(job, pid, stop, wake_r)
+        heartbeat = run_file(job["user"], job_id, "hb")
+        keep_trying(lambda: write_atomically(run_file(job["user"], job_id, "exit"),
+                                             json.dumps(record).encode()), heartbeat)
+        crash_point("runner:recorded")
+
+        def store(db):
+            row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is not None:
+                finish_job(db, row, record)
+        keep_trying(lambda: atomically(store), heartbeat)
+        crash_point("runner:stored")
+        return tick(keep=(job["node"], job["user"]))
+    finally:  # the runner may go on with another job: leave nothing open behind
+        signal.set_wakeup_fd(-1)
+        os.close(wake_r)
+        os.close(wake_w)
+
+
+def runner(job_id, attempt):
+    """A runner's life: run the job, then, while the tick keeps one for this node and user,
+    the next one (short jobs do not pay for a new process each)."""
+    claim = {"id": job_id, "attempt": attempt}
+    while claim:
+        claim = run_job(claim["id"], claim["attempt"])
 
 
 def keep_trying(action, heartbeat):
@@ -2656,8 +2676,9 @@ COMMANDS = {
 
 
 def node_run(job_id, attempt):
-    """`qpy.py _run ID ATTEMPT`, started by a tick over ssh: detach the runner, return."""
-    detach(run_job, int(job_id), int(attempt))
+    """`qpy.py _run ID ATTEMPT`, started by a tick (by ssh on other nodes): detach the
+    runner, return."""
+    detach(runner, int(job_id), int(attempt))
     return 0
 
 

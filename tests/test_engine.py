@@ -241,3 +241,20 @@ def age_claims(site, seconds):
         db.execute("UPDATE jobs SET claimed_at = claimed_at - ? WHERE status = 'starting'",
                    (seconds,))
     db.close()
+
+
+def test_a_runner_goes_on_with_the_next_job_of_its_node(site):
+    """Short jobs do not pay for a new process each: the runner whose job ends runs the next
+    job claimed for its node and user itself."""
+    path = os.path.join(site.work, "nodes")
+    with open(path, "w") as f:
+        f.write("localhost 1\n")
+    site.ok("nodes", path, admin=True)
+    site.ok("ctrlQueue", "pause")
+    ids = [site.submit("true") for _ in range(8)]
+    site.ok("ctrlQueue", "continue")
+    site.wait_idle()
+    runners = {site.jobs()[j]["runner_pid"] for j in ids}
+    assert all(site.status(j) == "done" for j in ids)
+    assert len(runners) < len(ids)
+    wait_for(lambda: not qpy_processes(site.home), what="no qpy process left")
