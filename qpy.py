@@ -1110,6 +1110,8 @@ def tick_pass(keep=None):
 
     def claim(db):
         db.execute("UPDATE meta SET value = '0' WHERE key = 'tick_wanted'")
+        db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_tick', ?)",
+                   (str(time.time()),))
         reconcile(db, me)
         if not meta_number(db, "dispatch"):
             return []
@@ -1390,16 +1392,18 @@ def is_local(address):
     return address in LOCAL_ADDRESSES
 
 
-def ssh_command(address, command, timeout, uid):
+def ssh_command(address, command, timeout, uid, multiplex=True):
     """System ssh in batch mode, multiplexed through a master kept under the user's own
-    runtime directory, with a connect time-out. `command` is a list, quoted for the shell."""
+    runtime directory, with a connect time-out. `command` is a list, quoted for the shell.
+    Returns the argv and the directory of the master's socket (None: no multiplexing)."""
     import shlex
     runtime = os.environ.get("XDG_RUNTIME_DIR") if uid == os.getuid() else None
-    sockets = os.path.join(runtime or "/tmp", "qpy-ssh-%d" % uid)
+    sockets = os.path.join(runtime or "/tmp", "qpy-ssh-%d" % uid) if multiplex else None
+    shared = ["-o", "ControlMaster=auto", "-o", "ControlPath=%s/%%C" % sockets,
+              "-o", "ControlPersist=60"] if multiplex else ["-o", "ControlMaster=no"]
     return ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=%d" % timeout,
-            "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=2",
-            "-o", "ControlMaster=auto", "-o", "ControlPath=%s/%%C" % sockets,
-            "-o", "ControlPersist=60", address, "--", shlex.join(command)], sockets
+            "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=2"] + shared + \
+        [address, "--", shlex.join(command)], sockets
 
 
 def qpy_on_node(*args):

@@ -17,6 +17,7 @@
   qpy_admin.py set [<key> <value>]
   qpy_admin.py timer [--install] [--dir=<dir>]
   qpy_admin.py check
+  qpy_admin.py doctor [--as=<user>]
   qpy_admin.py backup <file>
   qpy_admin.py restore <file>
   qpy_admin.py (-h | --help)
@@ -53,6 +54,10 @@ Commands:
   set [<key> <value>]  Show the site settings, or change one (numbers of seconds).
   check            Check the site: the DB's integrity, exit records and job files nobody
                    will use, running jobs on nodes that are no longer listed.
+  doctor           Check the site end to end and say what to fix: the state directory's
+                   group and modes, the DB, each node by ssh in batch mode (the same qpy and
+                   Python there, the clock), the last tick. As root, --as=<user> reaches the
+                   nodes as that user (root usually cannot).
   backup <file>    Copy the DB to <file> while qpy is in use (SQLite's online backup).
   restore <file>   Replace the DB by a backup (checked first); the current one is kept as
                    qpy.db.before-restore.
@@ -310,6 +315,70 @@ def check_site():
     return len(problems)
 
 
+def doctor(as_user):
+    """Print one line per check, 'ok' or what is wrong and what to do; return the problems."""
+    import pwd
+    import stat
+    import subprocess
+    import time
+    state = qpy.state_dir()
+    problems = []
+
+    def report(ok, what, fix=""):
+        print("%-8s %s%s" % ("ok" if ok else "PROBLEM", what, "" if ok else ": " + fix))
+        if not ok:
+            problems.append(what)
+
+    mode = stat.S_IMODE(os.stat(state).st_mode)
+    personal = state == os.path.join(os.path.expanduser("~"), ".qpy")
+    report(personal or mode & 0o2070 == 0o2070, "state directory %s (mode %o)" % (state, mode),
+           "make it group-writable and setgid: chmod 2770 %s" % state)
+    for name in ("qpy.db", "qpy.lock", "tick.lock"):
+        path = os.path.join(state, name)
+        if os.path.exists(path):
+            file_mode = stat.S_IMODE(os.stat(path).st_mode)
+            report(file_mode == 0o660, "%s (mode %o)" % (name, file_mode), "chmod 660 " + path)
+    integrity = qpy.atomically(lambda db: db.execute("PRAGMA integrity_check").fetchone()[0],
+                               write=False)
+    report(integrity == "ok", "database integrity", integrity + " (restore a backup)")
+    last = qpy.atomically(lambda db: db.execute(
+        "SELECT value FROM meta WHERE key = 'last_tick'").fetchone(), write=False)
+    age = time.time() - float(last[0]) if last else None
+    report(age is not None and age < 300, "last tick %s" % (
+        "never" if age is None else "%d s ago" % age),
+        "install the periodic tick: qpy_admin.py timer --install")
+    nodes = qpy.atomically(lambda db: db.execute("SELECT * FROM nodes ORDER BY position")
+                           .fetchall(), write=False)
+    owner = pwd.getpwnam(as_user) if as_user else None
+    version = "%s %s" % (qpy.VERSION, sys.version.split()[0])
+    probe = ["sh", "-c", "%s -c 'import sys; sys.path.insert(0, \"%s\"); import qpy; "
+             "print(qpy.VERSION, sys.version.split()[0])' && date +%%s.%%N"
+             % (sys.executable, qpy.HERE)]
+    for node in nodes:
+        if qpy.is_local(node["address"]):
+            report(True, "node %s is this machine" % node["name"])
+            continue
+        argv, _ = qpy.ssh_command(node["address"], probe, 10,
+                                  owner.pw_uid if owner else os.getuid(), multiplex=False)
+        started = time.time()
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=60,
+                                stdin=subprocess.DEVNULL,
+                                preexec_fn=(lambda: qpy.become(owner)) if owner else None)
+        if result.returncode != 0:
+            report(False, "node %s (%s) by ssh" % (node["name"], node["address"]),
+                   (result.stderr.strip().splitlines() or ["exit %d" % result.returncode])[-1]
+                   + " (set up key-based ssh for the users, BatchMode)")
+            continue
+        lines = result.stdout.split("\n")
+        report(lines[0] == version, "node %s runs qpy and Python %s" % (node["name"], lines[0]),
+               "expected %s: install qpy on the shared filesystem" % version)
+        skew = float(lines[1]) - (started + time.time()) / 2
+        report(abs(skew) < 5, "node %s clock %+.1f s" % (node["name"], skew), "run NTP")
+    print("%s." % ("%s found" % qpy.plural(len(problems), "problem") if problems
+                   else "Everything looks right"))
+    return len(problems)
+
+
 def backup(target):
     import sqlite3
     if os.path.exists(target):
@@ -416,6 +485,8 @@ def main(argv=None):
             timer(args["--install"], args["--dir"])
         elif args["check"]:
             return 1 if check_site() else 0
+        elif args["doctor"]:
+            return 1 if doctor(args["--as"]) else 0
         elif args["backup"]:
             backup(args["<file>"])
         elif args["restore"]:

@@ -16,6 +16,7 @@
 --   probe_interval  seconds between two ssh probes of a node that is down
 --   ssh_timeout     seconds ssh may take to connect to a node
 --   rules           the distribution rules as JSON (qpy_admin.py distribute); absent: even
+--   last_tick       when the last tick pass ran (qpy_admin.py doctor reports it)
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL

@@ -149,3 +149,13 @@ def test_reloading_nodes_keeps_the_running_jobs(site):
     assert site.status(job) == "running"
     site.ok("kill", str(job))
     site.wait_status(job, "killed")
+
+
+def test_doctor_on_a_personal_queue(site):
+    site.ok("restart")
+    out = site.ok("doctor", admin=True)
+    assert "ok       database integrity" in out and "node localhost is this machine" in out
+    assert out.endswith("Everything looks right.\n")
+    os.chmod(os.path.join(site.state, "qpy.lock"), 0o644)
+    result = site.run("doctor", admin=True)
+    assert result.returncode == 1 and "PROBLEM  qpy.lock (mode 644): chmod 660" in result.stdout

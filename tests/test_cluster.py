@@ -1,6 +1,7 @@
 """qpy on compute nodes over ssh: the emulated cluster of tests/cluster.py (network namespaces,
 one sshd per node, real users). Skipped where root, sshd or namespaces are missing."""
 import os
+import subprocess
 
 import pytest
 
@@ -225,3 +226,23 @@ def test_the_slurm_style_features_work_over_ssh(lab):
     assert all(a[1] <= b[0] for a, b in zip(starts, starts[1:]))  # %1: one at a time
     records = {r["id"]: r for r in json.loads(site.ok("alice", "check", "--json"))}
     assert records[gpu]["name"] == "trainer" and records[gpu]["gpu_ids"] == [0, 1]
+
+
+def test_doctor_checks_the_site_end_to_end(lab):
+    site = lab()
+    site.tick()
+    out = site.admin("doctor", "--as", "alice")
+    for node in ("node1", "node2", "node3"):
+        assert "ok       node %s runs qpy and Python" % node in out
+        assert "ok       node %s clock" % node in out
+    assert out.endswith("Everything looks right.\n"), out
+    site.cluster.crash("node2")
+    try:
+        result = subprocess.run([site.python, site.admin_tool, "doctor", "--as", "alice"],
+                                env={"PATH": "/usr/bin:/bin", "QPY_STATE": site.state},
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 1
+        assert "PROBLEM  node node2 (node2) by ssh" in result.stdout
+        assert "1 problem found." in result.stdout
+    finally:
+        site.cluster.boot("node2")
