@@ -1940,10 +1940,11 @@ Examples:
 
     ids = atomically(insert)
     crash_point("sub:committed")
-    if len(ids) == 1 and request["array"][0] == [None]:
-        print("Job %d received." % ids[0])
+    array = " (array %s)" % args["--array"] if args["--array"] else ""
+    if len(ids) == 1:
+        print("Job %d received%s." % (ids[0], array))
     else:
-        print("Jobs %d-%d received (array %s)." % (ids[0], ids[-1], args["--array"]))
+        print("Jobs %d-%d received%s." % (ids[0], ids[-1], array))
     detach(tick)
 
 
@@ -2766,6 +2767,10 @@ def main(argv=None):
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as e:  # the filesystem refused (permissions, a vanished directory...)
+        sys.stderr.write("qpy: %s (is the qpy state %s yours, or your group's?)\n"
+                         % (e, state_dir()))
+        return 1
     return status or 0
 
 

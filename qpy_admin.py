@@ -494,6 +494,9 @@ def main(argv=None):
     except qpy.QpyError as e:
         sys.stderr.write("qpy_admin.py: %s\n" % e)
         return 1
+    except OSError as e:
+        sys.stderr.write("qpy_admin.py: %s\n" % e)
+        return 1
     return 0
 
 

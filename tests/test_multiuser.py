@@ -253,3 +253,13 @@ def test_a_job_runs_with_its_owners_uid_and_groups_on_the_node(lab):
     result = site.cluster.node_exec(node, "root", "ps", "-o", "user=,args=", "-C", "sleep")
     assert "alice    sleep 30" in result.stdout
     site.ok("alice", "kill", str(job))
+
+
+def test_someone_outside_the_group_gets_one_clear_line(lab):
+    site = multi_site(lab, users=("alice",))
+    result = subprocess.run(["runuser", "-u", "nobody", "--", "env", "-i", "HOME=/tmp",
+                             "QPY_STATE=" + site.state, site.python, site.qpy, "check"],
+                            cwd="/tmp", capture_output=True, text=True)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("qpy: ") and "Traceback" not in result.stderr
+    assert "Permission denied" in result.stderr or "group" in result.stderr
