@@ -151,12 +151,9 @@ def site(tmp_path):
                 pass
 
 
-def qpy_processes(home):
-    """PIDs of live qpy processes (CLI, tick, runner) belonging to the test with this HOME."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+def processes_of(home):
+    """(pid, cmdline, environment) of the live processes started with this HOME."""
+    for entry in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open("/proc/%s/cmdline" % entry, "rb") as f:
                 cmdline = f.read()
@@ -166,10 +163,20 @@ def qpy_processes(home):
                 state = f.read().rpartition(")")[2].split()[0]
         except OSError:
             continue
-        if (b"import qpy" in cmdline and ("HOME=%s" % home).encode() in environ
-                and state != "Z"):
-            found.append(int(entry))
-    return found
+        if state != "Z" and ("HOME=%s" % home).encode() in environ:
+            yield int(entry), cmdline, environ
+
+
+def qpy_processes(home):
+    """PIDs of live qpy processes (CLI, tick, runner) belonging to the test with this HOME."""
+    return [pid for pid, cmdline, _ in processes_of(home)
+            if b"import qpy" in cmdline or b"qpy.py" in cmdline]
+
+
+def job_processes(home):
+    """PIDs of live processes of jobs (they carry QPY_JOB_ID) of the test with this HOME."""
+    return [pid for pid, _, environ in processes_of(home)
+            if any(var.startswith(b"QPY_JOB_ID=") for var in environ)]
 
 
 def group_members(pgid):

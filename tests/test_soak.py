@@ -10,7 +10,7 @@ import subprocess
 import threading
 import time
 
-from conftest import QPY, qpy_processes, wait_for
+from conftest import QPY, job_processes, qpy_processes, wait_for
 
 SOAK_JOBS = int(os.environ.get("QPY_SOAK_JOBS", "5000"))
 FINAL = ("done", "failed", "killed", "undone")
@@ -142,19 +142,3 @@ def test_chaos_sigkill_to_commands_ticks_and_runners(site):
     wait_for(lambda: not qpy_processes(site.home), what="no qpy process left")
     wait_for(lambda: not job_processes(site.home), what="no job process left unaccounted")
 
-
-def job_processes(home):
-    """Live processes of jobs of the test with this HOME (they carry QPY_JOB_ID)."""
-    found = []
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open("/proc/%s/environ" % entry, "rb") as f:
-                environ = f.read().split(b"\0")
-            with open("/proc/%s/stat" % entry) as f:
-                state = f.read().rpartition(")")[2].split()[0]
-        except OSError:
-            continue
-        if state != "Z" and b"HOME=" + home.encode() in environ and \
-                any(var.startswith(b"QPY_JOB_ID=") for var in environ):
-            found.append(int(entry))
-    return found
