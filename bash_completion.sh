@@ -20,6 +20,10 @@ _qpy_help() {
     esac
 }
 
+_qpy_ids() {  # the user's own job IDs: one read of the DB, no tick
+    "${COMP_WORDS[0]}" _ids "$1" 2>/dev/null
+}
+
 _qpy() {
     local cur=${COMP_WORDS[COMP_CWORD]} cmd=${COMP_WORDS[1]}
     local commands="sub check kill clean status config ctrlQueue tutorial notes restart finish wait tail"
@@ -59,9 +63,10 @@ _qpy() {
             fi ;;
         check) COMPREPLY=($(compgen -W "$statuses --json" -- "$cur") $(compgen -d -- "$cur")) ;;
         status) COMPREPLY=($(compgen -W "--json" -- "$cur")) ;;
-        kill)  COMPREPLY=($(compgen -W "all queue running" -- "$cur")) ;;
-        clean) COMPREPLY=($(compgen -W "all done failed killed undone" -- "$cur")
-                          $(compgen -d -- "$cur")) ;;
+        kill)  COMPREPLY=($(compgen -W "all queue running $(_qpy_ids live)" -- "$cur")) ;;
+        clean) COMPREPLY=($(compgen -W "all done failed killed undone $(_qpy_ids finished)" \
+                            -- "$cur") $(compgen -d -- "$cur")) ;;
+        wait|tail|notes) COMPREPLY=($(compgen -W "$(_qpy_ids all)" -- "$cur")) ;;
         tutorial) COMPREPLY=($(compgen -W "$commands" -- "$cur")) ;;
         ctrlQueue)
             if [ "$COMP_CWORD" -eq 2 ]; then
@@ -88,3 +93,22 @@ _qpy() {
 }
 
 complete -F _qpy qpy
+
+_qpy_admin() {
+    local cur=${COMP_WORDS[COMP_CWORD]}
+    local commands="create nodes users distribute add remove list drain resume status \
+        variables tick start finish set timer check doctor backup restore"
+    COMPREPLY=()
+    if [ "$COMP_CWORD" -eq 1 ]; then
+        COMPREPLY=($(compgen -W "$commands" -- "$cur"))
+        return
+    fi
+    case "${COMP_WORDS[1]}" in
+        set) [ "$COMP_CWORD" -eq 2 ] && COMPREPLY=($(compgen -W "launch_timeout kill_grace \
+                heartbeat node_timeout probe_interval ssh_timeout" -- "$cur")) ;;
+        timer) COMPREPLY=($(compgen -W "--install --dir=" -- "$cur")) ;;
+        create|nodes|users|distribute|backup|restore) COMPREPLY=($(compgen -f -- "$cur")) ;;
+    esac
+}
+
+complete -F _qpy_admin qpy-admin qpy_admin.py

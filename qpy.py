@@ -2694,8 +2694,18 @@ def node_signal(job_id):
     return 0 if job is not None and signal_runner(job) else 3
 
 
-# Commands qpy runs on nodes for itself (not for users).
-NODE_COMMANDS = {"_run": node_run, "_signal": node_signal}
+def completion_ids(which="all"):
+    """`qpy _ids [live|finished|all]`: the user's job IDs for TAB completion (one read, no
+    tick, no lock wait worth the name)."""
+    statuses = {"live": LIVE, "finished": FINISHED}.get(which)
+    user = user_name()
+    rows = atomically(lambda db: user_jobs(db, user, statuses), write=False)
+    print(" ".join(str(row["id"]) for row in rows))
+    return 0
+
+
+# Commands qpy runs for itself (not for users): on nodes, and for TAB completion.
+NODE_COMMANDS = {"_run": node_run, "_signal": node_signal, "_ids": completion_ids}
 
 
 def usage_text():

@@ -4,6 +4,7 @@ import os
 import pty
 import pwd
 import re
+import shlex
 import stat
 import subprocess
 
@@ -418,3 +419,24 @@ def test_completion_script_offers_commands_and_help():
     assert "complete -F _qpy qpy" in subprocess.run(
         ["bash", "-c", "source %s; complete -p qpy" % script], capture_output=True,
         text=True).stdout
+
+
+def test_completion_offers_the_users_own_job_ids(site):
+    site.ok("ctrlQueue", "pause")
+    queued = site.submit("true")
+    bindir = os.path.join(site.work, "bin")
+    os.makedirs(bindir)
+    with open(os.path.join(bindir, "qpy"), "w") as f:
+        f.write("#!/bin/sh\nexec %s \"$@\"\n" % shlex.join(QPY))
+    os.chmod(os.path.join(bindir, "qpy"), 0o755)
+    script = os.path.join(os.path.dirname(os.path.dirname(__file__)), "bash_completion.sh")
+    probe = 'source %s; COMP_WORDS=(qpy %s); COMP_CWORD=2; _qpy; printf "%%s\\n" "${COMPREPLY[@]}"'
+    env = dict(site.env, PATH=bindir + ":" + os.environ["PATH"])
+    run = lambda words: subprocess.run(["bash", "-c", probe % (script, words)], env=env,
+                                       capture_output=True, text=True).stdout.split()
+    assert str(queued) in run("kill ''")
+    assert str(queued) not in run("clean ''")  # not finished
+    admin = subprocess.run(["bash", "-c", "source %s; COMP_WORDS=(qpy-admin dr); COMP_CWORD=1; "
+                            "_qpy_admin; echo ${COMPREPLY[@]}" % script], capture_output=True,
+                           text=True).stdout.split()
+    assert admin == ["drain"]
