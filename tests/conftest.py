@@ -122,7 +122,11 @@ class Site:
                                  for job in self.jobs().values()), timeout, "an empty queue")
 
     def read(self, name):
-        with open(os.path.join(self.work, name)) as f:
+        """A file of the working directory ('' until it exists: jobs write as they run)."""
+        path = os.path.join(self.work, name)
+        if not os.path.exists(path):
+            return ""
+        with open(path) as f:
             return f.read()
 
     def dump(self):
@@ -280,7 +284,11 @@ class Lab:
         return self.jobs()[job_id]
 
     def output(self, user, job_id, kind="out"):
-        with open(os.path.join(self.workdir(user), "job_%d.%s" % (job_id, kind))) as f:
+        """A job's output file ('' until it exists)."""
+        path = os.path.join(self.workdir(user), "job_%d.%s" % (job_id, kind))
+        if not os.path.exists(path):
+            return ""
+        with open(path) as f:
             return f.read()
 
     def stop_all(self):

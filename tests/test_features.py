@@ -19,6 +19,7 @@ def test_gpus_are_distinct_devices(site):
     jobs = [site.submit("-g", "1", HOLD) for _ in range(3)]
     wait_for(lambda: [site.jobs()[j]["status"] for j in jobs] == ["running", "running", "queue"],
              what="two GPU jobs running")
+    wait_for(lambda: all(site.read("job_%d.out" % j) for j in jobs[:2]), what="their output")
     outputs = sorted(site.read("job_%d.out" % j) for j in jobs[:2])
     assert outputs == ["0 0\n", "1 1\n"]
     site.ok("check")
