@@ -19,9 +19,9 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # The cluster tests need sshd and iproute2; as root, install them (elsewhere those tests skip).
-SYSTEM_PACKAGES := openssh-server openssh-client iproute2 util-linux procps
+SYSTEM_PACKAGES := openssh-server openssh-client iproute2 util-linux procps chromium
 system-deps:
-	@if [ "$$(id -u)" = 0 ] && ! [ -x /usr/sbin/sshd -a -x /usr/bin/ssh -a -x /usr/sbin/ip ]; then \
+	@if [ "$$(id -u)" = 0 ] && ! [ -x /usr/sbin/sshd -a -x /usr/bin/ssh -a -x /usr/sbin/ip -a -x /usr/bin/chromium ]; then \
 	  export DEBIAN_FRONTEND=noninteractive; apt-get update -q && \
 	  apt-get install -y -q --no-install-recommends $(SYSTEM_PACKAGES); fi
 

@@ -18,6 +18,7 @@
   qpy_admin.py timer [--install] [--dir=<dir>]
   qpy_admin.py check
   qpy_admin.py doctor [--as=<user>]
+  qpy_admin.py report --html=<file>
   qpy_admin.py backup <file>
   qpy_admin.py restore <file>
   qpy_admin.py (-h | --help)
@@ -58,6 +59,8 @@ Commands:
                    group and modes, the DB, each node by ssh in batch mode (the same qpy and
                    Python there, the clock), the last tick. As root, --as=<user> reaches the
                    nodes as that user (root usually cannot).
+  report --html=<file>  Write a self-contained HTML page about the site (users, nodes,
+                   running and queued jobs, recent failures) for a web server or a browser.
   backup <file>    Copy the DB to <file> while qpy is in use (SQLite's online backup).
   restore <file>   Replace the DB by a backup (checked first); the current one is kept as
                    qpy.db.before-restore.
@@ -379,6 +382,66 @@ def doctor(as_user):
     return len(problems)
 
 
+def report(path):
+    """A read-only status page: one HTML file, no scripts, no outside resources."""
+    import html
+    import time
+
+    def read(db):
+        busy = db.execute(
+            "SELECT user, SUM(CASE WHEN status = 'queue' THEN 0 ELSE n_cores END) AS cores, "
+            "SUM(status = 'queue') AS queued FROM jobs WHERE " + qpy.LIVE_SQL +
+            " GROUP BY user").fetchall()
+        nodes = db.execute("SELECT * FROM nodes ORDER BY position, name").fetchall()
+        live = db.execute("SELECT * FROM jobs WHERE " + qpy.LIVE_SQL +
+                          " ORDER BY position, id").fetchall()
+        failed = db.execute("SELECT * FROM jobs WHERE status = 'failed' AND ended_at > ? "
+                            "ORDER BY ended_at DESC LIMIT 50",
+                            (time.time() - 7 * 86400,)).fetchall()
+        return qpy.share_holders(db), busy, nodes, live, failed
+    holders, busy, nodes, live, failed = qpy.atomically(read, write=False)
+    site = qpy.site_report(holders, busy, nodes,
+                           [job for job in live if job["status"] != "queue"])
+
+    def table(title, headers, rows):
+        cells = "".join("<tr>%s</tr>" % "".join("<td>%s</td>" % html.escape(str(c)) for c in row)
+                        for row in rows) or '<tr><td colspan="%d">none</td></tr>' % len(headers)
+        return "<h2>%s</h2><table><tr>%s</tr>%s</table>" % (
+            title, "".join("<th>%s</th>" % h for h in headers), cells)
+
+    now = time.time()
+    running = [job for job in live if job["status"] != "queue"]
+    queued = [job for job in live if job["status"] == "queue"]
+    page = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>qpy: %s</title>"
+            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+            "td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}</style></head><body>"
+            % html.escape(qpy.state_dir()),
+            "<h1>qpy site %s</h1><p>%d of %d cores in use, %d jobs running, %d queued; "
+            "written %s.</p>" % (html.escape(qpy.state_dir()), site["cores_used"], site["cores"],
+                                  len(running), len(queued), qpy.format_time(now)),
+            table("Users", ["user", "cores in use", "queued"],
+                  [(u["user"], u["cores"], u["queued"]) for u in site["users"]]),
+            table("Nodes", ["node", "state", "cores used", "cores", "memory used (GB)",
+                            "memory (GB)", "GPUs used", "GPUs"],
+                  [(n["name"], n["state"] + (" (%s)" % n["state_reason"] if n["state_reason"]
+                                             else ""), n["cores_used"], n["cores"],
+                    n["memory_used_gb"], n["memory_gb"], n["gpus_used"], n["gpus"])
+                   for n in site["nodes"]]),
+            table("Running", ["job", "user", "node", "cores", "running for"],
+                  [(j["id"], j["user"], j["node"], j["n_cores"],
+                    qpy.format_span(qpy.run_time(j, now))) for j in running]),
+            table("Queued", ["job", "user", "cores", "waiting for", "why"],
+                  [(j["id"], j["user"], j["n_cores"], qpy.format_span(qpy.run_time(j, now)),
+                    j["reason"] or "") for j in queued]),
+            table("Recent failures (7 days)", ["job", "user", "node", "ended", "reason"],
+                  [(j["id"], j["user"], j["node"], qpy.format_time(j["ended_at"]),
+                    j["reason"] or "") for j in failed]),
+            "</body></html>\n"]
+    qpy.write_atomically(path, "".join(page).encode())
+    os.chmod(path, 0o644)
+    print("Report written to %s." % path)
+
+
 def backup(target):
     import sqlite3
     if os.path.exists(target):
@@ -487,6 +550,8 @@ def main(argv=None):
             return 1 if check_site() else 0
         elif args["doctor"]:
             return 1 if doctor(args["--as"]) else 0
+        elif args["report"]:
+            report(args["--html"])
         elif args["backup"]:
             backup(args["<file>"])
         elif args["restore"]:

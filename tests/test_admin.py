@@ -159,3 +159,35 @@ def test_doctor_on_a_personal_queue(site):
     os.chmod(os.path.join(site.state, "qpy.lock"), 0o644)
     result = site.run("doctor", admin=True)
     assert result.returncode == 1 and "PROBLEM  qpy.lock (mode 644): chmod 660" in result.stdout
+
+
+def test_html_report_renders_in_a_browser(site, tmp_path):
+    import shutil
+    import subprocess
+    site.ok("ctrlQueue", "pause")
+    queued = site.submit("-N", "<b>not bold</b>", "true")
+    failed = site.submit("exit 3")
+    site.ok("ctrlQueue", "continue")
+    wait_for(lambda: site.jobs()[failed]["status"] == "failed" and
+             site.jobs()[queued]["status"] == "done", what="the jobs")
+    site.ok("ctrlQueue", "pause")
+    waiting = site.submit("sleep 1")
+    wait_for(lambda: site.jobs()[waiting]["reason"] == "queue paused", what="its reason")
+    page = str(tmp_path / "report.html")
+    assert site.ok("report", "--html=" + page, admin=True) == "Report written to %s.\n" % page
+    text = open(page).read()
+    assert "<b>not bold</b>" not in text  # everything from users is escaped
+    browser = shutil.which("chromium")
+    if browser is None:
+        import pytest
+        pytest.skip("no chromium to render the page (make system-deps installs it as root)")
+    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu",
+                          "--disable-quic", "--no-first-run", "--disable-background-networking",
+                          "--disable-component-update", "--disable-sync",
+                          "--user-data-dir=" + str(tmp_path / "profile"), "--dump-dom",
+                          "file://" + page], capture_output=True, text=True, timeout=120).stdout
+    for heading in ("Users", "Nodes", "Running", "Queued", "Recent failures (7 days)"):
+        assert "<h2>%s</h2>" % heading in dom
+    assert "<td>%d</td>" % waiting in dom and "queue paused" in dom
+    assert "<td>%d</td>" % failed in dom and "exit code 3" in dom
+    assert "<td>localhost</td>" in dom
