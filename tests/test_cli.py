@@ -374,6 +374,7 @@ BAD_INPUT = [
 def test_bad_input_is_one_clear_line_and_changes_nothing(site, args, message):
     site.ok("ctrlQueue", "pause")
     job = site.submit("true")
+    wait_for(lambda: site.jobs()[job]["reason"] == "queue paused", what="the tick to settle")
     before = site.dump()
     err = site.fails(*args)
     assert message in err
@@ -395,6 +396,7 @@ def test_ctrlQueue_jump_without_pause_goes_to_stderr_with_the_fix(site):
     site.ok("nodes", os.path.join(site.work, "nodes"), admin=True)
     site.wait_status(site.submit("sleep", "60"), "running")
     jobs = [site.submit("sleep", "60") for _ in range(3)]
+    wait_for(lambda: all(site.jobs()[j]["reason"] for j in jobs), what="the ticks to settle")
     before = site.dump()
     err = site.fails("ctrlQueue", "jump", str(jobs[-1]), "begin")
     assert err == ("qpy: Pause the queue before trying to control it: qpy ctrlQueue pause\n")
