@@ -103,6 +103,13 @@ _qpy_admin() {
         COMPREPLY=($(compgen -W "$commands" -- "$cur"))
         return
     fi
+    if [ "$cur" = "?" ] || [ "${COMP_WORDS[COMP_CWORD-1]}" = "?" ]; then
+        # the line of 'qpy_admin.py --help' that describes this command, and a hint
+        COMPREPLY=("$("${COMP_WORDS[0]}" --help 2>/dev/null | grep -m1 "^  ${COMP_WORDS[1]} " |
+                      sed 's/^  *//; s/  */ /g')"
+                   "--- For all commands: ${COMP_WORDS[0]} --help")
+        return
+    fi
     case "${COMP_WORDS[1]}" in
         set) [ "$COMP_CWORD" -eq 2 ] && COMPREPLY=($(compgen -W "launch_timeout kill_grace \
                 heartbeat node_timeout probe_interval ssh_timeout" -- "$cur")) ;;

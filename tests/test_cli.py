@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from conftest import QPY, group_members, wait_for
+from conftest import QPY, QPY_ADMIN, group_members, wait_for
 
 
 def test_first_command_creates_a_private_state(site):
@@ -225,6 +225,9 @@ def test_colours_only_on_a_terminal(site):
     assert "\x1b[" not in site.ok("check")
     site.ok("config", "coloursScheme", "red", "green", "cyan", "white", "grey")
     assert "\x1b[36m%d (done)" % job in run_in_terminal(site, "check")
+    site.env["NO_COLOR"] = "1"  # https://no-color.org: the user's word beats the config
+    assert "\x1b[" not in run_in_terminal(site, "check")
+    del site.env["NO_COLOR"]
     site.ok("config", "colour", "false")
     assert "\x1b[" not in run_in_terminal(site, "check")
 
@@ -442,3 +445,11 @@ def test_completion_offers_the_users_own_job_ids(site):
                             "_qpy_admin; echo ${COMPREPLY[@]}" % script], capture_output=True,
                            text=True).stdout.split()
     assert admin == ["drain"]
+    bindir_admin = os.path.join(bindir, "qpy-admin")
+    with open(bindir_admin, "w") as f:
+        f.write("#!/bin/sh\nexec %s \"$@\"\n" % shlex.join(QPY_ADMIN))
+    os.chmod(bindir_admin, 0o755)
+    hint = subprocess.run(["bash", "-c", "source %s; COMP_WORDS=(qpy-admin drain '?'); "
+                           "COMP_CWORD=2; _qpy_admin; printf '%%s\\n' \"${COMPREPLY[@]}\""
+                           % script], env=env, capture_output=True, text=True).stdout
+    assert hint.startswith("drain <node> Start no new job on the node"), hint
