@@ -2161,7 +2161,7 @@ a job script too (a job never waits for itself).
 Example:
   qpy sub ./simulate.sh && qpy wait && ./analyse.sh
 """
-    ranges = ids_of(args["<jobs>"], "wait")
+    ranges = ids_of(args["<jobs>"])
     user = user_name()
     me = os.environ.get("QPY_JOB_ID")
 
@@ -2197,8 +2197,8 @@ Example:
     return 0 if all(s == "done" for s in status.values()) else 1
 
 
-def ids_of(words, command):
-    """Job IDs and ranges given to `command`, as ranges."""
+def ids_of(words):
+    """Job IDs and ranges given to a command, as ranges."""
     ranges = []
     for word in words:
         try:
@@ -2509,12 +2509,7 @@ Example:
         raise QpyError("Give the jobs to change position and the target: "
                        "qpy ctrlQueue jump <jobs>... <target|begin|end>")
     *job_words, target = args["<jobs>"]
-    ranges = []
-    for word in job_words:
-        try:
-            ranges += parse_idset(word)
-        except ValueError:
-            raise QpyError("Range with wrong format: %s" % word)
+    ranges = ids_of(job_words)
     if target not in ("begin", "end") and not target.isdigit():
         raise QpyError("Invalid jump position: %s (a job ID, begin or end)" % target)
 

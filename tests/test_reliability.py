@@ -123,7 +123,7 @@ def test_ctrl_c_leaves_no_half_done_state(site):
     job = site.submit("true")
     p = subprocess.Popen(QPY + ["wait", str(job)], cwd=site.work, env=site.env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(0.3)  # let it block
+    wait_for(lambda: catches_sigint(p.pid), what="qpy to take over Ctrl-C")
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=30)
     assert p.returncode == 130 and err == "qpy: interrupted.\n"
@@ -157,3 +157,10 @@ def test_backup_check_and_restore(site, tmp_path):
     open(os.path.join(spool, "stray.job"), "w").close()
     result = site.run("check", admin=True)
     assert result.returncode == 1 and "stray.job: a job file of no queued" in result.stdout
+
+
+def catches_sigint(pid):
+    """Has the process installed its own SIGINT handler (bit 2 of SigCgt)?"""
+    with open("/proc/%d/status" % pid) as f:
+        caught = [line for line in f if line.startswith("SigCgt:")][0].split()[1]
+    return int(caught, 16) & (1 << (signal.SIGINT - 1))
