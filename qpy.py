@@ -38,7 +38,7 @@ import sys
 import time
 
 VERSION = "0.1.0"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 STATUSES = ("queue", "running", "done", "failed", "killed", "undone")
@@ -266,6 +266,12 @@ def sql_statements(text):
 # How to bring a DB of schema N up to N + 1 (schema.sql is always the newest whole).
 MIGRATIONS = {
     1: ["CREATE INDEX jobs_by_spec ON jobs (spec)"],
+    2: ["ALTER TABLE nodes ADD COLUMN kind TEXT NOT NULL DEFAULT 'host' "
+        "CHECK (kind IN ('host', 'slurm'))"]
+       + ["ALTER TABLE nodes ADD COLUMN %s" % column for column in (
+           "partition TEXT", "max_jobs INTEGER CHECK (max_jobs >= 1)", "account TEXT",
+           "qos TEXT", "extra TEXT")]
+       + ["ALTER TABLE jobs ADD COLUMN slurm_id TEXT"],
 }
 
 
@@ -450,6 +456,7 @@ def job_fields(job, now, notes=""):
         "x": lambda: exit_text(job),
         "r": lambda: job["reason"] or "",
         "K": lambda: notes,
+        "I": lambda: job["slurm_id"] or "None",
     }
 
 
@@ -734,7 +741,9 @@ def find_script(argv, cwd):
     return None
 
 
-NODE_KEYS = {"address", "cores", "memory", "gpus", "attributes", "pref_multicore", "check_dir"}
+NODE_KEYS = {"address", "cores", "memory", "gpus", "attributes", "pref_multicore", "check_dir",
+             "type", "partition", "max_jobs", "account", "qos", "extra"}
+SLURM_KEYS = ("partition", "max_jobs", "account", "qos", "extra")  # only for type=slurm
 
 
 def parse_nodes_file(text):
@@ -742,13 +751,16 @@ def parse_nodes_file(text):
       the manual's   <name> <cores> [M]
       the original's <name> address=<host> cores=<n> memory=<GB> gpus=<n> attributes=a,b
                      pref_multicore=true|false
+      a Slurm pool   <name> type=slurm partition=<p> cores=<n> [max_jobs=<n>] [account=<a>]
+                     [qos=<q>] [extra="<more sbatch arguments>"] (and memory, gpus, attributes)
     Returns a list of node dicts; raises QpyError naming the line and the problem."""
+    import shlex
     nodes, names = [], set()
     for number, line in enumerate(text.splitlines(), 1):
-        words = line.split("#", 1)[0].split()
-        if not words:
-            continue
         try:
+            words = shlex.split(line.split("#", 1)[0])
+            if not words:
+                continue
             node = parse_node_line(words)
         except (ValueError, QpyError) as e:
             raise QpyError("nodes file, line %d: %s" % (number, e))
@@ -761,8 +773,9 @@ def parse_nodes_file(text):
 
 def parse_node_line(words):
     name, rest = words[0], words[1:]
-    node = {"name": name, "address": name, "cores": None, "mem": None, "gpus": 0,
-            "attributes": "", "pref_multicore": False}
+    node = {"name": name, "kind": "host", "address": name, "cores": None, "mem": None, "gpus": 0,
+            "attributes": "", "pref_multicore": False, "partition": None, "max_jobs": None,
+            "account": None, "qos": None, "extra": None}
     if rest and rest[0].isdigit():  # the manual's format
         node["cores"] = int(rest[0])
         for word in rest[1:]:
@@ -770,16 +783,18 @@ def parse_node_line(words):
                 raise QpyError("expected 'M' after the cores, got %r" % word)
             node["pref_multicore"] = True
         rest = []
+    given = set()
     for word in rest:
         key, equals, value = word.partition("=")
         if not equals:
             raise QpyError("expected a pair <key>=<value>, but got %r" % word)
         if key not in NODE_KEYS:
             raise QpyError("unknown key %r (keys: %s)" % (key, ", ".join(sorted(NODE_KEYS))))
+        given.add(key)
         if key == "address":
             node["address"] = value
-        elif key == "cores" or key == "gpus":
-            if not value.isdigit():
+        elif key in ("cores", "gpus", "max_jobs"):
+            if not value.isdigit() or (key == "max_jobs" and int(value) < 1):
                 raise QpyError("%s must be a whole number, not %r" % (key, value))
             node[key] = int(value)
         elif key == "memory":
@@ -795,10 +810,29 @@ def parse_node_line(words):
             node["attributes"] = ",".join(labels)
         elif key == "pref_multicore":
             node["pref_multicore"] = parse_bool(value)
+        elif key == "type":
+            if value not in ("host", "slurm"):
+                raise QpyError("type must be host or slurm, not %r" % value)
+            node["kind"] = value
+        elif key in SLURM_KEYS:
+            node[key] = value
     if node["cores"] is None:
         raise QpyError("node %s has no number of cores (cores=<n>)" % name)
-    if node["mem"] is None and is_local(node["address"]):
-        node["mem"] = machine_memory()
+    if node["kind"] == "slurm":
+        if not node["partition"]:
+            raise QpyError("Slurm pool %s needs its partition (partition=<name>)" % name)
+        if "address" in given:
+            raise QpyError("Slurm pool %s is reached by this machine's sbatch, not by an "
+                           "address" % name)
+        node["address"] = "localhost"
+        import shlex
+        shlex.split(node["extra"] or "")  # unbalanced quotes are refused here, not at sbatch
+    else:
+        if given & set(SLURM_KEYS):
+            raise QpyError("%s is only for Slurm pools (type=slurm)"
+                           % min(given & set(SLURM_KEYS)))
+        if node["mem"] is None and is_local(node["address"]):
+            node["mem"] = machine_memory()
     return node
 
 
@@ -816,8 +850,10 @@ def node_memory(node):
 
 
 def free_resources(nodes, live_jobs):
-    """{node name: {"cores", "mem", "gpus"}} left after what running and claimed jobs hold."""
-    free = {node["name"]: {"cores": node["cores"], "mem": node_memory(node), "gpus": node["gpus"]}
+    """{node name: {"cores", "mem", "gpus", "jobs"}} left after what running and claimed jobs
+    hold ("jobs": how many more a Slurm pool takes; unlimited for hosts)."""
+    free = {node["name"]: {"cores": node["cores"], "mem": node_memory(node), "gpus": node["gpus"],
+                           "jobs": node["max_jobs"] or float("inf")}
             for node in nodes}
     for job in live_jobs:
         if job["status"] in ("starting", "running") and job["node"] in free:
@@ -829,21 +865,24 @@ def hold(free_on_node, job):
     free_on_node["cores"] -= job["n_cores"]
     free_on_node["mem"] -= job["mem"]
     free_on_node["gpus"] -= job["gpus"]
+    free_on_node["jobs"] -= 1
 
 
 def fits(free_on_node, job):
     return (free_on_node["cores"] >= job["n_cores"] and free_on_node["mem"] >= job["mem"] - 1e-9
-            and free_on_node["gpus"] >= job["gpus"])
+            and free_on_node["gpus"] >= job["gpus"] and free_on_node["jobs"] >= 1)
 
 
 def choose_node(job, nodes, free):
-    """The node for a job, or None. Single-core jobs go to the node with the most free cores,
-    sparing the nodes marked for multicore jobs; multicore jobs take the first node that fits,
-    those marked 'M' first. Down and drained nodes are never chosen."""
+    """The node for a job, or None. The lab's own nodes come first: a Slurm pool gets a job
+    only when no host can start it now. Single-core jobs go to the node with the most free
+    cores, sparing the nodes marked for multicore jobs; multicore jobs take the first node that
+    fits, those marked 'M' first. Down and drained nodes are never chosen."""
     tree = parse_attributes(job["attributes"])
     candidates = [node for node in nodes
                   if node["state"] == "up" and fits(free[node["name"]], job)
                   and matches_attributes(tree, node_labels(node))]
+    candidates = [node for node in candidates if node["kind"] != "slurm"] or candidates
     if not candidates:
         return None
     if job["n_cores"] == 1:
@@ -857,8 +896,10 @@ def why_no_node(job, nodes):
     tree = parse_attributes(job["attributes"])
     matching = [node for node in nodes if matches_attributes(tree, node_labels(node))]
     if not any(node["state"] == "up" for node in matching):
-        return "waiting for a node: %s" % (
-            ", ".join("%s %s" % (n["name"], n["state"]) for n in matching) or "none matches")
+        return "waiting for a node: %s" % (", ".join(
+            "%s %s" % (n["name"], n["state"]) + (" (%s)" % n["state_reason"] if n["state"] ==
+                                                 "down" and n["state_reason"] else "")
+            for n in matching) or "none matches")
     return "waiting for resources"
 
 
@@ -1046,7 +1087,8 @@ def unsatisfiable_reason(request, nodes):
                for node in named):
         return "no node with %d cores has %g GB of memory (the largest has %g GB)" % (
             request["n_cores"], request["mem"], max(node_memory(node) for node in named))
-    if not any(fits({"cores": n["cores"], "mem": node_memory(n), "gpus": n["gpus"]}, request)
+    if not any(fits({"cores": n["cores"], "mem": node_memory(n), "gpus": n["gpus"],
+                     "jobs": 1}, request)
                for n in named):
         return "no node with %d cores and %g GB has %d GPUs" % (
             request["n_cores"], request["mem"], request["gpus"])
@@ -1068,7 +1110,8 @@ def tick_overdue(db, jobs):
     if meta_number(db, "tick_wanted"):
         return True
     stale = time.time() - meta_number(db, "launch_timeout")
-    local = {row[0] for row in db.execute("SELECT name, address FROM nodes") if is_local(row[1])}
+    local = {row[0] for row in db.execute("SELECT name, address FROM nodes WHERE kind = 'host'")
+             if is_local(row[1])}
     return any(job["status"] == "starting" and job["claimed_at"] < stale
                or job["status"] == "running" and job["node"] in local
                and not process_alive(job["runner_pid"], job["runner_boot"]) for job in jobs)
@@ -1107,12 +1150,17 @@ def tick_pass(keep=None):
     it may launch: a user's tick its user's own, root's tick anybody's, as their owner."""
     me = None if os.geteuid() == 0 else user_name()
     probe_down_nodes()
+    slurm, unreachable = follow_pools(me)
 
     def claim(db):
         db.execute("UPDATE meta SET value = '0' WHERE key = 'tick_wanted'")
         db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_tick', ?)",
                    (str(time.time()),))
-        reconcile(db, me)
+        db.execute("INSERT INTO meta (key, value) VALUES ('tick_passes', '1') "
+                   "ON CONFLICT (key) DO UPDATE SET value = value + 1")
+        for pool, error in unreachable.items():
+            mark_down(db, pool, "squeue failed: " + error, time.time())
+        reconcile(db, me, slurm)
         if not meta_number(db, "dispatch"):
             return []
         nodes = db.execute("SELECT * FROM nodes ORDER BY position, name").fetchall()
@@ -1130,19 +1178,22 @@ def tick_pass(keep=None):
                 db.execute("UPDATE jobs SET reason = ? WHERE id = ?",
                            (pending[job["id"]], job["id"]))
         by_id = {job["id"]: job for job in live}
+        pools = {node["name"]: node["kind"] == "slurm" for node in nodes}
         devices = gpus_in_use(live)
         claims = []
         now = time.time()
         for job_id, node_name in placements:
             if me is not None and by_id[job_id]["user"] != me:
                 continue  # its owner's tick (or root's) will start it
-            ids = pick_gpus(devices.setdefault(node_name, set()), by_id[job_id]["gpus"])
+            # a host's GPUs are numbered by qpy; a pool's by Slurm (CUDA_VISIBLE_DEVICES)
+            ids = [] if pools.get(node_name) else pick_gpus(devices.setdefault(node_name, set()),
+                                                            by_id[job_id]["gpus"])
             db.execute("UPDATE jobs SET status = 'starting', node = ?, attempt = attempt + 1, "
-                       "claimed_at = ?, reason = NULL, gpu_ids = ? WHERE id = ?",
-                       (node_name, now, ",".join(map(str, ids)), job_id))
-            row = db.execute("SELECT j.id, j.attempt, j.user, j.node, j.spec, n.address "
-                             "FROM jobs j JOIN nodes n ON n.name = j.node WHERE j.id = ?",
-                             (job_id,)).fetchone()
+                       "claimed_at = ?, reason = NULL, gpu_ids = ?, slurm_id = NULL "
+                       "WHERE id = ?", (node_name, now, ",".join(map(str, ids)), job_id))
+            row = db.execute("SELECT j.*, n.kind, n.address, n.partition, n.account, n.qos, "
+                             "n.extra FROM jobs j JOIN nodes n ON n.name = j.node "
+                             "WHERE j.id = ?", (job_id,)).fetchone()
             claims.append(dict(row))
         return claims
 
@@ -1215,33 +1266,40 @@ def share_holders(db):
     return names or [row[0] for row in db.execute("SELECT name FROM users ORDER BY rowid")]
 
 
-def reconcile(db, me=None):
+def reconcile(db, me=None, slurm=None):
     """Inside the tick's transaction: take back claims nobody confirmed in time, harvest exit
     records the DB missed, and end running jobs whose runner or node is gone. A user's tick
-    looks only at that user's jobs (other users' files are closed to it); root's at all."""
+    looks only at that user's jobs (other users' files are closed to it); root's at all.
+    slurm: what follow_pools learnt, {pool: {Slurm ID: (state, reason)}}; a pool missing there
+    did not answer, and its jobs are left as they are."""
     now = time.time()
+    slurm = slurm or {}
     mine = "1" if me is None else "+j.user = ?"  # "+": stay on the index of live jobs
     who = () if me is None else (me,)
     timeout = meta_number(db, "launch_timeout")
+    # (a job handed to Slurm may wait there for hours: it has its Slurm ID, and Slurm's word)
     for job in db.execute("SELECT j.* FROM jobs j WHERE j." + LIVE_SQL + " AND "
-                          "j.status = 'starting' AND j.claimed_at < ? AND " + mine,
-                          (now - timeout,) + who).fetchall():
+                          "j.status = 'starting' AND j.claimed_at < ? AND (j.slurm_id IS NULL "
+                          "OR j.node NOT IN (SELECT name FROM nodes)) AND " + mine, (now - timeout,) + who).fetchall():
         requeue(db, job, "launch timed out")
     node_timeout = meta_number(db, "node_timeout")
-    for job in db.execute("SELECT j.*, n.address FROM jobs j LEFT JOIN nodes n ON n.name = j.node "
-                          "WHERE j." + LIVE_SQL + " AND j.status = 'running' AND " + mine,
-                          who).fetchall():
-        record = read_exit_record(job)
+    for job in db.execute("SELECT j.*, n.kind, n.address FROM jobs j "
+                          "LEFT JOIN nodes n ON n.name = j.node WHERE j." + LIVE_SQL + " AND "
+                          "j.status != 'queue' AND " + mine, who).fetchall():
+        record = read_exit_record(job) if job["status"] == "running" else None
         if record is not None:
             finish_job(db, job, record)
-        elif is_local(job["address"]):
+        elif job["slurm_id"] and job["node"] in slurm:
+            follow_slurm_job(db, job, slurm[job["node"]].get(job["slurm_id"]))
+        elif job["status"] == "starting":
+            continue
+        elif job["kind"] == "host" and is_local(job["address"]):
             if not process_alive(job["runner_pid"], job["runner_boot"]):
                 stop_orphans(job)
                 end_lost_job(db, job, "runner lost")
         elif now - last_heartbeat(job) > node_timeout:
-            db.execute("UPDATE nodes SET state = 'down', state_reason = ?, probed_at = ? "
-                       "WHERE name = ? AND state = 'up'",
-                       ("no heartbeat from job %d" % job["id"], now, job["node"]))
+            if job["kind"] != "slurm":  # one lost job does not make a Slurm pool down
+                mark_down(db, job["node"], "no heartbeat from job %d" % job["id"], now)
             if job["requeue"] and not job["kill_requested"]:
                 requeue(db, job, "requeued: node lost")
             else:
@@ -1251,8 +1309,8 @@ def reconcile(db, me=None):
 def requeue(db, job, reason):
     """Back to the queue, as if never claimed (its started marker, if any, is void)."""
     remove_quietly(run_file(job["user"], job["id"], "started"))
-    db.execute("UPDATE jobs SET status = 'queue', node = NULL, reason = ?, runner_pid = NULL "
-               "WHERE id = ?", (reason, job["id"]))
+    db.execute("UPDATE jobs SET status = 'queue', node = NULL, reason = ?, runner_pid = NULL, "
+               "slurm_id = NULL WHERE id = ?", (reason, job["id"]))
     request_tick(db)
 
 
@@ -1282,12 +1340,12 @@ def read_exit_record(job):
 
 def finish_job(db, job, record):
     """Record the end of a running job (from its exit record) and remove its files."""
-    status = record["status"]
-    if job["kill_requested"] and status != "done":
-        status = "killed"
+    status, reason = record["status"], record.get("reason")
+    if job["kill_requested"] and status not in ("done", "killed"):
+        status, reason = "killed", "killed by the user"
     db.execute("UPDATE jobs SET status = ?, exit_code = ?, signal = ?, reason = ?, ended_at = ?, "
                "max_rss = ?, cpu_time = ? WHERE id = ? AND attempt = ? AND status = 'running'",
-               (status, record.get("exit_code"), record.get("signal"), record.get("reason"),
+               (status, record.get("exit_code"), record.get("signal"), reason,
                 record["ended_at"], record.get("max_rss"), record.get("cpu_time"),
                 job["id"], job["attempt"]))
     request_tick(db)
@@ -1297,7 +1355,8 @@ def finish_job(db, job, record):
 def discard_job_files(db, job):
     """Remove an ended job's files. The job file and script copy are shared by the jobs of an
     array: they go with the last of them."""
-    remove_quietly(*(run_file(job["user"], job["id"], kind) for kind in ("exit", "hb", "started")))
+    remove_quietly(*(run_file(job["user"], job["id"], kind)
+                     for kind in ("exit", "hb", "started", "slurm")))
     if db.execute("SELECT 1 FROM jobs WHERE spec = ? AND id != ? AND status IN "
                   "('queue', 'starting', 'running') LIMIT 1", (job["spec"], job["id"])).fetchone():
         return
@@ -1415,20 +1474,31 @@ def qpy_on_node(*args):
 
 def run_on_nodes(calls):
     """Run [(address, command, owner)] by ssh (directly for this machine), all at once, each as
-    its owner (a pwd entry; None: as ourselves); return [(exit status, error text)]. stderr
-    goes to a file: a multiplexing master that stays behind must not hold a pipe."""
-    import subprocess
-    import tempfile
+    its owner (a pwd entry; None: as ourselves); return [(exit status, error text)]."""
     if not calls:
         return []
     timeout = int(atomically(lambda db: meta_number(db, "ssh_timeout"), write=False))
-    started = []
+    commands = []
     for address, command, owner in calls:
-        uid = owner.pw_uid if owner else os.getuid()
-        argv, sockets = ssh_command(address, command, timeout, uid)
         if is_local(address):  # this machine: the same command, without ssh
-            argv, sockets = command, None
-        err = tempfile.TemporaryFile()
+            commands.append((command, owner, None))
+        else:
+            argv, sockets = ssh_command(address, command, timeout,
+                                        owner.pw_uid if owner else os.getuid())
+            commands.append((argv, owner, sockets))
+    return [(status, error) for status, _, error in run_all(commands, 2 * timeout + 30)]
+
+
+def run_all(commands, timeout):
+    """Run [(argv, owner, ssh socket directory or None)] all at once, each as its owner (a pwd
+    entry; None: as ourselves), and wait for them (killing any still running after `timeout`
+    seconds). Returns [(exit status, stdout, last line of stderr)]. Output goes to files: a
+    multiplexing master that stays behind must not hold a pipe."""
+    import subprocess
+    import tempfile
+    started = []
+    for argv, owner, sockets in commands:
+        out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
 
         def prepare(owner=owner, sockets=sockets):
             if owner:
@@ -1439,25 +1509,28 @@ def run_on_nodes(calls):
         if owner:
             env.update(HOME=owner.pw_dir, USER=owner.pw_name, LOGNAME=owner.pw_name)
         try:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=err, start_new_session=True, preexec_fn=prepare,
-                                    env=env)
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                    start_new_session=True, preexec_fn=prepare, env=env)
         except (OSError, subprocess.SubprocessError) as e:
             proc = e
-        started.append((proc, err))
+        started.append((proc, out, err))
     results = []
-    for proc, err in started:
+    deadline = time.time() + timeout
+    for proc, out, err in started:
         if isinstance(proc, Exception):
-            results.append((255, str(proc)))
+            results.append((255, "", str(proc)))
             continue
         try:
-            status = proc.wait(timeout=2 * timeout + 30)
+            status = proc.wait(timeout=max(0.1, deadline - time.time()))
         except subprocess.TimeoutExpired:
             proc.kill()
             status = proc.wait()
+        out.seek(0)
         err.seek(0)
         text = err.read().decode(errors="replace").strip().splitlines()
-        results.append((status, text[-1] if text else "exit status %d" % status))
+        results.append((status, out.read().decode(errors="replace"),
+                        text[-1] if text else "exit status %d" % status))
+        out.close()
         err.close()
     return results
 
@@ -1502,10 +1575,11 @@ def become(owner):
 
 
 def launch_all(claims):
-    """Start the runners of claimed jobs: by fork on this machine, by ssh elsewhere (in
-    parallel), as their owners when root runs the tick. A job whose launch fails goes back to
-    the queue and its node is marked down; a job whose files are not its owner's fails."""
-    failures, refused = [], []
+    """Start the runners of claimed jobs: by fork on this machine, by ssh elsewhere, by sbatch
+    into a Slurm pool (all in parallel), as their owners when root runs the tick. A job whose
+    launch fails goes back to the queue and its node is marked down (probed later); a job whose
+    files are not its owner's fails."""
+    failures, refused, submitted = [], [], []
     owners = {}
     for job in claims:
         if os.geteuid() == 0:
@@ -1518,61 +1592,92 @@ def launch_all(claims):
     # A runner is always a fresh process (never a fork of this one: its stack and state would
     # pile up, job after job), started by ssh on its node or directly here.
     ready = [job for job in claims if job["id"] in owners]
+    hosts = [job for job in ready if job["kind"] == "host"]
+    pooled = [job for job in ready if job["kind"] == "slurm"]
     calls = [(job["address"], qpy_on_node("_run", job["id"], job["attempt"]), owners[job["id"]])
-             for job in ready]
-    for job, (status, error) in zip(ready, run_on_nodes(calls)):
+             for job in hosts]
+    for job, (status, error) in zip(hosts, run_on_nodes(calls)):
         if status != 0:
             failures.append((job, error))
-    if not failures and not refused:
+    commands = [(sbatch_command(job), owners[job["id"]], None) for job in pooled]
+    for job, (status, out, error) in zip(pooled, run_all(commands, SLURM_TIMEOUT)):
+        slurm_id = out.strip().split(";")[0]  # --parsable: <id> or <id>;<cluster>
+        if status == 0 and slurm_id.isdigit():
+            submitted.append((job, slurm_id))
+        else:
+            failures.append((job, error if status else "sbatch said %r" % out.strip()))
+    if not (failures or refused or submitted):
         return
 
-    def unclaim(db):
+    def record(db):
         now = time.time()
+        for job, slurm_id in submitted:  # the runner may have confirmed already
+            db.execute("UPDATE jobs SET slurm_id = ? WHERE id = ? AND attempt = ?",
+                       (slurm_id, job["id"], job["attempt"]))
+            db.execute("UPDATE jobs SET reason = 'waiting in Slurm' "
+                       "WHERE id = ? AND attempt = ? AND status = 'starting'",
+                       (job["id"], job["attempt"]))
         for job, error in failures:
             db.execute("UPDATE jobs SET status = 'queue', node = NULL, reason = ? "
                        "WHERE id = ? AND attempt = ? AND status = 'starting'",
                        ("launch failed on %s: %s" % (job["node"], error), job["id"],
                         job["attempt"]))
-            db.execute("UPDATE nodes SET state = 'down', state_reason = ?, probed_at = ? "
-                       "WHERE name = ? AND state = 'up'", ("launch failed: " + error, now,
-                                                           job["node"]))
+            mark_down(db, job["node"], "launch failed: " + error, now)
         for job, error in refused:
             db.execute("UPDATE jobs SET status = 'failed', reason = ?, ended_at = ? "
                        "WHERE id = ? AND attempt = ? AND status = 'starting'",
                        (error, now, job["id"], job["attempt"]))
-        request_tick(db)
-    atomically(unclaim)
+        if failures or refused:
+            request_tick(db)
+    atomically(record)
+
+
+def mark_down(db, node, reason, now):
+    """No job starts on a node that is down; probe_down_nodes tries it again later."""
+    db.execute("UPDATE nodes SET state = 'down', state_reason = ?, probed_at = ? "
+               "WHERE name = ? AND state = 'up'", (reason, now, node))
 
 
 def probe_down_nodes():
-    """ssh to each down node whose last probe is old enough; those that answer are up again."""
+    """Probe each down node whose last probe is old enough (ssh for a host, sinfo for a Slurm
+    pool); those that answer are up again."""
     def due(db):
-        return db.execute("SELECT name, address FROM nodes WHERE state = 'down' AND "
-                          "(probed_at IS NULL OR probed_at < ?)",
+        return db.execute("SELECT name, kind, address, partition FROM nodes "
+                          "WHERE state = 'down' AND (probed_at IS NULL OR probed_at < ?)",
                           (time.time() - meta_number(db, "probe_interval"),)).fetchall()
     nodes = atomically(due, write=False)
     if not nodes:
         return
+    answers = {}
+    pools = [node for node in nodes if node["kind"] == "slurm"]
+    for node, (status, out, error) in zip(pools, run_all(
+            [(slurm_probe(node), None, None) for node in pools], SLURM_TIMEOUT)):
+        answers[node["name"]] = (status, error) if status else (
+            (0, "") if out.split() == ["up"] else (1, "partition %s is %s" % (
+                node["partition"], " ".join(out.split()) or "unknown to Slurm")))
+    hosts = [node for node in nodes if node["kind"] == "host" and not is_local(node["address"])]
     prober = None
-    if os.geteuid() == 0:  # root need not reach the nodes: probe as a user who needs them
+    if hosts and os.geteuid() == 0:  # root need not reach the nodes: probe as a user who needs them
         import pwd
         waiting = atomically(lambda db: db.execute(
             "SELECT user FROM jobs WHERE " + LIVE_SQL + " AND status = 'queue' LIMIT 1")
             .fetchone(), write=False)
-        if waiting is None:
-            return
         try:
-            prober = pwd.getpwnam(waiting[0])
+            prober = pwd.getpwnam(waiting[0]) if waiting else None
         except KeyError:
-            return
-    results = run_on_nodes([(node["address"], ["true"], prober) for node in nodes
-                            if not is_local(node["address"])])
-    answers = dict(zip([n["name"] for n in nodes if not is_local(n["address"])], results))
+            prober = None
+        if prober is None:
+            hosts = []
+    results = run_on_nodes([(node["address"], ["true"], prober) for node in hosts])
+    answers.update(zip([node["name"] for node in hosts], results))
 
     def record(db):
         now = time.time()
         for node in nodes:
             status, error = answers.get(node["name"], (0, ""))
+            if node["kind"] == "host" and not is_local(node["address"]) and \
+                    node["name"] not in answers:
+                continue  # not probed (root with nobody waiting for it)
             if status == 0:
                 db.execute("UPDATE nodes SET state = 'up', state_reason = NULL, probed_at = ? "
                            "WHERE name = ? AND state = 'down'", (now, node["name"]))
@@ -1581,6 +1686,107 @@ def probe_down_nodes():
                 db.execute("UPDATE nodes SET probed_at = ?, state_reason = ? WHERE name = ?",
                            (now, "probe failed: " + error, node["name"]))
     atomically(record)
+
+
+# --------------------------------------------------------------------------------------------
+# Slurm pools: the tick hands a placed job to sbatch, as its owner; the batch job runs qpy's
+# runner (so the started marker, exit record and accounting are as on any node); each tick
+# follows all of a pool's jobs with one squeue. qpy never schedules inside Slurm.
+# --------------------------------------------------------------------------------------------
+
+SLURM_TIMEOUT = 60  # seconds; sbatch and squeue retry for a while when slurmctld is down
+# Slurm's end states, and what a job that ended so without an exit record becomes.
+SLURM_ENDINGS = {
+    "TIMEOUT": "time limit", "CANCELLED": "cancelled in Slurm",
+    "NODE_FAIL": "node failure in Slurm", "PREEMPTED": "preempted in Slurm",
+    "OUT_OF_MEMORY": "out of memory in Slurm", "BOOT_FAIL": "node boot failure in Slurm",
+    "DEADLINE": "deadline passed in Slurm", "COMPLETED": "ended in Slurm without an exit record",
+    "FAILED": "failed in Slurm without an exit record", "REVOKED": "revoked by Slurm",
+    "SPECIAL_EXIT": "special exit in Slurm"}
+SLURM_REQUEUABLE = ("NODE_FAIL", "PREEMPTED", "BOOT_FAIL")  # not the job's fault: --requeue
+SLURM_RUNNING = ("RUNNING", "COMPLETING", "SIGNALING", "STAGE_OUT")
+
+
+def sbatch_command(job):
+    """The sbatch call that hands a claimed job to its pool: its cores, memory, GPUs and time
+    limit as Slurm requests (Slurm's limit a little later than qpy's own, so that the runner
+    ends the job and records it), the runner as the batch script."""
+    import math
+    import shlex
+    argv = ["sbatch", "--parsable", "--job-name=qpy_%d" % job["id"],
+            "--partition=" + job["partition"], "--ntasks=1",
+            "--cpus-per-task=%d" % job["n_cores"], "--chdir=" + job["cwd"],
+            "--output=" + run_file(job["user"], job["id"], "slurm")]
+    if job["mem"] > 0:
+        argv.append("--mem=%dM" % math.ceil(job["mem"] * 1024))
+    if job["gpus"]:
+        argv.append("--gres=gpu:%d" % job["gpus"])
+    if job["time_limit"]:
+        argv.append("--time=%d" % (math.ceil(job["time_limit"] / 60) + 2))  # minutes
+    if job["account"]:
+        argv.append("--account=" + job["account"])
+    if job["qos"]:
+        argv.append("--qos=" + job["qos"])
+    argv += shlex.split(job["extra"] or "")
+    return argv + ["--wrap", "exec " + shlex.join(qpy_on_node("_slurm", job["id"],
+                                                                  job["attempt"]))]
+
+
+def slurm_probe(pool):
+    return ["sinfo", "--noheader", "--partition=" + pool["partition"], "--format=%a"]
+
+
+def follow_pools(me):
+    """One squeue per pool for all its qpy jobs (outside the lock: Slurm may be slow). Returns
+    ({pool: {Slurm ID: (state, Slurm's reason)}} for the pools that answered, {pool: error}).
+    A user's tick follows only that user's jobs."""
+    def read(db):
+        return db.execute("SELECT j.node, j.slurm_id FROM jobs j JOIN nodes n ON n.name = j.node "
+                          "WHERE j." + LIVE_SQL + " AND j.status != 'queue' AND n.kind = 'slurm' "
+                          "AND j.slurm_id IS NOT NULL" + ("" if me is None else " AND +j.user = ?"),
+                          () if me is None else (me,)).fetchall()
+    ids = {}
+    for node, slurm_id in atomically(read, write=False):
+        ids.setdefault(node, []).append(slurm_id)
+    pools = sorted(ids)
+    commands = [(["squeue", "--noheader", "--states=all", "--format=%i|%T|%r",
+                  "--jobs=" + ",".join(ids[pool])], None, None) for pool in pools]
+    states, errors = {}, {}
+    for pool, (status, out, error) in zip(pools, run_all(commands, SLURM_TIMEOUT)):
+        if status == 0 or "Invalid job id" in error:  # only unknown IDs: all of them vanished
+            states[pool] = {fields[0]: (fields[1], fields[2]) for fields in
+                            (line.split("|") for line in out.splitlines()) if len(fields) == 3}
+        else:
+            errors[pool] = error
+    return states, errors
+
+
+def follow_slurm_job(db, job, slurm_state):
+    """Inside the tick's transaction: a pool job that has no exit record, and what squeue says
+    of it (None: Slurm no longer knows it). A job Slurm still holds waits; one that ended in
+    Slurm without qpy's record ends (or is queued again, for --requeue and a fault of Slurm's)."""
+    state, why = slurm_state or ("VANISHED", None)
+    if state in SLURM_RUNNING:
+        return
+    if state in SLURM_ENDINGS or state == "VANISHED":
+        reason = SLURM_ENDINGS.get(state, "vanished from Slurm")
+        if job["status"] == "starting":
+            reason = "Slurm job %s ended before qpy's runner started it: %s" % (
+                job["slurm_id"], state)
+        if job["requeue"] and not job["kill_requested"] and (
+                state in SLURM_REQUEUABLE or job["status"] == "starting"):
+            requeue(db, job, "requeued: " + reason)
+        elif job["status"] == "starting":
+            db.execute("UPDATE jobs SET status = 'failed', reason = ?, ended_at = ? WHERE id = ?",
+                       (reason, time.time(), job["id"]))
+            discard_job_files(db, job)
+            request_tick(db)
+        else:
+            end_lost_job(db, job, reason)
+    elif job["status"] == "starting":
+        waiting = "waiting in Slurm" + ("" if why in (None, "None") else " (%s)" % why)
+        if job["reason"] != waiting:
+            db.execute("UPDATE jobs SET reason = ? WHERE id = ?", (waiting, job["id"]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -1599,7 +1805,15 @@ def job_environment(spec, job, node):
         if name not in env:
             env[name] = str(job["n_cores"])
             chosen.append(name)
-    if job["gpus"]:
+    if job["kind"] == "slurm":  # Slurm's own word on the allocation, and its GPUs
+        for name in ("SLURM_JOB_ID", "SLURM_JOB_NODELIST", "SLURMD_NODENAME",
+                     "CUDA_VISIBLE_DEVICES"):
+            if name in os.environ:
+                env[name] = os.environ[name]
+                chosen.append(name)
+        if job["gpus"] and "CUDA_VISIBLE_DEVICES" in os.environ:
+            env["QPY_GPUS"] = os.environ["CUDA_VISIBLE_DEVICES"]
+    elif job["gpus"]:
         env.update(CUDA_VISIBLE_DEVICES=job["gpu_ids"], QPY_GPUS=job["gpu_ids"])
         chosen.append("CUDA_VISIBLE_DEVICES")
     if job["array_index"] is not None:
@@ -1639,9 +1853,11 @@ def exec_job(job, spec, env, go):
 
 
 def run_job(job_id, attempt):
-    """The runner: confirm the claim, run the command, record how it ended, then tick."""
-    job = atomically(lambda db: db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone(),
-                     write=False)
+    """The runner: confirm the claim, run the command, record how it ended, then tick (not in
+    a Slurm pool: Slurm's machines may not reach the lab's nodes; the site's timer ticks)."""
+    job = atomically(lambda db: db.execute("SELECT j.*, n.kind FROM jobs j LEFT JOIN nodes n "
+                                           "ON n.name = j.node WHERE j.id = ?", (job_id,))
+                     .fetchone(), write=False)
     if job is None or job["status"] != "starting" or job["attempt"] != attempt:
         return
     try:
@@ -1712,7 +1928,7 @@ def run_job(job_id, attempt):
                 finish_job(db, row, record)
         keep_trying(lambda: atomically(store), heartbeat)
         crash_point("runner:stored")
-        return tick(keep=(job["node"], job["user"]))
+        return None if job["kind"] == "slurm" else tick(keep=(job["node"], job["user"]))
     finally:  # the runner may go on with another job: leave nothing open behind
         signal.set_wakeup_fd(-1)
         os.close(wake_r)
@@ -1766,7 +1982,8 @@ def supervise(job, pid, stop, wake):
                 pass
             next_beat = now + beat
         if stopping is None and (stop["asked"] or (time_up and now >= time_up)):
-            stopping = "killed by the user" if stop["asked"] else "time limit"
+            # SIGTERM: qpy kill, or Slurm, or a shutdown (finish_job tells which from the DB)
+            stopping = "terminated by SIGTERM" if stop["asked"] else "time limit"
             signal_group(pid, signal.SIGTERM)
             hard_kill_at = now + grace
         if hard_kill_at is not None and now >= hard_kill_at:
@@ -1792,7 +2009,7 @@ def supervise(job, pid, stop, wake):
         if record["exit_code"]:
             record["reason"] = "exit code %d" % record["exit_code"]
     if stopping:
-        record["status"] = "killed" if stopping == "killed by the user" else "failed"
+        record["status"] = "failed"
         record["reason"] = stopping
     else:
         record["status"] = "done" if record["exit_code"] == 0 else "failed"
@@ -2147,6 +2364,7 @@ def job_record(job, notes=""):
         "queued_at": job["queued_at"], "started_at": job["started_at"],
         "ended_at": job["ended_at"], "exit_code": job["exit_code"], "signal": job["signal"],
         "max_rss_kb": job["max_rss"], "cpu_time_s": job["cpu_time"], "attempts": job["attempt"],
+        "slurm_id": job["slurm_id"],
         "notes": notes.strip("\n"),
     }
 
@@ -2275,6 +2493,8 @@ Examples:
             else:
                 unqueue(db, job, "killed while queued")
                 removed += 1
+                if job["slurm_id"]:  # handed to Slurm already: cancel it there too
+                    to_signal.append(dict(job))
         if not removed and not to_signal:
             raise nothing_to_do(db, user, ranges, "kill")
         return removed, to_signal
@@ -2282,24 +2502,33 @@ Examples:
     removed, to_signal = atomically(mark)
     if removed:
         print("%s removed from the queue." % plural(removed, "job"))
-    if to_signal:
-        print("%s will be killed." % plural(len(to_signal), "job"))
+    running = [job for job in to_signal if job["status"] == "running"]
+    if running:
+        print("%s will be killed." % plural(len(running), "job"))
     sys.stdout.flush()
     signal_jobs(to_signal)
 
 
 def signal_jobs(jobs):
-    """Ask the runners of these jobs to stop them: directly here, by ssh on other nodes. A job
-    whose runner is gone, or whose node cannot be reached, is ended by the tick (its kill
-    request is recorded)."""
-    addresses = dict(atomically(lambda db: db.execute("SELECT name, address FROM nodes")
-                                .fetchall(), write=False))
-    local = [job for job in jobs if is_local(addresses.get(job["node"], ""))]
-    remote = [job for job in jobs if job not in local]
+    """Ask the runners of these jobs to stop them: directly here, by ssh on other nodes, by
+    scancel in a Slurm pool (the runner gets Slurm's SIGTERM). A job whose runner is gone, or
+    whose node cannot be reached, is ended by the tick (its kill request is recorded)."""
+    nodes = {node["name"]: node for node in atomically(
+        lambda db: db.execute("SELECT name, kind, address FROM nodes").fetchall(), write=False)}
+    pooled = [job for job in jobs if job["slurm_id"]]
+    hosts = [job for job in jobs if job not in pooled and job["status"] == "running"]
+
+    def address(job):  # (a job's node may have been removed meanwhile)
+        return nodes[job["node"]]["address"] if job["node"] in nodes else job["node"]
+    local = [job for job in hosts if is_local(address(job))]
+    remote = [job for job in hosts if job not in local]
     lost = [job for job in local if not signal_runner(job)]
-    results = run_on_nodes([(addresses.get(job["node"]) or job["node"],
-                             qpy_on_node("_signal", job["id"]), None) for job in remote])
-    if lost or any(status != 0 for status, _ in results):
+    results = run_on_nodes([(address(job), qpy_on_node("_signal", job["id"]), None)
+                            for job in remote])
+    if pooled:
+        results += [result[:1] for result in run_all(
+            [(["scancel"] + [job["slurm_id"] for job in pooled], None, None)], SLURM_TIMEOUT)]
+    if lost or any(result[0] != 0 for result in results):
         tick()
 
 
@@ -2404,7 +2633,8 @@ def site_report(holders, busy, nodes, live):
     for node in nodes:
         left = free[node["name"]]
         rows.append({
-            "name": node["name"], "address": node["address"], "state": node["state"],
+            "name": node["name"], "kind": node["kind"], "address": node["address"],
+            "state": node["state"],
             "state_reason": node["state_reason"],
             "attributes": [a for a in node["attributes"].split(",") if a],
             "cores": node["cores"], "cores_used": node["cores"] - left["cores"],
@@ -2422,7 +2652,8 @@ Without arguments, show your settings. With a key, change it; 'default' restores
 
 Keys:
   checkFMT '<pattern>'     layout of check; keys %j %s %c %d %n %N %R %Q %S %E, and
-                           %a %m %A %x (exit code) %r (reason) %K (notes); \\n \\t allowed
+                           %a %m %A %x (exit code) %r (reason) %K (notes) %I (Slurm job
+                           ID); \\n \\t allowed
   colour true|false        colour the output of check (only on a terminal)
   coloursScheme <queue> <running> <done> <killed> <undone> [<failed>]
                            from grey red green yellow blue magenta cyan white
@@ -2682,6 +2913,13 @@ def node_run(job_id, attempt):
     return 0
 
 
+def node_slurm(job_id, attempt):
+    """`qpy.py _slurm ID ATTEMPT`: the batch script of a job handed to a Slurm pool. The runner
+    stays in the foreground: Slurm's job lasts as long as qpy's."""
+    runner(int(job_id), int(attempt))
+    return 0
+
+
 def node_signal(job_id):
     """`qpy.py _signal ID`, started by qpy kill over ssh on the job's node."""
     job = atomically(lambda db: db.execute("SELECT * FROM jobs WHERE id = ?", (int(job_id),))
@@ -2700,7 +2938,8 @@ def completion_ids(which="all"):
 
 
 # Commands qpy runs for itself (not for users): on nodes, and for TAB completion.
-NODE_COMMANDS = {"_run": node_run, "_signal": node_signal, "_ids": completion_ids}
+NODE_COMMANDS = {"_run": node_run, "_slurm": node_slurm, "_signal": node_signal,
+                 "_ids": completion_ids}
 
 
 def usage_text():

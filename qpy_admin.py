@@ -34,6 +34,8 @@ Commands:
                      <name> <cores> [M]
                      <name> address=<host> cores=<n> memory=<GB> gpus=<n> attributes=a,b
                             pref_multicore=true
+                     <name> type=slurm partition=<p> cores=<n> [max_jobs=<n>] [account=<a>]
+                            [qos=<q>] [extra="<sbatch arguments>"]  (a Slurm pool)
                    Nodes no longer listed are removed; running jobs are kept and finish.
   users [<file>]   Load allowed_users (default <state>/allowed_users): one user name per line.
                    Only they may submit, and the cores are shared among them. An empty file
@@ -69,13 +71,15 @@ Commands:
                    --dir (default /etc/systemd/system).
 """
 import os
+import shlex
 import sys
 
 import qpy
 
 SETTINGS = ("launch_timeout", "kill_grace", "heartbeat", "node_timeout", "probe_interval",
             "ssh_timeout")
-NODE_COLUMNS = ("name", "address", "cores", "mem", "gpus", "attributes", "pref_multicore")
+NODE_COLUMNS = ("name", "kind", "address", "cores", "mem", "gpus", "attributes", "pref_multicore",
+                "partition", "max_jobs", "account", "qos", "extra")
 
 
 def store_nodes(nodes, replace_all):
@@ -182,7 +186,14 @@ def list_nodes():
     nodes = qpy.atomically(lambda db: db.execute("SELECT * FROM nodes ORDER BY position, name")
                            .fetchall(), write=False)
     for node in nodes:
-        settings = ["address=%s" % node["address"], "cores=%d" % node["cores"]]
+        if node["kind"] == "slurm":
+            settings = ["type=slurm", "partition=%s" % node["partition"]]
+            settings += ["%s=%s" % (key, node[key]) for key in ("max_jobs", "account", "qos")
+                         if node[key] is not None]
+            settings += ["extra=%s" % shlex.quote(node["extra"])] if node["extra"] else []
+            settings.append("cores=%d" % node["cores"])
+        else:
+            settings = ["address=%s" % node["address"], "cores=%d" % node["cores"]]
         if node["mem"] is not None:
             settings.append("memory=%g" % node["mem"])
         if node["gpus"]:
@@ -202,7 +213,8 @@ def variables():
         return (db.execute("SELECT key, value FROM meta ORDER BY key").fetchall(),
                 db.execute("SELECT * FROM nodes ORDER BY position, name").fetchall(),
                 db.execute("SELECT * FROM users ORDER BY name").fetchall(),
-                db.execute("SELECT id, user, status, node, n_cores, mem, attempt, runner_pid "
+                db.execute("SELECT id, user, status, node, n_cores, mem, attempt, runner_pid, "
+                           "slurm_id "
                            "FROM jobs WHERE " + qpy.LIVE_SQL + " "
                            "ORDER BY position, id").fetchall())
     meta, nodes, users, live = qpy.atomically(read, write=False)
@@ -220,7 +232,7 @@ def variables():
     print("\nLive jobs:\n----------")
     for job in live:
         print("%d: user = %s, status = %s, node = %s, n_cores = %d, mem = %g, attempt = %d, "
-              "runner = %s" % tuple(job))
+              "runner = %s, slurm_id = %s" % tuple(job))
 
 
 def settings(key, value):
@@ -358,6 +370,9 @@ def doctor(as_user):
              "print(qpy.VERSION, sys.version.split()[0])' && date +%%s.%%N"
              % (sys.executable, qpy.HERE)]
     for node in nodes:
+        if node["kind"] == "slurm":
+            check_pool(node, report)
+            continue
         if qpy.is_local(node["address"]):
             report(True, "node %s is this machine" % node["name"])
             continue
@@ -380,6 +395,32 @@ def doctor(as_user):
     print("%s." % ("%s found" % qpy.plural(len(problems), "problem") if problems
                    else "Everything looks right"))
     return len(problems)
+
+
+def check_pool(pool, report):
+    """doctor's checks of a Slurm pool: Slurm's commands are here, slurmctld answers, the
+    partition exists and is up."""
+    import shutil
+    import subprocess
+    missing = [name for name in ("sbatch", "squeue", "scancel", "sinfo") if not shutil.which(name)]
+    if missing:
+        report(False, "Slurm pool %s: Slurm's commands" % pool["name"],
+               "%s not found (install the Slurm client, e.g. slurm-client)" % ", ".join(missing))
+        return
+    try:
+        result = subprocess.run(qpy.slurm_probe(pool), capture_output=True, text=True,
+                                timeout=qpy.SLURM_TIMEOUT, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        result = subprocess.CompletedProcess([], 1, "", "sinfo timed out")
+    if result.returncode != 0:
+        report(False, "Slurm pool %s: slurmctld" % pool["name"],
+               (result.stderr.strip().splitlines() or ["sinfo failed"])[-1]
+               + " (is SLURM_CONF right, is slurmctld running?)")
+        return
+    state = " ".join(result.stdout.split())
+    report(state == "up", "Slurm pool %s: partition %s is %s" % (
+        pool["name"], pool["partition"], state or "missing"),
+        "check the partition name (sinfo -s lists them)")
 
 
 def report(path):

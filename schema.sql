@@ -17,6 +17,7 @@
 --   ssh_timeout     seconds ssh may take to connect to a node
 --   rules           the distribution rules as JSON (qpy_admin.py distribute); absent: even
 --   last_tick       when the last tick pass ran (qpy_admin.py doctor reports it)
+--   tick_passes     how many tick passes ran so far
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -26,8 +27,12 @@ INSERT INTO meta (key, value) VALUES
     ('heartbeat', '30'), ('node_timeout', '180'), ('probe_interval', '60'), ('ssh_timeout', '10');
 
 -- Where jobs run. In personal mode there is one node, 'localhost', started by fork.
+-- A node of kind 'slurm' is a pool: a Slurm partition that qpy hands jobs to with sbatch (from
+-- this machine, as the job's owner) and follows with one squeue per tick; its cores are the
+-- most qpy uses there at once.
 CREATE TABLE nodes (
     name           TEXT PRIMARY KEY,             -- what users see (%n, QPY_NODE)
+    kind           TEXT NOT NULL DEFAULT 'host' CHECK (kind IN ('host', 'slurm')),
     address        TEXT NOT NULL,                -- ssh target; 'localhost' = fork, no ssh
     cores          INTEGER NOT NULL CHECK (cores >= 0),
     mem            REAL CHECK (mem >= 0),        -- GB; NULL: not known, not limited
@@ -37,7 +42,12 @@ CREATE TABLE nodes (
     state          TEXT NOT NULL DEFAULT 'up' CHECK (state IN ('up', 'down', 'drained')),
     state_reason   TEXT,                         -- why it is down or drained
     probed_at      REAL,                         -- last ssh probe of a down node
-    position       INTEGER NOT NULL DEFAULT 0    -- order of the nodes file
+    position       INTEGER NOT NULL DEFAULT 0,   -- order of the nodes file
+    partition      TEXT,                         -- slurm: the partition (sbatch -p)
+    max_jobs       INTEGER CHECK (max_jobs >= 1),  -- slurm: at most this many qpy jobs at once
+    account        TEXT,                         -- slurm: sbatch --account
+    qos            TEXT,                         -- slurm: sbatch --qos
+    extra          TEXT                          -- slurm: more sbatch arguments, as typed
 );
 
 -- One row per user who ever used this state directory.
@@ -81,6 +91,7 @@ CREATE TABLE jobs (
     attributes  TEXT NOT NULL DEFAULT '', -- node attribute expression ('' = any node)
     position    REAL NOT NULL,            -- queue order (FIFO, changed by ctrlQueue jump)
     node        TEXT,                     -- where it runs or ran
+    slurm_id    TEXT,                     -- its Slurm job ID, when it runs in a pool (%I)
     attempt     INTEGER NOT NULL DEFAULT 0,  -- claims so far; a runner must match the latest
     queued_at   REAL NOT NULL,
     claimed_at  REAL,
@@ -117,4 +128,4 @@ CREATE TABLE notes (
 );
 CREATE INDEX notes_by_job ON notes (job_id);
 
-PRAGMA user_version = 2;
+PRAGMA user_version = 3;

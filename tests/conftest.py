@@ -19,10 +19,12 @@ QPY_ADMIN = [sys.executable, "-c", "import sys; sys.path.insert(0, %r); import q
              "sys.exit(qpy_admin.main())" % REPO]
 
 
-def sched_node(name, cores, mem=100.0, attributes="", pref_multicore=False, state="up", gpus=0):
+def sched_node(name, cores, mem=100.0, attributes="", pref_multicore=False, state="up", gpus=0,
+               kind="host", max_jobs=None):
     """A node row as the scheduler sees it."""
     return {"name": name, "cores": cores, "mem": mem, "attributes": attributes,
-            "pref_multicore": pref_multicore, "state": state, "gpus": gpus}
+            "pref_multicore": pref_multicore, "state": state, "gpus": gpus, "kind": kind,
+            "max_jobs": max_jobs, "state_reason": None}
 
 
 def sched_job(job_id, cores=1, mem=1.0, attributes="", user="alice", status="queue", on=None,
@@ -262,9 +264,10 @@ class Lab:
     def tick(self, user="alice"):
         self.ok(user, "tick", tool=self.admin_tool)
 
-    def admin(self, *args):
+    def admin(self, *args, env=None):
         result = subprocess.run([self.python, self.admin_tool] + list(args),
-                                env={"PATH": "/usr/bin:/bin", "QPY_STATE": self.state},
+                                env={"PATH": "/usr/bin:/bin", "QPY_STATE": self.state,
+                                     **(env or {})},
                                 capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, (args, result.stdout, result.stderr)
         return result.stdout

@@ -38,15 +38,20 @@ def test_an_older_database_is_upgraded_in_place_keeping_every_job(site):
     site.ok("ctrlQueue", "pause")
     jobs = [site.submit("true") for _ in range(3)]
     db = sqlite3.connect(os.path.join(site.state, "qpy.db"))
-    with db:  # what schema 1 was: no index on job files
+    with db:  # what schema 1 was: no index on job files, no Slurm pools
         db.execute("DROP INDEX jobs_by_spec")
+        for table, column in (("nodes", "kind"), ("nodes", "partition"), ("nodes", "max_jobs"),
+                              ("nodes", "account"), ("nodes", "qos"), ("nodes", "extra"),
+                              ("jobs", "slurm_id")):
+            db.execute("ALTER TABLE %s DROP COLUMN %s" % (table, column))
     db.execute("PRAGMA user_version = 1")
     db.close()
     assert sorted(site.jobs()) == jobs
     site.ok("check")
     db = sqlite3.connect(os.path.join(site.state, "qpy.db"))
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 3
     assert db.execute("SELECT name FROM sqlite_master WHERE name = 'jobs_by_spec'").fetchone()
+    assert db.execute("SELECT kind, max_jobs FROM nodes").fetchall() == [("host", None)]
     db.close()
     site.ok("ctrlQueue", "continue")
     site.wait_idle()
