@@ -31,7 +31,7 @@ def test_a_newer_database_is_refused(site):
     db = sqlite3.connect(os.path.join(site.state, "qpy.db"))
     db.execute("PRAGMA user_version = 99")
     db.close()
-    assert "has schema 99; this qpy knows only 2: use a newer qpy." in site.fails("check")
+    assert "has schema 99; this qpy knows only 3: use a newer qpy." in site.fails("check")
 
 
 def test_an_older_database_is_upgraded_in_place_keeping_every_job(site):
