@@ -12,9 +12,10 @@ all: venv
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]' \
+	  --config-settings editable_mode=compat  # a path in a .pth: no import hook at each start
 	$(PY) -m compileall -q qpy.py qpy_admin.py  # byte-code once: qpy starts faster
 	touch $@
 

@@ -21,14 +21,17 @@ The protocol (design.md sections 3-4), which every function below keeps:
     most once, and a crash anywhere leaves it queued, never lost.
  6. The runner owns a running job: the command runs in its own process group; at the end
     the exit record is written to a file (tmp, fsync, rename) *before* the database is
-    updated, then the runner runs a tick so the freed cores are used at once. A tick
-    harvests exit records the database missed, and fails jobs whose runner is gone.
+    updated. The transaction that stores the end also claims and confirms the next job
+    that can start on the same node for the same user, which the runner then runs itself
+    (no new process, no launch); it ticks if other jobs could start too. A tick harvests
+    exit records the database missed, and fails jobs whose runner is gone.
  7. No qpy process outlives its work: the tick exits when nothing is wanted, the runner
     when its job has ended.
 
 The code follows the data: paths -> store -> model -> scheduler -> launcher/runner -> CLI.
 """
 
+import functools
 import json
 import os
 import re
@@ -271,7 +274,8 @@ MIGRATIONS = {
        + ["ALTER TABLE nodes ADD COLUMN %s" % column for column in (
            "partition TEXT", "max_jobs INTEGER CHECK (max_jobs >= 1)", "account TEXT",
            "qos TEXT", "extra TEXT")]
-       + ["ALTER TABLE jobs ADD COLUMN slurm_id TEXT"],
+       + ["ALTER TABLE jobs ADD COLUMN slurm_id TEXT",
+          "CREATE INDEX jobs_queued ON jobs (user, position) WHERE status = 'queue'"],
 }
 
 
@@ -299,35 +303,68 @@ def machine_memory():
     return 1.0
 
 
+def take_lock(name, timeout):
+    """Hold the file lock <state>/<name>, waiting at most `timeout` seconds (0: only if it is
+    free now). Returns the function that releases it, or None if the wait ran out.
+
+    This is filelock's FileLock(path, mode=0o660): an exclusive flock(2) on the file. When the
+    lock is free, the flock is taken here directly, because importing filelock costs more than
+    all the rest of `qpy sub`; when it is held, FileLock itself does the waiting."""
+    import fcntl
+    path = os.path.join(state_dir(), name)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o660)
+    try:
+        os.fchmod(fd, 0o660)  # as FileLock does: the umask must not close it to the group
+    except PermissionError:
+        pass  # another member's file: its mode was set when it was made
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        if timeout == 0:
+            return None
+        from filelock import FileLock, Timeout
+        lock = FileLock(path, mode=0o660, timeout=timeout)
+        try:
+            lock.acquire(poll_interval=0.002)  # held for milliseconds: look again soon
+        except Timeout:
+            return None
+        return lock.release
+    except BaseException:
+        os.close(fd)
+        raise
+    return lambda: os.close(fd)  # closing the file releases the flock
+
+
 def atomically(fn, write=True):
     """Run fn(db) in one transaction under qpy.lock; retry when SQLite reports a busy or
     failing filesystem; return what fn returns."""
-    from filelock import FileLock, Timeout
     db = connect()
-    lock = FileLock(os.path.join(state_dir(), "qpy.lock"), mode=0o660, timeout=lock_timeout())
     delay = 0.05
     for attempt in range(8):
-        try:
-            with lock:
-                db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-                try:
-                    result = fn(db)
-                    db.execute("COMMIT")
-                    return result
-                except BaseException:
-                    if db.in_transaction:
-                        db.execute("ROLLBACK")
-                    raise
-        except Timeout:
+        release = take_lock("qpy.lock", lock_timeout())
+        if release is None:
+            path = os.path.join(state_dir(), "qpy.lock")
             raise QpyError("Waited %g s for the qpy lock %s, held by %s (QPY_LOCK_TIMEOUT "
-                           "sets the wait)." % (lock_timeout(), lock.lock_file,
-                                                lock_holder(lock.lock_file)))
+                           "sets the wait)." % (lock_timeout(), path, lock_holder(path)))
+        try:
+            db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                result = fn(db)
+                db.execute("COMMIT")
+                return result
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
         except sqlite3.OperationalError as e:
             transient = ("locked" in str(e) or "busy" in str(e) or "disk I/O" in str(e))
             if not transient or attempt == 7:
                 raise QpyError("The qpy database failed: %s%s" % (e, DB_HINTS.get(str(e), "")))
-            time.sleep(delay)
-            delay *= 2
+        finally:
+            release()
+        time.sleep(delay)
+        delay *= 2
 
 
 DB_HINTS = {
@@ -552,9 +589,10 @@ def parse_config_value(key, values):
     return expression, "%s set to %s." % (key, expression)
 
 
-ATTR_TOKEN = re.compile(r"\s*(?:(\()|(\))|([^\s()]+))")
+ATTR_TOKEN = r"\s*(?:(\()|(\))|([^\s()]+))"  # compiled on first use, not at every start
 
 
+@functools.lru_cache(maxsize=256)  # the scheduler asks again for every job and node: once
 def parse_attributes(text):
     """Parse a node attribute expression: labels (or node names) with and, or, not and
     parentheses; precedence not > and > or. Returns a tree of tuples, or None for ''.
@@ -563,7 +601,7 @@ def parse_attributes(text):
     pos = 0
     text = text.strip()
     while pos < len(text):
-        m = ATTR_TOKEN.match(text, pos)
+        m = re.compile(ATTR_TOKEN).match(text, pos)
         tokens.append(m.group(m.lastindex))
         pos = m.end()
         while pos < len(text) and text[pos].isspace():
@@ -1002,14 +1040,16 @@ def admitted(user, cores, shares, used, queued, free_unreserved):
     return mine <= least + extra + idle // wanting
 
 
-def schedule(nodes, live_jobs, blocked_users, shares=None, held=None):
+def schedule(nodes, live_jobs, blocked_users, shares=None, held=None, queue_counts=None):
     """Decide which queued jobs start now, and where.
 
     nodes: rows with name, cores, mem, attributes, pref_multicore, state (in file order);
     live_jobs: queued, starting and running jobs, queued ones in queue order;
     blocked_users: {user: why} for users whose queue is paused or finished;
     shares: {user: (minimum, extra)} from compute_shares, or None for no fair share;
-    held: {job id: why} for jobs that may not start yet (their dependencies).
+    held: {job id: why} for jobs that may not start yet (their dependencies);
+    queue_counts: {user: queued jobs that may start}, when live_jobs holds only the front of the
+    queue (default: counted in live_jobs).
     Returns ([(job id, node name)], {job id: why it waits}). A job that does not fit is passed
     over so that smaller jobs behind it can start (backfilling)."""
     free = free_resources(nodes, live_jobs)
@@ -1018,12 +1058,15 @@ def schedule(nodes, live_jobs, blocked_users, shares=None, held=None):
     used, queued, array_running = {}, {}, {}
     for job in live_jobs:
         if job["status"] == "queue":
-            if job["user"] not in blocked_users and job["id"] not in held:
+            if queue_counts is None and job["user"] not in blocked_users \
+                    and job["id"] not in held:
                 queued[job["user"]] = queued.get(job["user"], 0) + 1
         else:
             used[job["user"]] = used.get(job["user"], 0) + job["n_cores"]
             if job["array_of"] is not None:
                 array_running[job["array_of"]] = array_running.get(job["array_of"], 0) + 1
+    if queue_counts is not None:
+        queued = dict(queue_counts)
     placements, pending = [], {}
     waiting = [job for job in live_jobs if job["status"] == "queue"]
     while True:  # until a pass places nothing: a placement may make another job admissible
@@ -1117,37 +1160,37 @@ def tick_overdue(db, jobs):
                and not process_alive(job["runner_pid"], job["runner_boot"]) for job in jobs)
 
 
-def tick(keep=None):
-    """Run tick passes until nobody wants one; leave at once if another tick is running.
-
-    keep=(node, user): a runner whose job just ended asks to keep one job claimed for that
-    node and user, to run it itself (no new process, no ssh); it is returned, else None."""
-    from filelock import FileLock, Timeout
-    lock = FileLock(os.path.join(state_dir(), "tick.lock"), mode=0o660, timeout=0)
-    kept = None
+def tick():
+    """Run tick passes until nobody wants one; leave at once if another tick is running."""
     while True:
-        try:
-            lock.acquire()
-        except Timeout:
-            return kept  # its holder will see tick_wanted > 0
+        release = take_lock("tick.lock", 0)
+        if release is None:
+            return  # its holder will see tick_wanted > 0
         try:
             while True:
-                taken = tick_pass(None if kept else keep)
-                kept = kept or taken
+                tick_pass()
                 if not atomically(lambda db: meta_number(db, "tick_wanted"), write=False):
                     break
         finally:
-            lock.release()
+            release()
         if not atomically(lambda db: meta_number(db, "tick_wanted"), write=False):
-            return kept
+            return
 
 
-def tick_pass(keep=None):
+def start_tick():
+    """After asking for a tick (request_tick): start one in the background, unless a tick is
+    running, which sees the request when it checks tick_wanted (it does after releasing
+    tick.lock too, so the request is never lost)."""
+    release = take_lock("tick.lock", 0)
+    if release is None:
+        return
+    release()
+    detach(tick)
+
+
+def tick_pass():
     """One pass: probe down nodes, reconcile what ended or got lost, claim the jobs that can
-    start, launch them (ssh in parallel, outside the lock); return the claim kept (see tick).
-
-    Every tick schedules all users' jobs (so the fair share holds), but claims only the jobs
-    it may launch: a user's tick its user's own, root's tick anybody's, as their owner."""
+    start, launch them (ssh and sbatch in parallel, outside the lock)."""
     me = None if os.geteuid() == 0 else user_name()
     probe_down_nodes()
     slurm, unreachable = follow_pools(me)
@@ -1161,61 +1204,105 @@ def tick_pass(keep=None):
         for pool, error in unreachable.items():
             mark_down(db, pool, "squeue failed: " + error, time.time())
         reconcile(db, me, slurm)
-        if not meta_number(db, "dispatch"):
-            return []
-        nodes = db.execute("SELECT * FROM nodes ORDER BY position, name").fetchall()
-        live = db.execute("SELECT * FROM jobs WHERE " + LIVE_SQL + " "
-                          "ORDER BY position, id").fetchall()
-        blocked = {row["name"]: "queue paused" if row["paused"] else "qpy finish"
-                   for row in db.execute("SELECT * FROM users WHERE paused OR finished")}
-        shares = compute_shares(load_rules(db), share_holders(db),
-                                sum(node["cores"] for node in nodes))
-        held, dropped = hold_for_dependencies(db, live)
-        live = [job for job in live if job["id"] not in dropped]
-        placements, pending = schedule(nodes, live, blocked, shares, held)
-        for job in live:
-            if job["id"] in pending and job["reason"] != pending[job["id"]]:
-                db.execute("UPDATE jobs SET reason = ? WHERE id = ?",
-                           (pending[job["id"]], job["id"]))
-        by_id = {job["id"]: job for job in live}
-        pools = {node["name"]: node["kind"] == "slurm" for node in nodes}
-        devices = gpus_in_use(live)
-        claims = []
-        now = time.time()
-        for job_id, node_name in placements:
-            if me is not None and by_id[job_id]["user"] != me:
-                continue  # its owner's tick (or root's) will start it
-            # a host's GPUs are numbered by qpy; a pool's by Slurm (CUDA_VISIBLE_DEVICES)
-            ids = [] if pools.get(node_name) else pick_gpus(devices.setdefault(node_name, set()),
-                                                            by_id[job_id]["gpus"])
-            db.execute("UPDATE jobs SET status = 'starting', node = ?, attempt = attempt + 1, "
-                       "claimed_at = ?, reason = NULL, gpu_ids = ?, slurm_id = NULL "
-                       "WHERE id = ?", (node_name, now, ",".join(map(str, ids)), job_id))
-            row = db.execute("SELECT j.*, n.kind, n.address, n.partition, n.account, n.qos, "
-                             "n.extra FROM jobs j JOIN nodes n ON n.name = j.node "
-                             "WHERE j.id = ?", (job_id,)).fetchone()
-            claims.append(dict(row))
-        return claims
+        return claim_jobs(db, me)
 
     claims = atomically(claim)
     crash_point("tick:claimed")
-    mine = [job for job in claims if keep and (job["node"], job["user"]) == keep][:1]
-    launch_all([job for job in claims if job not in mine])
+    launch_all(claims)
     crash_point("tick:launched")
-    return mine[0] if mine else None
+
+
+def claim_jobs(db, me, only=None):
+    """Inside a transaction: schedule, note why jobs wait, and claim the placed jobs that `me`
+    may launch ('starting', attempt + 1, node reserved); return the claims.
+
+    Every schedule covers all users' jobs (so the fair share holds), but a user claims only
+    their own jobs; root (me=None) anybody's, to launch as their owner. only=(node, user): a
+    runner whose job ended claims just the next job of that node and user, to run it itself
+    (no new process, no ssh; confirmed in the same transaction), and asks for a tick if other
+    jobs could start too."""
+    if not meta_number(db, "dispatch"):
+        return []
+    nodes = db.execute("SELECT * FROM nodes ORDER BY position, name").fetchall()
+    blocked = {row["name"]: "queue paused" if row["paused"] else "qpy finish"
+               for row in db.execute("SELECT * FROM users WHERE paused OR finished")}
+    shares = compute_shares(load_rules(db), share_holders(db),
+                            sum(node["cores"] for node in nodes))
+    held, dropped = hold_for_dependencies(db)
+    live = [job for job in jobs_to_schedule(db) if job["id"] not in dropped]
+    placements, pending = schedule(nodes, live, blocked, shares, held,
+                                   waiting_counts(db, blocked, held))
+    for job in live:
+        if job["id"] in pending and job["reason"] != pending[job["id"]]:
+            db.execute("UPDATE jobs SET reason = ? WHERE id = ?", (pending[job["id"]], job["id"]))
+    by_id = {job["id"]: job for job in live}
+    if only is not None:
+        mine = [(job_id, node) for job_id, node in placements
+                if (node, by_id[job_id]["user"]) == only][:1]
+        if len(placements) > len(mine):
+            request_tick(db)
+        placements = mine
+    pools = {node["name"]: node["kind"] == "slurm" for node in nodes}
+    devices = gpus_in_use(live)
+    claims = []
+    now = time.time()
+    for job_id, node_name in placements:
+        if me is not None and by_id[job_id]["user"] != me:
+            continue  # its owner's tick (or root's) will start it
+        # a host's GPUs are numbered by qpy; a pool's by Slurm (CUDA_VISIBLE_DEVICES)
+        ids = [] if pools[node_name] else pick_gpus(devices.setdefault(node_name, set()),
+                                                    by_id[job_id]["gpus"])
+        db.execute("UPDATE jobs SET status = 'starting', node = ?, attempt = attempt + 1, "
+                   "claimed_at = ?, reason = NULL, gpu_ids = ?, slurm_id = NULL WHERE id = ?",
+                   (node_name, now, ",".join(map(str, ids)), job_id))
+        row = db.execute("SELECT j.*, n.kind, n.address, n.partition, n.account, n.qos, "
+                         "n.extra FROM jobs j JOIN nodes n ON n.name = j.node "
+                         "WHERE j.id = ?", (job_id,)).fetchone()
+        claims.append(dict(row))
+    return claims
 
 
 DEPENDENCY_MET = {"after": FINISHED, "afterok": ("done",),
                   "afternotok": ("failed", "killed", "undone")}
 
 
-def hold_for_dependencies(db, live):
+# How many queued jobs of each user a tick pass looks at (as Slurm's queue depth): a pass costs
+# the same with 10 or 100,000 jobs waiting. A job further back waits for those ahead of it.
+QUEUE_DEPTH = 50
+
+
+def jobs_to_schedule(db):
+    """The running and claimed jobs, and the first QUEUE_DEPTH queued jobs of each user, in
+    queue order (read through the indexes of live jobs: never the history)."""
+    jobs = db.execute("SELECT * FROM jobs WHERE " + LIVE_SQL + " AND status IN "
+                      "('starting', 'running')").fetchall()
+    queued = []
+    for (user,) in db.execute("SELECT DISTINCT user FROM jobs WHERE status = 'queue'").fetchall():
+        # (named: without it SQLite may walk the user's whole history through jobs_by_user)
+        queued += db.execute("SELECT * FROM jobs INDEXED BY jobs_queued WHERE status = 'queue' "
+                             "AND user = ? ORDER BY position, id LIMIT ?",
+                             (user, QUEUE_DEPTH)).fetchall()
+    return jobs + sorted(queued, key=lambda job: (job["position"], job["id"]))
+
+
+def waiting_counts(db, blocked_users, held):
+    """{user: how many of their queued jobs may start}: who wants cores, for the fair share
+    (all of the queue, not only what jobs_to_schedule read)."""
+    counts = dict(db.execute("SELECT user, COUNT(*) FROM jobs WHERE status = 'queue' "
+                             "GROUP BY user").fetchall())
+    if held:
+        for (user,) in db.execute("SELECT user FROM jobs WHERE id IN (SELECT value FROM "
+                                  "json_each(?))", (json.dumps(list(held)),)):
+            counts[user] -= 1
+    return {user: count for user, count in counts.items() if user not in blocked_users}
+
+
+def hold_for_dependencies(db):
     """({job id: why}, {job id}): queued jobs whose dependencies are not met yet, and those
     whose dependencies can no longer be met, which become undone with the reason at once."""
     held, dropped = {}, set()
-    for job in live:
-        if job["status"] != "queue" or not job["dependencies"]:
-            continue
+    for job in db.execute("SELECT * FROM jobs WHERE status = 'queue' AND dependencies "
+                          "IS NOT NULL").fetchall():
         for kind, other in json.loads(job["dependencies"]):
             row = db.execute("SELECT status FROM jobs WHERE id = ?", (other,)).fetchone()
             status = row[0] if row else None
@@ -1292,7 +1379,7 @@ def reconcile(db, me=None, slurm=None):
         elif job["slurm_id"] and job["node"] in slurm:
             follow_slurm_job(db, job, slurm[job["node"]].get(job["slurm_id"]))
         elif job["status"] == "starting":
-            continue
+            continue  # (taken back above when its launch timed out)
         elif job["kind"] == "host" and is_local(job["address"]):
             if not process_alive(job["runner_pid"], job["runner_boot"]):
                 stop_orphans(job)
@@ -1300,10 +1387,7 @@ def reconcile(db, me=None, slurm=None):
         elif now - last_heartbeat(job) > node_timeout:
             if job["kind"] != "slurm":  # one lost job does not make a Slurm pool down
                 mark_down(db, job["node"], "no heartbeat from job %d" % job["id"], now)
-            if job["requeue"] and not job["kill_requested"]:
-                requeue(db, job, "requeued: node lost")
-            else:
-                end_lost_job(db, job, "node lost")
+            end_lost_job(db, job, "node lost")
 
 
 def requeue(db, job, reason):
@@ -1315,11 +1399,37 @@ def requeue(db, job, reason):
 
 
 def end_lost_job(db, job, reason):
-    """A running job whose runner (or node) is gone and left no exit record."""
+    """A running job whose runner (or node) is gone and left no exit record. If the runner
+    never gave the command its go (see command_started), nothing ran: it is queued again;
+    a job submitted with --requeue is queued again when its node is lost; else it ends."""
+    if not job["kill_requested"] and not command_started(job):
+        return requeue(db, job, "%s before the start: queued again" % reason)
+    if job["requeue"] and not job["kill_requested"] and reason == "node lost":
+        return requeue(db, job, "requeued: node lost")
     killed = bool(job["kill_requested"])
     finish_job(db, job, {"status": "killed" if killed else "failed", "attempt": job["attempt"],
                          "reason": "killed by the user (%s)" % reason if killed else reason,
                          "ended_at": time.time()})
+
+
+def mark_go(job):
+    """Write 'go' into the job's started marker, just before the command is told to run:
+    a runner lost before that point ran nothing, and its job can safely be queued again."""
+    fd = os.open(run_file(job["user"], job["id"], "started"), os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, b" go")
+    finally:
+        os.close(fd)
+
+
+def command_started(job):
+    """Did the runner give the command its go? (When the marker cannot be read, assume it
+    did: a job is never run twice.)"""
+    try:
+        with open(run_file(job["user"], job["id"], "started"), "rb") as f:
+            return f.read().split() != [str(job["attempt"]).encode()]
+    except OSError:
+        return True
 
 
 def last_heartbeat(job):
@@ -1348,7 +1458,6 @@ def finish_job(db, job, record):
                (status, record.get("exit_code"), record.get("signal"), reason,
                 record["ended_at"], record.get("max_rss"), record.get("cpu_time"),
                 job["id"], job["attempt"]))
-    request_tick(db)
     discard_job_files(db, job)
 
 
@@ -1467,8 +1576,10 @@ def ssh_command(address, command, timeout, uid, multiplex=True):
 
 def qpy_on_node(*args):
     """The command line that runs this qpy on a node (same Python, same files: the install
-    is on the shared filesystem)."""
-    return ["env", "QPY_STATE=" + state_dir(), sys.executable, os.path.join(HERE, "qpy.py")] \
+    is on the shared filesystem). It imports qpy rather than running qpy.py as a script, so
+    that Python uses the compiled byte-code instead of compiling qpy.py at every start."""
+    return ["env", "QPY_STATE=" + state_dir(), sys.executable, "-c",
+            "import sys; sys.path.insert(0, %r); import qpy; sys.exit(qpy.main())" % HERE] \
         + [str(arg) for arg in args]
 
 
@@ -1494,6 +1605,8 @@ def run_all(commands, timeout):
     entry; None: as ourselves), and wait for them (killing any still running after `timeout`
     seconds). Returns [(exit status, stdout, last line of stderr)]. Output goes to files: a
     multiplexing master that stays behind must not hold a pipe."""
+    if not commands:
+        return []
     import subprocess
     import tempfile
     started = []
@@ -1748,6 +1861,8 @@ def follow_pools(me):
     ids = {}
     for node, slurm_id in atomically(read, write=False):
         ids.setdefault(node, []).append(slurm_id)
+    if not ids:
+        return {}, {}
     pools = sorted(ids)
     commands = [(["squeue", "--noheader", "--states=all", "--format=%i|%T|%r",
                   "--jobs=" + ",".join(ids[pool])], None, None) for pool in pools]
@@ -1822,125 +1937,181 @@ def job_environment(spec, job, node):
     return env
 
 
-def exec_job(job, spec, env, go):
-    """In the forked child: own session and process group, wait for the runner's go, then
-    become the command with its output in job_<id>.out/.err of the submission directory."""
-    os.setsid()
-    for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGPIPE, signal.SIGINT, signal.SIGHUP,
-                signal.SIGXFSZ):
-        signal.signal(sig, signal.SIG_DFL)
-    signal.set_wakeup_fd(-1)
-    if os.read(go, 2) != b"go":
-        os._exit(1)  # the runner lost its claim: never run
+def fork_job_process():
+    """Fork the process that will become a job: its own session and process group, waiting
+    for its orders on a pipe. Returns (pid, the pipe's write end). It is forked before the
+    transaction that confirms the job, so that the job's process group is recorded with it."""
+    orders_r, orders_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(orders_w)
+        os.setsid()
+        for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGPIPE, signal.SIGINT,
+                    signal.SIGHUP, signal.SIGXFSZ):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+        exec_orders(orders_r)
+    os.close(orders_r)
+    return pid, orders_w
+
+
+def exec_orders(orders):
+    """In the forked child: read the orders (argv, environment, directory, output files) to
+    the end of the pipe, then become the command. No orders (the runner lost its claim, or
+    died): exit without running anything."""
+    data = b""
+    while True:
+        chunk = os.read(orders, 65536)
+        if not chunk:
+            break
+        data += chunk
+    if not data:
+        os._exit(1)
+    job = json.loads(data)
     code = 1
     try:
-        out = os.path.join(spec["cwd"], "job_%d.out" % job["id"])
-        err = os.path.join(spec["cwd"], "job_%d.err" % job["id"])
-        for fd, path in ((1, out), (2, err)):
+        for fd, path in ((1, job["out"]), (2, job["err"])):
             os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666), fd)
         os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
         os.closerange(3, 65536)
-        os.chdir(spec["cwd"])
-        argv = spec["argv"]
+        os.chdir(job["cwd"])
+        argv = job["argv"]
         if len(argv) == 1:
             argv = ["/bin/sh", "-c", argv[0]]
         code = 127
-        os.execvpe(argv[0], argv, env)
+        os.execvpe(argv[0], argv, job["env"])
     except OSError as e:
         code = 126 if isinstance(e, PermissionError) else code
         os.write(2, ("qpy: cannot run job %d: %s\n" % (job["id"], e)).encode())
     os._exit(code)
 
 
-def run_job(job_id, attempt):
-    """The runner: confirm the claim, run the command, record how it ended, then tick (not in
-    a Slurm pool: Slurm's machines may not reach the lab's nodes; the site's timer ticks)."""
-    job = atomically(lambda db: db.execute("SELECT j.*, n.kind FROM jobs j LEFT JOIN nodes n "
-                                           "ON n.name = j.node WHERE j.id = ?", (job_id,))
-                     .fetchone(), write=False)
+def give_orders(pipe, job, spec):
+    """Tell the forked child which command to become (then it runs), and close the pipe."""
+    orders = {"id": job["id"], "argv": spec["argv"], "cwd": spec["cwd"],
+              "env": job_environment(spec, job, job["node"]),
+              "out": os.path.join(spec["cwd"], "job_%d.out" % job["id"]),
+              "err": os.path.join(spec["cwd"], "job_%d.err" % job["id"])}
+    data = json.dumps(orders).encode()
+    while data:
+        data = data[os.write(pipe, data):]
+    os.close(pipe)
+
+
+def confirm(db, job_id, attempt, pgid):
+    """Inside a transaction: make our claim of a job (still 'starting' with our attempt)
+    'running'. Its job file must be its owner's and name it; the started marker is created
+    with O_EXCL (a job never starts twice); the runner and the job's process group are
+    recorded. Returns (job, its job file's content, settings), or None: the claim is not ours
+    any more, or the job was refused (then it is failed with the reason)."""
+    job = db.execute("SELECT j.*, n.kind FROM jobs j LEFT JOIN nodes n ON n.name = j.node "
+                     "WHERE j.id = ?", (job_id,)).fetchone()
     if job is None or job["status"] != "starting" or job["attempt"] != attempt:
-        return
+        return None
     try:
-        check_job_file(job)
+        spec = read_job_file(job)
+        fd = os.open(run_file(job["user"], job_id, "started"),
+                     os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except QpyError as e:
+        return fail_claim(db, job, str(e))
+    except FileExistsError:
+        return fail_claim(db, job, "started marker exists: refused to run it twice")
+    except OSError as e:
+        return fail_claim(db, job, "cannot create its started marker: %s" % e)
+    os.write(fd, str(attempt).encode())
+    os.close(fd)
+    now = time.time()
+    db.execute("UPDATE jobs SET status = 'running', started_at = ?, runner_pid = ?, "
+               "runner_boot = ?, pgid = ? WHERE id = ?",
+               (now, os.getpid(), process_boot(os.getpid()), pgid, job_id))
+    settings = {"kill_grace": meta_number(db, "kill_grace"),
+                "heartbeat": meta_number(db, "heartbeat")}
+    return dict(job, status="running", started_at=now, pgid=pgid), spec, settings
+
+
+def read_job_file(job):
+    """A job's file (argv, directory, environment), checked: in its owner's spool directory,
+    owned by them, and naming this job. Raises QpyError."""
+    check_job_file(job)
+    try:
         with open(job["spec"]) as f:
             spec = json.load(f)
         first, last = spec["ids"]
-        if not first <= job_id <= last:
-            raise QpyError("refused: the job file %s is not for job %d" % (job["spec"], job_id))
     except (OSError, ValueError, KeyError, TypeError) as e:
-        return abandon(job, "job file unreadable: %s" % e)
-    except QpyError as e:
-        return abandon(job, str(e))
-    env = job_environment(spec, job, job["node"])
+        raise QpyError("job file unreadable: %s" % e)
+    if not first <= job["id"] <= last:
+        raise QpyError("refused: the job file %s is not for job %d" % (job["spec"], job["id"]))
+    return spec
 
-    wake_r, wake_w = os.pipe()
-    try:
-        os.set_blocking(wake_w, False)
-        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-        stop = {"asked": False}
-        signal.signal(signal.SIGCHLD, lambda *_: None)
-        signal.signal(signal.SIGTERM, lambda *_: stop.update(asked=True))
-        go_r, go_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            os.close(go_w)
-            exec_job(job, spec, env, go_r)
-        os.close(go_r)
 
-        def confirm(db):
-            row = db.execute("SELECT status, attempt FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            if row is None or row["status"] != "starting" or row["attempt"] != attempt:
-                return False
-            try:
-                fd = os.open(run_file(job["user"], job_id, "started"),
-                             os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                db.execute("UPDATE jobs SET status = 'failed', reason = ?, ended_at = ? WHERE id = ?",
-                           ("started marker exists: refused to run it twice", time.time(), job_id))
-                return False
-            os.write(fd, str(attempt).encode())
-            os.close(fd)
-            db.execute("UPDATE jobs SET status = 'running', started_at = ?, runner_pid = ?, "
-                       "runner_boot = ?, pgid = ? WHERE id = ?",
-                       (time.time(), os.getpid(), process_boot(os.getpid()), pid, job_id))
-            return True
+def fail_claim(db, job, reason):
+    """Inside a transaction: a claimed job that cannot start at all: failed, with the reason."""
+    db.execute("UPDATE jobs SET status = 'failed', reason = ?, ended_at = ? "
+               "WHERE id = ? AND status = 'starting' AND attempt = ?",
+               (reason, time.time(), job["id"], job["attempt"]))
+    request_tick(db)
+    return None
 
-        try:
-            confirmed = atomically(confirm)
-        except QpyError:
-            confirmed = False
-        if not confirmed:
-            os.close(go_w)  # the child reads EOF and exits without running anything
-            os.waitpid(pid, 0)
-            return
-        crash_point("runner:confirmed")
-        os.write(go_w, b"go")
-        os.close(go_w)
-        record = supervise(job, pid, stop, wake_r)
-        heartbeat = run_file(job["user"], job_id, "hb")
-        keep_trying(lambda: write_atomically(run_file(job["user"], job_id, "exit"),
-                                             json.dumps(record).encode()), heartbeat)
-        crash_point("runner:recorded")
 
-        def store(db):
-            row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            if row is not None:
-                finish_job(db, row, record)
-        keep_trying(lambda: atomically(store), heartbeat)
-        crash_point("runner:stored")
-        return None if job["kind"] == "slurm" else tick(keep=(job["node"], job["user"]))
-    finally:  # the runner may go on with another job: leave nothing open behind
-        signal.set_wakeup_fd(-1)
-        os.close(wake_r)
-        os.close(wake_w)
+def store_and_continue(db, job, record, child):
+    """Inside a transaction: record how a job ended and, if another job of the same node and
+    user can start now, claim it and confirm it at once (one transaction for both: short jobs
+    do not pay for a new process, a launch or another commit). child: the forked process
+    (pid, pipe) that will become that job, or None (a runner in a Slurm pool takes no next
+    job: Slurm allocated this one only). Returns (what confirm returns, or None; whether a
+    tick is wanted for other jobs)."""
+    row = db.execute("SELECT * FROM jobs WHERE id = ?", (job["id"],)).fetchone()
+    if row is not None:
+        finish_job(db, row, record)
+    if child is None:
+        request_tick(db)  # (the site's timer hands the next job to the pool)
+        return None, False
+    me = None if os.geteuid() == 0 else job["user"]
+    claims = claim_jobs(db, me, only=(job["node"], job["user"]))
+    started = confirm(db, claims[0]["id"], claims[0]["attempt"], child[0]) if claims else None
+    return started, meta_number(db, "tick_wanted") > 0
 
 
 def runner(job_id, attempt):
-    """A runner's life: run the job, then, while the tick keeps one for this node and user,
-    the next one (short jobs do not pay for a new process each)."""
-    claim = {"id": job_id, "attempt": attempt}
-    while claim:
-        claim = run_job(claim["id"], claim["attempt"])
+    """A runner's life, on the node, as the job's owner: confirm the job the tick claimed for
+    it, run it, record how it ended; then, while another job of this node and user can start,
+    run that one too. Not in a Slurm pool, whose machines may not reach the lab's nodes: the
+    runner there does not tick either (the site's timer does)."""
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    stop = {"asked": False}
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(asked=True))
+    child = fork_job_process()
+    try:
+        try:
+            started = atomically(lambda db: confirm(db, job_id, attempt, child[0]))
+        except QpyError:
+            started = None
+        while started:
+            job, spec, settings = started
+            crash_point("runner:confirmed")
+            mark_go(job)
+            give_orders(child[1], job, spec)
+            record = supervise(job, child[0], stop, wake_r, settings)
+            heartbeat = run_file(job["user"], job["id"], "hb")
+            keep_trying(lambda: write_atomically(run_file(job["user"], job["id"], "exit"),
+                                                 json.dumps(record).encode()), heartbeat)
+            crash_point("runner:recorded")
+            child = None if job["kind"] == "slurm" else fork_job_process()
+            started, wanted = keep_trying(lambda: atomically(
+                lambda db: store_and_continue(db, job, record, child)), heartbeat)
+            crash_point("runner:stored")
+            if wanted:
+                tick()  # others' jobs, other nodes: the tick launches them
+        if child:  # forked for a job that is not ours: it gets no orders and exits
+            os.close(child[1])
+            os.waitpid(child[0], 0)
+    finally:
+        signal.set_wakeup_fd(-1)
+        os.close(wake_r)
+        os.close(wake_w)
 
 
 def keep_trying(action, heartbeat):
@@ -1959,13 +2130,12 @@ def keep_trying(action, heartbeat):
             delay = min(delay * 2, 30)
 
 
-def supervise(job, pid, stop, wake):
+def supervise(job, pid, stop, wake, settings):
     """Wait for the command, touching the heartbeat file; stop it (SIGTERM to its group, then
     SIGKILL after kill_grace) when the user kills it or its time limit passes; return the
     exit record."""
     import select
-    grace, beat = atomically(lambda db: (meta_number(db, "kill_grace"),
-                                         meta_number(db, "heartbeat")), write=False)
+    grace, beat = settings["kill_grace"], settings["heartbeat"]
     heartbeat = run_file(job["user"], job["id"], "hb")
     poller = select.poll()
     poller.register(wake, select.POLLIN)
@@ -1981,9 +2151,13 @@ def supervise(job, pid, stop, wake):
             with open(heartbeat, "w"):
                 pass
             next_beat = now + beat
-        if stopping is None and (stop["asked"] or (time_up and now >= time_up)):
-            # SIGTERM: qpy kill, or Slurm, or a shutdown (finish_job tells which from the DB)
-            stopping = "terminated by SIGTERM" if stop["asked"] else "time limit"
+        if stop["asked"]:
+            stop["asked"] = False
+            if stopping is None and (job["kind"] == "slurm" or kill_requested(job)):
+                stopping = "terminated by SIGTERM"  # finish_job says 'killed' for a qpy kill
+        if stopping is None and time_up and now >= time_up:
+            stopping = "time limit"
+        if stopping is not None and hard_kill_at is None:
             signal_group(pid, signal.SIGTERM)
             hard_kill_at = now + grace
         if hard_kill_at is not None and now >= hard_kill_at:
@@ -2016,6 +2190,18 @@ def supervise(job, pid, stop, wake):
     return record
 
 
+def kill_requested(job):
+    """Was this job killed with qpy kill? A runner that runs job after job may get the SIGTERM
+    meant for the job before (it ended meanwhile): only its own kill stops the job it runs
+    now. (In a Slurm pool a runner runs one job, and Slurm's SIGTERM is for it.)"""
+    try:
+        return bool(atomically(lambda db: db.execute(
+            "SELECT kill_requested FROM jobs WHERE id = ?", (job["id"],)).fetchone()[0],
+            write=False))
+    except QpyError:
+        return True  # the database cannot say: do as asked
+
+
 def memory_peak(pid, unless_running):
     """The peak resident memory (VmHWM, KB) of a process, or None: gone, or still running
     the program `unless_running` (a forked job that has not become its command yet)."""
@@ -2037,17 +2223,6 @@ def signal_group(pgid, sig):
         os.killpg(pgid, sig)
     except OSError:
         pass
-
-
-def abandon(job, reason):
-    """A claimed job that cannot start at all (its job file is gone or not its owner's):
-    failed, with the reason."""
-    def fail(db):
-        db.execute("UPDATE jobs SET status = 'failed', reason = ?, ended_at = ? "
-                   "WHERE id = ? AND status = 'starting' AND attempt = ?",
-                   (reason, time.time(), job["id"], job["attempt"]))
-        request_tick(db)
-    atomically(fail)
 
 
 # --------------------------------------------------------------------------------------------
@@ -2146,23 +2321,30 @@ Examples:
             ids.append(cursor.lastrowid)
         db.execute("UPDATE jobs SET position = id, array_of = CASE WHEN array_index IS NULL "
                    "THEN NULL ELSE ? END WHERE id BETWEEN ? AND ?", (ids[0], ids[0], ids[-1]))
-        request_tick(db)
+        owner = db.execute("SELECT paused, finished FROM users WHERE name = ?", (user,)).fetchone()
+        startable = not (owner["paused"] or owner["finished"]) and meta_number(db, "dispatch")
+        if startable:
+            request_tick(db)
+        elif owner["paused"] or owner["finished"]:  # no tick: ctrlQueue continue asks for one
+            db.execute("UPDATE jobs SET reason = ? WHERE id BETWEEN ? AND ?", (
+                "queue paused" if owner["paused"] else "qpy finish", ids[0], ids[-1]))
         # The job file names the IDs it is for: a row forged into the shared DB that points
         # at it (or at anybody else's file) is refused by the runner.
         spec = {"argv": run_argv, "cwd": cwd, "env": submitted_environment(),
                 "script_copy": copy, "ids": [ids[0], ids[-1]]}
         write_atomically(spec_path, json.dumps(spec).encode())
         crash_point("sub:spooled")
-        return ids
+        return ids, startable
 
-    ids = atomically(insert)
+    ids, startable = atomically(insert)
     crash_point("sub:committed")
     array = " (array %s)" % args["--array"] if args["--array"] else ""
     if len(ids) == 1:
         print("Job %d received%s." % (ids[0], array))
     else:
         print("Jobs %d-%d received%s." % (ids[0], ids[-1], array))
-    detach(tick)
+    if startable:
+        start_tick()
 
 
 def submission_request(args, script):
@@ -2330,7 +2512,7 @@ Examples:
 
     jobs, config, paused, notes, overdue = atomically(read, write=False)
     if overdue:
-        detach(tick)
+        start_tick()
     if args["<filter>"]:
         jobs = [job for job in jobs if selected(job, statuses, dirs, ranges)]
     if args["--json"]:
@@ -2734,7 +2916,7 @@ Example:
         atomically(set_pause)
         print("Job submission paused." if pause else "Job submission continued.")
         if not pause:
-            detach(tick)
+            start_tick()
         return
     if len(args["<jobs>"]) < 2:
         raise QpyError("Give the jobs to change position and the target: "

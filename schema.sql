@@ -117,6 +117,7 @@ CREATE TABLE jobs (
 
 -- The tick and 'check running' look only at live jobs: never scan the history.
 CREATE INDEX jobs_live ON jobs (status, position) WHERE status IN ('queue', 'starting', 'running');
+CREATE INDEX jobs_queued ON jobs (user, position) WHERE status = 'queue';  -- each user's front
 CREATE INDEX jobs_by_user ON jobs (user, position);
 CREATE INDEX jobs_by_spec ON jobs (spec);  -- the jobs of an array share one job file
 

@@ -41,17 +41,21 @@ class Sandbox:
         return sqlite3.connect(os.path.join(self.state, "qpy.db"), timeout=60)
 
     def live(self):
+        """How many jobs are not finished, read as qpy's readers do: under qpy.lock (a reader
+        without it would hold up qpy's writers in SQLite's busy handler)."""
+        from filelock import FileLock
         db = self.db()
         try:
-            return db.execute("SELECT COUNT(*) FROM jobs WHERE status IN "
-                              "('queue', 'starting', 'running')").fetchone()[0]
+            with FileLock(os.path.join(self.state, "qpy.lock")):
+                return db.execute("SELECT COUNT(*) FROM jobs WHERE status IN "
+                                  "('queue', 'starting', 'running')").fetchone()[0]
         finally:
             db.close()
 
     def wait_idle(self, timeout=600):
         deadline = time.time() + timeout
         while self.live() and time.time() < deadline:
-            time.sleep(0.02)
+            time.sleep(0.05)
 
     def close(self):
         shutil.rmtree(self.root, ignore_errors=True)
@@ -234,7 +238,17 @@ def row(figure, value, baseline, unit, baseline_name, target_ratio, higher_is_be
             "baseline_name": baseline_name, "ratio": ratio, "target": target, "met": met}
 
 
+def compile_qpy():
+    """Fresh byte-code first: qpy must not be measured compiling itself (a Python that writes
+    no byte-code, PYTHONDONTWRITEBYTECODE, would do so at every start after an edit)."""
+    import py_compile
+    for name in ("qpy.py", "qpy_admin.py"):
+        py_compile.compile(os.path.join(REPO, name), doraise=True,
+                           invalidation_mode=py_compile.PycInvalidationMode.TIMESTAMP)
+
+
 def main():
+    compile_qpy()
     rows = []
     first = b1()
     rows.append(first)

@@ -137,7 +137,7 @@ def test_late_runner_of_a_retaken_claim_never_runs_the_job(site, monkeypatch):
             "claimed_at = 0 WHERE id = ?", (job,)))
         qpy.atomically(qpy.reconcile)           # the claim times out: back to the queue
         assert site.status(job) == "queue"
-        qpy.run_job(job, 1)                     # the late runner of attempt 1
+        qpy.runner(job, 1)                      # the late runner of attempt 1
         assert site.status(job) == "queue" and ran(site) == []
     finally:
         qpy.disconnect()
@@ -147,14 +147,14 @@ def test_late_runner_of_a_retaken_claim_never_runs_the_job(site, monkeypatch):
 
 
 def test_crash_of_the_runner_before_the_command_starts(site):
+    """Confirmed, but the command never got its go: nothing ran, so it is queued again."""
     env, _ = crash_env(site, "runner:confirmed")
     job = submit_logged(site, env=env)
-    site.wait_status(job, "running")
-    wait_for(lambda: not qpy_processes(site.home), what="the runner to die")
+    wait_for(lambda: site.jobs()[job]["attempt"] == 1 and not qpy_processes(site.home),
+             what="the runner to die")
     site.ok("check")
-    record = site.wait_status(job, "failed")
-    assert record["reason"] == "runner lost"
-    assert ran(site) == []  # the command never started, and is not run behind the user's back
+    record = site.wait_status(job, "done")
+    assert record["attempt"] == 2 and ran(site) == [job]  # run once, by the second runner
 
 
 def test_crash_of_the_runner_after_the_exit_record(site):
@@ -190,6 +190,23 @@ def test_a_runner_killed_while_its_job_runs(site):
     record = site.wait_status(job, "failed")
     assert record["reason"] == "runner lost"
     wait_for(lambda: not group_members(record["pgid"]), what="the orphaned job to be stopped")
+
+
+def test_a_late_kill_of_the_job_before_does_not_stop_the_next_one(site):
+    """A runner runs job after job: a SIGTERM meant for a job that ended meanwhile (qpy kill
+    racing the job's end) does not stop the job the runner runs now."""
+    site.ok("nodes", write_nodes(site, "localhost 1"), admin=True)
+    site.ok("ctrlQueue", "pause")
+    first = site.submit("true")
+    second = site.submit("sleep", "300")
+    site.ok("ctrlQueue", "continue")
+    record = site.wait_status(second, "running")
+    assert record["runner_pid"] == site.jobs()[first]["runner_pid"]  # the same runner
+    os.kill(record["runner_pid"], signal.SIGTERM)  # as a late 'qpy kill <first>' would
+    time.sleep(1)  # the runner wakes at once on the signal: give it time to act, wrongly
+    assert site.status(second) == "running" and group_members(record["pgid"])
+    assert site.ok("kill", str(second)) == "1 job will be killed.\n"
+    assert site.wait_status(second, "killed")["reason"] == "killed by the user"
 
 
 def test_kill_of_a_job_whose_runner_died(site):

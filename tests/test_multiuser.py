@@ -41,8 +41,10 @@ def cores_in_use(site):
 
 
 def settle(site, expected):
-    """Tick as root (the timer's job) until each user holds the expected cores."""
-    wait_for(lambda: site.admin("tick") is not None and cores_in_use(site) == expected,
+    """Tick as root (the timer's job) until each user holds the expected cores, every claim
+    confirmed by its runner (a claim still 'starting' shows as queued)."""
+    wait_for(lambda: site.admin("tick") is not None and cores_in_use(site) == expected
+             and not any(job["status"] == "starting" for job in site.jobs().values()),
              what="cores in use to be %s (they are %s)" % (expected, cores_in_use(site)))
 
 

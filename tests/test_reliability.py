@@ -40,6 +40,7 @@ def test_an_older_database_is_upgraded_in_place_keeping_every_job(site):
     db = sqlite3.connect(os.path.join(site.state, "qpy.db"))
     with db:  # what schema 1 was: no index on job files, no Slurm pools
         db.execute("DROP INDEX jobs_by_spec")
+        db.execute("DROP INDEX jobs_queued")
         for table, column in (("nodes", "kind"), ("nodes", "partition"), ("nodes", "max_jobs"),
                               ("nodes", "account"), ("nodes", "qos"), ("nodes", "extra"),
                               ("jobs", "slurm_id")):

@@ -245,7 +245,8 @@ def test_200_jobs_through_a_pool_of_20(pool):
 def meta(site, key):
     db = sqlite3.connect(os.path.join(site.state, "qpy.db"))
     try:
-        return int(db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0])
+        row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return int(row[0]) if row else 0  # (no tick ran yet)
     finally:
         db.close()
 
