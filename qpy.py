@@ -2123,6 +2123,7 @@ def keep_trying(action, heartbeat):
             return action()
         except (OSError, QpyError):
             try:
+                open(heartbeat, "a").close()
                 os.utime(heartbeat)
             except OSError:
                 pass
@@ -2144,7 +2145,7 @@ def supervise(job, pid, stop, wake, settings):
     peak = 0
     stopping = None  # why the job is being stopped, once it is
     hard_kill_at = None
-    next_beat = 0
+    next_beat = time.time() + beat  # until then the start time stands for it (last_heartbeat)
     while True:
         now = time.time()
         if now >= next_beat:
@@ -2472,10 +2473,10 @@ def user_jobs(db, user, statuses=None):
     if statuses is None:
         return db.execute("SELECT * FROM jobs WHERE user = ? ORDER BY position, id",
                           (user,)).fetchall()
-    if statuses == LIVE:
-        return db.execute("SELECT * FROM jobs WHERE " + LIVE_SQL + " AND +user = ? "
-                          "ORDER BY position, id", (user,)).fetchall()
     listed = ",".join("'%s'" % status for status in statuses)
+    if set(statuses) <= set(LIVE):
+        return db.execute("SELECT * FROM jobs WHERE " + LIVE_SQL + " AND status IN (%s) AND "
+                          "+user = ? ORDER BY position, id" % listed, (user,)).fetchall()
     return db.execute("SELECT * FROM jobs WHERE status IN (%s) AND user = ? ORDER BY position, id"
                       % listed, (user,)).fetchall()
 
@@ -2498,9 +2499,12 @@ Examples:
     statuses, dirs, ranges = selection(args["<filter>"], STATUSES, "check")
     user = user_name()
     live_only = statuses and statuses <= {"queue", "running"} and not dirs and not ranges
+    # (users see a claimed job, 'starting', as queued)
+    wanted = [db_status for status in statuses or () for db_status in
+              {"queue": ("queue", "starting"), "running": ("running",)}.get(status, ())]
 
     def read(db):
-        jobs = user_jobs(db, user, LIVE if live_only else None)
+        jobs = user_jobs(db, user, wanted if live_only else None)
         config = load_config(db, user)
         paused = db.execute("SELECT paused FROM users WHERE name = ?", (user,)).fetchone()
         notes = {}

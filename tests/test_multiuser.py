@@ -61,7 +61,9 @@ def test_alone_a_user_gets_all_then_freed_cores_go_to_the_other(lab):
     for step in range(1, 6):
         release(site, "alice", running(site, "alice")[0])
         settle(site, {"alice": 10 - step, "bob": step})
-    release(site, "alice", running(site, "alice")[0])
+    last = running(site, "alice")[0]
+    release(site, "alice", last)
+    site.wait_status(last, "done")  # (alice holds 5 cores before and after)
     settle(site, {"alice": 5, "bob": 5})  # alice's freed core comes back to her
     status = site.ok("alice", "status")
     lines = {line.split()[0]: line.split()[1:3] for line in status.splitlines()[2:4]}
