@@ -1229,9 +1229,12 @@ def claim_jobs(db, me, only=None):
     shares = compute_shares(load_rules(db), share_holders(db),
                             sum(node["cores"] for node in nodes))
     held, dropped = hold_for_dependencies(db)
-    live = [job for job in jobs_to_schedule(db) if job["id"] not in dropped]
+    live, left_out = jobs_to_schedule(db)
+    live = [job for job in live if job["id"] not in dropped]
     placements, pending = schedule(nodes, live, blocked, shares, held,
                                    waiting_counts(db, blocked, held))
+    if left_out and placements:
+        request_tick(db)  # another pass looks at the jobs behind those placed now
     for job in live:
         if job["id"] in pending and job["reason"] != pending[job["id"]]:
             db.execute("UPDATE jobs SET reason = ? WHERE id = ?", (pending[job["id"]], job["id"]))
@@ -1273,16 +1276,19 @@ QUEUE_DEPTH = 50
 
 def jobs_to_schedule(db):
     """The running and claimed jobs, and the first QUEUE_DEPTH queued jobs of each user, in
-    queue order (read through the indexes of live jobs: never the history)."""
+    queue order (read through the indexes of live jobs: never the history); and whether some
+    queued jobs were left out."""
     jobs = db.execute("SELECT * FROM jobs WHERE " + LIVE_SQL + " AND status IN "
                       "('starting', 'running')").fetchall()
-    queued = []
+    queued, left_out = [], False
     for (user,) in db.execute("SELECT DISTINCT user FROM jobs WHERE status = 'queue'").fetchall():
         # (named: without it SQLite may walk the user's whole history through jobs_by_user)
-        queued += db.execute("SELECT * FROM jobs INDEXED BY jobs_queued WHERE status = 'queue' "
-                             "AND user = ? ORDER BY position, id LIMIT ?",
-                             (user, QUEUE_DEPTH)).fetchall()
-    return jobs + sorted(queued, key=lambda job: (job["position"], job["id"]))
+        front = db.execute("SELECT * FROM jobs INDEXED BY jobs_queued WHERE status = 'queue' "
+                           "AND user = ? ORDER BY position, id LIMIT ?",
+                           (user, QUEUE_DEPTH + 1)).fetchall()
+        left_out = left_out or len(front) > QUEUE_DEPTH
+        queued += front[:QUEUE_DEPTH]
+    return jobs + sorted(queued, key=lambda job: (job["position"], job["id"])), left_out
 
 
 def waiting_counts(db, blocked_users, held):
@@ -1702,16 +1708,21 @@ def launch_all(claims):
                 refused.append((job, str(e)))
         else:
             owners[job["id"]] = None
-    # A runner is always a fresh process (never a fork of this one: its stack and state would
-    # pile up, job after job), started by ssh on its node or directly here.
+    # A runner is never a fork of this tick (its stack and state would pile up, job after
+    # job): `qpy _run`, started by ssh on the node (directly here), forks one per job.
     ready = [job for job in claims if job["id"] in owners]
-    hosts = [job for job in ready if job["kind"] == "host"]
     pooled = [job for job in ready if job["kind"] == "slurm"]
-    calls = [(job["address"], qpy_on_node("_run", job["id"], job["attempt"]), owners[job["id"]])
-             for job in hosts]
-    for job, (status, error) in zip(hosts, run_on_nodes(calls)):
+    batches = {}  # one ssh per node and owner starts the runners of all their jobs there
+    for job in ready:
+        if job["kind"] == "host":
+            owner = owners[job["id"]]
+            batches.setdefault((job["address"], owner and owner.pw_uid), []).append(job)
+    calls = [(address, qpy_on_node("_run", *[value for job in jobs
+                                             for value in (job["id"], job["attempt"])]),
+              owners[jobs[0]["id"]]) for (address, _), jobs in batches.items()]
+    for jobs, (status, error) in zip(batches.values(), run_on_nodes(calls)):
         if status != 0:
-            failures.append((job, error))
+            failures += [(job, error) for job in jobs]
     commands = [(sbatch_command(job), owners[job["id"]], None) for job in pooled]
     for job, (status, out, error) in zip(pooled, run_all(commands, SLURM_TIMEOUT)):
         slurm_id = out.strip().split(";")[0]  # --parsable: <id> or <id>;<cluster>
@@ -3092,10 +3103,11 @@ COMMANDS = {
 }
 
 
-def node_run(job_id, attempt):
-    """`qpy.py _run ID ATTEMPT`, started by a tick (by ssh on other nodes): detach the
-    runner, return."""
-    detach(runner, int(job_id), int(attempt))
+def node_run(*ids_and_attempts):
+    """`qpy.py _run ID ATTEMPT [ID ATTEMPT...]`, started by a tick (by ssh on other nodes):
+    detach a runner for each job, return."""
+    for job_id, attempt in zip(ids_and_attempts[::2], ids_and_attempts[1::2]):
+        detach(runner, int(job_id), int(attempt))
     return 0
 
 

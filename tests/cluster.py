@@ -209,6 +209,8 @@ def install_qpy():
             else module.__file__
         copy = shutil.copytree if os.path.isdir(source) else shutil.copy
         copy(source, os.path.join(site, os.path.basename(source)))
+    # byte-code made once by root: the users cannot write there, and qpy starts faster with it
+    sh(os.path.join(venv, "bin", "python"), "-m", "compileall", "-q", target, site)
     sh("chmod", "-R", "a+rX", target, venv)
 
 

@@ -199,6 +199,14 @@ def test_slurmctld_down_jobs_wait_with_the_reason_then_run_once(pool, slurm):
     assert all(site.jobs()[j]["attempt"] >= 1 for j in jobs)
 
 
+def test_doctor_checks_the_pools(pool):
+    site = pool()
+    site.ok("add", "ghost", "type=slurm", "partition=nosuch", "cores=4", admin=True)
+    out = site.run("doctor", admin=True).stdout
+    assert "ok       Slurm pool hpc: partition compute is up" in out, out
+    assert "PROBLEM  Slurm pool ghost: partition nosuch is missing: check the partition" in out
+
+
 def test_200_jobs_through_a_pool_of_20(pool):
     site = pool(max_jobs=20)
     site.ok("ctrlQueue", "pause")
