@@ -1233,7 +1233,7 @@ def claim_jobs(db, me, only=None):
     live = [job for job in live if job["id"] not in dropped]
     placements, pending = schedule(nodes, live, blocked, shares, held,
                                    waiting_counts(db, blocked, held))
-    if left_out and placements:
+    if left_out and placements and only is None:
         request_tick(db)  # another pass looks at the jobs behind those placed now
     for job in live:
         if job["id"] in pending and job["reason"] != pending[job["id"]]:
