@@ -326,7 +326,7 @@ def take_lock(name, timeout):
         from filelock import FileLock, Timeout
         lock = FileLock(path, mode=0o660, timeout=timeout)
         try:
-            lock.acquire(poll_interval=0.002)  # held for milliseconds: look again soon
+            lock.acquire(poll_interval=0.0005)  # held for milliseconds: look again soon
         except Timeout:
             return None
         return lock.release
