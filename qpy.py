@@ -275,7 +275,9 @@ MIGRATIONS = {
            "partition TEXT", "max_jobs INTEGER CHECK (max_jobs >= 1)", "account TEXT",
            "qos TEXT", "extra TEXT")]
        + ["ALTER TABLE jobs ADD COLUMN slurm_id TEXT",
-          "CREATE INDEX jobs_queued ON jobs (user, position) WHERE status = 'queue'"],
+          "CREATE INDEX jobs_queued ON jobs (user, position) WHERE status = 'queue'",
+          "DROP INDEX jobs_by_spec",
+          "CREATE INDEX jobs_live_by_spec ON jobs (spec) WHERE " + LIVE_SQL],
 }
 
 
@@ -1454,8 +1456,10 @@ def read_exit_record(job):
     return record if record.get("attempt") == job["attempt"] else None
 
 
-def finish_job(db, job, record):
-    """Record the end of a running job (from its exit record) and remove its files."""
+def finish_job(db, job, record, run_files=True):
+    """Record the end of a running job (from its exit record) and remove its files (its run
+    files too, unless run_files is False: a runner removes them after the commit, so as not
+    to hold the lock for it)."""
     status, reason = record["status"], record.get("reason")
     if job["kill_requested"] and status not in ("done", "killed"):
         status, reason = "killed", "killed by the user"
@@ -1464,16 +1468,22 @@ def finish_job(db, job, record):
                (status, record.get("exit_code"), record.get("signal"), reason,
                 record["ended_at"], record.get("max_rss"), record.get("cpu_time"),
                 job["id"], job["attempt"]))
-    discard_job_files(db, job)
+    discard_job_files(db, job, run_files)
 
 
-def discard_job_files(db, job):
-    """Remove an ended job's files. The job file and script copy are shared by the jobs of an
-    array: they go with the last of them."""
+def remove_run_files(job):
+    """An ended job's exit record, heartbeat, started marker and Slurm output."""
     remove_quietly(*(run_file(job["user"], job["id"], kind)
                      for kind in ("exit", "hb", "started", "slurm")))
-    if db.execute("SELECT 1 FROM jobs WHERE spec = ? AND id != ? AND status IN "
-                  "('queue', 'starting', 'running') LIMIT 1", (job["spec"], job["id"])).fetchone():
+
+
+def discard_job_files(db, job, run_files=True):
+    """Remove an ended job's files. The job file and script copy are shared by the jobs of an
+    array: they go with the last of them."""
+    if run_files:
+        remove_run_files(job)
+    if db.execute("SELECT 1 FROM jobs WHERE " + LIVE_SQL + " AND spec = ? AND id != ? LIMIT 1",
+                  (job["spec"], job["id"])).fetchone():
         return
     try:
         with open(job["spec"]) as f:
@@ -2073,7 +2083,7 @@ def store_and_continue(db, job, record, child):
     tick is wanted for other jobs)."""
     row = db.execute("SELECT * FROM jobs WHERE id = ?", (job["id"],)).fetchone()
     if row is not None:
-        finish_job(db, row, record)
+        finish_job(db, row, record, run_files=False)
     if child is None:
         request_tick(db)  # (the site's timer hands the next job to the pool)
         return None, False
@@ -2114,6 +2124,7 @@ def runner(job_id, attempt):
             started, wanted = keep_trying(lambda: atomically(
                 lambda db: store_and_continue(db, job, record, child)), heartbeat)
             crash_point("runner:stored")
+            remove_run_files(job)
             if wanted:
                 tick()  # others' jobs, other nodes: the tick launches them
         if child:  # forked for a job that is not ours: it gets no orders and exits
@@ -3026,6 +3037,13 @@ jobs are not affected.
         spool = os.path.join(user_dir(user), "spool")
         orphans = [os.path.join(spool, name) for name in os.listdir(spool)]
         remove_quietly(*(path for path in orphans if path not in live))
+        # run files of ended jobs (a runner that died between its commit and their removal)
+        running = {row[0] for row in db.execute("SELECT id FROM jobs WHERE " + LIVE_SQL +
+                                                " AND +user = ?", (user,))}
+        run = os.path.join(user_dir(user), "run")
+        remove_quietly(*(os.path.join(run, name) for name in os.listdir(run)
+                         if name.split(".")[0].isdigit()
+                         and int(name.split(".")[0]) not in running))
     atomically(resume)
     tick()
 

@@ -318,7 +318,8 @@ def check_site():
         for name in sorted(os.listdir(run)) if os.path.isdir(run) else []:
             number = name.split(".")[0]
             if number.isdigit() and int(number) not in live:
-                problems.append("%s/%s: a record of a job that is not running" % (run, name))
+                problems.append("%s/%s: a record of a job that is not running (qpy restart, "
+                                "as %s, removes it)" % (run, name, user))
         spool = os.path.join(users, user, "spool")
         for name in sorted(os.listdir(spool)) if os.path.isdir(spool) else []:
             if os.path.join(spool, name) not in specs:

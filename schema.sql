@@ -119,7 +119,8 @@ CREATE TABLE jobs (
 CREATE INDEX jobs_live ON jobs (status, position) WHERE status IN ('queue', 'starting', 'running');
 CREATE INDEX jobs_queued ON jobs (user, position) WHERE status = 'queue';  -- each user's front
 CREATE INDEX jobs_by_user ON jobs (user, position);
-CREATE INDEX jobs_by_spec ON jobs (spec);  -- the jobs of an array share one job file
+-- the jobs of an array share one job file: it goes when the last of them has ended
+CREATE INDEX jobs_live_by_spec ON jobs (spec) WHERE status IN ('queue', 'starting', 'running');
 
 -- Free-text notes on a job ('qpy notes'), shown by %K, removed by 'qpy clean'.
 CREATE TABLE notes (

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import QPY, group_members, wait_for
+from conftest import QPY, group_members, qpy_processes, wait_for
 
 
 def test_a_corrupt_database_is_one_clear_line(site):
@@ -39,7 +39,7 @@ def test_an_older_database_is_upgraded_in_place_keeping_every_job(site):
     jobs = [site.submit("true") for _ in range(3)]
     db = sqlite3.connect(os.path.join(site.state, "qpy.db"))
     with db:  # what schema 1 was: no index on job files, no Slurm pools
-        db.execute("DROP INDEX jobs_by_spec")
+        db.execute("DROP INDEX jobs_live_by_spec")
         db.execute("DROP INDEX jobs_queued")
         for table, column in (("nodes", "kind"), ("nodes", "partition"), ("nodes", "max_jobs"),
                               ("nodes", "account"), ("nodes", "qos"), ("nodes", "extra"),
@@ -51,7 +51,8 @@ def test_an_older_database_is_upgraded_in_place_keeping_every_job(site):
     site.ok("check")
     db = sqlite3.connect(os.path.join(site.state, "qpy.db"))
     assert db.execute("PRAGMA user_version").fetchone()[0] == 3
-    assert db.execute("SELECT name FROM sqlite_master WHERE name = 'jobs_by_spec'").fetchone()
+    indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert {"jobs_live_by_spec", "jobs_queued"} <= indexes and "jobs_by_spec" not in indexes
     assert db.execute("SELECT kind, max_jobs FROM nodes").fetchall() == [("host", None)]
     db.close()
     site.ok("ctrlQueue", "continue")
@@ -149,6 +150,7 @@ def test_ctrl_c_leaves_no_half_done_state(site):
 def test_backup_check_and_restore(site, tmp_path):
     done = site.submit("true")
     site.wait_idle()
+    wait_for(lambda: not qpy_processes(site.home), what="the runner to leave")
     backup = str(tmp_path / "backup.db")
     assert "Backed up" in site.ok("backup", backup, admin=True)
     site.ok("clean", "all")
