@@ -1235,8 +1235,6 @@ def claim_jobs(db, me, only=None):
     live = [job for job in live if job["id"] not in dropped]
     placements, pending = schedule(nodes, live, blocked, shares, held,
                                    waiting_counts(db, blocked, held))
-    if left_out and placements and only is None:
-        request_tick(db)  # another pass looks at the jobs behind those placed now
     for job in live:
         if job["id"] in pending and job["reason"] != pending[job["id"]]:
             db.execute("UPDATE jobs SET reason = ? WHERE id = ?", (pending[job["id"]], job["id"]))
@@ -1264,6 +1262,8 @@ def claim_jobs(db, me, only=None):
                          "n.extra FROM jobs j JOIN nodes n ON n.name = j.node "
                          "WHERE j.id = ?", (job_id,)).fetchone()
         claims.append(dict(row))
+    if left_out and claims and only is None:
+        request_tick(db)  # another pass looks at the jobs behind those claimed now
     return claims
 
 

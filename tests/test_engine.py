@@ -275,3 +275,29 @@ def test_a_runner_goes_on_with_the_next_job_of_its_node(site):
     assert all(site.status(j) == "done" for j in ids)
     assert len(runners) < len(ids)
     wait_for(lambda: not qpy_processes(site.home), what="no qpy process left")
+
+
+def test_a_users_tick_does_not_loop_on_jobs_only_root_may_start(tmp_path, monkeypatch):
+    """Bob's queue is longer than a pass looks at, and his jobs could start, but alice's tick
+    may not start them: her pass must not ask for pass after pass (it once did, for ever)."""
+    import qpy
+    monkeypatch.setenv("QPY_STATE", str(tmp_path / "state"))
+    qpy.disconnect()
+    try:
+        def fill(db):
+            db.execute("UPDATE meta SET value = '0' WHERE key = 'tick_wanted'")
+            db.execute("INSERT INTO users (name) VALUES ('bob')")
+            for position in range(1, qpy.QUEUE_DEPTH + 11):
+                db.execute("INSERT INTO jobs (user, command, cwd, spec, n_cores, mem, position, "
+                           "queued_at) VALUES ('bob', 'true', '/', '/none', 1, 0, ?, 0)",
+                           (position,))
+        qpy.atomically(fill)
+        claims = qpy.atomically(lambda db: qpy.claim_jobs(db, "alice"))
+        assert claims == []
+        assert qpy.atomically(lambda db: qpy.meta_number(db, "tick_wanted"), write=False) == 0
+        # root's pass claims bob's jobs, and asks for one more pass for those behind them
+        claims = qpy.atomically(lambda db: qpy.claim_jobs(db, None))
+        assert claims and qpy.atomically(lambda db: qpy.meta_number(db, "tick_wanted"),
+                                         write=False) == 1
+    finally:
+        qpy.disconnect()
