@@ -5,11 +5,11 @@ The protocol (design.md sections 3-4), which every function below keeps:
 
  1. All state is one SQLite file, <state>/qpy.db, in journal_mode=DELETE (never WAL: the
     state directory may be on NFS) with synchronous=FULL.
- 2. Every transaction runs while holding the file lock <state>/qpy.lock and inside
-    BEGIN IMMEDIATE. The lock is held for milliseconds: nobody forks, sshes, signals a
-    remote host or waits for anything while holding it.
+ 2. Every transaction runs while holding the file lock <state>/qpy.lock (filelock's
+    flock; take_lock) and inside BEGIN IMMEDIATE. The lock is held for milliseconds:
+    nobody forks, sshes, signals a remote host or waits for anything while holding it.
  3. `qpy sub` inserts a job ('queue') and bumps meta.tick_wanted in one transaction, then
-    forks a detached tick and returns. It never waits for a launch.
+    forks a detached tick (unless one is running) and returns. It never waits for a launch.
  4. One tick at a time: <state>/tick.lock, taken without blocking. A tick that finds it held
     leaves; the holder loops until tick_wanted is 0, and re-checks after releasing, so no
     request is ever lost and nobody waits for a tick.
@@ -17,8 +17,10 @@ The protocol (design.md sections 3-4), which every function below keeps:
     launches its runner. The runner confirms under the lock that the job is still
     'starting' with *its* attempt, creates the started marker with O_EXCL and records
     'running' in that same transaction; only after the commit does the command run.
-    A claim nobody confirms within launch_timeout goes back to 'queue'. So a job runs at
-    most once, and a crash anywhere leaves it queued, never lost.
+    A claim nobody confirms within launch_timeout goes back to 'queue'; a job whose runner
+    died before writing 'go' into the marker (just before the command is told to run) is
+    queued again. So a job runs at most once, and a crash anywhere leaves it queued, never
+    lost. (In a Slurm pool the launch is an sbatch, and Slurm's word replaces the timeout.)
  6. The runner owns a running job: the command runs in its own process group; at the end
     the exit record is written to a file (tmp, fsync, rename) *before* the database is
     updated. The transaction that stores the end also claims and confirms the next job
@@ -2029,14 +2031,19 @@ def confirm(db, job_id, attempt, pgid):
                      "WHERE j.id = ?", (job_id,)).fetchone()
     if job is None or job["status"] != "starting" or job["attempt"] != attempt:
         return None
+    marker = run_file(job["user"], job_id, "started")
     try:
         spec = read_job_file(job)
-        fd = os.open(run_file(job["user"], job_id, "started"),
-                     os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            # ours only if made for this very claim by a transaction that was rolled back
+            # (its attempt, no 'go'): a claim is committed before anyone runs it
+            if command_started(job):
+                return fail_claim(db, job, "started marker exists: refused to run it twice")
+            fd = os.open(marker, os.O_WRONLY | os.O_TRUNC)
     except QpyError as e:
         return fail_claim(db, job, str(e))
-    except FileExistsError:
-        return fail_claim(db, job, "started marker exists: refused to run it twice")
     except OSError as e:
         return fail_claim(db, job, "cannot create its started marker: %s" % e)
     os.write(fd, str(attempt).encode())

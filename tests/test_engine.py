@@ -301,3 +301,29 @@ def test_a_users_tick_does_not_loop_on_jobs_only_root_may_start(tmp_path, monkey
                                          write=False) == 1
     finally:
         qpy.disconnect()
+
+
+def test_confirm_after_a_rolled_back_try_but_never_over_a_started_job(site, monkeypatch):
+    """A runner's transaction that made the started marker and then failed is tried again:
+    the marker of that very claim (its attempt, no 'go') is reused; a marker with 'go' means
+    the command was told to run: refused."""
+    import qpy
+    site.ok("ctrlQueue", "pause")
+    first, second = site.submit("true"), site.submit("true")
+    monkeypatch.setenv("HOME", site.home)
+    monkeypatch.delenv("QPY_STATE", raising=False)
+    qpy.disconnect()
+    try:
+        user = site.jobs()[first]["user"]
+        for job_id, content in ((first, "1"), (second, "1 go")):
+            qpy.atomically(lambda db: db.execute(
+                "UPDATE jobs SET status = 'starting', node = 'localhost', attempt = 1, "
+                "claimed_at = ? WHERE id = ?", (time.time(), job_id)))
+            with open(qpy.run_file(user, job_id, "started"), "w") as f:
+                f.write(content)
+            qpy.atomically(lambda db: qpy.confirm(db, job_id, 1, None))
+        assert site.status(first) == "running"
+        assert site.jobs()[second]["status"] == "failed"
+        assert site.jobs()[second]["reason"] == "started marker exists: refused to run it twice"
+    finally:
+        qpy.disconnect()
