@@ -1241,22 +1241,23 @@ def claim_jobs(db, me, only=None):
         if job["id"] in pending and job["reason"] != pending[job["id"]]:
             db.execute("UPDATE jobs SET reason = ? WHERE id = ?", (pending[job["id"]], job["id"]))
     by_id = {job["id"]: job for job in live}
+    # the others' jobs are left to their owners' ticks (or root's)
+    placements = [(job_id, node) for job_id, node in placements
+                  if me is None or by_id[job_id]["user"] == me]
     if only is not None:
         mine = [(job_id, node) for job_id, node in placements
                 if (node, by_id[job_id]["user"]) == only][:1]
         if len(placements) > len(mine):
             request_tick(db)
         placements = mine
-    pools = {node["name"]: node["kind"] == "slurm" for node in nodes}
+    pools = {node["name"] for node in nodes if node["kind"] == "slurm"}
     devices = gpus_in_use(live)
     claims = []
     now = time.time()
     for job_id, node_name in placements:
-        if me is not None and by_id[job_id]["user"] != me:
-            continue  # its owner's tick (or root's) will start it
         # a host's GPUs are numbered by qpy; a pool's by Slurm (CUDA_VISIBLE_DEVICES)
-        ids = [] if pools[node_name] else pick_gpus(devices.setdefault(node_name, set()),
-                                                    by_id[job_id]["gpus"])
+        ids = [] if node_name in pools else pick_gpus(devices.setdefault(node_name, set()),
+                                                      by_id[job_id]["gpus"])
         db.execute("UPDATE jobs SET status = 'starting', node = ?, attempt = attempt + 1, "
                    "claimed_at = ?, reason = NULL, gpu_ids = ?, slurm_id = NULL WHERE id = ?",
                    (node_name, now, ",".join(map(str, ids)), job_id))
@@ -1377,7 +1378,8 @@ def reconcile(db, me=None, slurm=None):
     # (a job handed to Slurm may wait there for hours: it has its Slurm ID, and Slurm's word)
     for job in db.execute("SELECT j.* FROM jobs j WHERE j." + LIVE_SQL + " AND "
                           "j.status = 'starting' AND j.claimed_at < ? AND (j.slurm_id IS NULL "
-                          "OR j.node NOT IN (SELECT name FROM nodes)) AND " + mine, (now - timeout,) + who).fetchall():
+                          "OR j.node NOT IN (SELECT name FROM nodes)) AND " + mine,
+                          (now - timeout,) + who).fetchall():
         requeue(db, job, "launch timed out")
     node_timeout = meta_number(db, "node_timeout")
     for job in db.execute("SELECT j.*, n.kind, n.address FROM jobs j "
@@ -1397,7 +1399,10 @@ def reconcile(db, me=None, slurm=None):
         elif now - last_heartbeat(job) > node_timeout:
             if job["kind"] != "slurm":  # one lost job does not make a Slurm pool down
                 mark_down(db, job["node"], "no heartbeat from job %d" % job["id"], now)
-            end_lost_job(db, job, "node lost")
+            if job["requeue"] and not job["kill_requested"]:
+                requeue(db, job, "requeued: node lost")
+            else:
+                end_lost_job(db, job, "node lost")
 
 
 def requeue(db, job, reason):
@@ -1410,12 +1415,9 @@ def requeue(db, job, reason):
 
 def end_lost_job(db, job, reason):
     """A running job whose runner (or node) is gone and left no exit record. If the runner
-    never gave the command its go (see command_started), nothing ran: it is queued again;
-    a job submitted with --requeue is queued again when its node is lost; else it ends."""
+    never gave the command its go (see command_started), nothing ran: it is queued again."""
     if not job["kill_requested"] and not command_started(job):
         return requeue(db, job, "%s before the start: queued again" % reason)
-    if job["requeue"] and not job["kill_requested"] and reason == "node lost":
-        return requeue(db, job, "requeued: node lost")
     killed = bool(job["kill_requested"])
     finish_job(db, job, {"status": "killed" if killed else "failed", "attempt": job["attempt"],
                          "reason": "killed by the user (%s)" % reason if killed else reason,
@@ -1471,6 +1473,15 @@ def finish_job(db, job, record, run_files=True):
                 record["ended_at"], record.get("max_rss"), record.get("cpu_time"),
                 job["id"], job["attempt"]))
     discard_job_files(db, job, run_files)
+
+
+def stale_run_files(user, live_ids):
+    """The files in a user's run directory that belong to no live job (left by a runner that
+    died between its commit and their removal)."""
+    run = os.path.join(user_dir(user), "run")
+    names = sorted(os.listdir(run)) if os.path.isdir(run) else []
+    return [os.path.join(run, name) for name in names
+            if name.split(".")[0].isdigit() and int(name.split(".")[0]) not in live_ids]
 
 
 def remove_run_files(job):
@@ -1706,8 +1717,9 @@ def become(owner):
 
 
 def launch_all(claims):
-    """Start the runners of claimed jobs: by fork on this machine, by ssh elsewhere, by sbatch
-    into a Slurm pool (all in parallel), as their owners when root runs the tick. A job whose
+    """Start the runners of claimed jobs: on this machine directly, elsewhere by ssh (one per
+    node and owner, all at once), into a Slurm pool by sbatch (all at once), as their owners
+    when root runs the tick. A job whose
     launch fails goes back to the queue and its node is marked down (probed later); a job whose
     files are not its owner's fails."""
     failures, refused, submitted = [], [], []
@@ -1784,16 +1796,13 @@ def probe_down_nodes():
     nodes = atomically(due, write=False)
     if not nodes:
         return
-    answers = {}
-    pools = [node for node in nodes if node["kind"] == "slurm"]
-    for node, (status, out, error) in zip(pools, run_all(
-            [(slurm_probe(node), None, None) for node in pools], SLURM_TIMEOUT)):
-        answers[node["name"]] = (status, error) if status else (
-            (0, "") if out.split() == ["up"] else (1, "partition %s is %s" % (
-                node["partition"], " ".join(out.split()) or "unknown to Slurm")))
+    # {node: what is wrong, or None: it answered}; a node not in it was not probed
+    answers = {node["name"]: None for node in nodes
+               if node["kind"] == "host" and is_local(node["address"])}
+    answers.update(probe_pools([node for node in nodes if node["kind"] == "slurm"]))
     hosts = [node for node in nodes if node["kind"] == "host" and not is_local(node["address"])]
     prober = None
-    if hosts and os.geteuid() == 0:  # root need not reach the nodes: probe as a user who needs them
+    if hosts and os.geteuid() == 0:  # root need not reach the nodes: as a user who needs them
         import pwd
         waiting = atomically(lambda db: db.execute(
             "SELECT user FROM jobs WHERE " + LIVE_SQL + " AND status = 'queue' LIMIT 1")
@@ -1805,22 +1814,19 @@ def probe_down_nodes():
         if prober is None:
             hosts = []
     results = run_on_nodes([(node["address"], ["true"], prober) for node in hosts])
-    answers.update(zip([node["name"] for node in hosts], results))
+    answers.update((node["name"], error if status else None)
+                   for node, (status, error) in zip(hosts, results))
 
     def record(db):
         now = time.time()
-        for node in nodes:
-            status, error = answers.get(node["name"], (0, ""))
-            if node["kind"] == "host" and not is_local(node["address"]) and \
-                    node["name"] not in answers:
-                continue  # not probed (root with nobody waiting for it)
-            if status == 0:
+        for name, error in answers.items():
+            if error is None:
                 db.execute("UPDATE nodes SET state = 'up', state_reason = NULL, probed_at = ? "
-                           "WHERE name = ? AND state = 'down'", (now, node["name"]))
+                           "WHERE name = ? AND state = 'down'", (now, name))
                 request_tick(db)
             else:
                 db.execute("UPDATE nodes SET probed_at = ?, state_reason = ? WHERE name = ?",
-                           (now, "probe failed: " + error, node["name"]))
+                           (now, "probe failed: " + error, name))
     atomically(record)
 
 
@@ -1868,8 +1874,14 @@ def sbatch_command(job):
                                                                   job["attempt"]))]
 
 
-def slurm_probe(pool):
-    return ["sinfo", "--noheader", "--partition=" + pool["partition"], "--format=%a"]
+def probe_pools(pools):
+    """Ask Slurm about each pool's partition (sinfo, all at once): {pool: None if it is up,
+    else what is wrong}."""
+    results = run_all([(["sinfo", "--noheader", "--partition=" + pool["partition"],
+                         "--format=%a"], None, None) for pool in pools], SLURM_TIMEOUT)
+    return {pool["name"]: error if status else None if out.split() == ["up"] else
+            "partition %s is %s" % (pool["partition"], " ".join(out.split()) or "missing")
+            for pool, (status, out, error) in zip(pools, results)}
 
 
 def follow_pools(me):
@@ -1915,10 +1927,8 @@ def follow_slurm_job(db, job, slurm_state):
                 state in SLURM_REQUEUABLE or job["status"] == "starting"):
             requeue(db, job, "requeued: " + reason)
         elif job["status"] == "starting":
-            db.execute("UPDATE jobs SET status = 'failed', reason = ?, ended_at = ? WHERE id = ?",
-                       (reason, time.time(), job["id"]))
+            fail_claim(db, job, reason)
             discard_job_files(db, job)
-            request_tick(db)
         else:
             end_lost_job(db, job, reason)
     elif job["status"] == "starting":
@@ -2171,6 +2181,7 @@ def supervise(job, pid, stop, wake, settings):
     poller.register(wake, select.POLLIN)
     time_up = time.time() + job["time_limit"] if job["time_limit"] else None
     floor = memory_peak(os.getpid(), None) or 0  # what the fork left in the child's count
+    python = os.path.realpath(sys.executable)
     peak = 0
     stopping = None  # why the job is being stopped, once it is
     hard_kill_at = None
@@ -2192,7 +2203,7 @@ def supervise(job, pid, stop, wake, settings):
             hard_kill_at = now + grace
         if hard_kill_at is not None and now >= hard_kill_at:
             signal_group(pid, signal.SIGKILL)
-        peak = max(peak, memory_peak(pid, sys.executable) or 0)
+        peak = max(peak, memory_peak(pid, python) or 0)
         done, status, usage = os.wait4(pid, os.WNOHANG)
         if done:
             break
@@ -2234,10 +2245,9 @@ def kill_requested(job):
 
 def memory_peak(pid, unless_running):
     """The peak resident memory (VmHWM, KB) of a process, or None: gone, or still running
-    the program `unless_running` (a forked job that has not become its command yet)."""
+    the program `unless_running` (a real path: a forked job not yet become its command)."""
     try:
-        if unless_running and os.readlink("/proc/%d/exe" % pid) == os.path.realpath(
-                unless_running):
+        if unless_running and os.readlink("/proc/%d/exe" % pid) == unless_running:
             return None
         with open("/proc/%d/status" % pid) as f:
             for line in f:
@@ -2315,7 +2325,7 @@ Examples:
         if allowed and user not in allowed:
             raise QpyError("Job rejected: user %s is not allowed to use this qpy site (the "
                            "administrator adds users to allowed_users)." % user)
-        ensure_user(db, user)
+        owner = ensure_user(db, user)
         config = load_config(db, user)
         nodes = db.execute("SELECT * FROM nodes").fetchall()
         if not nodes:
@@ -2351,7 +2361,6 @@ Examples:
             ids.append(cursor.lastrowid)
         db.execute("UPDATE jobs SET position = id, array_of = CASE WHEN array_index IS NULL "
                    "THEN NULL ELSE ? END WHERE id BETWEEN ? AND ?", (ids[0], ids[0], ids[-1]))
-        owner = db.execute("SELECT paused, finished FROM users WHERE name = ?", (user,)).fetchone()
         startable = not (owner["paused"] or owner["finished"]) and meta_number(db, "dispatch")
         if startable:
             request_tick(db)
@@ -2600,8 +2609,7 @@ Example:
 
     def chosen(db):
         if not ranges:
-            rows = db.execute("SELECT id FROM jobs WHERE user = ? AND status IN "
-                              "('queue', 'starting', 'running')", (user,)).fetchall()
+            rows = user_jobs(db, user, LIVE)
         else:
             rows = [row for lo, hi in ranges for row in db.execute(
                 "SELECT id FROM jobs WHERE id BETWEEN ? AND ? AND user = ?", (lo, hi, user))]
@@ -3044,13 +3052,8 @@ jobs are not affected.
         spool = os.path.join(user_dir(user), "spool")
         orphans = [os.path.join(spool, name) for name in os.listdir(spool)]
         remove_quietly(*(path for path in orphans if path not in live))
-        # run files of ended jobs (a runner that died between its commit and their removal)
-        running = {row[0] for row in db.execute("SELECT id FROM jobs WHERE " + LIVE_SQL +
-                                                " AND +user = ?", (user,))}
-        run = os.path.join(user_dir(user), "run")
-        remove_quietly(*(os.path.join(run, name) for name in os.listdir(run)
-                         if name.split(".")[0].isdigit()
-                         and int(name.split(".")[0]) not in running))
+        # run files of ended jobs, if a runner died between its commit and their removal
+        remove_quietly(*stale_run_files(user, {job["id"] for job in user_jobs(db, user, LIVE)}))
     atomically(resume)
     tick()
 

@@ -314,12 +314,8 @@ def check_site():
     specs = {row["spec"] for row in jobs if row["status"] in qpy.LIVE}
     users = os.path.join(qpy.state_dir(), "users")
     for user in sorted(os.listdir(users)) if os.path.isdir(users) else []:
-        run = os.path.join(users, user, "run")
-        for name in sorted(os.listdir(run)) if os.path.isdir(run) else []:
-            number = name.split(".")[0]
-            if number.isdigit() and int(number) not in live:
-                problems.append("%s/%s: a record of a job that is not running (qpy restart, "
-                                "as %s, removes it)" % (run, name, user))
+        problems += ["%s: a record of a job that is not running (qpy restart, as %s, removes "
+                     "it)" % (path, user) for path in qpy.stale_run_files(user, live)]
         spool = os.path.join(users, user, "spool")
         for name in sorted(os.listdir(spool)) if os.path.isdir(spool) else []:
             if os.path.join(spool, name) not in specs:
@@ -402,26 +398,15 @@ def check_pool(pool, report):
     """doctor's checks of a Slurm pool: Slurm's commands are here, slurmctld answers, the
     partition exists and is up."""
     import shutil
-    import subprocess
     missing = [name for name in ("sbatch", "squeue", "scancel", "sinfo") if not shutil.which(name)]
     if missing:
         report(False, "Slurm pool %s: Slurm's commands" % pool["name"],
                "%s not found (install the Slurm client, e.g. slurm-client)" % ", ".join(missing))
         return
-    try:
-        result = subprocess.run(qpy.slurm_probe(pool), capture_output=True, text=True,
-                                timeout=qpy.SLURM_TIMEOUT, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        result = subprocess.CompletedProcess([], 1, "", "sinfo timed out")
-    if result.returncode != 0:
-        report(False, "Slurm pool %s: slurmctld" % pool["name"],
-               (result.stderr.strip().splitlines() or ["sinfo failed"])[-1]
-               + " (is SLURM_CONF right, is slurmctld running?)")
-        return
-    state = " ".join(result.stdout.split())
-    report(state == "up", "Slurm pool %s: partition %s is %s" % (
-        pool["name"], pool["partition"], state or "missing"),
-        "check the partition name (sinfo -s lists them)")
+    problem = qpy.probe_pools([pool])[pool["name"]]
+    report(problem is None, "Slurm pool %s (partition %s)" % (pool["name"], pool["partition"]),
+           "%s (sinfo -s lists the partitions; is slurmctld running, SLURM_CONF right?)"
+           % problem)
 
 
 def report(path):

@@ -194,19 +194,22 @@ def test_a_runner_killed_while_its_job_runs(site):
 
 def test_a_late_kill_of_the_job_before_does_not_stop_the_next_one(site):
     """A runner runs job after job: a SIGTERM meant for a job that ended meanwhile (qpy kill
-    racing the job's end) does not stop the job the runner runs now."""
+    racing the job's end) does not stop the job the runner runs now; a kill of that job does."""
     site.ok("nodes", write_nodes(site, "localhost 1"), admin=True)
     site.ok("ctrlQueue", "pause")
     first = site.submit("true")
-    second = site.submit("sleep", "300")
+    # looks for its file only twice a second: a wrong stop would come long before
+    second = site.submit("while [ ! -e go-on ]; do sleep 0.5; done")
+    third = site.submit("sleep", "300")
     site.ok("ctrlQueue", "continue")
     record = site.wait_status(second, "running")
     assert record["runner_pid"] == site.jobs()[first]["runner_pid"]  # the same runner
     os.kill(record["runner_pid"], signal.SIGTERM)  # as a late 'qpy kill <first>' would
-    time.sleep(1)  # the runner wakes at once on the signal: give it time to act, wrongly
-    assert site.status(second) == "running" and group_members(record["pgid"])
-    assert site.ok("kill", str(second)) == "1 job will be killed.\n"
-    assert site.wait_status(second, "killed")["reason"] == "killed by the user"
+    open(os.path.join(site.work, "go-on"), "w").close()
+    assert site.wait_status(second, "done", "failed", "killed")["status"] == "done"
+    assert site.wait_status(third, "running")["runner_pid"] == record["runner_pid"]
+    assert site.ok("kill", str(third)) == "1 job will be killed.\n"
+    assert site.wait_status(third, "killed")["reason"] == "killed by the user"
 
 
 def test_kill_of_a_job_whose_runner_died(site):

@@ -110,7 +110,10 @@ def test_a_full_disk_refuses_new_jobs_and_loses_no_exit_status(site, tmp_path):
         rows = sqlite3.connect(os.path.join(disk, "state", "qpy.db"))
         pgid = rows.execute("SELECT pgid FROM jobs WHERE id = ?", (job,)).fetchone()[0]
         wait_for(lambda: not group_members(pgid), what="the command to end")
-        time.sleep(1)  # the runner now retries writing the exit record (the disk is full)
+        user = os.listdir(os.path.join(disk, "state", "users"))[0]
+        heartbeat = os.path.join(disk, "state", "users", user, "run", "%d.hb" % job)
+        # the job is shorter than a heartbeat: the file appears when the runner retries
+        wait_for(lambda: os.path.exists(heartbeat), what="the runner to retry its exit record")
         assert rows.execute("SELECT status FROM jobs WHERE id = ?", (job,)).fetchone()[0] == \
             "running"
         os.unlink(filler)

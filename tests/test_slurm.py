@@ -203,8 +203,8 @@ def test_doctor_checks_the_pools(pool):
     site = pool()
     site.ok("add", "ghost", "type=slurm", "partition=nosuch", "cores=4", admin=True)
     out = site.run("doctor", admin=True).stdout
-    assert "ok       Slurm pool hpc: partition compute is up" in out, out
-    assert "PROBLEM  Slurm pool ghost: partition nosuch is missing: check the partition" in out
+    assert "ok       Slurm pool hpc (partition compute)\n" in out, out
+    assert "PROBLEM  Slurm pool ghost (partition nosuch): partition nosuch is missing (" in out
 
 
 def test_200_jobs_through_a_pool_of_20(pool):
