@@ -1153,8 +1153,14 @@ def request_tick(db):
 
 def tick_overdue(db, jobs):
     """Was a tick missed (its requester or runner killed)? Then whoever notices starts one:
-    a tick was asked for, a claim is older than launch_timeout, or a local runner is gone."""
+    a tick was asked for, a claim is older than launch_timeout, a local runner is gone, or
+    jobs wait while a down node is due for its probe (without a site timer, nobody else
+    would ever bring that node back)."""
     if meta_number(db, "tick_wanted"):
+        return True
+    if any(job["status"] == "queue" for job in jobs) and db.execute(
+            "SELECT 1 FROM nodes WHERE state = 'down' AND (probed_at IS NULL OR probed_at < ?)",
+            (time.time() - meta_number(db, "probe_interval"),)).fetchone():
         return True
     stale = time.time() - meta_number(db, "launch_timeout")
     local = {row[0] for row in db.execute("SELECT name, address FROM nodes WHERE kind = 'host'")

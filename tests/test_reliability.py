@@ -175,3 +175,23 @@ def catches_sigint(pid):
     with open("/proc/%d/status" % pid) as f:
         caught = [line for line in f if line.startswith("SigCgt:")][0].split()[1]
     return int(caught, 16) & (1 << (signal.SIGINT - 1))
+
+
+def test_a_local_node_down_after_a_killed_launch_comes_back_without_a_timer(site):
+    """A launcher SIGKILLed mid-launch marks its node down (the chaos test in test_soak.py
+    does this at random); here that state is written into the real DB directly, to make it
+    certain. With no site timer, `qpy check` must start the tick that probes the node once
+    its probe is due, so the waiting job runs instead of waiting for ever."""
+    site.ok("restart")
+    site.ok("set", "probe_interval", "2", admin=True)
+    db = sqlite3.connect(os.path.join(site.state, "qpy.db"))
+    with db:
+        db.execute("UPDATE nodes SET state = 'down', state_reason = ?, probed_at = ?",
+                   ("launch failed: exit status -9", time.time()))
+    db.close()
+    job = site.submit("true")
+
+    def ran():
+        site.ok("check")
+        return site.status(job) == "done"
+    wait_for(ran, timeout=120, what="the job to run once its node is probed")

@@ -130,7 +130,11 @@ def test_chaos_sigkill_to_commands_ticks_and_runners(site):
         site.run("check")  # each check starts a tick if one was lost
         return not any(r["status"] in ("queue", "starting", "running")
                        for r in site.jobs().values())
-    wait_for(settled, timeout=300, what="recovery")
+    try:
+        wait_for(settled, timeout=300, what="recovery")
+    except AssertionError:
+        stuck = [r for r in site.jobs().values() if r["status"] not in FINAL]
+        raise AssertionError("not recovered: %s\n%s" % (stuck, site.run("check").stdout))
     with open(log) as f:
         logs = [int(x) for x in f.read().split()]
     rows = list(site.jobs().values())
