@@ -2133,11 +2133,14 @@ def runner(job_id, attempt):
             started = atomically(lambda db: confirm(db, job_id, attempt, child[0]))
         except QpyError:
             started = None
+        ended = None  # the job before, whose run files are removed once this one runs
         while started:
             job, spec, settings = started
             crash_point("runner:confirmed")
             mark_go(job)
             give_orders(child[1], job, spec)
+            if ended:
+                remove_run_files(ended)
             record = supervise(job, child[0], stop, wake_r, settings)
             heartbeat = run_file(job["user"], job["id"], "hb")
             keep_trying(lambda: write_atomically(run_file(job["user"], job["id"], "exit"),
@@ -2147,9 +2150,11 @@ def runner(job_id, attempt):
             started, wanted = keep_trying(lambda: atomically(
                 lambda db: store_and_continue(db, job, record, child)), heartbeat)
             crash_point("runner:stored")
-            remove_run_files(job)
+            ended = job
             if wanted:
                 tick()  # others' jobs, other nodes: the tick launches them
+        if ended:
+            remove_run_files(ended)
         if child:  # forked for a job that is not ours: it gets no orders and exits
             os.close(child[1])
             os.waitpid(child[0], 0)

@@ -14,7 +14,7 @@
   qpy_admin.py tick
   qpy_admin.py start
   qpy_admin.py finish
-  qpy_admin.py set [<key> <value>]
+  qpy_admin.py set [<key> [<value>]]
   qpy_admin.py timer [--install] [--dir=<dir>]
   qpy_admin.py check
   qpy_admin.py doctor [--as=<user>]
@@ -54,7 +54,7 @@ Commands:
   tick             Harvest ended jobs, probe down nodes, start what can start. Run it from cron
                    or a systemd timer (see the README).
   start, finish    Allow or stop the start of any job on the site (running jobs go on).
-  set [<key> <value>]  Show the site settings, or change one (numbers of seconds).
+  set [<key> [<value>]]  Show the site settings (or one), or change one (seconds).
   check            Check the site: the DB's integrity, exit records and job files nobody
                    will use, running jobs on nodes that are no longer listed.
   doctor           Check the site end to end and say what to fix: the state directory's
@@ -236,15 +236,16 @@ def variables():
 
 
 def settings(key, value):
-    if key is None:
+    if key is not None and key not in SETTINGS:
+        raise qpy.QpyError("Unknown setting: %s (settings: %s)" % (key, ", ".join(SETTINGS)))
+    if value is None:
+        shown = SETTINGS if key is None else (key,)
         rows = qpy.atomically(lambda db: db.execute(
-            "SELECT key, value FROM meta WHERE key IN (%s)" % ",".join("?" * len(SETTINGS)),
-            SETTINGS).fetchall(), write=False)
+            "SELECT key, value FROM meta WHERE key IN (%s)" % ",".join("?" * len(shown)),
+            shown).fetchall(), write=False)
         for row in rows:
             print("%s = %s" % (row["key"], row["value"]))
         return
-    if key not in SETTINGS:
-        raise qpy.QpyError("Unknown setting: %s (settings: %s)" % (key, ", ".join(SETTINGS)))
     try:
         if not 0 <= float(value) < float("inf"):
             raise ValueError
@@ -526,6 +527,21 @@ def create(directory, group, site_file):
     print("Next: write the nodes file and run: qpy_admin.py nodes <file>")
 
 
+USAGE_LINES = __doc__.split("\n\n")[0].splitlines()[1:]
+COMMAND_WORDS = {line.split()[1] for line in USAGE_LINES} - {"(-h"}
+
+
+def parse_args(argv):
+    """docopt on the usage lines of argv's command only (docopt's cost grows with the usage,
+    and the site's timer runs `tick` every few seconds); the other commands' words are
+    False. Raises docopt.DocoptExit."""
+    import docopt
+    lines = [line for line in USAGE_LINES if argv and line.split()[1] == argv[0]]
+    args = docopt.docopt("Usage:\n" + "\n".join(lines or USAGE_LINES) + "\n", argv,
+                         default_help=False)
+    return {**dict.fromkeys(COMMAND_WORDS, False), **args}
+
+
 def main(argv=None):
     import docopt
     argv = sys.argv[1:] if argv is None else argv
@@ -533,7 +549,7 @@ def main(argv=None):
         sys.stdout.write(__doc__)
         return 0
     try:
-        args = docopt.docopt(__doc__, argv, default_help=False)
+        args = parse_args(argv)
     except docopt.DocoptExit:
         sys.stderr.write("qpy_admin.py: wrong arguments. Try 'qpy_admin.py --help'.\n")
         return 1

@@ -189,7 +189,8 @@ def b3():
     try:
         box.run("restart")
         box.run("ctrlQueue", "pause")
-        box.run("sub", "--array", "1-200", "sleep 0.05")
+        # the command as words, run without a shell: as `tsp sleep 0.05` runs it
+        box.run("sub", "--array", "1-200", "sleep", "0.05")
         start = time.perf_counter()
         box.run("ctrlQueue", "continue")
         box.wait_idle()

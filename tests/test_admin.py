@@ -102,6 +102,7 @@ def test_settings(site):
     assert "node_timeout = 180" in site.ok("set", admin=True)
     assert site.ok("set", "node_timeout", "30", admin=True) == "node_timeout set to 30.\n"
     assert "node_timeout = 30" in site.ok("set", admin=True)
+    assert site.ok("set", "node_timeout", admin=True) == "node_timeout = 30\n"
 
 
 def test_bad_admin_input(site):
@@ -118,7 +119,10 @@ def test_bad_admin_input(site):
     assert "must be a number of seconds" in admin_fails(site, "set", "heartbeat", "-1")
     assert "must be a number of seconds" in admin_fails(site, "set", "heartbeat", "inf")
     assert "Bad node setting" in admin_fails(site, "add", "x", "cores=1", "memory=lots")
-    assert "wrong arguments" in admin_fails(site, "frobnicate")
+    assert "Unknown setting: colour" in admin_fails(site, "set", "colour")
+    for wrong in (["frobnicate"], [], ["add"], ["create"], ["set", "heartbeat", "3", "4"],
+                  ["tick", "now"], ["report"], ["doctor", "--as"], ["list", "--html=x"]):
+        assert "wrong arguments" in admin_fails(site, *wrong), wrong
     assert "No group nosuchgroup" in admin_fails(site, "create", os.path.join(site.work, "s"),
                                                  "--group", "nosuchgroup")
     assert site.dump() == before
