@@ -18,15 +18,16 @@ The protocol (design.md sections 3-4), which every function below keeps:
     'starting' with *its* attempt, creates the started marker with O_EXCL and records
     'running' in that same transaction; only after the commit does the command run.
     A claim nobody confirms within launch_timeout goes back to 'queue'; a job whose runner
-    died before writing 'go' into the marker (just before the command is told to run) is
+    died before writing 'go' into the marker (just before the command is spawned) is
     queued again. So a job runs at most once, and a crash anywhere leaves it queued, never
     lost. (In a Slurm pool the launch is an sbatch, and Slurm's word replaces the timeout.)
  6. The runner owns a running job: the command runs in its own process group; at the end
     the exit record is written to a file (tmp, fsync, rename) *before* the database is
     updated. The transaction that stores the end also claims and confirms the next job
     that can start on the same node for the same user, which the runner then runs itself
-    (no new process, no launch); it ticks if other jobs could start too. A tick harvests
-    exit records the database missed, and fails jobs whose runner is gone.
+    (no new runner, no launch); it ticks if other jobs could start too. A tick harvests
+    exit records the database missed, and fails jobs whose runner is gone (stopping what
+    their command left: its process group is noted in the started marker).
  7. No qpy process outlives its work: the tick exits when nothing is wanted, the runner
     when its job has ended.
 
@@ -43,7 +44,7 @@ import sys
 import time
 
 VERSION = "0.1.0"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 STATUSES = ("queue", "running", "done", "failed", "killed", "undone")
@@ -280,6 +281,8 @@ MIGRATIONS = {
           "CREATE INDEX jobs_queued ON jobs (user, position) WHERE status = 'queue'",
           "DROP INDEX jobs_by_spec",
           "CREATE INDEX jobs_live_by_spec ON jobs (spec) WHERE " + LIVE_SQL],
+    # the process group is noted in the started marker, once the command runs
+    3: ["ALTER TABLE jobs DROP COLUMN pgid"],
 }
 
 
@@ -1430,24 +1433,22 @@ def end_lost_job(db, job, reason):
                          "ended_at": time.time()})
 
 
-def mark_go(job):
-    """Write 'go' into the job's started marker, just before the command is told to run:
-    a runner lost before that point ran nothing, and its job can safely be queued again."""
-    fd = os.open(run_file(job["user"], job["id"], "started"), os.O_WRONLY | os.O_APPEND)
+def marker_words(job):
+    """The words of a job's started marker: its attempt, then 'go' once the runner tells the
+    command to run, then the command's process group once it runs (start_command); None if
+    it cannot be read."""
     try:
-        os.write(fd, b" go")
-    finally:
-        os.close(fd)
+        with open(run_file(job["user"], job["id"], "started"), "rb") as f:
+            return f.read().split()
+    except OSError:
+        return None
 
 
 def command_started(job):
     """Did the runner give the command its go? (When the marker cannot be read, assume it
     did: a job is never run twice.)"""
-    try:
-        with open(run_file(job["user"], job["id"], "started"), "rb") as f:
-            return f.read().split() != [str(job["attempt"]).encode()]
-    except OSError:
-        return True
+    words = marker_words(job)
+    return words is None or words != [str(job["attempt"]).encode()]
 
 
 def last_heartbeat(job):
@@ -1537,19 +1538,22 @@ def process_alive(pid, boot):
 
 def stop_orphans(job):
     """SIGKILL what is left of a job whose runner died: the processes of its group that carry
-    its QPY_JOB_ID (so a reused group id never hits a stranger)."""
-    if not job["pgid"]:
+    its QPY_JOB_ID (so a reused group id never hits a stranger). The group is in the started
+    marker; a runner lost in the instant between the spawn and noting it leaves it unknown."""
+    words = marker_words(job) or []
+    if len(words) < 3:
         return
+    pgid = int(words[2])
     marker = ("QPY_JOB_ID=%d" % job["id"]).encode()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            if os.getpgid(int(entry)) != job["pgid"]:
+            if os.getpgid(int(entry)) != pgid:
                 continue
             with open("/proc/%s/environ" % entry, "rb") as f:
                 if marker in f.read().split(b"\0"):
-                    os.killpg(job["pgid"], signal.SIGKILL)
+                    os.killpg(pgid, signal.SIGKILL)
                     return
         except OSError:
             continue
@@ -1976,72 +1980,65 @@ def job_environment(spec, job, node):
     return env
 
 
-def fork_job_process():
-    """Fork the process that will become a job: its own session and process group, waiting
-    for its orders on a pipe. Returns (pid, the pipe's write end). It is forked before the
-    transaction that confirms the job, so that the job's process group is recorded with it."""
-    orders_r, orders_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(orders_w)
-        os.setsid()
-        for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGPIPE, signal.SIGINT,
-                    signal.SIGHUP, signal.SIGXFSZ):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.set_wakeup_fd(-1)
-        exec_orders(orders_r)
-    os.close(orders_r)
-    return pid, orders_w
-
-
-def exec_orders(orders):
-    """In the forked child: read the orders (argv, environment, directory, output files) to
-    the end of the pipe, then become the command. No orders (the runner lost its claim, or
-    died): exit without running anything."""
-    data = b""
-    while True:
-        chunk = os.read(orders, 65536)
-        if not chunk:
-            break
-        data += chunk
-    if not data:
-        os._exit(1)
-    job = json.loads(data)
-    code = 1
+def start_command(job, spec):
+    """Start the job's command: 'go' into its started marker first (from then on the job
+    counts as started), then the command in its own session and process group, in its
+    directory, with its environment, output to job_<ID>.out and .err there; its process
+    group is added to the marker, for a tick that finds the runner gone (stop_orphans).
+    Returns (pid, None), or (None, exit status) when it cannot start: 127, or 126 when not
+    permitted, as a shell says, with the reason in job_<ID>.err."""
+    argv = spec["argv"] if len(spec["argv"]) > 1 else ["/bin/sh", "-c", spec["argv"][0]]
+    env = job_environment(spec, job, job["node"])
+    out, err = (os.path.join(spec["cwd"], "job_%d.%s" % (job["id"], kind))
+                for kind in ("out", "err"))
+    marker = os.open(run_file(job["user"], job["id"], "started"), os.O_WRONLY | os.O_APPEND)
     try:
-        for fd, path in ((1, job["out"]), (2, job["err"])):
-            os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666), fd)
-        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
-        os.closerange(3, 65536)
-        os.chdir(job["cwd"])
-        argv = job["argv"]
-        if len(argv) == 1:
-            argv = ["/bin/sh", "-c", argv[0]]
-        code = 127
-        os.execvpe(argv[0], argv, job["env"])
-    except OSError as e:
-        code = 126 if isinstance(e, PermissionError) else code
-        os.write(2, ("qpy: cannot run job %d: %s\n" % (job["id"], e)).encode())
-    os._exit(code)
+        os.write(marker, b" go")
+        try:
+            pid = spawn(argv, env, spec["cwd"], out, err)
+        except OSError as e:
+            try:
+                with open(err, "a") as stderr:
+                    stderr.write("qpy: cannot run job %d: %s: %s\n"
+                                 % (job["id"], e.filename or argv[0], e.strerror))
+            except OSError:
+                pass
+            return None, 126 if isinstance(e, PermissionError) else 127
+        os.write(marker, b" %d" % pid)
+        return pid, None
+    finally:
+        os.close(marker)
 
 
-def give_orders(pipe, job, spec):
-    """Tell the forked child which command to become (then it runs), and close the pipe."""
-    orders = {"id": job["id"], "argv": spec["argv"], "cwd": spec["cwd"],
-              "env": job_environment(spec, job, job["node"]),
-              "out": os.path.join(spec["cwd"], "job_%d.out" % job["id"]),
-              "err": os.path.join(spec["cwd"], "job_%d.err" % job["id"])}
-    data = json.dumps(orders).encode()
-    while data:
-        data = data[os.write(pipe, data):]
-    os.close(pipe)
+def spawn(argv, env, cwd, out, err):
+    """posix_spawn (vfork and exec: forking the runner would copy its pages, job after job)
+    in a new session, with the signals a job expects at their defaults, looking the program up
+    in the job's own PATH as execvp does. The child takes the runner's working directory, so
+    the runner steps into the job's for the spawn (it is single-threaded) and leaves it."""
+    program = argv[0]
+    if os.sep not in program:
+        found = [path for path in (os.path.join(folder, program)
+                                   for folder in os.get_exec_path(env))
+                 if os.access(path, os.X_OK) and not os.path.isdir(path)]
+        if not found:
+            raise FileNotFoundError(2, "command not found", program)
+        program = found[0]
+    actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+               (os.POSIX_SPAWN_OPEN, 1, out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666),
+               (os.POSIX_SPAWN_OPEN, 2, err, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)]
+    os.chdir(cwd)
+    try:
+        return os.posix_spawn(program, argv, env, file_actions=actions, setsid=True,
+                              setsigdef=(signal.SIGPIPE, signal.SIGXFSZ, signal.SIGHUP,
+                                         signal.SIGINT, signal.SIGTERM, signal.SIGCHLD))
+    finally:
+        os.chdir("/")
 
 
-def confirm(db, job_id, attempt, pgid):
+def confirm(db, job_id, attempt):
     """Inside a transaction: make our claim of a job (still 'starting' with our attempt)
     'running'. Its job file must be its owner's and name it; the started marker is created
-    with O_EXCL (a job never starts twice); the runner and the job's process group are
-    recorded. Returns (job, its job file's content, settings), or None: the claim is not ours
+    with O_EXCL (a job never starts twice); the runner is recorded. Returns (job, its job file's content, settings), or None: the claim is not ours
     any more, or the job was refused (then it is failed with the reason)."""
     job = db.execute("SELECT j.*, n.kind FROM jobs j LEFT JOIN nodes n ON n.name = j.node "
                      "WHERE j.id = ?", (job_id,)).fetchone()
@@ -2066,11 +2063,11 @@ def confirm(db, job_id, attempt, pgid):
     os.close(fd)
     now = time.time()
     db.execute("UPDATE jobs SET status = 'running', started_at = ?, runner_pid = ?, "
-               "runner_boot = ?, pgid = ? WHERE id = ?",
-               (now, os.getpid(), process_boot(os.getpid()), pgid, job_id))
+               "runner_boot = ? WHERE id = ?",
+               (now, os.getpid(), process_boot(os.getpid()), job_id))
     settings = {"kill_grace": meta_number(db, "kill_grace"),
                 "heartbeat": meta_number(db, "heartbeat")}
-    return dict(job, status="running", started_at=now, pgid=pgid), spec, settings
+    return dict(job, status="running", started_at=now), spec, settings
 
 
 def read_job_file(job):
@@ -2097,22 +2094,21 @@ def fail_claim(db, job, reason):
     return None
 
 
-def store_and_continue(db, job, record, child):
+def store_and_continue(db, job, record):
     """Inside a transaction: record how a job ended and, if another job of the same node and
     user can start now, claim it and confirm it at once (one transaction for both: short jobs
-    do not pay for a new process, a launch or another commit). child: the forked process
-    (pid, pipe) that will become that job, or None (a runner in a Slurm pool takes no next
-    job: Slurm allocated this one only). Returns (what confirm returns, or None; whether a
-    tick is wanted for other jobs)."""
+    do not pay for a new process, a launch or another commit). A runner in a Slurm pool takes
+    no next job: Slurm allocated this one only. Returns (what confirm returns, or None;
+    whether a tick is wanted for other jobs)."""
     row = db.execute("SELECT * FROM jobs WHERE id = ?", (job["id"],)).fetchone()
     if row is not None:
         finish_job(db, row, record, run_files=False)
-    if child is None:
+    if job["kind"] == "slurm":
         request_tick(db)  # (the site's timer hands the next job to the pool)
         return None, False
     me = None if os.geteuid() == 0 else job["user"]
     claims = claim_jobs(db, me, only=(job["node"], job["user"]))
-    started = confirm(db, claims[0]["id"], claims[0]["attempt"], child[0]) if claims else None
+    started = confirm(db, claims[0]["id"], claims[0]["attempt"]) if claims else None
     return started, meta_number(db, "tick_wanted") > 0
 
 
@@ -2127,37 +2123,33 @@ def runner(job_id, attempt):
     stop = {"asked": False}
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.signal(signal.SIGTERM, lambda *_: stop.update(asked=True))
-    child = fork_job_process()
     try:
         try:
-            started = atomically(lambda db: confirm(db, job_id, attempt, child[0]))
+            started = atomically(lambda db: confirm(db, job_id, attempt))
         except QpyError:
             started = None
         ended = None  # the job before, whose run files are removed once this one runs
         while started:
             job, spec, settings = started
             crash_point("runner:confirmed")
-            mark_go(job)
-            give_orders(child[1], job, spec)
+            pid, status = start_command(job, spec)
             if ended:
                 remove_run_files(ended)
-            record = supervise(job, child[0], stop, wake_r, settings)
+            # (a command that could not start ends as a shell's exit status, as a wait status)
+            record = supervise(job, pid, stop, wake_r, settings) if pid else \
+                exit_record(job, status << 8, None, 0.0)
             heartbeat = run_file(job["user"], job["id"], "hb")
             keep_trying(lambda: write_atomically(run_file(job["user"], job["id"], "exit"),
                                                  json.dumps(record).encode()), heartbeat)
             crash_point("runner:recorded")
-            child = None if job["kind"] == "slurm" else fork_job_process()
             started, wanted = keep_trying(lambda: atomically(
-                lambda db: store_and_continue(db, job, record, child)), heartbeat)
+                lambda db: store_and_continue(db, job, record)), heartbeat)
             crash_point("runner:stored")
             ended = job
             if wanted:
                 tick()  # others' jobs, other nodes: the tick launches them
         if ended:
             remove_run_files(ended)
-        if child:  # forked for a job that is not ours: it gets no orders and exits
-            os.close(child[1])
-            os.waitpid(child[0], 0)
     finally:
         signal.set_wakeup_fd(-1)
         os.close(wake_r)
@@ -2191,8 +2183,7 @@ def supervise(job, pid, stop, wake, settings):
     poller = select.poll()
     poller.register(wake, select.POLLIN)
     time_up = time.time() + job["time_limit"] if job["time_limit"] else None
-    floor = memory_peak(os.getpid(), None) or 0  # what the fork left in the child's count
-    python = os.path.realpath(sys.executable)
+    floor = memory_peak(os.getpid()) or 0  # what the spawn left in the command's count
     peak = 0
     stopping = None  # why the job is being stopped, once it is
     hard_kill_at = None
@@ -2214,7 +2205,7 @@ def supervise(job, pid, stop, wake, settings):
             hard_kill_at = now + grace
         if hard_kill_at is not None and now >= hard_kill_at:
             signal_group(pid, signal.SIGKILL)
-        peak = max(peak, memory_peak(pid, python) or 0)
+        peak = max(peak, memory_peak(pid) or 0)
         done, status, usage = os.wait4(pid, os.WNOHANG)
         if done:
             break
@@ -2222,11 +2213,17 @@ def supervise(job, pid, stop, wake, settings):
         if poller.poll(max(0.0, deadline - time.time()) * 1000 + 1):
             os.read(wake, 512)
     signal_group(pid, signal.SIGKILL)  # what the command left behind in its group
-    # ru_maxrss counts the runner's own pages copied by the fork; below that, trust the samples
+    # ru_maxrss counts the runner's own pages, which the spawn borrowed until the exec; below
+    # that, trust the samples
     rss = usage.ru_maxrss if usage.ru_maxrss > floor * 1.1 else (peak or None)
+    return exit_record(job, status, rss, usage.ru_utime + usage.ru_stime, stopping)
+
+
+def exit_record(job, status, rss, cpu_time, stopping=None):
+    """How a job ended: from its command's wait status, peak memory (KB) and CPU time, and
+    why qpy stopped it, if it did."""
     record = {"attempt": job["attempt"], "ended_at": time.time(), "max_rss": rss,
-              "cpu_time": usage.ru_utime + usage.ru_stime, "exit_code": None, "signal": None,
-              "reason": None}
+              "cpu_time": cpu_time, "exit_code": None, "signal": None, "reason": None}
     if os.WIFSIGNALED(status):
         record["signal"] = os.WTERMSIG(status)
         record["reason"] = "killed by %s" % signal.Signals(record["signal"]).name
@@ -2254,12 +2251,9 @@ def kill_requested(job):
         return True  # the database cannot say: do as asked
 
 
-def memory_peak(pid, unless_running):
-    """The peak resident memory (VmHWM, KB) of a process, or None: gone, or still running
-    the program `unless_running` (a real path: a forked job not yet become its command)."""
+def memory_peak(pid):
+    """The peak resident memory (VmHWM, KB) of a process, or None if it is gone."""
     try:
-        if unless_running and os.readlink("/proc/%d/exe" % pid) == unless_running:
-            return None
         with open("/proc/%d/status" % pid) as f:
             for line in f:
                 if line.startswith("VmHWM:"):

@@ -76,6 +76,10 @@ CREATE TABLE config (
 -- Life cycle:  queue -> starting -> running -> done | failed | killed
 --              queue -> undone (killed while queued)
 -- 'starting' means claimed by a tick, runner not yet confirmed; users see it as 'queue'.
+-- Beside the row, the runner keeps files in <state>/users/<user>/run/: <id>.started (created
+-- with O_EXCL when it confirms: '<attempt>', then 'go' when the command is told to run, then
+-- the command's process group), <id>.hb (its heartbeat) and <id>.exit (the exit record,
+-- written before the row is updated).
 CREATE TABLE jobs (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused, even after clean
     user        TEXT NOT NULL,
@@ -99,7 +103,6 @@ CREATE TABLE jobs (
     ended_at    REAL,
     runner_pid  INTEGER,                  -- on the node
     runner_boot TEXT,                     -- start time of runner_pid (guards against pid reuse)
-    pgid        INTEGER,                  -- the job's process group on the node
     kill_requested INTEGER NOT NULL DEFAULT 0,
     requeue     INTEGER NOT NULL DEFAULT 0,   -- queue it again (not failed) if its node is lost
     name        TEXT,                     -- qpy sub -N (shown by %J)
@@ -130,4 +133,4 @@ CREATE TABLE notes (
 );
 CREATE INDEX notes_by_job ON notes (job_id);
 
-PRAGMA user_version = 3;
+PRAGMA user_version = 4;

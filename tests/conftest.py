@@ -66,6 +66,19 @@ def read_jobs(state):
     return {row["id"]: row for row in read_db(state, "SELECT * FROM jobs")}
 
 
+def job_group(state, user, job_id):
+    """The process group of a running job: the last word of its started marker, once the
+    runner has noted it there ('<attempt> go <group>'; see qpy.start_command)."""
+    def noted():
+        try:
+            with open(os.path.join(state, "users", user, "run", "%d.started" % job_id)) as f:
+                words = f.read().split()
+        except OSError:
+            return None
+        return int(words[2]) if len(words) == 3 else None
+    return wait_for(noted, what="job %d's process group in its started marker" % job_id)
+
+
 class Site:
     """One personal qpy: a HOME, a working directory, and ways to look inside."""
 
@@ -81,6 +94,11 @@ class Site:
     @property
     def state(self):
         return os.path.join(self.home, ".qpy")
+
+    def group(self, job_id):
+        """The process group of a running job of ours."""
+        import pwd
+        return job_group(self.state, pwd.getpwuid(os.getuid()).pw_name, job_id)
 
     def run(self, *args, cwd=None, env=None, admin=False, input=None):
         return subprocess.run((QPY_ADMIN if admin else QPY) + list(args), cwd=cwd or self.work,
@@ -149,12 +167,11 @@ def site(tmp_path):
     s = Site(str(tmp_path))
     yield s
     # leave no job of this test running
-    for job in s.jobs().values():
-        if job["status"] == "running" and job["pgid"]:
-            try:
-                os.killpg(job["pgid"], 9)
-            except OSError:
-                pass
+    for pid in job_processes(s.home):
+        try:
+            os.killpg(os.getpgid(pid), 9)
+        except OSError:
+            pass
 
 
 def processes_of(home):

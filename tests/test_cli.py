@@ -154,7 +154,7 @@ def test_kill_stops_the_whole_process_group(site):
     job = site.submit("sh -c 'sleep 300 & sleep 301 & echo $! > %s; wait'" % marker)
     wait_for(lambda: os.path.exists(marker) and open(marker).read().strip(), what="children")
     child = int(open(marker).read())
-    pgid = site.jobs()[job]["pgid"]
+    pgid = site.group(job)
     site.ok("kill", str(job))
     site.wait_status(job, "killed")
     wait_for(lambda: not group_members(pgid), what="the job's processes to be gone")

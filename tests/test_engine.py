@@ -184,12 +184,14 @@ def test_crash_of_the_runner_after_storing_the_end(site):
 def test_a_runner_killed_while_its_job_runs(site):
     job = site.submit("sleep", "300")
     record = site.wait_status(job, "running")
+    pgid = site.group(job)
     os.kill(record["runner_pid"], signal.SIGKILL)
     wait_for(lambda: record["runner_pid"] not in qpy_processes(site.home), what="runner death")
+    assert group_members(pgid)  # the command outlived its runner...
     site.ok("check")
     record = site.wait_status(job, "failed")
     assert record["reason"] == "runner lost"
-    wait_for(lambda: not group_members(record["pgid"]), what="the orphaned job to be stopped")
+    wait_for(lambda: not group_members(pgid), what="the orphaned job to be stopped")  # ...not long
 
 
 def test_a_late_kill_of_the_job_before_does_not_stop_the_next_one(site):
@@ -215,12 +217,13 @@ def test_a_late_kill_of_the_job_before_does_not_stop_the_next_one(site):
 def test_kill_of_a_job_whose_runner_died(site):
     job = site.submit("sleep", "300")
     record = site.wait_status(job, "running")
+    pgid = site.group(job)
     os.kill(record["runner_pid"], signal.SIGSTOP)  # the runner cannot act; then it dies
     os.kill(record["runner_pid"], signal.SIGKILL)
     wait_for(lambda: record["runner_pid"] not in qpy_processes(site.home), what="runner death")
     assert site.ok("kill", str(job)) == "1 job will be killed.\n"
     assert site.wait_status(job, "killed")["status"] == "killed"
-    wait_for(lambda: not group_members(record["pgid"]), what="the job to be stopped")
+    wait_for(lambda: not group_members(pgid), what="the job to be stopped")
 
 
 def test_random_kills_of_submitters_never_lose_or_repeat_a_job(site):
@@ -324,7 +327,7 @@ def test_confirm_after_a_rolled_back_try_but_never_over_a_started_job(site, monk
                 "claimed_at = ? WHERE id = ?", (time.time(), job_id)))
             with open(qpy.run_file(user, job_id, "started"), "w") as f:
                 f.write(content)
-            qpy.atomically(lambda db: qpy.confirm(db, job_id, 1, None))
+            qpy.atomically(lambda db: qpy.confirm(db, job_id, 1))
         assert site.status(first) == "running"
         assert site.jobs()[second]["status"] == "failed"
         assert site.jobs()[second]["reason"] == "started marker exists: refused to run it twice"

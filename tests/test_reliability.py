@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import QPY, group_members, qpy_processes, wait_for
+from conftest import QPY, group_members, job_group, qpy_processes, wait_for
 
 
 def test_a_corrupt_database_is_one_clear_line(site):
@@ -31,7 +31,7 @@ def test_a_newer_database_is_refused(site):
     db = sqlite3.connect(os.path.join(site.state, "qpy.db"))
     db.execute("PRAGMA user_version = 99")
     db.close()
-    assert "has schema 99; this qpy knows only 3: use a newer qpy." in site.fails("check")
+    assert "has schema 99; this qpy knows only 4: use a newer qpy." in site.fails("check")
 
 
 def test_an_older_database_is_upgraded_in_place_keeping_every_job(site):
@@ -45,15 +45,17 @@ def test_an_older_database_is_upgraded_in_place_keeping_every_job(site):
                               ("nodes", "account"), ("nodes", "qos"), ("nodes", "extra"),
                               ("jobs", "slurm_id")):
             db.execute("ALTER TABLE %s DROP COLUMN %s" % (table, column))
+        db.execute("ALTER TABLE jobs ADD COLUMN pgid INTEGER")  # (in the marker since 4)
     db.execute("PRAGMA user_version = 1")
     db.close()
     assert sorted(site.jobs()) == jobs
     site.ok("check")
     db = sqlite3.connect(os.path.join(site.state, "qpy.db"))
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 4
     indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert {"jobs_live_by_spec", "jobs_queued"} <= indexes and "jobs_by_spec" not in indexes
     assert db.execute("SELECT kind, max_jobs FROM nodes").fetchall() == [("host", None)]
+    assert "pgid" not in {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
     db.close()
     site.ok("ctrlQueue", "continue")
     site.wait_idle()
@@ -103,12 +105,13 @@ def test_a_full_disk_refuses_new_jobs_and_loses_no_exit_status(site, tmp_path):
         job = int(site.ok("sub", "echo started; sleep 1", env=env).split()[1])
         wait_for(lambda: os.path.exists(os.path.join(site.work, "job_%d.out" % job))
                  and site.read("job_%d.out" % job), what="the job to start")
+        pgid = job_group(os.path.join(disk, "state"), os.listdir(
+            os.path.join(disk, "state", "users"))[0], job)
         filler = os.path.join(disk, "filler")
         subprocess.run(["dd", "if=/dev/zero", "of=" + filler, "bs=4k"], capture_output=True)
         err = site.fails("sub", "true", env=env)
         assert "database or disk is full" in err and "free some space" in err
         rows = sqlite3.connect(os.path.join(disk, "state", "qpy.db"))
-        pgid = rows.execute("SELECT pgid FROM jobs WHERE id = ?", (job,)).fetchone()[0]
         wait_for(lambda: not group_members(pgid), what="the command to end")
         user = os.listdir(os.path.join(disk, "state", "users"))[0]
         heartbeat = os.path.join(disk, "state", "users", user, "run", "%d.hb" % job)

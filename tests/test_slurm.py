@@ -163,8 +163,9 @@ def test_a_runner_lost_inside_slurm_is_failed_from_squeue(pool):
     site = pool()
     job_id = site.submit("-m", "0.2", "sleep 300")
     job = site.wait_status(job_id, "running")
+    pgid = site.group(job_id)
     os.kill(job["runner_pid"], signal.SIGKILL)  # no exit record: only Slurm knows it ended
-    os.killpg(job["pgid"], signal.SIGKILL)
+    os.killpg(pgid, signal.SIGKILL)
     ticker = Ticker(site)
     try:
         job = site.wait_status(job_id, "failed", timeout=90)
