@@ -282,7 +282,9 @@ MIGRATIONS = {
           "DROP INDEX jobs_by_spec",
           "CREATE INDEX jobs_live_by_spec ON jobs (spec) WHERE " + LIVE_SQL],
     # the process group is noted in the started marker, once the command runs
-    3: ["ALTER TABLE jobs DROP COLUMN pgid"],
+    3: ["ALTER TABLE jobs DROP COLUMN pgid",
+        "CREATE INDEX jobs_with_dependencies ON jobs (position) "
+        "WHERE status = 'queue' AND dependencies IS NOT NULL"],
 }
 
 
@@ -1094,8 +1096,8 @@ def schedule(nodes, live_jobs, blocked_users, shares=None, held=None, queue_coun
                 pending.pop(job["id"], None)
             else:
                 pending[job["id"]] = why
-        if len(placements) == before:
-            return placements, pending
+        if len(placements) == before or all(room["cores"] < 1 for room in free.values()):
+            return placements, pending  # (a full cluster admits nobody else)
         placed = {job_id for job_id, _ in placements}
         waiting = [job for job in waiting if job["id"] not in placed]
 

@@ -122,6 +122,9 @@ CREATE TABLE jobs (
 CREATE INDEX jobs_live ON jobs (status, position) WHERE status IN ('queue', 'starting', 'running');
 CREATE INDEX jobs_queued ON jobs (user, position) WHERE status = 'queue';  -- each user's front
 CREATE INDEX jobs_by_user ON jobs (user, position);
+-- each pass checks the dependencies of the queued jobs that have some, and only those
+CREATE INDEX jobs_with_dependencies ON jobs (position)
+    WHERE status = 'queue' AND dependencies IS NOT NULL;
 -- the jobs of an array share one job file: it goes when the last of them has ended
 CREATE INDEX jobs_live_by_spec ON jobs (spec) WHERE status IN ('queue', 'starting', 'running');
 

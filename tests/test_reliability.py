@@ -41,6 +41,7 @@ def test_an_older_database_is_upgraded_in_place_keeping_every_job(site):
     with db:  # what schema 1 was: no index on job files, no Slurm pools
         db.execute("DROP INDEX jobs_live_by_spec")
         db.execute("DROP INDEX jobs_queued")
+        db.execute("DROP INDEX jobs_with_dependencies")
         for table, column in (("nodes", "kind"), ("nodes", "partition"), ("nodes", "max_jobs"),
                               ("nodes", "account"), ("nodes", "qos"), ("nodes", "extra"),
                               ("jobs", "slurm_id")):
@@ -53,7 +54,8 @@ def test_an_older_database_is_upgraded_in_place_keeping_every_job(site):
     db = sqlite3.connect(os.path.join(site.state, "qpy.db"))
     assert db.execute("PRAGMA user_version").fetchone()[0] == 4
     indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-    assert {"jobs_live_by_spec", "jobs_queued"} <= indexes and "jobs_by_spec" not in indexes
+    assert {"jobs_live_by_spec", "jobs_queued", "jobs_with_dependencies"} <= indexes
+    assert "jobs_by_spec" not in indexes
     assert db.execute("SELECT kind, max_jobs FROM nodes").fetchall() == [("host", None)]
     assert "pgid" not in {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
     db.close()
