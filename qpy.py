@@ -312,13 +312,19 @@ def machine_memory():
     return 1.0
 
 
+# How long take_lock looks again by itself before FileLock does the waiting: a transaction
+# holds qpy.lock for a millisecond or two.
+BRIEF_WAIT = 0.02
+
+
 def take_lock(name, timeout):
     """Hold the file lock <state>/<name>, waiting at most `timeout` seconds (0: only if it is
     free now). Returns the function that releases it, or None if the wait ran out.
 
     This is filelock's FileLock(path, mode=0o660): an exclusive flock(2) on the file. When the
-    lock is free, the flock is taken here directly, because importing filelock costs more than
-    all the rest of `qpy sub`; when it is held, FileLock itself does the waiting."""
+    lock is free, or freed within BRIEF_WAIT, the flock is taken here directly, because
+    importing filelock costs more than all the rest of `qpy sub` (20-30 ms); a longer wait is
+    FileLock's."""
     import fcntl
     path = os.path.join(state_dir(), name)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o660)
@@ -326,23 +332,29 @@ def take_lock(name, timeout):
         os.fchmod(fd, 0o660)  # as FileLock does: the umask must not close it to the group
     except PermissionError:
         pass  # another member's file: its mode was set when it was made
+    brief = time.monotonic() + min(timeout, BRIEF_WAIT)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        if timeout == 0:
-            return None
-        from filelock import FileLock, Timeout
-        lock = FileLock(path, mode=0o660, timeout=timeout)
-        try:
-            lock.acquire(poll_interval=0.0005)  # held for milliseconds: look again soon
-        except Timeout:
-            return None
-        return lock.release
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return lambda: os.close(fd)  # closing the file releases the flock
+            except BlockingIOError:
+                if time.monotonic() >= brief:
+                    break
+                time.sleep(0.0002)
     except BaseException:
         os.close(fd)
         raise
-    return lambda: os.close(fd)  # closing the file releases the flock
+    os.close(fd)
+    if timeout == 0:
+        return None
+    from filelock import FileLock, Timeout
+    lock = FileLock(path, mode=0o660, timeout=max(0, timeout - BRIEF_WAIT))
+    try:
+        lock.acquire(poll_interval=0.0005)
+    except Timeout:
+        return None
+    return lock.release
 
 
 def atomically(fn, write=True):
@@ -1175,15 +1187,16 @@ def tick_overdue(db, jobs):
                and not process_alive(job["runner_pid"], job["runner_boot"]) for job in jobs)
 
 
-def tick():
-    """Run tick passes until nobody wants one; leave at once if another tick is running."""
+def tick(fork_runners=True):
+    """Run tick passes until nobody wants one; leave at once if another tick is running.
+    fork_runners: this machine's runners may be forks of this process (see launch_all)."""
     while True:
         release = take_lock("tick.lock", 0)
         if release is None:
             return  # its holder will see tick_wanted > 0
         try:
             while True:
-                tick_pass()
+                tick_pass(fork_runners)
                 if not atomically(lambda db: meta_number(db, "tick_wanted"), write=False):
                     break
         finally:
@@ -1203,7 +1216,7 @@ def start_tick():
     detach(tick)
 
 
-def tick_pass():
+def tick_pass(fork_runners=True):
     """One pass: probe down nodes, reconcile what ended or got lost, claim the jobs that can
     start, launch them (ssh and sbatch in parallel, outside the lock)."""
     me = None if os.geteuid() == 0 else user_name()
@@ -1223,7 +1236,7 @@ def tick_pass():
 
     claims = atomically(claim)
     crash_point("tick:claimed")
-    launch_all(claims)
+    launch_all(claims, fork_runners)
     crash_point("tick:launched")
 
 
@@ -1728,7 +1741,7 @@ def become(owner):
     os.environ.update(HOME=owner.pw_dir, USER=owner.pw_name, LOGNAME=owner.pw_name)
 
 
-def launch_all(claims):
+def launch_all(claims, fork_runners=True):
     """Start the runners of claimed jobs: on this machine directly, elsewhere by ssh (one per
     node and owner, all at once), into a Slurm pool by sbatch (all at once), as their owners
     when root runs the tick. A job whose
@@ -1744,8 +1757,6 @@ def launch_all(claims):
                 refused.append((job, str(e)))
         else:
             owners[job["id"]] = None
-    # A runner is never a fork of this tick (its stack and state would pile up, job after
-    # job): `qpy _run`, started by ssh on the node (directly here), forks one per job.
     ready = [job for job in claims if job["id"] in owners]
     pooled = [job for job in ready if job["kind"] == "slurm"]
     batches = {}  # one ssh per node and owner starts the runners of all their jobs there
@@ -1753,10 +1764,22 @@ def launch_all(claims):
         if job["kind"] == "host":
             owner = owners[job["id"]]
             batches.setdefault((job["address"], owner and owner.pw_uid), []).append(job)
+    # This machine's runners of our own jobs are forked from this process, which has qpy
+    # loaded (a new interpreter costs some 30 ms); not from a runner's own tick, though: each
+    # runner would carry the stack of the one before it. Elsewhere `qpy _run`, started by
+    # ssh on the node (directly here for another owner), forks them.
+    forked = {key: jobs for key, jobs in batches.items()
+              if fork_runners and is_local(key[0]) and key[1] is None}
+    for jobs in forked.values():
+        try:
+            node_run(*[value for job in jobs for value in (job["id"], job["attempt"])])
+        except OSError as e:
+            failures += [(job, "cannot fork a runner: %s" % e) for job in jobs]
+    started = {key: jobs for key, jobs in batches.items() if key not in forked}
     calls = [(address, qpy_on_node("_run", *[value for job in jobs
                                              for value in (job["id"], job["attempt"])]),
-              owners[jobs[0]["id"]]) for (address, _), jobs in batches.items()]
-    for jobs, (status, error) in zip(batches.values(), run_on_nodes(calls)):
+              owners[jobs[0]["id"]]) for (address, _), jobs in started.items()]
+    for jobs, (status, error) in zip(started.values(), run_on_nodes(calls)):
         if status != 0:
             failures += [(job, error) for job in jobs]
     commands = [(sbatch_command(job), owners[job["id"]], None) for job in pooled]
@@ -2149,7 +2172,7 @@ def runner(job_id, attempt):
             crash_point("runner:stored")
             ended = job
             if wanted:
-                tick()  # others' jobs, other nodes: the tick launches them
+                tick(fork_runners=False)  # others' jobs, other nodes: the tick launches them
         if ended:
             remove_run_files(ended)
     finally:
