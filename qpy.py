@@ -2142,6 +2142,11 @@ def runner(job_id, attempt):
     it, run it, record how it ended; then, while another job of this node and user can start,
     run that one too. Not in a Slurm pool, whose machines may not reach the lab's nodes: the
     runner there does not tick either (the site's timer does)."""
+    try:  # its name in top and `ps -o comm` (forked from a qpy command, it has its argv)
+        with open("/proc/self/comm", "w") as f:
+            f.write("qpy-runner")
+    except OSError:
+        pass
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)

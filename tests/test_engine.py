@@ -185,6 +185,8 @@ def test_a_runner_killed_while_its_job_runs(site):
     job = site.submit("sleep", "300")
     record = site.wait_status(job, "running")
     pgid = site.group(job)
+    with open("/proc/%d/comm" % record["runner_pid"]) as f:
+        assert f.read() == "qpy-runner\n"  # as top and ps -o comm show it
     os.kill(record["runner_pid"], signal.SIGKILL)
     wait_for(lambda: record["runner_pid"] not in qpy_processes(site.home), what="runner death")
     assert group_members(pgid)  # the command outlived its runner...
