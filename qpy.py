@@ -2042,12 +2042,11 @@ def spawn(argv, env, cwd, out, err):
     the runner steps into the job's for the spawn (it is single-threaded) and leaves it."""
     program = argv[0]
     if os.sep not in program:
-        found = [path for path in (os.path.join(folder, program)
-                                   for folder in os.get_exec_path(env))
-                 if os.access(path, os.X_OK) and not os.path.isdir(path)]
-        if not found:
-            raise FileNotFoundError(2, "command not found", program)
-        program = found[0]
+        program = next((path for path in (os.path.join(folder, argv[0])
+                                          for folder in os.get_exec_path(env))
+                        if os.access(path, os.X_OK) and not os.path.isdir(path)), None)
+        if program is None:
+            raise FileNotFoundError(2, "command not found", argv[0])
     actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                (os.POSIX_SPAWN_OPEN, 1, out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666),
                (os.POSIX_SPAWN_OPEN, 2, err, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)]

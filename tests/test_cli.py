@@ -115,12 +115,22 @@ def test_exit_codes_and_failures(site):
     ok = site.submit("true")
     bad = site.submit("exit 3")
     missing = site.submit("no-such-command-qpy")
+    # as words, the command runs without a shell: qpy itself says what is wrong
+    missing_words = site.submit("no-such-command-qpy", "x")
+    with open(os.path.join(site.work, "notes.txt"), "w") as f:
+        f.write("not a program\n")
+    not_a_program = site.submit(os.path.join(site.work, "notes.txt"), "x")
     site.wait_idle()
     out = site.ok("check").splitlines()
     assert out[0] == "%d done 0 " % ok
     assert out[1] == "%d failed 3 exit code 3" % bad
     assert out[2] == "%d failed 127 exit code 127" % missing
     assert "no-such-command-qpy" in site.read("job_%d.err" % missing)
+    assert out[3] == "%d failed 127 exit code 127" % missing_words
+    assert site.read("job_%d.err" % missing_words) == \
+        "qpy: cannot run job %d: no-such-command-qpy: command not found\n" % missing_words
+    assert out[4] == "%d failed 126 exit code 126" % not_a_program
+    assert "Permission denied" in site.read("job_%d.err" % not_a_program)
 
 
 def test_kill_queue_running_and_all(site):
