@@ -1769,7 +1769,7 @@ def launch_all(claims, fork_runners=True):
     # runner would carry the stack of the one before it. Elsewhere `qpy _run`, started by
     # ssh on the node (directly here for another owner), forks them.
     forked = {key: jobs for key, jobs in batches.items()
-              if fork_runners and is_local(key[0]) and key[1] is None}
+              if fork_runners and is_local(key[0]) and key[1] in (None, os.geteuid())}
     for jobs in forked.values():
         try:
             node_run(*[value for job in jobs for value in (job["id"], job["attempt"])])

@@ -335,3 +335,22 @@ def test_confirm_after_a_rolled_back_try_but_never_over_a_started_job(site, monk
         assert site.jobs()[second]["reason"] == "started marker exists: refused to run it twice"
     finally:
         qpy.disconnect()
+
+
+def test_runners_are_forks_of_a_qpy_command_but_not_of_a_runner(site):
+    """A tick run by a qpy command forks this machine's runners (qpy is loaded already); a
+    tick run by a runner starts them as new processes (`qpy _run`), so that no runner carries
+    the stack of the runner before it."""
+    site.ok("nodes", write_nodes(site, "localhost 2"), admin=True)
+    first = site.submit("-n", "2", "while [ ! -e go-on ]; do sleep 0.1; done")
+    runner = site.wait_status(first, "running")["runner_pid"]
+    second, third = site.submit("sleep", "300"), site.submit("sleep", "300")
+    with open("/proc/%d/cmdline" % runner, "rb") as f:
+        assert b"sub" in f.read().split(b"\0")  # forked from qpy sub's tick
+    open(os.path.join(site.work, "go-on"), "w").close()
+    # the first job's runner takes the second itself, and ticks for the third
+    assert site.wait_status(second, "running")["runner_pid"] == runner
+    other = site.wait_status(third, "running")["runner_pid"]
+    with open("/proc/%d/cmdline" % other, "rb") as f:
+        assert b"_run" in f.read().split(b"\0")
+    site.ok("kill", "all")
