@@ -72,10 +72,21 @@ def shipped_file(name):
     return os.path.join(HERE, name)
 
 
+_state_dirs = {}  # ($QPY_STATE, $HOME): the state directory, found once per process
+
+
 def state_dir():
     """Where the state lives, first match wins:
-    $QPY_STATE, then the path in the site file `qpy.site` next to qpy.py, then ~/.qpy."""
-    explicit = os.environ.get("QPY_STATE")
+    $QPY_STATE, then the path in the site file `qpy.site` next to qpy.py, then ~/.qpy.
+    Found once per process: every path qpy uses starts here, and a runner changes its
+    working directory (a relative $QPY_STATE must keep meaning the same directory)."""
+    key = (os.environ.get("QPY_STATE"), os.environ.get("HOME"))
+    if key not in _state_dirs:
+        _state_dirs[key] = find_state_dir(key[0])
+    return _state_dirs[key]
+
+
+def find_state_dir(explicit):
     if explicit:
         return os.path.abspath(explicit)
     site_file = os.path.join(HERE, "qpy.site")

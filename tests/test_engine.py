@@ -8,7 +8,7 @@ import subprocess
 import time
 
 
-from conftest import QPY, group_members, qpy_processes, wait_for
+from conftest import QPY, group_members, qpy_processes, read_jobs, wait_for
 
 # Each job appends its ID to this log: a line twice means a job ran twice.
 APPEND_ID = "echo $QPY_JOB_ID >> %s"
@@ -354,3 +354,14 @@ def test_runners_are_forks_of_a_qpy_command_but_not_of_a_runner(site):
     with open("/proc/%d/cmdline" % other, "rb") as f:
         assert b"_run" in f.read().split(b"\0")
     site.ok("kill", "all")
+
+
+def test_a_relative_qpy_state_keeps_its_meaning_in_runners(site):
+    """Runners change their working directory to start commands: a relative $QPY_STATE is
+    found once, where the command that started them ran."""
+    env = {"QPY_STATE": "relative-state"}
+    first = int(site.ok("sub", "true", env=env).split()[1])
+    second = int(site.ok("sub", "true", env=env).split()[1])
+    wait_for(lambda: site.ok("check", env=env).count("(done)") == 2, what="both jobs done")
+    assert {first, second} == set(read_jobs(os.path.join(site.work, "relative-state")))
+    assert not os.path.exists("/relative-state")
