@@ -1755,9 +1755,9 @@ def become(owner):
 def launch_all(claims, fork_runners=True):
     """Start the runners of claimed jobs: on this machine directly, elsewhere by ssh (one per
     node and owner, all at once), into a Slurm pool by sbatch (all at once), as their owners
-    when root runs the tick. A job whose
-    launch fails goes back to the queue and its node is marked down (probed later); a job whose
-    files are not its owner's fails."""
+    when root runs the tick. A job whose launch fails goes back to the queue and its node is
+    marked down (probed later); a job whose files are not its owner's fails.
+    fork_runners: this machine's runners of our own jobs may be forks of this process."""
     failures, refused, submitted = [], [], []
     owners = {}
     for job in claims:
