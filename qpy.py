@@ -1186,9 +1186,7 @@ def tick_overdue(db, jobs):
     would ever bring that node back)."""
     if meta_number(db, "tick_wanted"):
         return True
-    if any(job["status"] == "queue" for job in jobs) and db.execute(
-            "SELECT 1 FROM nodes WHERE state = 'down' AND (probed_at IS NULL OR probed_at < ?)",
-            (time.time() - meta_number(db, "probe_interval"),)).fetchone():
+    if any(job["status"] == "queue" for job in jobs) and nodes_due_for_probe(db):
         return True
     stale = time.time() - meta_number(db, "launch_timeout")
     local = {row[0] for row in db.execute("SELECT name, address FROM nodes WHERE kind = 'host'")
@@ -1783,13 +1781,12 @@ def launch_all(claims, fork_runners=True):
               if fork_runners and is_local(key[0]) and key[1] in (None, os.geteuid())}
     for jobs in forked.values():
         try:
-            node_run(*[value for job in jobs for value in (job["id"], job["attempt"])])
+            node_run(*run_arguments(jobs))
         except OSError as e:
             failures += [(job, "cannot fork a runner: %s" % e) for job in jobs]
     started = {key: jobs for key, jobs in batches.items() if key not in forked}
-    calls = [(address, qpy_on_node("_run", *[value for job in jobs
-                                             for value in (job["id"], job["attempt"])]),
-              owners[jobs[0]["id"]]) for (address, _), jobs in started.items()]
+    calls = [(address, qpy_on_node("_run", *run_arguments(jobs)), owners[jobs[0]["id"]])
+             for (address, _), jobs in started.items()]
     for jobs, (status, error) in zip(started.values(), run_on_nodes(calls)):
         if status != 0:
             failures += [(job, error) for job in jobs]
@@ -1818,12 +1815,15 @@ def launch_all(claims, fork_runners=True):
                         job["attempt"]))
             mark_down(db, job["node"], "launch failed: " + error, now)
         for job, error in refused:
-            db.execute("UPDATE jobs SET status = 'failed', reason = ?, ended_at = ? "
-                       "WHERE id = ? AND attempt = ? AND status = 'starting'",
-                       (error, now, job["id"], job["attempt"]))
-        if failures or refused:
+            fail_claim(db, job, error)
+        if failures:
             request_tick(db)
     atomically(record)
+
+
+def run_arguments(jobs):
+    """What `qpy _run` (node_run) takes: ID ATTEMPT for each job."""
+    return [value for job in jobs for value in (job["id"], job["attempt"])]
 
 
 def mark_down(db, node, reason, now):
@@ -1832,14 +1832,17 @@ def mark_down(db, node, reason, now):
                "WHERE name = ? AND state = 'up'", (reason, now, node))
 
 
+def nodes_due_for_probe(db):
+    """The down nodes whose last probe is older than probe_interval."""
+    return db.execute("SELECT name, kind, address, partition FROM nodes "
+                      "WHERE state = 'down' AND (probed_at IS NULL OR probed_at < ?)",
+                      (time.time() - meta_number(db, "probe_interval"),)).fetchall()
+
+
 def probe_down_nodes():
     """Probe each down node whose last probe is old enough (ssh for a host, sinfo for a Slurm
     pool); those that answer are up again."""
-    def due(db):
-        return db.execute("SELECT name, kind, address, partition FROM nodes "
-                          "WHERE state = 'down' AND (probed_at IS NULL OR probed_at < ?)",
-                          (time.time() - meta_number(db, "probe_interval"),)).fetchall()
-    nodes = atomically(due, write=False)
+    nodes = atomically(nodes_due_for_probe, write=False)
     if not nodes:
         return
     # {node: what is wrong, or None: it answered}; a node not in it was not probed
@@ -2073,8 +2076,9 @@ def spawn(argv, env, cwd, out, err):
 def confirm(db, job_id, attempt):
     """Inside a transaction: make our claim of a job (still 'starting' with our attempt)
     'running'. Its job file must be its owner's and name it; the started marker is created
-    with O_EXCL (a job never starts twice); the runner is recorded. Returns (job, its job file's content, settings), or None: the claim is not ours
-    any more, or the job was refused (then it is failed with the reason)."""
+    with O_EXCL (a job never starts twice); the runner is recorded. Returns (job, its job
+    file's content, settings), or None: the claim is not ours any more, or the job was
+    refused (then it is failed with the reason)."""
     job = db.execute("SELECT j.*, n.kind FROM jobs j LEFT JOIN nodes n ON n.name = j.node "
                      "WHERE j.id = ?", (job_id,)).fetchone()
     if job is None or job["status"] != "starting" or job["attempt"] != attempt:
