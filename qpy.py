@@ -44,7 +44,7 @@ import sys
 import time
 
 VERSION = "0.1.0"
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 STATUSES = ("queue", "running", "done", "failed", "killed", "undone")
@@ -296,6 +296,8 @@ MIGRATIONS = {
     3: ["ALTER TABLE jobs DROP COLUMN pgid",
         "CREATE INDEX jobs_with_dependencies ON jobs (position) "
         "WHERE status = 'queue' AND dependencies IS NOT NULL"],
+    # a pool's sbatch may refuse one job while Slurm is up: only that job avoids the pool
+    4: ["ALTER TABLE jobs ADD COLUMN refusal TEXT"],
 }
 
 
@@ -943,15 +945,17 @@ def fits(free_on_node, job):
             and free_on_node["gpus"] >= job["gpus"] and free_on_node["jobs"] >= 1)
 
 
-def choose_node(job, nodes, free):
+def choose_node(job, nodes, free, refusal=None):
     """The node for a job, or None. The lab's own nodes come first: a Slurm pool gets a job
     only when no host can start it now. Single-core jobs go to the node with the most free
     cores, sparing the nodes marked for multicore jobs; multicore jobs take the first node that
-    fits, those marked 'M' first. Down and drained nodes are never chosen."""
+    fits, those marked 'M' first. Down and drained nodes are never chosen, nor the pool that
+    refused this job lately (refusal)."""
     tree = parse_attributes(job["attributes"])
     candidates = [node for node in nodes
                   if node["state"] == "up" and fits(free[node["name"]], job)
-                  and matches_attributes(tree, node_labels(node))]
+                  and matches_attributes(tree, node_labels(node))
+                  and not (refusal and node["name"] == refusal["node"])]
     candidates = [node for node in candidates if node["kind"] != "slurm"] or candidates
     if not candidates:
         return None
@@ -961,16 +965,27 @@ def choose_node(job, nodes, free):
     return sorted(candidates, key=lambda node: not node["pref_multicore"])[0]
 
 
-def why_no_node(job, nodes):
+def why_no_node(job, nodes, refusal=None):
     """The pending reason of a job that fits on no node now."""
     tree = parse_attributes(job["attributes"])
     matching = [node for node in nodes if matches_attributes(tree, node_labels(node))]
-    if not any(node["state"] == "up" for node in matching):
-        return "waiting for a node: %s" % (", ".join(
-            "%s %s" % (n["name"], n["state"]) + (" (%s)" % n["state_reason"] if n["state"] ==
-                                                 "down" and n["state_reason"] else "")
-            for n in matching) or "none matches")
+
+    def unavailable(node):  # why the job cannot go there at all, or None
+        if refusal and node["name"] == refusal["node"]:
+            return refused_note(refusal)
+        if node["state"] == "up":
+            return None
+        return "%s %s" % (node["name"], node["state"]) + (
+            " (%s)" % node["state_reason"] if node["state"] == "down" and node["state_reason"]
+            else "")
+    reasons = [unavailable(node) for node in matching]
+    if all(reasons):
+        return "waiting for a node: %s" % (", ".join(reasons) or "none matches")
     return "waiting for resources"
+
+
+def refused_note(refusal):
+    return "%s refused it (%s)" % (refusal["node"], refusal["why"])
 
 
 def parse_rules(text):
@@ -1072,7 +1087,8 @@ def admitted(user, cores, shares, used, queued, free_unreserved):
     return mine <= least + extra + idle // wanting
 
 
-def schedule(nodes, live_jobs, blocked_users, shares=None, held=None, queue_counts=None):
+def schedule(nodes, live_jobs, blocked_users, shares=None, held=None, queue_counts=None,
+             refusals=None):
     """Decide which queued jobs start now, and where.
 
     nodes: rows with name, cores, mem, attributes, pref_multicore, state (in file order);
@@ -1081,12 +1097,13 @@ def schedule(nodes, live_jobs, blocked_users, shares=None, held=None, queue_coun
     shares: {user: (minimum, extra)} from compute_shares, or None for no fair share;
     held: {job id: why} for jobs that may not start yet (their dependencies);
     queue_counts: {user: queued jobs that may start}, when live_jobs holds only the front of the
-    queue (default: counted in live_jobs).
+    queue (default: counted in live_jobs);
+    refusals: {job id: {"node", "why"}} for jobs a Slurm pool refused lately (not placed there).
     Returns ([(job id, node name)], {job id: why it waits}). A job that does not fit is passed
     over so that smaller jobs behind it can start (backfilling)."""
     free = free_resources(nodes, live_jobs)
     total = sum(node["cores"] for node in nodes)
-    held = held or {}
+    held, refusals = held or {}, refusals or {}
     used, queued, array_running = {}, {}, {}
     for job in live_jobs:
         if job["status"] == "queue":
@@ -1111,7 +1128,7 @@ def schedule(nodes, live_jobs, blocked_users, shares=None, held=None, queue_coun
                 where, why = None, "array limit: %d running" % limit
             else:
                 where, why = place_one(job, nodes, free, total, used, queued, blocked_users,
-                                       shares)
+                                       shares, refusals.get(job["id"]))
                 if where and job["array_of"] is not None:
                     array_running[job["array_of"]] = array_running.get(job["array_of"], 0) + 1
             if where:
@@ -1125,7 +1142,7 @@ def schedule(nodes, live_jobs, blocked_users, shares=None, held=None, queue_coun
         waiting = [job for job in waiting if job["id"] not in placed]
 
 
-def place_one(job, nodes, free, total, used, queued, blocked_users, shares):
+def place_one(job, nodes, free, total, used, queued, blocked_users, shares, refusal):
     """Place one queued job if its user's share and the nodes allow it, updating the counts.
     Returns (node name, None), or (None, why it waits)."""
     user = job["user"]
@@ -1140,9 +1157,9 @@ def place_one(job, nodes, free, total, used, queued, blocked_users, shares):
             others_wait = any(count > 0 for u, count in queued.items() if u != user)
             return None, ("waiting for its share of the cores" if others_wait and not within
                           else "waiting for free cores")
-    node = choose_node(job, nodes, free)
+    node = choose_node(job, nodes, free, refusal)
     if node is None:
-        return None, why_no_node(job, nodes)
+        return None, why_no_node(job, nodes, refusal)
     hold(free[node["name"]], job)
     used[user] = used.get(user, 0) + job["n_cores"]
     queued[user] -= 1
@@ -1268,8 +1285,14 @@ def claim_jobs(db, me, only=None):
     held, dropped = hold_for_dependencies(db)
     live, left_out = jobs_to_schedule(db)
     live = [job for job in live if job["id"] not in dropped]
+    now = time.time()
+    refusals = {}  # the pools that refused a job lately are not offered it again yet
+    for job in live:
+        refusal = job["refusal"] and json.loads(job["refusal"])
+        if refusal and refusal["until"] > now:
+            refusals[job["id"]] = refusal
     placements, pending = schedule(nodes, live, blocked, shares, held,
-                                   waiting_counts(db, blocked, held))
+                                   waiting_counts(db, blocked, held), refusals)
     for job in live:
         if job["id"] in pending and job["reason"] != pending[job["id"]]:
             db.execute("UPDATE jobs SET reason = ? WHERE id = ?", (pending[job["id"]], job["id"]))
@@ -1286,13 +1309,13 @@ def claim_jobs(db, me, only=None):
     pools = {node["name"] for node in nodes if node["kind"] == "slurm"}
     devices = gpus_in_use(live)
     claims = []
-    now = time.time()
     for job_id, node_name in placements:
         # a host's GPUs are numbered by qpy; a pool's by Slurm (CUDA_VISIBLE_DEVICES)
         ids = [] if node_name in pools else pick_gpus(devices.setdefault(node_name, set()),
                                                       by_id[job_id]["gpus"])
         db.execute("UPDATE jobs SET status = 'starting', node = ?, attempt = attempt + 1, "
-                   "claimed_at = ?, reason = NULL, gpu_ids = ?, slurm_id = NULL WHERE id = ?",
+                   "claimed_at = ?, reason = NULL, gpu_ids = ?, slurm_id = NULL, "
+                   "refusal = NULL WHERE id = ?",
                    (node_name, now, ",".join(map(str, ids)), job_id))
         row = db.execute("SELECT j.*, n.kind, n.address, n.partition, n.account, n.qos, "
                          "n.extra FROM jobs j JOIN nodes n ON n.name = j.node "
@@ -1754,16 +1777,17 @@ def launch_all(claims, fork_runners=True):
     """Start the runners of claimed jobs: on this machine directly, elsewhere by ssh (one per
     node and owner, all at once), into a Slurm pool by sbatch (all at once), as their owners
     when root runs the tick. A job whose launch fails goes back to the queue and its node is
-    marked down (probed later); a job whose files are not its owner's fails.
+    marked down (probed later), unless sbatch refused it while its partition is up: then only
+    that job avoids the pool for a while. A job whose files are not its owner's fails.
     fork_runners: this machine's runners of our own jobs may be forks of this process."""
-    failures, refused, submitted = [], [], []
+    failures, unowned, submitted, refused = [], [], [], []
     owners = {}
     for job in claims:
         if os.geteuid() == 0:
             try:
                 owners[job["id"]] = owner_of(job)
             except QpyError as e:
-                refused.append((job, str(e)))
+                unowned.append((job, str(e)))
         else:
             owners[job["id"]] = None
     ready = [job for job in claims if job["id"] in owners]
@@ -1791,13 +1815,20 @@ def launch_all(claims, fork_runners=True):
         if status != 0:
             failures += [(job, error) for job in jobs]
     commands = [(sbatch_command(job), owners[job["id"]], None) for job in pooled]
+    not_taken = []
     for job, (status, out, error) in zip(pooled, run_all(commands, SLURM_TIMEOUT)):
         slurm_id = out.strip().split(";")[0]  # --parsable: <id> or <id>;<cluster>
         if status == 0 and slurm_id.isdigit():
             submitted.append((job, slurm_id))
         else:
-            failures.append((job, error if status else "sbatch said %r" % out.strip()))
-    if not (failures or refused or submitted):
+            not_taken.append((job, error if status else "sbatch said %r" % out.strip()))
+    if not_taken:  # is Slurm down, or did it refuse these jobs? sinfo tells
+        answers = probe_pools(list({job["node"]: {"name": job["node"],
+                                                  "partition": job["partition"]}
+                                    for job, _ in not_taken}.values()))
+        for job, error in not_taken:
+            (refused if answers[job["node"]] is None else failures).append((job, error))
+    if not (failures or unowned or submitted or refused):
         return
 
     def record(db):
@@ -1814,9 +1845,15 @@ def launch_all(claims, fork_runners=True):
                        ("launch failed on %s: %s" % (job["node"], error), job["id"],
                         job["attempt"]))
             mark_down(db, job["node"], "launch failed: " + error, now)
-        for job, error in refused:
+        for job, error in refused:  # not the pool's fault: queued, and it is tried again later
+            refusal = {"node": job["node"], "why": error,
+                       "until": now + meta_number(db, "probe_interval")}
+            db.execute("UPDATE jobs SET status = 'queue', node = NULL, reason = ?, refusal = ? "
+                       "WHERE id = ? AND attempt = ? AND status = 'starting'",
+                       (refused_note(refusal), json.dumps(refusal), job["id"], job["attempt"]))
+        for job, error in unowned:
             fail_claim(db, job, error)
-        if failures:
+        if failures or refused:  # (those jobs may start elsewhere)
             request_tick(db)
     atomically(record)
 

@@ -96,6 +96,8 @@ CREATE TABLE jobs (
     position    REAL NOT NULL,            -- queue order (FIFO, changed by ctrlQueue jump)
     node        TEXT,                     -- where it runs or ran
     slurm_id    TEXT,                     -- its Slurm job ID, when it runs in a pool (%I)
+    refusal     TEXT,                     -- a pool's sbatch refused it though Slurm is up: JSON
+                                          -- {node, why, until}; not placed there before until
     attempt     INTEGER NOT NULL DEFAULT 0,  -- claims so far; a runner must match the latest
     queued_at   REAL NOT NULL,
     claimed_at  REAL,
@@ -136,4 +138,4 @@ CREATE TABLE notes (
 );
 CREATE INDEX notes_by_job ON notes (job_id);
 
-PRAGMA user_version = 4;
+PRAGMA user_version = 5;

@@ -31,7 +31,7 @@ def test_a_newer_database_is_refused(site):
     db = sqlite3.connect(os.path.join(site.state, "qpy.db"))
     db.execute("PRAGMA user_version = 99")
     db.close()
-    assert "has schema 99; this qpy knows only 4: use a newer qpy." in site.fails("check")
+    assert "has schema 99; this qpy knows only 5: use a newer qpy." in site.fails("check")
 
 
 def test_an_older_database_is_upgraded_in_place_keeping_every_job(site):
@@ -44,7 +44,7 @@ def test_an_older_database_is_upgraded_in_place_keeping_every_job(site):
         db.execute("DROP INDEX jobs_with_dependencies")
         for table, column in (("nodes", "kind"), ("nodes", "partition"), ("nodes", "max_jobs"),
                               ("nodes", "account"), ("nodes", "qos"), ("nodes", "extra"),
-                              ("jobs", "slurm_id")):
+                              ("jobs", "slurm_id"), ("jobs", "refusal")):
             db.execute("ALTER TABLE %s DROP COLUMN %s" % (table, column))
         db.execute("ALTER TABLE jobs ADD COLUMN pgid INTEGER")  # (in the marker since 4)
     db.execute("PRAGMA user_version = 1")
@@ -52,12 +52,13 @@ def test_an_older_database_is_upgraded_in_place_keeping_every_job(site):
     assert sorted(site.jobs()) == jobs
     site.ok("check")
     db = sqlite3.connect(os.path.join(site.state, "qpy.db"))
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 4
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 5
     indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert {"jobs_live_by_spec", "jobs_queued", "jobs_with_dependencies"} <= indexes
     assert "jobs_by_spec" not in indexes
     assert db.execute("SELECT kind, max_jobs FROM nodes").fetchall() == [("host", None)]
-    assert "pgid" not in {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+    columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+    assert "pgid" not in columns and "refusal" in columns
     db.close()
     site.ok("ctrlQueue", "continue")
     site.wait_idle()

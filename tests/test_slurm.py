@@ -200,6 +200,36 @@ def test_slurmctld_down_jobs_wait_with_the_reason_then_run_once(pool, slurm):
     assert all(site.jobs()[j]["attempt"] >= 1 for j in jobs)
 
 
+def test_a_job_slurm_refuses_waits_alone_and_the_pool_stays_up(pool):
+    site = pool()
+    site.ok("set", "probe_interval", "1", admin=True)
+    refused = site.submit("-m", "100000", "hostname")  # more memory than Slurm's node has
+    wait_for(lambda: "refused it" in (site.jobs()[refused]["reason"] or ""), 60, "the refusal")
+    job = site.jobs()[refused]
+    assert job["status"] == "queue" and job["node"] is None and job["slurm_id"] is None
+    assert job["reason"].startswith("waiting for a node: localhost drained, hpc refused it (") \
+        or job["reason"].startswith("hpc refused it ("), job["reason"]
+    assert "Requested node configuration is not available" in job["reason"]
+    assert node_states(site)["hpc"] == "up"  # neither down nor drained
+    other = site.submit("-m", "0.2", "hostname")  # the pool still takes the others
+    site.wait_status(other, "done")
+    attempt = job["attempt"]
+    ticker = Ticker(site)  # after probe_interval, sbatch is asked again (and refuses again)
+    try:
+        wait_for(lambda: site.jobs()[refused]["attempt"] > attempt, 60, "another sbatch")
+    finally:
+        ticker.stop()
+    assert site.jobs()[refused]["status"] == "queue"
+    assert node_states(site)["hpc"] == "up"
+    assert site.ok("kill", str(refused)) == "1 job removed from the queue.\n"
+    assert site.status(refused) == "undone"
+
+
+def node_states(site):
+    """{node: its state}, as qpy_admin.py list shows them."""
+    return dict(line.split()[:2] for line in site.ok("list", admin=True).splitlines())
+
+
 def test_doctor_checks_the_pools(pool):
     site = pool()
     site.ok("add", "ghost", "type=slurm", "partition=nosuch", "cores=4", admin=True)
@@ -326,6 +356,21 @@ def test_the_lab_nodes_come_before_the_pool():
     assert qpy.schedule(nodes, big, {})[0] == [(1, "hpc")]
     targeted = [sched_job(1, attributes="hpc")]  # a node's name is one of its labels
     assert qpy.schedule(nodes, targeted, {})[0] == [(1, "hpc")]
+
+
+def test_a_job_the_pool_refused_goes_elsewhere_or_waits_with_slurms_words():
+    from conftest import sched_job, sched_node
+    nodes = [sched_node("hpc", 8, kind="slurm", max_jobs=4), sched_node("n1", 1)]
+    refusals = {1: {"node": "hpc", "why": "sbatch: error: Invalid qos"}}
+    jobs = [sched_job(1, on=None), sched_job(2)]
+    # job 1 takes the lab node, and job 2, which the pool did not refuse, goes to the pool
+    assert qpy.schedule(nodes, jobs, {}, refusals=refusals) == ([(1, "n1"), (2, "hpc")], {})
+    busy = [sched_job(9, status="running", on="n1")] + jobs
+    assert qpy.schedule(nodes, busy, {}, refusals=refusals) == (
+        [(2, "hpc")], {1: "waiting for resources"})
+    nodes[1]["state"] = "drained"
+    assert qpy.schedule(nodes, jobs, {}, refusals=refusals) == ([(2, "hpc")], {
+        1: "waiting for a node: hpc refused it (sbatch: error: Invalid qos), n1 drained"})
 
 
 @pytest.mark.parametrize("state, starting, status, reason", [
