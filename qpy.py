@@ -1244,7 +1244,8 @@ def start_tick():
 
 def tick_pass(fork_runners=True):
     """One pass: probe down nodes, reconcile what ended or got lost, claim the jobs that can
-    start, launch them (ssh and sbatch in parallel, outside the lock)."""
+    start, launch them (ssh and sbatch in parallel, outside the lock), and send again the kills
+    Slurm missed."""
     me = None if os.geteuid() == 0 else user_name()
     probe_down_nodes()
     slurm, unreachable = follow_pools(me)
@@ -1257,13 +1258,14 @@ def tick_pass(fork_runners=True):
                    "ON CONFLICT (key) DO UPDATE SET value = value + 1")
         for pool, error in unreachable.items():
             mark_down(db, pool, "squeue failed: " + error, time.time())
-        reconcile(db, me, slurm)
-        return claim_jobs(db, me)
+        cancels = reconcile(db, me, slurm)
+        return claim_jobs(db, me), cancels
 
-    claims = atomically(claim)
+    claims, cancels = atomically(claim)
     crash_point("tick:claimed")
     launch_all(claims, fork_runners)
     crash_point("tick:launched")
+    cancel_in_slurm(cancels)
 
 
 def claim_jobs(db, me, only=None):
@@ -1425,8 +1427,11 @@ def reconcile(db, me=None, slurm=None):
     records the DB missed, and end running jobs whose runner or node is gone. A user's tick
     looks only at that user's jobs (other users' files are closed to it); root's at all.
     slurm: what follow_pools learnt, {pool: {Slurm ID: (state, reason)}}; a pool missing there
-    did not answer, and its jobs are left as they are."""
+    did not answer, and its jobs are left as they are. Returns the Slurm IDs of the jobs killed
+    with qpy kill that Slurm still runs (the scancel of qpy kill failed): the tick cancels them
+    again."""
     now = time.time()
+    cancels = []
     slurm = slurm or {}
     mine = "1" if me is None else "+j.user = ?"  # "+": stay on the index of live jobs
     who = () if me is None else (me,)
@@ -1445,7 +1450,10 @@ def reconcile(db, me=None, slurm=None):
         if record is not None:
             finish_job(db, job, record)
         elif job["slurm_id"] and job["node"] in slurm:
-            follow_slurm_job(db, job, slurm[job["node"]].get(job["slurm_id"]))
+            slurm_state = slurm[job["node"]].get(job["slurm_id"])
+            follow_slurm_job(db, job, slurm_state)
+            if job["kill_requested"] and slurm_state and slurm_state[0] == "RUNNING":
+                cancels.append(job["slurm_id"])
         elif job["status"] == "starting":
             continue  # (taken back above when its launch timed out)
         elif job["kind"] == "host" and is_local(job["address"]):
@@ -1459,6 +1467,7 @@ def reconcile(db, me=None, slurm=None):
                 requeue(db, job, "requeued: node lost")
             else:
                 end_lost_job(db, job, "node lost")
+    return cancels
 
 
 def requeue(db, job, reason):
@@ -1823,9 +1832,9 @@ def launch_all(claims, fork_runners=True):
         else:
             not_taken.append((job, error if status else "sbatch said %r" % out.strip()))
     if not_taken:  # is Slurm down, or did it refuse these jobs? sinfo tells
-        answers = probe_pools(list({job["node"]: {"name": job["node"],
-                                                  "partition": job["partition"]}
-                                    for job, _ in not_taken}.values()))
+        pools = {job["node"]: {"name": job["node"], "partition": job["partition"]}
+                 for job, _ in not_taken}
+        answers = probe_pools(list(pools.values()))
         for job, error in not_taken:
             (refused if answers[job["node"]] is None else failures).append((job, error))
     if not (failures or unowned or submitted or refused):
@@ -1958,6 +1967,12 @@ def sbatch_command(job):
     argv += shlex.split(job["extra"] or "")
     return argv + ["--wrap", "exec " + shlex.join(qpy_on_node("_slurm", job["id"],
                                                                   job["attempt"]))]
+
+
+def cancel_in_slurm(slurm_ids):
+    """scancel these Slurm jobs (one call for all); did Slurm take it?"""
+    return not slurm_ids or run_all([(["scancel"] + slurm_ids, None, None)],
+                                    SLURM_TIMEOUT)[0][0] == 0
 
 
 def probe_pools(pools):
@@ -2834,10 +2849,8 @@ def signal_jobs(jobs):
     lost = [job for job in local if not signal_runner(job)]
     results = run_on_nodes([(address(job), qpy_on_node("_signal", job["id"]), None)
                             for job in remote])
-    if pooled:
-        results += [result[:1] for result in run_all(
-            [(["scancel"] + [job["slurm_id"] for job in pooled], None, None)], SLURM_TIMEOUT)]
-    if lost or any(result[0] != 0 for result in results):
+    cancelled = cancel_in_slurm([job["slurm_id"] for job in pooled])
+    if lost or not cancelled or any(result[0] != 0 for result in results):
         tick()
 
 

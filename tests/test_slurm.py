@@ -135,6 +135,24 @@ def test_kill_cancels_the_job_in_slurm(pool):
     wait_for(lambda: job["slurm_id"] not in squeue("--format=%i"), 30, "squeue to drop it")
 
 
+def test_a_kill_while_slurmctld_is_down_reaches_the_job_once_it_is_back(pool, slurm):
+    site = pool()
+    job_id = site.submit("-m", "0.2", "sleep 300")
+    site.wait_status(job_id, "running")
+    slurm_cluster.stop_controller()  # the job goes on on its node; scancel cannot reach Slurm
+    try:
+        assert site.ok("kill", str(job_id)) == "1 job will be killed.\n"
+        assert site.jobs()[job_id]["status"] == "running"
+    finally:
+        slurm_cluster.start_controller()
+    ticker = Ticker(site)  # the site's timer sends the kill again
+    try:
+        job = site.wait_status(job_id, "killed", timeout=120)
+    finally:
+        ticker.stop()
+    assert job["reason"] == "killed by the user"
+
+
 def test_kill_of_a_job_waiting_in_slurm_cancels_it_there(pool):
     site = pool()
     site.ok("add", *(POOL % 20).split(), "extra=--begin=now+1hour", admin=True)  # held in Slurm
