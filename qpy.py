@@ -2836,7 +2836,8 @@ Examples:
 def signal_jobs(jobs):
     """Ask the runners of these jobs to stop them: directly here, by ssh on other nodes, by
     scancel in a Slurm pool (the runner gets Slurm's SIGTERM). A job whose runner is gone, or
-    whose node cannot be reached, is ended by the tick (its kill request is recorded)."""
+    whose node cannot be reached, is ended by the tick (its kill request is recorded); a kill
+    Slurm did not take is sent again by a later tick."""
     nodes = {node["name"]: node for node in atomically(
         lambda db: db.execute("SELECT name, kind, address FROM nodes").fetchall(), write=False)}
     pooled = [job for job in jobs if job["slurm_id"]]
@@ -2850,8 +2851,11 @@ def signal_jobs(jobs):
     results = run_on_nodes([(address(job), qpy_on_node("_signal", job["id"]), None)
                             for job in remote])
     cancelled = cancel_in_slurm([job["slurm_id"] for job in pooled])
-    if lost or not cancelled or any(result[0] != 0 for result in results):
+    if lost or any(result[0] != 0 for result in results):
         tick()
+    elif not cancelled:  # Slurm did not answer (nor will the tick's squeue now): no waiting
+        atomically(request_tick)
+        start_tick()
 
 
 def signal_runner(job):
