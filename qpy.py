@@ -1831,6 +1831,7 @@ def launch_all(claims, fork_runners=True):
             submitted.append((job, slurm_id))
         else:
             not_taken.append((job, error if status else "sbatch said %r" % out.strip()))
+    crash_point("tick:sbatched")
     if not_taken:  # is Slurm down, or did it refuse these jobs? sinfo tells
         pools = {job["node"]: {"name": job["node"], "partition": job["partition"]}
                  for job, _ in not_taken}
@@ -2153,12 +2154,16 @@ def confirm(db, job_id, attempt):
     os.write(fd, str(attempt).encode())
     os.close(fd)
     now = time.time()
+    # in a pool, Slurm's job ID from Slurm itself: the tick that ran sbatch may have died
+    # before it could store it
+    slurm_id = os.environ.get("SLURM_JOB_ID") if job["kind"] == "slurm" else None
     db.execute("UPDATE jobs SET status = 'running', started_at = ?, runner_pid = ?, "
-               "runner_boot = ? WHERE id = ?",
-               (now, os.getpid(), process_boot(os.getpid()), job_id))
+               "runner_boot = ?, slurm_id = COALESCE(?, slurm_id) WHERE id = ?",
+               (now, os.getpid(), process_boot(os.getpid()), slurm_id, job_id))
     settings = {"kill_grace": meta_number(db, "kill_grace"),
                 "heartbeat": meta_number(db, "heartbeat")}
-    return dict(job, status="running", started_at=now), spec, settings
+    return dict(job, status="running", started_at=now, slurm_id=slurm_id or job["slurm_id"]), \
+        spec, settings
 
 
 def read_job_file(job):

@@ -95,6 +95,20 @@ def test_a_job_runs_through_slurm_and_ends_as_on_any_node(pool):
     assert os.listdir(os.path.join(site.state, "users", "root", "run")) == []
 
 
+def test_a_tick_killed_after_its_sbatch_loses_nothing(pool, tmp_path):
+    site = pool()
+    token = tmp_path / "token"
+    token.write_text("")
+    # the tick that `sub` starts hands the job to Slurm and dies before it stores the Slurm ID
+    job_id = site.submit("-m", "0.2", "echo $QPY_JOB_ID >> ran",
+                         env={"QPY_CRASH_AT": "tick:sbatched@%s" % token})
+    job = site.wait_status(job_id, "done")
+    assert not token.exists()  # (the tick did die there)
+    assert job["slurm_id"].isdigit()  # the runner had it from Slurm
+    assert site.read("ran").split() == [str(job_id)]
+    wait_for(lambda: slurm_state(job["slurm_id"]) == "COMPLETED", 30, "Slurm to end it")
+
+
 def test_the_request_becomes_slurm_options(pool):
     site = pool()
     site.ok("ctrlQueue", "pause")
