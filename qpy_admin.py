@@ -334,6 +334,11 @@ def doctor(as_user):
     import stat
     import subprocess
     import time
+    try:
+        owner = pwd.getpwnam(as_user) if as_user else None
+    except KeyError:
+        raise qpy.QpyError("No user %s on this machine (doctor --as <user>: whom to check the "
+                           "nodes as)." % as_user)
     state = qpy.state_dir()
     problems = []
 
@@ -362,7 +367,6 @@ def doctor(as_user):
         "install the periodic tick: qpy_admin.py timer --install")
     nodes = qpy.atomically(lambda db: db.execute("SELECT * FROM nodes ORDER BY position")
                            .fetchall(), write=False)
-    owner = pwd.getpwnam(as_user) if as_user else None
     version = "%s %s" % (qpy.VERSION, sys.version.split()[0])
     probe = ["sh", "-c", "%s -c 'import sys; sys.path.insert(0, \"%s\"); import qpy; "
              "print(qpy.VERSION, sys.version.split()[0])' && date +%%s.%%N"
@@ -465,8 +469,11 @@ def report(path):
                   [(j["id"], j["user"], j["node"], qpy.format_time(j["ended_at"]),
                     j["reason"] or "") for j in failed]),
             "</body></html>\n"]
-    qpy.write_atomically(path, "".join(page).encode())
-    os.chmod(path, 0o644)
+    try:
+        qpy.write_atomically(path, "".join(page).encode())
+        os.chmod(path, 0o644)
+    except OSError as e:
+        raise qpy.QpyError("Cannot write the report %s: %s." % (path, e.strerror))
     print("Report written to %s." % path)
 
 
@@ -475,15 +482,21 @@ def backup(target):
     if os.path.exists(target):
         raise qpy.QpyError("%s exists: give a new file name." % target)
 
-    def copy(db):
+    try:
         out = sqlite3.connect(target)
+    except sqlite3.Error as e:
+        raise qpy.QpyError("Cannot write the backup %s: %s." % (target, e))
+
+    def copy(db):
         with out:
             db.backup(out)
-        out.close()
     try:
         qpy.atomically(copy, write=False)
-    except sqlite3.Error as e:
+    except (sqlite3.Error, qpy.QpyError) as e:
+        qpy.remove_quietly(target)  # no partial backup left to be mistaken for one
         raise qpy.QpyError("Backup failed: %s" % e)
+    finally:
+        out.close()
     print("Backed up %s to %s." % (os.path.join(qpy.state_dir(), "qpy.db"), target))
 
 

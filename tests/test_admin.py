@@ -125,6 +125,12 @@ def test_bad_admin_input(site):
         assert "wrong arguments" in admin_fails(site, *wrong), wrong
     assert "No group nosuchgroup" in admin_fails(site, "create", os.path.join(site.work, "s"),
                                                  "--group", "nosuchgroup")
+    assert "No user nosuchuser on this machine" in admin_fails(site, "doctor", "--as",
+                                                               "nosuchuser")
+    assert "Cannot write the backup /nonexistent/b.db" in admin_fails(site, "backup",
+                                                                      "/nonexistent/b.db")
+    assert "Cannot write the report /nonexistent/r.html: No such file or directory." in \
+        admin_fails(site, "report", "--html", "/nonexistent/r.html")
     assert site.dump() == before
 
 
