@@ -164,7 +164,15 @@ _db = None  # this process's connection; dropped before every fork (never carrie
 
 
 def lock_timeout():
-    return float(os.environ.get("QPY_LOCK_TIMEOUT", "120"))
+    """How long to wait for qpy.lock: $QPY_LOCK_TIMEOUT seconds, 120 by default."""
+    text = os.environ.get("QPY_LOCK_TIMEOUT", "120")
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise QpyError("QPY_LOCK_TIMEOUT must be a number of seconds, not %r." % text)
+    return seconds
 
 
 def connect():
@@ -180,6 +188,9 @@ def connect():
             if not os.path.isdir(os.path.dirname(state)):
                 raise QpyError("No directory %s for the qpy state %s: check QPY_STATE."
                                % (os.path.dirname(state), state))
+            if os.path.exists(state) and not os.path.isdir(state):
+                raise QpyError("The qpy state %s is a file, not a directory: check QPY_STATE."
+                               % state)
             create_personal_state(state)
         _db = open_db(path)
         version = _db.execute("PRAGMA user_version").fetchone()[0]

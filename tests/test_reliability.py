@@ -26,6 +26,24 @@ def test_a_missing_state_directory_is_named(site):
     assert not os.path.exists("/nonexistent")
 
 
+def test_a_state_that_is_a_file_is_named(site):
+    path = os.path.join(site.home, "notes")
+    with open(path, "w") as f:
+        f.write("mine\n")
+    err = site.fails("sub", "true", env={"QPY_STATE": path})
+    assert err == "qpy: The qpy state %s is a file, not a directory: check QPY_STATE.\n" % path
+    assert open(path).read() == "mine\n"
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "nan", "inf"])
+def test_a_bad_lock_timeout_is_named(site, value):
+    site.ok("check")
+    before = site.dump()
+    err = site.fails("sub", "true", env={"QPY_LOCK_TIMEOUT": value})
+    assert err == "qpy: QPY_LOCK_TIMEOUT must be a number of seconds, not '%s'.\n" % value
+    assert site.dump() == before
+
+
 def test_a_newer_database_is_refused(site):
     site.ok("restart")
     db = sqlite3.connect(os.path.join(site.state, "qpy.db"))
