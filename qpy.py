@@ -901,6 +901,8 @@ def parse_node_line(words):
             node[key] = value
     if node["cores"] is None:
         raise QpyError("node %s has no number of cores (cores=<n>)" % name)
+    if not node["address"] or node["address"].startswith("-"):  # ssh would read an option
+        raise QpyError("address must be a host name or user@host, not %r" % node["address"])
     if node["kind"] == "slurm":
         if not node["partition"]:
             raise QpyError("Slurm pool %s needs its partition (partition=<name>)" % name)
@@ -2429,7 +2431,10 @@ Examples:
         argv = argv[1:]
     if not argv or not argv[0].strip():
         raise QpyError("Job rejected: give the command to run, e.g. qpy sub hostname")
-    cwd = os.getcwd()
+    try:
+        cwd = os.getcwd()
+    except FileNotFoundError:
+        raise QpyError("Job rejected: this directory no longer exists (cd to one that does).")
     script = find_script(argv, cwd)
     request = submission_request(args, script)
     command = argv[0] if len(argv) == 1 else shlex.join(argv)

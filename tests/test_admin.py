@@ -112,6 +112,10 @@ def test_bad_admin_input(site):
         site, "nodes", write(site, "bad", "a 2\nb cores=2 colour=red\n"))
     assert "line 1: cores must be a whole number" in admin_fails(
         site, "nodes", write(site, "bad2", "a cores=x\n"))
+    assert "line 1: address must be a host name or user@host, not '-oProxyCommand=x'" in \
+        admin_fails(site, "nodes", write(site, "bad3", "a cores=2 address=-oProxyCommand=x\n"))
+    assert "line 2: address must be a host name or user@host, not ''" in admin_fails(
+        site, "nodes", write(site, "bad4", "a 2\nb cores=2 address=\n"))
     assert "Cannot read the nodes file" in admin_fails(site, "nodes", "/nonexistent/nodes")
     assert "No node ghost" in admin_fails(site, "drain", "ghost")
     assert "No node ghost" in admin_fails(site, "remove", "ghost")

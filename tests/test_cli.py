@@ -395,6 +395,20 @@ def test_bad_input_is_one_clear_line_and_changes_nothing(site, args, message):
     assert site.status(job) == "queue"
 
 
+def test_sub_from_a_removed_directory_is_refused(site):
+    site.ok("check")
+    before = site.dump()
+    gone = os.path.join(site.work, "gone")
+    os.mkdir(gone)
+    proc = subprocess.Popen(["sh", "-c", "rmdir %s && exec \"$@\"" % gone, "sh"] + QPY
+                            + ["sub", "hostname"], cwd=gone, env=site.env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and out == ""
+    assert err == "qpy: Job rejected: this directory no longer exists (cd to one that does).\n"
+    assert site.dump() == before
+
+
 def test_bad_directive_is_refused_with_the_file_named(site):
     with open(os.path.join(site.work, "bad.sh"), "w") as f:
         f.write("#QPY n_cores=two\n")
