@@ -2431,10 +2431,7 @@ Examples:
         argv = argv[1:]
     if not argv or not argv[0].strip():
         raise QpyError("Job rejected: give the command to run, e.g. qpy sub hostname")
-    try:
-        cwd = os.getcwd()
-    except FileNotFoundError:
-        raise QpyError("Job rejected: this directory no longer exists (cd to one that does).")
+    cwd = working_directory()
     script = find_script(argv, cwd)
     request = submission_request(args, script)
     command = argv[0] if len(argv) == 1 else shlex.join(argv)
@@ -2591,6 +2588,14 @@ def substitute_script(argv, script, copy):
     return [argv[0].replace(word, shlex.quote(copy), 1)]
 
 
+def working_directory():
+    """The directory the command was run in (which a user may have removed meanwhile)."""
+    try:
+        return os.getcwd()
+    except FileNotFoundError:
+        raise QpyError("This directory no longer exists: cd to one that does.")
+
+
 def selection(words, allowed_statuses, command):
     """Split check/kill/clean arguments into statuses, directories and ID ranges."""
     statuses, dirs, ranges = set(), set(), []
@@ -2598,7 +2603,7 @@ def selection(words, allowed_statuses, command):
         if word in allowed_statuses:
             statuses.add(word)
         elif os.path.isdir(word):
-            dirs.add(os.path.abspath(word))
+            dirs.add(os.path.normpath(os.path.join(working_directory(), word)))
         else:
             try:
                 ranges += parse_idset(word)

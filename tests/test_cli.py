@@ -395,17 +395,18 @@ def test_bad_input_is_one_clear_line_and_changes_nothing(site, args, message):
     assert site.status(job) == "queue"
 
 
-def test_sub_from_a_removed_directory_is_refused(site):
+@pytest.mark.parametrize("args", [["sub", "hostname"], ["check", "."], ["kill", "."]])
+def test_a_removed_working_directory_is_named(site, args):
     site.ok("check")
     before = site.dump()
     gone = os.path.join(site.work, "gone")
     os.mkdir(gone)
-    proc = subprocess.Popen(["sh", "-c", "rmdir %s && exec \"$@\"" % gone, "sh"] + QPY
-                            + ["sub", "hostname"], cwd=gone, env=site.env, text=True,
+    proc = subprocess.Popen(["sh", "-c", "rmdir %s && exec \"$@\"" % gone, "sh"] + QPY + args,
+                            cwd=gone, env=site.env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 1 and out == ""
-    assert err == "qpy: Job rejected: this directory no longer exists (cd to one that does).\n"
+    assert err == "qpy: This directory no longer exists: cd to one that does.\n"
     assert site.dump() == before
 
 
