@@ -2956,11 +2956,15 @@ all; down or drained), as the original qpy did. With --json, the same as a JSON 
             "node                            used  total      used    total     used  total\n",
             line]
     for node in report["nodes"]:
-        label = node["name"]
-        if node["attributes"] and len(label + ",".join(node["attributes"])) < 24:
-            label += " [%s]" % ",".join(node["attributes"])
+        notes = ""  # what the node is, then its attributes if they fit in the column
+        if node["kind"] == "slurm":
+            notes += " (Slurm: %d%s jobs)" % (node["jobs"], " of %d" % node["max_jobs"]
+                                               if node["max_jobs"] else "")
         if node["state"] != "up":
-            label += " (%s)" % node["state"]
+            notes += " (%s)" % node["state"]
+        attributes = " [%s]" % ",".join(node["attributes"]) if node["attributes"] else ""
+        label = node["name"] + (attributes if len(node["name"] + attributes + notes) <= 30
+                                else "") + notes
         known = node["memory_gb"] is not None
         out.append("%-30s %5d %5d   %7s  %7s    %5d  %5d\n" % (
             label, node["cores_used"], node["cores"],
@@ -2992,7 +2996,10 @@ def site_report(holders, busy, nodes, live):
             "cores": node["cores"], "cores_used": node["cores"] - left["cores"],
             "memory_gb": node["mem"],
             "memory_used_gb": None if node["mem"] is None else node["mem"] - left["mem"],
-            "gpus": node["gpus"], "gpus_used": node["gpus"] - left["gpus"]})
+            "gpus": node["gpus"], "gpus_used": node["gpus"] - left["gpus"],
+            "max_jobs": node["max_jobs"],  # (a Slurm pool: its qpy jobs, at most max_jobs)
+            "jobs": sum(1 for job in live if job["node"] == node["name"]
+                        and job["status"] in ("starting", "running"))})
     return {"users": users, "nodes": rows, "cores": sum(n["cores"] for n in rows),
             "cores_used": sum(n["cores_used"] for n in rows)}
 

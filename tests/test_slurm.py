@@ -119,6 +119,7 @@ def test_the_request_becomes_slurm_options(pool):
     assert "NumCPUs=2" in shown and "MinMemoryNode=512M" in shown
     assert "TimeLimit=00:12:00" in shown  # qpy's limit, and 2 minutes for qpy to end it first
     assert "JobName=qpy_%d" % job_id in shown and "WorkDir=%s" % site.work in shown
+    assert "\nhpc (Slurm: 1 of 20 jobs)          2     8" in site.ok("status")
     site.ok("kill", str(job_id))
     site.wait_status(job_id, "killed")
 
