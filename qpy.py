@@ -2956,26 +2956,34 @@ all; down or drained), as the original qpy did. With --json, the same as a JSON 
             "node                            used  total      used    total     used  total\n",
             line]
     for node in report["nodes"]:
-        notes = ""  # what the node is, then its attributes if they fit in the column
-        if node["kind"] == "slurm":
-            notes += " (Slurm: %d%s jobs)" % (node["jobs"], " of %d" % node["max_jobs"]
-                                               if node["max_jobs"] else "")
-        if node["state"] != "up":
-            notes += " (%s)" % node["state"]
+        notes = pool_note(node) + (" (%s)" % node["state"] if node["state"] != "up" else "")
         attributes = " [%s]" % ",".join(node["attributes"]) if node["attributes"] else ""
         label = node["name"] + (attributes if len(node["name"] + attributes + notes) <= 30
-                                else "") + notes
-        known = node["memory_gb"] is not None
+                                else "") + notes  # its attributes if the column has room
         out.append("%-30s %5d %5d   %7s  %7s    %5d  %5d\n" % (
-            label, node["cores_used"], node["cores"],
-            "%.1f" % node["memory_used_gb"] if known else "-",
-            "%.1f" % node["memory_gb"] if known else "?", node["gpus_used"], node["gpus"]))
+            (label, node["cores_used"], node["cores"]) + memory_cells(node)
+            + (node["gpus_used"], node["gpus"])))
     if not report["nodes"]:
         out.append("No nodes.\n")
     out.append(double)
     out.append("There are %d out of a total of %d cores being used.\n"
                % (report["cores_used"], report["cores"]))
     sys.stdout.write("".join(out))
+
+
+def pool_note(node):
+    """What `status` says of a Slurm pool (a node of site_report): its jobs and max_jobs."""
+    if node["kind"] != "slurm":
+        return ""
+    return " (Slurm: %d%s jobs)" % (node["jobs"], " of %d" % node["max_jobs"]
+                                    if node["max_jobs"] else "")
+
+
+def memory_cells(node):
+    """A node's memory in use and in all (of site_report), as shown: '-' and '?' if unknown."""
+    if node["memory_gb"] is None:
+        return "-", "?"
+    return "%.1f" % node["memory_used_gb"], "%.1f" % node["memory_gb"]
 
 
 def site_report(holders, busy, nodes, live):

@@ -455,10 +455,10 @@ def report(path):
                   [(u["user"], u["cores"], u["queued"]) for u in site["users"]]),
             table("Nodes", ["node", "state", "cores used", "cores", "memory used (GB)",
                             "memory (GB)", "GPUs used", "GPUs"],
-                  [(n["name"], n["state"] + (" (%s)" % n["state_reason"] if n["state_reason"]
-                                             else ""), n["cores_used"], n["cores"],
-                    n["memory_used_gb"], n["memory_gb"], n["gpus_used"], n["gpus"])
-                   for n in site["nodes"]]),
+                  [(n["name"] + qpy.pool_note(n),
+                    n["state"] + (" (%s)" % n["state_reason"] if n["state_reason"] else ""),
+                    n["cores_used"], n["cores"]) + qpy.memory_cells(n)
+                   + (n["gpus_used"], n["gpus"]) for n in site["nodes"]]),
             table("Running", ["job", "user", "node", "cores", "running for"],
                   [(j["id"], j["user"], j["node"], j["n_cores"],
                     qpy.format_span(qpy.run_time(j, now))) for j in running]),

@@ -187,10 +187,14 @@ def test_html_report_renders_in_a_browser(site, tmp_path):
     site.ok("ctrlQueue", "pause")
     waiting = site.submit("sleep 1")
     wait_for(lambda: site.jobs()[waiting]["reason"] == "queue paused", what="its reason")
+    site.ok("add", "hpc", "type=slurm", "partition=p", "cores=8", "max_jobs=4", admin=True)
     page = str(tmp_path / "report.html")
     assert site.ok("report", "--html=" + page, admin=True) == "Report written to %s.\n" % page
     text = open(page).read()
     assert "<b>not bold</b>" not in text  # everything from users is escaped
+    # a Slurm pool as `qpy status` shows it; its memory, not known, as status shows it too
+    assert "<td>hpc (Slurm: 0 of 4 jobs)</td><td>up</td><td>0</td><td>8</td><td>-</td>" \
+        "<td>?</td>" in text
     browser = shutil.which("chromium")
     if browser is None:
         import pytest
