@@ -1802,7 +1802,7 @@ def launch_all(claims, fork_runners=True):
     marked down (probed later), unless sbatch refused it while its partition is up: then only
     that job avoids the pool for a while. A job whose files are not its owner's fails.
     fork_runners: this machine's runners of our own jobs may be forks of this process."""
-    failures, unowned, submitted, refused = [], [], [], []
+    failures, unowned = [], []
     owners = {}
     for job in claims:
         if os.geteuid() == 0:
@@ -1836,21 +1836,8 @@ def launch_all(claims, fork_runners=True):
     for jobs, (status, error) in zip(started.values(), run_on_nodes(calls)):
         if status != 0:
             failures += [(job, error) for job in jobs]
-    commands = [(sbatch_command(job), owners[job["id"]], None) for job in pooled]
-    not_taken = []
-    for job, (status, out, error) in zip(pooled, run_all(commands, SLURM_TIMEOUT)):
-        slurm_id = out.strip().split(";")[0]  # --parsable: <id> or <id>;<cluster>
-        if status == 0 and slurm_id.isdigit():
-            submitted.append((job, slurm_id))
-        else:
-            not_taken.append((job, error if status else "sbatch said %r" % out.strip()))
-    crash_point("tick:sbatched")
-    if not_taken:  # is Slurm down, or did it refuse these jobs? sinfo tells
-        pools = {job["node"]: {"name": job["node"], "partition": job["partition"]}
-                 for job, _ in not_taken}
-        answers = probe_pools(list(pools.values()))
-        for job, error in not_taken:
-            (refused if answers[job["node"]] is None else failures).append((job, error))
+    submitted, refused, not_submitted = sbatch_all(pooled, owners)
+    failures += not_submitted
     if not (failures or unowned or submitted or refused):
         return
 
@@ -1981,6 +1968,28 @@ def sbatch_command(job):
     argv += shlex.split(job["extra"] or "")
     return argv + ["--wrap", "exec " + shlex.join(qpy_on_node("_slurm", job["id"],
                                                                   job["attempt"]))]
+
+
+def sbatch_all(jobs, owners):
+    """Hand claimed jobs to their pools (sbatch as their owners, all at once). Returns
+    ([(job, Slurm ID)] taken, [(job, Slurm's words)] refused while the partition is up,
+    [(job, error)] not taken because Slurm did not answer: sinfo tells the last two apart)."""
+    submitted, refused, failures = [], [], []
+    commands = [(sbatch_command(job), owners[job["id"]], None) for job in jobs]
+    for job, (status, out, error) in zip(jobs, run_all(commands, SLURM_TIMEOUT)):
+        slurm_id = out.strip().split(";")[0]  # --parsable: <id> or <id>;<cluster>
+        if status == 0 and slurm_id.isdigit():
+            submitted.append((job, slurm_id))
+        else:
+            failures.append((job, error if status else "sbatch said %r" % out.strip()))
+    crash_point("tick:sbatched")
+    if failures:
+        pools = {job["node"]: {"name": job["node"], "partition": job["partition"]}
+                 for job, _ in failures}
+        answers = probe_pools(list(pools.values()))
+        refused = [(job, error) for job, error in failures if answers[job["node"]] is None]
+        failures = [(job, error) for job, error in failures if answers[job["node"]] is not None]
+    return submitted, refused, failures
 
 
 def cancel_in_slurm(slurm_ids):
