@@ -97,7 +97,7 @@ complete -F _qpy qpy
 _qpy_admin() {
     local cur=${COMP_WORDS[COMP_CWORD]}
     local commands="create nodes users distribute add remove list drain resume status \
-        variables tick start finish set timer check doctor backup restore"
+        variables tick start finish set timer check doctor report backup restore"
     COMPREPLY=()
     if [ "$COMP_CWORD" -eq 1 ]; then
         COMPREPLY=($(compgen -W "$commands" -- "$cur"))
@@ -114,6 +114,14 @@ _qpy_admin() {
         set) [ "$COMP_CWORD" -eq 2 ] && COMPREPLY=($(compgen -W "launch_timeout kill_grace \
                 heartbeat node_timeout probe_interval ssh_timeout" -- "$cur")) ;;
         timer) COMPREPLY=($(compgen -W "--install --dir=" -- "$cur")) ;;
+        add) if [ "$COMP_CWORD" -ge 3 ]; then  # a node's settings, as in the nodes file
+                 COMPREPLY=($(compgen -W "cores= memory= gpus= attributes= address= \
+                     pref_multicore= check_dir= type=host type=slurm partition= max_jobs= \
+                     account= qos= extra=" -- "$cur"))
+                 compopt -o nospace 2>/dev/null
+             fi ;;
+        drain|resume|remove) [ "$COMP_CWORD" -eq 2 ] && COMPREPLY=($(compgen -W \
+                "$("${COMP_WORDS[0]}" list 2>/dev/null | cut -d' ' -f1)" -- "$cur")) ;;
         create|nodes|users|distribute|backup|restore) COMPREPLY=($(compgen -f -- "$cur")) ;;
     esac
 }

@@ -478,3 +478,11 @@ def test_completion_offers_the_users_own_job_ids(site):
                            "COMP_CWORD=2; _qpy_admin; printf '%%s\\n' \"${COMPREPLY[@]}\""
                            % script], env=env, capture_output=True, text=True).stdout
     assert hint.startswith("drain <node> Start no new job on the node"), hint
+    node_words = subprocess.run(["bash", "-c", "source %s; COMP_WORDS=(qpy-admin drain l); "
+                                 "COMP_CWORD=2; _qpy_admin; echo ${COMPREPLY[@]}" % script],
+                                env=env, capture_output=True, text=True).stdout.split()
+    assert node_words == ["localhost"]  # the nodes qpy-admin list shows
+    keys = subprocess.run(["bash", "-c", "source %s; COMP_WORDS=(qpy-admin add hpc type=s); "
+                           "COMP_CWORD=3; _qpy_admin; echo ${COMPREPLY[@]}" % script],
+                          capture_output=True, text=True).stdout.split()
+    assert keys == ["type=slurm"]
