@@ -2182,8 +2182,7 @@ def confirm(db, job_id, attempt):
     db.execute("UPDATE jobs SET status = 'running', started_at = ?, runner_pid = ?, "
                "runner_boot = ?, slurm_id = COALESCE(?, slurm_id) WHERE id = ?",
                (now, os.getpid(), process_boot(os.getpid()), slurm_id, job_id))
-    settings = {"kill_grace": meta_number(db, "kill_grace"),
-                "heartbeat": meta_number(db, "heartbeat")}
+    settings = {key: meta_number(db, key) for key in ("kill_grace", "heartbeat", "node_timeout")}
     return dict(job, status="running", started_at=now, slurm_id=slurm_id or job["slurm_id"]), \
         spec, settings
 
@@ -2262,31 +2261,48 @@ def runner(job_id, attempt):
             record = supervise(job, pid, stop, wake_r, settings) if pid else \
                 exit_record(job, status << 8, None, 0.0)
             heartbeat = run_file(job["user"], job["id"], "hb")
+            patience = settings["node_timeout"]
             keep_trying(lambda: write_atomically(run_file(job["user"], job["id"], "exit"),
-                                                 json.dumps(record).encode()), heartbeat)
+                                                 json.dumps(record).encode()), heartbeat, patience)
             crash_point("runner:recorded")
             started, wanted = keep_trying(lambda: atomically(
-                lambda db: store_and_continue(db, job, record)), heartbeat)
+                lambda db: store_and_continue(db, job, record)), heartbeat, patience)
             crash_point("runner:stored")
             ended = job
             if wanted:
                 tick(fork_runners=False)  # others' jobs, other nodes: the tick launches them
         if ended:
             remove_run_files(ended)
+    except StateGone:
+        pass  # nowhere to record the job any more, and nobody left to read it
     finally:
         signal.set_wakeup_fd(-1)
         os.close(wake_r)
         os.close(wake_w)
 
 
-def keep_trying(action, heartbeat):
+class StateGone(Exception):
+    """The state directory has been gone for longer than node_timeout (the site was removed)."""
+
+
+def keep_trying(action, heartbeat, patience):
     """Retry what records a job's end until it works (a full disk, a lost lock...): an exit
-    status is never dropped. The heartbeat goes on meanwhile, so the job is not declared lost."""
+    status is never dropped. The heartbeat goes on meanwhile, so the job is not declared lost.
+    Only a state directory gone for more than `patience` seconds (node_timeout: by then the
+    job would count as lost anyway) ends the retries, with StateGone: no runner lingers for
+    ever after its site was removed."""
     delay = 0.5
+    gone_since = None
     while True:
         try:
             return action()
         except (OSError, QpyError):
+            if os.path.isdir(state_dir()):
+                gone_since = None
+            else:
+                gone_since = gone_since or time.monotonic()
+                if time.monotonic() - gone_since > patience:
+                    raise StateGone()
             try:
                 open(heartbeat, "a").close()
                 os.utime(heartbeat)
@@ -2314,8 +2330,11 @@ def supervise(job, pid, stop, wake, settings):
     while True:
         now = time.time()
         if now >= next_beat:
-            with open(heartbeat, "w"):
-                pass
+            try:
+                with open(heartbeat, "w"):
+                    pass
+            except OSError:
+                pass  # (a filesystem hiccup must not take the runner away from its job)
             next_beat = now + beat
         if stop["asked"]:
             stop["asked"] = False

@@ -1,6 +1,7 @@
 """Faults and bad state: a corrupt or missing state, locks held by stopped or dead processes,
 a full disk, Ctrl-C, backups. Each ends in one clear line and no damage."""
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -152,6 +153,50 @@ def test_a_full_disk_refuses_new_jobs_and_loses_no_exit_status(site, tmp_path):
         wait_for(lambda: "(done)" in site.ok("check", str(last), env=env), what="the last job")
     finally:
         subprocess.run(["umount", "-l", disk])
+
+
+def remove_state_under_a_job(site, tmp_path, heartbeat, node_timeout):
+    """Run `sleep 3` on a personal state in tmp_path, remove that state while it runs, wait
+    for the job's end; return its runner's PID."""
+    state = str(tmp_path / "state")
+    env = {"QPY_STATE": state}
+    site.ok("check", env=env)
+    site.ok("set", "heartbeat", str(heartbeat), admin=True, env=env)
+    site.ok("set", "node_timeout", str(node_timeout), admin=True, env=env)
+    job = int(site.ok("sub", "sleep 3; echo finished", env=env).split()[1])
+
+    def runner():
+        db = sqlite3.connect(os.path.join(state, "qpy.db"))
+        try:
+            return db.execute("SELECT runner_pid FROM jobs WHERE id = ? AND status = 'running'",
+                              (job,)).fetchone()
+        finally:
+            db.close()
+    pid = wait_for(runner, what="the job to run")[0]
+    shutil.rmtree(state)  # the site is gone: the runner's heartbeat and exit record fail
+    wait_for(lambda: site.read("job_%d.out" % job) == "finished\n", what="the job to end")
+    return pid
+
+
+def alive(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_runner_whose_state_was_removed_gives_up_after_node_timeout(site, tmp_path):
+    pid = remove_state_under_a_job(site, tmp_path, heartbeat=30, node_timeout=1)
+    wait_for(lambda: not alive(pid), 60, "the runner to give up")  # (not retry for ever)
+
+
+def test_a_failed_heartbeat_does_not_take_the_runner_from_its_job(site, tmp_path):
+    pid = remove_state_under_a_job(site, tmp_path, heartbeat=1, node_timeout=600)
+    try:
+        assert alive(pid)  # its beats failed, it saw its job end and retries the exit record
+    finally:
+        os.kill(pid, signal.SIGKILL)
 
 
 def test_ctrl_c_leaves_no_half_done_state(site):
