@@ -1849,18 +1849,18 @@ def launch_all(claims, fork_runners=True):
             db.execute("UPDATE jobs SET reason = 'waiting in Slurm' "
                        "WHERE id = ? AND attempt = ? AND status = 'starting'",
                        (job["id"], job["attempt"]))
+        back = []  # (job, reason, refusal): the claims that go back to the queue
         for job, error in failures:
-            db.execute("UPDATE jobs SET status = 'queue', node = NULL, reason = ? "
-                       "WHERE id = ? AND attempt = ? AND status = 'starting'",
-                       ("launch failed on %s: %s" % (job["node"], error), job["id"],
-                        job["attempt"]))
             mark_down(db, job["node"], "launch failed: " + error, now)
-        for job, error in refused:  # not the pool's fault: queued, and it is tried again later
+            back.append((job, "launch failed on %s: %s" % (job["node"], error), None))
+        for job, error in refused:  # not the pool's fault: it is offered the job again later
             refusal = {"node": job["node"], "why": error,
                        "until": now + meta_number(db, "probe_interval")}
+            back.append((job, refused_note(refusal), json.dumps(refusal)))
+        for job, reason, refusal in back:
             db.execute("UPDATE jobs SET status = 'queue', node = NULL, reason = ?, refusal = ? "
                        "WHERE id = ? AND attempt = ? AND status = 'starting'",
-                       (refused_note(refusal), json.dumps(refusal), job["id"], job["attempt"]))
+                       (reason, refusal, job["id"], job["attempt"]))
         for job, error in unowned:
             fail_claim(db, job, error)
         if failures or refused:  # (those jobs may start elsewhere)
@@ -3021,6 +3021,10 @@ def site_report(holders, busy, nodes, live):
               "queued": usage.get(name, (0, 0))[1]}
              for name in dict.fromkeys(holders + sorted(usage))]
     free = free_resources(nodes, live)
+    holding = {}  # node: how many jobs run or start there
+    for job in live:
+        if job["status"] in ("starting", "running"):
+            holding[job["node"]] = holding.get(job["node"], 0) + 1
     rows = []
     for node in nodes:
         left = free[node["name"]]
@@ -3034,8 +3038,7 @@ def site_report(holders, busy, nodes, live):
             "memory_used_gb": None if node["mem"] is None else node["mem"] - left["mem"],
             "gpus": node["gpus"], "gpus_used": node["gpus"] - left["gpus"],
             "max_jobs": node["max_jobs"],  # (a Slurm pool: its qpy jobs, at most max_jobs)
-            "jobs": sum(1 for job in live if job["node"] == node["name"]
-                        and job["status"] in ("starting", "running"))})
+            "jobs": holding.get(node["name"], 0)})
     return {"users": users, "nodes": rows, "cores": sum(n["cores"] for n in rows),
             "cores_used": sum(n["cores_used"] for n in rows)}
 
