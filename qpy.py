@@ -44,16 +44,8 @@ import sys
 import time
 
 VERSION = "0.1.0"
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-STATUSES = ("queue", "running", "done", "failed", "killed", "undone")
-FINISHED = ("done", "failed", "killed", "undone")
-LIVE = ("queue", "starting", "running")
-# The condition of the partial index jobs_live, written out so that SQLite uses that index
-# (it matches only this literal form): queries of live jobs never walk the history.
-LIVE_SQL = "status IN ('queue', 'starting', 'running')"
-
 
 class QpyError(Exception):
     """A problem the user can fix: printed as one line on stderr, exit status 1."""
@@ -106,11 +98,6 @@ def user_dir(user):
     return os.path.join(state_dir(), "users", user)
 
 
-def run_file(user, job_id, kind):
-    """<state>/users/<user>/run/<id>.<kind>: kind is started, exit or hb."""
-    return os.path.join(user_dir(user), "run", "%d.%s" % (job_id, kind))
-
-
 def ensure_user_dirs(user):
     connect()  # creates the state directory first, with its own modes
     if not os.path.isdir(user_dir(user)):
@@ -144,16 +131,87 @@ def remove_quietly(*paths):
             pass
 
 
+_context = {"step": None, "job": None}  # where this process is: named in its error log
+
+
 def crash_point(name):
-    """Tests kill qpy at named steps: QPY_CRASH_AT=<name>@<token file>. The first process to
-    reach <name> and remove the token dies by SIGKILL, as if the machine had stopped there."""
-    point, _, token = os.environ.get("QPY_CRASH_AT", "").partition("@")
-    if point == name:
+    """A named step of the protocol. Tests make qpy fail there: QPY_CRASH_AT=<name>@<token
+    file> (the first process to reach <name> and remove the token dies by SIGKILL, as if the
+    machine had stopped there) or QPY_RAISE_AT=<name>@<token file> (it raises, as a bug
+    would)."""
+    _context["step"] = name
+    for variable in ("QPY_CRASH_AT", "QPY_RAISE_AT"):
+        point, _, token = os.environ.get(variable, "").partition("@")
+        if point == name:
+            try:
+                os.unlink(token)
+            except OSError:
+                continue
+            if variable == "QPY_CRASH_AT":
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise RuntimeError("%s: %s" % (variable, name))
+
+
+# A background process (tick, runner, launcher) has nobody to tell what went wrong: it writes
+# it to <state>/users/<user>/errors.log (private to the user; kept to about LOG_LIMIT bytes,
+# the older part in errors.log.1), which qpy check mentions once and qpy_admin.py doctor lists.
+LOG_LIMIT = 256 * 1024
+
+
+def log_path(user=None):
+    return os.path.join(user_dir(user or user_name()), "errors.log")
+
+
+def log_event(text):
+    """Append one entry to this user's error log, stamped with the time, the process, the
+    step and the job it was at. Never raises: the log must not add a failure of its own."""
+    try:
+        path = log_path()
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         try:
-            os.unlink(token)
+            if os.path.getsize(path) > LOG_LIMIT:
+                os.replace(path, path + ".1")
         except OSError:
-            return
-        os.kill(os.getpid(), signal.SIGKILL)
+            pass
+        where = "".join(" %s %s" % (key, value) for key, value in _context.items() if value)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, ("%s pid %d%s: %s\n" % (time.strftime("%Y-%m-%d %H:%M:%S"),
+                                                  os.getpid(), where, text)).encode())
+        finally:
+            os.close(fd)
+    except Exception:
+        pass
+
+
+def errors_note(user):
+    """One line for qpy check when the user's background processes logged errors since check
+    last said so (errors.seen marks when that was); None otherwise."""
+    path = log_path(user)
+    try:
+        logged = os.stat(path).st_mtime
+    except OSError:
+        return None
+    seen = path.replace("errors.log", "errors.seen")
+    try:
+        if os.stat(seen).st_mtime >= logged:
+            return None
+    except OSError:
+        pass
+    try:
+        with open(seen, "w"):
+            pass
+        os.utime(seen, (logged, logged))
+    except OSError:
+        pass
+    return "qpy: qpy's background processes logged errors (the last at %s): read %s" % (
+        format_time(int(logged)), path)
+
+
+def log_exception(what):
+    """Log the exception being handled, with its traceback."""
+    import traceback
+    log_event("%s failed:\n%s" % (what, traceback.format_exc().rstrip()))
 
 
 # --------------------------------------------------------------------------------------------
@@ -176,11 +234,23 @@ def lock_timeout():
 
 
 def connect():
-    """The connection to <state>/qpy.db, creating the state directory and the DB on first use."""
-    global _db
+    """The connection to <state>/qpy.db, creating the state directory and the DB on first use
+    only: a state that was used (its identity file qpy.id, its users/) and has lost its DB, or
+    whose DB is another state's, is refused (never silently started over)."""
+    global _db, state_id
     if _db is None:
         state = state_dir()
         path = os.path.join(state, "qpy.db")
+        known = read_identity(state)
+        users = os.path.join(state, "users")
+        if not os.path.exists(path) or os.path.getsize(path) == 0:
+            if known or (os.path.isdir(users) and os.listdir(users)):  # it was used
+                raise QpyError(
+                    "The qpy state %s has lost its database (qpy.db is %s): restore a backup "
+                    "with qpy_admin.py restore <file>, or, to start a new empty queue there on "
+                    "purpose, remove %s." % (state, "empty" if os.path.exists(path) else
+                                             "missing", os.path.join(state, "qpy.id")
+                                             if known else users))
         if not os.path.exists(path):
             if not os.environ.get("QPY_STATE") and os.path.exists(os.path.join(HERE, "qpy.site")):
                 raise QpyError("No qpy site in %s (named by %s): ask your administrator."
@@ -202,7 +272,37 @@ def connect():
             disconnect()
             raise QpyError("The qpy database %s has schema %d; this qpy knows only %d: "
                            "use a newer qpy." % (path, version, SCHEMA_VERSION))
+        state_id = _db.execute("SELECT value FROM meta WHERE key = 'state_id'").fetchone()[0]
+        if known is None:
+            write_identity(state, state_id)
+        elif known != state_id:
+            disconnect()
+            raise QpyError("The qpy database %s is not this state's (it is state %s's, %s is "
+                           "state %s): put the right one back, or qpy_admin.py restore <file>."
+                           % (path, state_id, state, known))
     return _db
+
+
+state_id = None  # the identity of the state this process uses (once connected)
+
+
+def read_identity(state):
+    """A state's identity: made with its DB (meta state_id) and kept beside it in qpy.id, so
+    that a DB that is lost or replaced is noticed, and nothing of one state (an exit record,
+    a runner) is ever taken for another's. None for a state never used."""
+    try:
+        with open(os.path.join(state, "qpy.id")) as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+def write_identity(state, identity):
+    try:
+        write_atomically(os.path.join(state, "qpy.id"), (identity + "\n").encode())
+        os.chmod(os.path.join(state, "qpy.id"), 0o644)
+    except OSError:
+        pass  # (another member's state: its owner's next command writes it)
 
 
 def open_db(path):
@@ -213,8 +313,8 @@ def open_db(path):
         db.execute("PRAGMA user_version").fetchone()
         return db
     except sqlite3.DatabaseError as e:
-        raise QpyError("Cannot open the qpy database %s: %s. Move it away (qpy then starts an "
-                       "empty one) or restore a backup: qpy_admin.py restore <file>." % (path, e))
+        raise QpyError("Cannot open the qpy database %s: %s. Restore a backup: "
+                       "qpy_admin.py restore <file>." % (path, e))
 
 
 def disconnect():
@@ -264,6 +364,8 @@ def create_site(state, group):
     disconnect()
     _db = open_db(os.path.join(state, "qpy.db"))
     initialise_db(personal=False)
+    write_identity(state, _db.execute("SELECT value FROM meta WHERE key = 'state_id'")
+                   .fetchone()[0])
 
 
 def initialise_db(personal):
@@ -302,13 +404,16 @@ MIGRATIONS = {
        + ["ALTER TABLE jobs ADD COLUMN slurm_id TEXT",
           "CREATE INDEX jobs_queued ON jobs (user, position) WHERE status = 'queue'",
           "DROP INDEX jobs_by_spec",
-          "CREATE INDEX jobs_live_by_spec ON jobs (spec) WHERE " + LIVE_SQL],
+          "CREATE INDEX jobs_live_by_spec ON jobs (spec) "
+          "WHERE status IN ('queue', 'starting', 'running')"],
     # the process group is noted in the started marker, once the command runs
     3: ["ALTER TABLE jobs DROP COLUMN pgid",
         "CREATE INDEX jobs_with_dependencies ON jobs (position) "
         "WHERE status = 'queue' AND dependencies IS NOT NULL"],
     # a pool's sbatch may refuse one job while Slurm is up: only that job avoids the pool
     4: ["ALTER TABLE jobs ADD COLUMN refusal TEXT"],
+    # each state has an identity (qpy.id); run files are named by attempt
+    5: ["INSERT OR IGNORE INTO meta (key, value) VALUES ('state_id', lower(hex(randomblob(8))))"],
 }
 
 
@@ -381,9 +486,19 @@ def take_lock(name, timeout):
     return lock.release
 
 
+_after_commit = []  # what the transaction in progress does to files once it has committed
+
+
+def after_commit(fn, *args):
+    """Inside a transaction: do fn(*args) once it has committed, never before and never twice
+    (atomically may run its closure again; a rolled-back transaction removed no file)."""
+    _after_commit.append((fn, args))
+
+
 def atomically(fn, write=True):
     """Run fn(db) in one transaction under qpy.lock; retry when SQLite reports a busy or
-    failing filesystem; return what fn returns."""
+    failing filesystem; return what fn returns. The file effects the closure asked for with
+    after_commit run after the commit, outside the lock."""
     db = connect()
     delay = 0.05
     for attempt in range(8):
@@ -392,22 +507,31 @@ def atomically(fn, write=True):
             path = os.path.join(state_dir(), "qpy.lock")
             raise QpyError("Waited %g s for the qpy lock %s, held by %s (QPY_LOCK_TIMEOUT "
                            "sets the wait)." % (lock_timeout(), path, lock_holder(path)))
+        outer = _after_commit[:]  # (a transaction never runs inside another: kept for safety)
+        del _after_commit[:]
         try:
             db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
                 result = fn(db)
                 db.execute("COMMIT")
-                return result
             except BaseException:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
                 raise
+            effects = _after_commit[:]
+            release()
+            release = None
+            for effect, args in effects:
+                effect(*args)
+            return result
         except sqlite3.OperationalError as e:
             transient = ("locked" in str(e) or "busy" in str(e) or "disk I/O" in str(e))
             if not transient or attempt == 7:
                 raise QpyError("The qpy database failed: %s%s" % (e, DB_HINTS.get(str(e), "")))
         finally:
-            release()
+            _after_commit[:] = outer
+            if release is not None:
+                release()
         time.sleep(delay)
         delay *= 2
 
@@ -450,6 +574,290 @@ def ensure_user(db, user):
 
 
 # --------------------------------------------------------------------------------------------
+# Jobs: life cycle. The statuses, their groups, and every change of a job's status. Each
+# transition is one UPDATE guarded by the job's ID, the attempt its caller saw and the
+# statuses it may leave, and says whether it happened: no stale actor (an earlier attempt's
+# runner, a late tick) can move a job it no longer owns.
+#
+#   queue ----claim----> starting ---confirm_start---> running ---finish---> done|failed|killed
+#     |                   |   |                          |
+#     |                   |   +--fail_claim--> failed    |
+#     +------undo---------+--> undone                    |
+#     ^                   |                              |
+#     +--return_to_queue--+------------------------------+  (launch failed or timed out,
+#                                                            --requeue, nothing ran yet)
+# --------------------------------------------------------------------------------------------
+
+STATUSES = ("queue", "starting", "running", "done", "failed", "killed", "undone")
+LIVE = ("queue", "starting", "running")
+HOLDING = ("starting", "running")  # they hold cores, memory and GPUs on their node
+FINISHED = ("done", "failed", "killed", "undone")
+ENDINGS = ("done", "failed", "killed")  # how a job that ran ends (an exit record's status)
+USER_STATUSES = ("queue", "running") + FINISHED  # what users see: 'starting' is 'queue'
+# The condition of the partial indexes of live jobs (schema.sql), written out so that SQLite
+# uses them (it matches only this literal form): queries of live jobs never walk the history.
+LIVE_SQL = "status IN (%s)" % ", ".join("'%s'" % status for status in LIVE)
+
+
+def user_status(job):
+    """The status word users see: a job being started ('starting') is still 'queue' to them,
+    in check, status, restart and the site report alike."""
+    return "queue" if job["status"] == "starting" else job["status"]
+
+
+def is_live(job):
+    return job["status"] in LIVE
+
+
+def holds_node(job):
+    return job["status"] in HOLDING
+
+
+def site_counts(db):
+    """{user: {"running", "cores", "queued"}}: each user's running jobs and the cores they
+    use, and their jobs queued as users see them (claimed ones too, a job waiting in Slurm
+    among them). What status, restart and the site report show."""
+    return {row[0]: {"running": row[1], "cores": row[2], "queued": row[3]} for row in db.execute(
+        "SELECT user, SUM(status = 'running'), SUM(CASE WHEN status = 'running' THEN n_cores "
+        "ELSE 0 END), SUM(status != 'running') FROM jobs WHERE " + LIVE_SQL + " GROUP BY user")}
+
+
+def move(db, job, leaving, status, **columns):
+    """The one UPDATE of a job's status: from one of `leaving`, at the attempt the caller saw
+    (job["attempt"]), to `status`, setting these columns. Did it happen?"""
+    sets = "".join(", %s = ?" % column for column in columns)
+    cursor = db.execute(
+        "UPDATE jobs SET status = ?%s WHERE id = ? AND attempt = ? AND status IN (%s)"
+        % (sets, ",".join("?" * len(leaving))),
+        (status, *columns.values(), job["id"], job["attempt"], *leaving))
+    return cursor.rowcount == 1
+
+
+def claim(db, job, node, gpu_ids, now):
+    """A tick takes a queued job for a node: a new attempt, its resources reserved."""
+    return move(db, job, ("queue",), "starting", node=node, attempt=job["attempt"] + 1,
+                claimed_at=now, reason=None, gpu_ids=",".join(map(str, gpu_ids)),
+                slurm_id=None, refusal=None)
+
+
+def confirm_start(db, job, now, slurm_id=None):
+    """Its runner confirms the claim: the job runs (this runner owns it)."""
+    return move(db, job, ("starting",), "running", started_at=now, runner_pid=os.getpid(),
+                runner_boot=process_boot(os.getpid()),
+                slurm_id=slurm_id or job["slurm_id"], reason=None)
+
+
+def return_to_queue(db, job, reason, refusal=None):
+    """Back to the queue, as if never claimed: its launch failed or timed out, nothing ran, or
+    it asked to be requeued. Its attempt's run files are void (removed after the commit)."""
+    if not move(db, job, HOLDING, "queue", node=None, reason=reason, runner_pid=None,
+                slurm_id=None, refusal=refusal):
+        return False
+    after_commit(remove_run_files, job)
+    request_tick(db)
+    return True
+
+
+def finish(db, job, record, run_files=True):
+    """A running job ended, as its exit record says (a qpy kill makes any end but done
+    'killed'); its files go after the commit (its run files too, unless run_files is False:
+    its runner removes them once the next job runs)."""
+    status, reason = record["status"], record.get("reason")
+    if job["kill_requested"] and status not in ("done", "killed"):
+        status, reason = "killed", "killed by the user"
+    if not move(db, job, ("running",), status, exit_code=record.get("exit_code"),
+                signal=record.get("signal"), reason=reason, ended_at=record["ended_at"],
+                max_rss=record.get("max_rss"), cpu_time=record.get("cpu_time")):
+        return False
+    discard_job_files(db, job, run_files)
+    return True
+
+
+def undo(db, job, reason):
+    """A queued (or claimed, not yet started) job that will never run: undone."""
+    if not move(db, job, ("queue", "starting"), "undone", ended_at=time.time(), reason=reason):
+        return False
+    discard_job_files(db, job)
+    request_tick(db)
+    return True
+
+
+def fail_claim(db, job, reason):
+    """A claimed job that cannot start at all (its files refused, Slurm lost it): failed.
+    Its files are left alone: they may not be its owner's (a forged row)."""
+    if not move(db, job, ("starting",), "failed", reason=reason, ended_at=time.time()):
+        return False
+    request_tick(db)
+    return True
+
+
+def discard_job_files(db, job, run_files=True):
+    """After the commit, remove an ended job's run files, and its job file and script copy,
+    which the jobs of an array share: those go with the last of them."""
+    if run_files:
+        after_commit(remove_run_files, job)
+    if db.execute("SELECT 1 FROM jobs WHERE " + LIVE_SQL + " AND spec = ? AND id != ? LIMIT 1",
+                  (job["spec"], job["id"])).fetchone():
+        return
+    after_commit(remove_job_file, job["spec"])
+
+
+def remove_job_file(spec):
+    try:
+        with open(spec) as f:
+            copied = json.load(f).get("script_copy")
+    except (OSError, ValueError, AttributeError):
+        copied = None
+    remove_quietly(spec, *([copied] if isinstance(copied, str) else []))
+
+
+# --- Run files: what a runner keeps beside a job's row, each file of one attempt ------------
+#   <state>/users/<user>/run/<id>.<attempt>.started  created with O_EXCL when the runner
+#       confirms: '<attempt>', then ' go' when the command is told to run, then its process
+#       group; .hb its heartbeat (mtime); .exit the exit record (JSON, written before the
+#       row); .slurm Slurm's output of the batch script (in a pool).
+# Nothing left by one attempt is ever read for another. (Before schema 6 they were named
+# <id>.<kind>: read_run_file still finds those of the attempt that made them.)
+
+RUN_KINDS = ("started", "hb", "exit", "slurm")
+
+
+def run_file(job, kind, attempt=None):
+    return os.path.join(user_dir(job["user"]), "run", "%d.%d.%s" % (
+        job["id"], job["attempt"] if attempt is None else attempt, kind))
+
+
+def existing_run_file(job, kind):
+    """The path of this job's attempt's run file, also as qpy named it before schema 6 (when
+    its started marker says it was made for this attempt); None if there is none."""
+    path = run_file(job, kind)
+    if os.path.exists(path):
+        return path
+    run = os.path.join(user_dir(job["user"]), "run")
+    legacy = os.path.join(run, "%d.%s" % (job["id"], kind))
+    if not os.path.exists(legacy):
+        return None
+    try:
+        with open(os.path.join(run, "%d.started" % job["id"]), "rb") as f:
+            made_for = f.read().split()[:1]
+    except OSError:
+        return None
+    return legacy if made_for == [str(job["attempt"]).encode()] else None
+
+
+def remove_run_files(job):
+    remove_quietly(*(run_file(job, kind) for kind in RUN_KINDS))
+
+
+def stale_run_files(user, live_attempts):
+    """The files in a user's run directory of no live job's current attempt (left by a runner
+    that died between its commit and their removal, or by an attempt taken back).
+    live_attempts: {job id: attempt}."""
+    run = os.path.join(user_dir(user), "run")
+    stale = []
+    for name in sorted(os.listdir(run)) if os.path.isdir(run) else []:
+        words = name.split(".")
+        if not words[0].isdigit():
+            continue
+        attempt = int(words[1]) if len(words) == 3 and words[1].isdigit() else None
+        current = live_attempts.get(int(words[0]))
+        if current is None or (attempt is not None and attempt != current):
+            stale.append(os.path.join(run, name))
+    return stale
+
+
+def quarantine(job, path, why):
+    """A run file that cannot be read is moved aside (users/<user>/quarantine/), for
+    qpy_admin.py check to report, and the job is decided as if it were absent."""
+    folder = os.path.join(user_dir(job["user"]), "quarantine")
+    try:
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        target = os.path.join(folder, "%s.%d" % (os.path.basename(path), time.time_ns()))
+        os.rename(path, target)
+    except OSError:
+        remove_quietly(path)
+        target = "(removed)"
+    log_event("job %d: %s is unreadable (%s): moved to %s" % (job["id"], path, why, target))
+
+
+def read_exit_record(job):
+    """The exit record of the job's attempt, validated; None if there is none. One that
+    cannot be read is quarantined."""
+    path = existing_run_file(job, "exit")
+    if path is None:
+        return None
+    try:
+        with open(path) as f:
+            record = json.load(f)
+        why = exit_record_problem(record, job)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        why = str(e)
+    if why:
+        quarantine(job, path, why)
+        return None
+    return record
+
+
+def exit_record_problem(record, job):
+    """What is wrong with an exit record read from disk, or None."""
+    def number(value, kinds=(int, float)):
+        return isinstance(value, kinds) and not isinstance(value, bool)
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    if record.get("state", state_id) != state_id:  # (before schema 6 records had no state)
+        return "made for state %r, not this one (%s)" % (record["state"], state_id)
+    if record.get("attempt") != job["attempt"]:
+        return "attempt %r, not %d" % (record.get("attempt"), job["attempt"])
+    if record.get("status") not in ENDINGS:
+        return "status %r" % record.get("status")
+    if not number(record.get("ended_at")):
+        return "no end time"
+    for key, kinds in (("exit_code", int), ("signal", int), ("max_rss", int),
+                       ("cpu_time", (int, float)), ("reason", str)):
+        if record.get(key) is not None and not (number(record[key], kinds) if key != "reason"
+                                                else isinstance(record[key], str)):
+            return "%s %r" % (key, record[key])
+    return None
+
+
+def marker_words(job):
+    """The started marker of the job's attempt: [attempt], then b'go' once the runner told
+    the command to run, then the command's process group (start_command). None if there is
+    none; a marker that says anything else is quarantined (and counts as absent)."""
+    path = existing_run_file(job, "started")
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            words = f.read().split()
+    except OSError:
+        return None
+    shapes_ok = (words[:1] == [str(job["attempt"]).encode()] and words[1:2] in ([], [b"go"])
+                 and len(words) <= 3 and all(word.isdigit() for word in words[2:]))
+    if not shapes_ok:
+        quarantine(job, path, "it reads %r" % b" ".join(words)[:80])
+        return None
+    return words
+
+
+def command_started(job):
+    """Did the runner give the command its go? (When the marker is absent or unreadable,
+    assume it did: a job is never run twice.)"""
+    words = marker_words(job)
+    return words is None or len(words) > 1
+
+
+def last_heartbeat(job):
+    path = existing_run_file(job, "hb")
+    try:
+        return os.stat(path).st_mtime if path else job["started_at"] or 0
+    except OSError:
+        return job["started_at"] or 0
+
+
+# --------------------------------------------------------------------------------------------
 # Model: ID sets, check formats, #QPY directives, attribute expressions, configuration
 # --------------------------------------------------------------------------------------------
 
@@ -483,11 +891,6 @@ def format_time(t):
 def format_span(seconds):
     from datetime import timedelta
     return "None" if seconds is None else str(timedelta(seconds=seconds))
-
-
-def user_status(job):
-    """The status word users see: 'starting' is still 'queue' to them."""
-    return "queue" if job["status"] == "starting" else job["status"]
 
 
 def run_time(job, now):
@@ -941,7 +1344,7 @@ def free_resources(nodes, live_jobs):
                            "jobs": node["max_jobs"] or float("inf")}
             for node in nodes}
     for job in live_jobs:
-        if job["status"] in ("starting", "running") and job["node"] in free:
+        if holds_node(job) and job["node"] in free:
             hold(free[job["node"]], job)
     return free
 
@@ -1262,6 +1665,7 @@ def tick_pass(fork_runners=True):
     me = None if os.geteuid() == 0 else user_name()
     probe_down_nodes()
     slurm, unreachable = follow_pools(me)
+    verdicts = ask_nodes(atomically(lambda db: late_runners(db, me), write=False))
 
     def claim(db):
         db.execute("UPDATE meta SET value = '0' WHERE key = 'tick_wanted'")
@@ -1271,7 +1675,7 @@ def tick_pass(fork_runners=True):
                    "ON CONFLICT (key) DO UPDATE SET value = value + 1")
         for pool, error in unreachable.items():
             mark_down(db, pool, "squeue failed: " + error, time.time())
-        cancels = reconcile(db, me, slurm)
+        cancels = reconcile(db, me, slurm, verdicts)
         return claim_jobs(db, me), cancels
 
     claims, cancels = atomically(claim)
@@ -1328,14 +1732,8 @@ def claim_jobs(db, me, only=None):
         # a host's GPUs are numbered by qpy; a pool's by Slurm (CUDA_VISIBLE_DEVICES)
         ids = [] if node_name in pools else pick_gpus(devices.setdefault(node_name, set()),
                                                       by_id[job_id]["gpus"])
-        db.execute("UPDATE jobs SET status = 'starting', node = ?, attempt = attempt + 1, "
-                   "claimed_at = ?, reason = NULL, gpu_ids = ?, slurm_id = NULL, "
-                   "refusal = NULL WHERE id = ?",
-                   (node_name, now, ",".join(map(str, ids)), job_id))
-        row = db.execute("SELECT j.*, n.kind, n.address, n.partition, n.account, n.qos, "
-                         "n.extra FROM jobs j JOIN nodes n ON n.name = j.node "
-                         "WHERE j.id = ?", (job_id,)).fetchone()
-        claims.append(dict(row))
+        if claim(db, by_id[job_id], node_name, ids, now):
+            claims.append(dict(job_row(db, job_id)))
     if left_out and claims and only is None:
         request_tick(db)  # another pass looks at the jobs behind those claimed now
     return claims
@@ -1392,7 +1790,7 @@ def hold_for_dependencies(db):
                 continue
             if status in FINISHED or (status is None and kind != "after"):
                 # its own dependents follow in the next pass (unqueue asks for one)
-                unqueue(db, job, "dependency never satisfied: job %d %s"
+                undo(db, job, "dependency never satisfied: job %d %s"
                         % (other, status or "was cleaned"))
                 dropped.add(job["id"])
                 break
@@ -1406,7 +1804,7 @@ def gpus_in_use(live_jobs):
     """{node: set of GPU indices held by its running and claimed jobs}."""
     devices = {}
     for job in live_jobs:
-        if job["status"] in ("starting", "running") and job["gpu_ids"]:
+        if holds_node(job) and job["gpu_ids"]:
             devices.setdefault(job["node"], set()).update(map(int, job["gpu_ids"].split(",")))
     return devices
 
@@ -1435,159 +1833,148 @@ def share_holders(db):
     return names or [row[0] for row in db.execute("SELECT name FROM users ORDER BY rowid")]
 
 
-def reconcile(db, me=None, slurm=None):
+def reconcile(db, me=None, slurm=None, verdicts=None):
     """Inside the tick's transaction: take back claims nobody confirmed in time, harvest exit
     records the DB missed, and end running jobs whose runner or node is gone. A user's tick
     looks only at that user's jobs (other users' files are closed to it); root's at all.
     slurm: what follow_pools learnt, {pool: {Slurm ID: (state, reason)}}; a pool missing there
-    did not answer, and its jobs are left as they are. Returns the Slurm IDs of the jobs killed
+    did not answer, and its jobs are left as they are. verdicts: what ask_nodes learnt of the
+    runners whose heartbeat is late on the other hosts, {job id: 'alive', 'gone' (its orphans
+    were stopped) or 'unreachable'}. One job's damaged files never stop the others: what
+    fails is logged and that job is left for later. Returns the Slurm IDs of the jobs killed
     with qpy kill that Slurm still runs (the scancel of qpy kill failed): the tick cancels them
     again."""
     now = time.time()
     cancels = []
-    slurm = slurm or {}
-    mine = "1" if me is None else "+j.user = ?"  # "+": stay on the index of live jobs
-    who = () if me is None else (me,)
+    slurm, verdicts = slurm or {}, verdicts or {}
     timeout = meta_number(db, "launch_timeout")
-    # (a job handed to Slurm may wait there for hours: it has its Slurm ID, and Slurm's word)
-    for job in db.execute("SELECT j.* FROM jobs j WHERE j." + LIVE_SQL + " AND "
-                          "j.status = 'starting' AND j.claimed_at < ? AND (j.slurm_id IS NULL "
-                          "OR j.node NOT IN (SELECT name FROM nodes)) AND " + mine,
-                          (now - timeout,) + who).fetchall():
-        requeue(db, job, "launch timed out")
     node_timeout = meta_number(db, "node_timeout")
-    for job in db.execute("SELECT j.*, n.kind, n.address FROM jobs j "
-                          "LEFT JOIN nodes n ON n.name = j.node WHERE j." + LIVE_SQL + " AND "
-                          "j.status != 'queue' AND " + mine, who).fetchall():
-        record = read_exit_record(job) if job["status"] == "running" else None
-        if record is not None:
-            finish_job(db, job, record)
-        elif job["slurm_id"] and job["node"] in slurm:
-            slurm_state = slurm[job["node"]].get(job["slurm_id"])
-            follow_slurm_job(db, job, slurm_state)
-            if job["kill_requested"] and slurm_state and slurm_state[0] == "RUNNING":
-                cancels.append(job["slurm_id"])
-        elif job["status"] == "starting":
-            continue  # (taken back above when its launch timed out)
-        elif job["kind"] == "host" and is_local(job["address"]):
-            if not process_alive(job["runner_pid"], job["runner_boot"]):
-                stop_orphans(job)
-                end_lost_job(db, job, "runner lost")
-        elif now - last_heartbeat(job) > node_timeout:
-            if job["kind"] != "slurm":  # one lost job does not make a Slurm pool down
-                mark_down(db, job["node"], "no heartbeat from job %d" % job["id"], now)
-            if job["requeue"] and not job["kill_requested"]:
-                requeue(db, job, "requeued: node lost")
-            else:
-                end_lost_job(db, job, "node lost")
+    for job in live_jobs(db, me, HOLDING):
+        try:
+            if job["status"] == "starting":
+                # (a job handed to Slurm may wait there for hours: its Slurm ID tells)
+                if job["claimed_at"] < now - timeout and (not job["slurm_id"] or not job["kind"]):
+                    return_to_queue(db, job, "launch timed out")
+                elif job["slurm_id"] and job["node"] in slurm:
+                    follow_slurm_job(db, job, slurm[job["node"]].get(job["slurm_id"]))
+                continue
+            record = read_exit_record(job)
+            if record is not None:
+                finish(db, job, record)
+            elif job["slurm_id"] and job["node"] in slurm:
+                slurm_state = slurm[job["node"]].get(job["slurm_id"])
+                follow_slurm_job(db, job, slurm_state)
+                if job["kill_requested"] and slurm_state and slurm_state[0] == "RUNNING":
+                    cancels.append(job["slurm_id"])
+            elif job["kind"] == "host" and is_local(job["address"]):
+                if not process_alive(job["runner_pid"], job["runner_boot"]):
+                    after_commit(stop_orphans, job, meta_number(db, "kill_grace"))
+                    end_lost_job(db, job, "runner lost")
+            elif now - last_heartbeat(job) > node_timeout:
+                verdict = verdicts.get(job["id"], "unreachable" if job["kind"] == "slurm"
+                                       or not job["kind"] else None)
+                if verdict == "gone":  # its node answered: only the runner is lost
+                    end_lost_job(db, job, "runner lost")
+                elif verdict == "unreachable":
+                    if job["kind"] == "host":  # (one lost job does not make a pool down)
+                        mark_down(db, job["node"], "no heartbeat from job %d" % job["id"], now)
+                    end_lost_job(db, job, "node lost")
+        except Exception:
+            log_exception("reconciling job %d" % job["id"])
     return cancels
 
 
-def requeue(db, job, reason):
-    """Back to the queue, as if never claimed (its started marker, if any, is void)."""
-    remove_quietly(run_file(job["user"], job["id"], "started"))
-    db.execute("UPDATE jobs SET status = 'queue', node = NULL, reason = ?, runner_pid = NULL, "
-               "slurm_id = NULL WHERE id = ?", (reason, job["id"]))
-    request_tick(db)
+def live_jobs(db, me=None, statuses=LIVE):
+    """The live jobs (of user `me`; None: everyone's) with these statuses, each joined with
+    its node: one row shape, whose kind, address and pool settings are None when the node is
+    gone. Read through the index of live jobs, never the history."""
+    listed = ",".join("'%s'" % status for status in statuses)
+    return db.execute(
+        JOB_WITH_NODE + " WHERE j." + LIVE_SQL + " AND j.status IN (%s)" % listed
+        + ("" if me is None else " AND +j.user = ?"),  # "+": stay on jobs_live
+        () if me is None else (me,)).fetchall()
 
 
-def end_lost_job(db, job, reason):
+# A job's row with what the engine needs of its node (None when the node was removed).
+JOB_WITH_NODE = ("SELECT j.*, n.kind, n.address, n.partition, n.account, n.qos, n.extra "
+                 "FROM jobs j LEFT JOIN nodes n ON n.name = j.node")
+
+
+def job_row(db, job_id):
+    return db.execute(JOB_WITH_NODE + " WHERE j.id = ?", (job_id,)).fetchone()
+
+
+def end_lost_job(db, job, reason, may_requeue=True):
     """A running job whose runner (or node) is gone and left no exit record. If the runner
-    never gave the command its go (see command_started), nothing ran: it is queued again."""
+    never gave the command its go (see command_started), nothing ran: it is queued again, as
+    it is when it asked for that (--requeue), was not killed, and the loss was not its own
+    doing (may_requeue)."""
     if not job["kill_requested"] and not command_started(job):
-        return requeue(db, job, "%s before the start: queued again" % reason)
+        return return_to_queue(db, job, "%s before the start: queued again" % reason)
+    if job["requeue"] and not job["kill_requested"] and may_requeue:
+        return return_to_queue(db, job, "requeued: " + reason)
     killed = bool(job["kill_requested"])
-    finish_job(db, job, {"status": "killed" if killed else "failed", "attempt": job["attempt"],
-                         "reason": "killed by the user (%s)" % reason if killed else reason,
-                         "ended_at": time.time()})
+    return finish(db, job, {"status": "killed" if killed else "failed",
+                            "reason": "killed by the user (%s)" % reason if killed else reason,
+                            "ended_at": time.time()})
 
 
-def marker_words(job):
-    """The words of a job's started marker: its attempt, then 'go' once the runner tells the
-    command to run, then the command's process group once it runs (start_command); None if
-    it cannot be read."""
+def late_runners(db, me):
+    """The running jobs on other hosts whose heartbeat is older than node_timeout: is their
+    node gone, or only their runner? (ask_nodes asks the nodes, outside the lock)."""
+    late = time.time() - meta_number(db, "node_timeout")
+    return [dict(job) for job in live_jobs(db, me, ("running",))
+            if job["kind"] == "host" and not is_local(job["address"])
+            and last_heartbeat(job) < late]
+
+
+def ask_nodes(jobs):
+    """Ask each node, by ssh as the jobs' owner, about these jobs' runners (node_reap): a
+    runner that is gone has what its job left stopped there. Returns {job id: 'alive',
+    'gone', or 'unreachable' (no answer within ssh_timeout)}; a job whose owner root cannot
+    act for gets no verdict (it is left as it is)."""
+    batches = {}
+    for job in jobs:
+        try:
+            owner = owner_of(job) if os.geteuid() == 0 else None
+        except QpyError as e:
+            log_event("job %d: cannot ask its node about it: %s" % (job["id"], e))
+            continue
+        batches.setdefault((job["address"], owner and owner.pw_uid), (owner, []))[1].append(job)
+    if not batches:
+        return {}
+    grace = atomically(lambda db: meta_number(db, "kill_grace"), write=False)
+    calls = [(address, qpy_on_node("_reap", grace, *[value for job in batch for value in (
+        job["id"], job["attempt"], job["runner_pid"], job["runner_boot"])]), owner)
+        for (address, _), (owner, batch) in batches.items()]
+    verdicts = {}
+    for (_, batch), (status, out, _) in zip(batches.values(), run_on_nodes(calls)):
+        words = out.split()
+        for job, word in zip(batch, words if status == 0 and len(words) == len(batch)
+                             else ["unreachable"] * len(batch)):
+            verdicts[job["id"]] = word
+    return verdicts
+
+
+def node_reap(grace, *jobs):
+    """`qpy _reap GRACE ID ATTEMPT PID BOOT...`, run by ask_nodes on a node as the jobs' owner:
+    for each job, print 'alive' if its runner is, else stop what the job left (SIGTERM,
+    SIGKILL after GRACE seconds) and print 'gone'."""
+    words = []
     try:
-        with open(run_file(job["user"], job["id"], "started"), "rb") as f:
-            return f.read().split()
-    except OSError:
-        return None
-
-
-def command_started(job):
-    """Did the runner give the command its go? (When the marker cannot be read, assume it
-    did: a job is never run twice.)"""
-    words = marker_words(job)
-    return words is None or words != [str(job["attempt"]).encode()]
-
-
-def last_heartbeat(job):
-    try:
-        return os.stat(run_file(job["user"], job["id"], "hb")).st_mtime
-    except OSError:
-        return job["started_at"] or 0
-
-
-def read_exit_record(job):
-    try:
-        with open(run_file(job["user"], job["id"], "exit")) as f:
-            record = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return record if record.get("attempt") == job["attempt"] else None
-
-
-def finish_job(db, job, record, run_files=True):
-    """Record the end of a running job (from its exit record) and remove its files (its run
-    files too, unless run_files is False: a runner removes them after the commit, so as not
-    to hold the lock for it)."""
-    status, reason = record["status"], record.get("reason")
-    if job["kill_requested"] and status not in ("done", "killed"):
-        status, reason = "killed", "killed by the user"
-    db.execute("UPDATE jobs SET status = ?, exit_code = ?, signal = ?, reason = ?, ended_at = ?, "
-               "max_rss = ?, cpu_time = ? WHERE id = ? AND attempt = ? AND status = 'running'",
-               (status, record.get("exit_code"), record.get("signal"), reason,
-                record["ended_at"], record.get("max_rss"), record.get("cpu_time"),
-                job["id"], job["attempt"]))
-    discard_job_files(db, job, run_files)
-
-
-def stale_run_files(user, live_ids):
-    """The files in a user's run directory that belong to no live job (left by a runner that
-    died between its commit and their removal)."""
-    run = os.path.join(user_dir(user), "run")
-    names = sorted(os.listdir(run)) if os.path.isdir(run) else []
-    return [os.path.join(run, name) for name in names
-            if name.split(".")[0].isdigit() and int(name.split(".")[0]) not in live_ids]
-
-
-def remove_run_files(job):
-    """An ended job's exit record, heartbeat, started marker and Slurm output."""
-    remove_quietly(*(run_file(job["user"], job["id"], kind)
-                     for kind in ("exit", "hb", "started", "slurm")))
-
-
-def discard_job_files(db, job, run_files=True):
-    """Remove an ended job's files. The job file and script copy are shared by the jobs of an
-    array: they go with the last of them."""
-    if run_files:
-        remove_run_files(job)
-    if db.execute("SELECT 1 FROM jobs WHERE " + LIVE_SQL + " AND spec = ? AND id != ? LIMIT 1",
-                  (job["spec"], job["id"])).fetchone():
-        return
-    try:
-        with open(job["spec"]) as f:
-            copied = json.load(f).get("script_copy")
-    except (OSError, ValueError):
-        copied = None
-    remove_quietly(job["spec"], *([copied] if copied else []))
-
-
-def unqueue(db, job, reason):
-    """A queued job that will never run: undone, with the reason."""
-    db.execute("UPDATE jobs SET status = 'undone', ended_at = ?, reason = ? WHERE id = ?",
-               (time.time(), reason, job["id"]))
-    discard_job_files(db, job)
-    request_tick(db)
+        grace, user = float(grace), user_name()
+        for job_id, attempt, pid, boot in zip(*[iter(jobs)] * 4):
+            job = {"id": int(job_id), "attempt": int(attempt), "user": user}
+            if process_alive(int(pid) if pid.isdigit() else None, boot):
+                words.append("alive")
+            else:
+                stop_orphans(job, grace)
+                words.append("gone")
+    except ValueError:
+        sys.stderr.write("qpy _reap: usage: qpy _reap GRACE ID ATTEMPT PID BOOT...\n")
+        return 2
+    print(" ".join(words))
+    return 0
 
 
 def process_boot(pid):
@@ -1605,15 +1992,27 @@ def process_alive(pid, boot):
     return pid is not None and process_boot(pid) == boot
 
 
-def stop_orphans(job):
-    """SIGKILL what is left of a job whose runner died: the processes of its group that carry
-    its QPY_JOB_ID (so a reused group id never hits a stranger). The group is in the started
-    marker; a runner lost in the instant between the spawn and noting it leaves it unknown."""
+def stop_orphans(job, grace=0):
+    """Stop what is left of a job whose runner died: SIGTERM to its process group, SIGKILL
+    `grace` seconds later (from a detached process) if any of it is still there. Only a group
+    with a process that carries the job's QPY_JOB_ID is touched, so a reused group id never
+    hits a stranger. The group is in the started marker; a runner lost in the instant between
+    the spawn and noting it leaves it unknown. Returns whether a group was signalled."""
     words = marker_words(job) or []
     if len(words) < 3:
-        return
+        return False
     pgid = int(words[2])
-    marker = ("QPY_JOB_ID=%d" % job["id"]).encode()
+    if not group_of_job(pgid, job["id"]):
+        return False
+    signal_group(pgid, signal.SIGTERM if grace else signal.SIGKILL)
+    if grace:
+        detach(kill_group_later, pgid, job["id"], grace)
+    return True
+
+
+def group_of_job(pgid, job_id):
+    """Is there a live process in this group that carries QPY_JOB_ID=<job_id>?"""
+    marker = ("QPY_JOB_ID=%d" % job_id).encode()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -1622,10 +2021,17 @@ def stop_orphans(job):
                 continue
             with open("/proc/%s/environ" % entry, "rb") as f:
                 if marker in f.read().split(b"\0"):
-                    os.killpg(pgid, signal.SIGKILL)
-                    return
+                    return True
         except OSError:
             continue
+    return False
+
+
+def kill_group_later(pgid, job_id, grace):
+    _context["job"] = job_id
+    time.sleep(grace)
+    if group_of_job(pgid, job_id):
+        signal_group(pgid, signal.SIGKILL)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1654,8 +2060,10 @@ def detach(fn, *args):
         for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGINT):
             signal.signal(sig, signal.SIG_DFL)
         fn(*args)
-    except BaseException:
+    except SystemExit:
         pass
+    except BaseException:  # nobody is there to see it: leave a trace
+        log_exception("background %s" % fn.__name__)
     finally:
         os._exit(0)
 
@@ -1693,7 +2101,7 @@ def qpy_on_node(*args):
 
 def run_on_nodes(calls):
     """Run [(address, command, owner)] by ssh (directly for this machine), all at once, each as
-    its owner (a pwd entry; None: as ourselves); return [(exit status, error text)]."""
+    its owner (a pwd entry; None: as ourselves); return [(exit status, output, error text)]."""
     if not calls:
         return []
     timeout = int(atomically(lambda db: meta_number(db, "ssh_timeout"), write=False))
@@ -1705,7 +2113,7 @@ def run_on_nodes(calls):
             argv, sockets = ssh_command(address, command, timeout,
                                         owner.pw_uid if owner else os.getuid())
             commands.append((argv, owner, sockets))
-    return [(status, error) for status, _, error in run_all(commands, 2 * timeout + 30)]
+    return run_all(commands, 2 * timeout + 30)
 
 
 def run_all(commands, timeout):
@@ -1833,7 +2241,7 @@ def launch_all(claims, fork_runners=True):
     started = {key: jobs for key, jobs in batches.items() if key not in forked}
     calls = [(address, qpy_on_node("_run", *run_arguments(jobs)), owners[jobs[0]["id"]])
              for (address, _), jobs in started.items()]
-    for jobs, (status, error) in zip(started.values(), run_on_nodes(calls)):
+    for jobs, (status, _, error) in zip(started.values(), run_on_nodes(calls)):
         if status != 0:
             failures += [(job, error) for job in jobs]
     submitted, refused, not_submitted = sbatch_all(pooled, owners)
@@ -1858,9 +2266,7 @@ def launch_all(claims, fork_runners=True):
                        "until": now + meta_number(db, "probe_interval")}
             back.append((job, refused_note(refusal), json.dumps(refusal)))
         for job, reason, refusal in back:
-            db.execute("UPDATE jobs SET status = 'queue', node = NULL, reason = ?, refusal = ? "
-                       "WHERE id = ? AND attempt = ? AND status = 'starting'",
-                       (reason, refusal, job["id"], job["attempt"]))
+            return_to_queue(db, job, reason, refusal)
         for job, error in unowned:
             fail_claim(db, job, error)
         if failures or refused:  # (those jobs may start elsewhere)
@@ -1900,18 +2306,22 @@ def probe_down_nodes():
     prober = None
     if hosts and os.geteuid() == 0:  # root need not reach the nodes: as a user who needs them
         import pwd
-        waiting = atomically(lambda db: db.execute(
-            "SELECT user FROM jobs WHERE " + LIVE_SQL + " AND status = 'queue' LIMIT 1")
-            .fetchone(), write=False)
-        try:
-            prober = pwd.getpwnam(waiting[0]) if waiting else None
-        except KeyError:
-            prober = None
+        # (a user with jobs waiting, else any of the site's users: a healed node is probed
+        # whatever the queue)
+        users = atomically(lambda db: [row[0] for row in db.execute(
+            "SELECT user FROM jobs WHERE " + LIVE_SQL + " AND status = 'queue' LIMIT 1")]
+            + share_holders(db), write=False)
+        for name in users:
+            try:
+                prober = pwd.getpwnam(name)
+                break
+            except KeyError:
+                continue
         if prober is None:
             hosts = []
     results = run_on_nodes([(node["address"], ["true"], prober) for node in hosts])
     answers.update((node["name"], error if status else None)
-                   for node, (status, error) in zip(hosts, results))
+                   for node, (status, _, error) in zip(hosts, results))
 
     def record(db):
         now = time.time()
@@ -1954,7 +2364,7 @@ def sbatch_command(job):
     argv = ["sbatch", "--parsable", "--job-name=qpy_%d" % job["id"],
             "--partition=" + job["partition"], "--ntasks=1",
             "--cpus-per-task=%d" % job["n_cores"], "--chdir=" + job["cwd"],
-            "--output=" + run_file(job["user"], job["id"], "slurm")]
+            "--output=" + run_file(job, "slurm")]
     if job["mem"] > 0:
         argv.append("--mem=%dM" % math.ceil(job["mem"] * 1024))
     if job["gpus"]:
@@ -2049,12 +2459,12 @@ def follow_slurm_job(db, job, slurm_state):
                 job["slurm_id"], state)
         if job["requeue"] and not job["kill_requested"] and (
                 state in SLURM_REQUEUABLE or job["status"] == "starting"):
-            requeue(db, job, "requeued: " + reason)
+            return_to_queue(db, job, "requeued: " + reason)
         elif job["status"] == "starting":
-            fail_claim(db, job, reason)
-            discard_job_files(db, job)
+            if fail_claim(db, job, reason):
+                discard_job_files(db, job)
         else:
-            end_lost_job(db, job, reason)
+            end_lost_job(db, job, reason, may_requeue=state in SLURM_REQUEUABLE)
     elif job["status"] == "starting":
         waiting = "waiting in Slurm" + ("" if why in (None, "None") else " (%s)" % why)
         if job["reason"] != waiting:
@@ -2105,7 +2515,7 @@ def start_command(job, spec):
     env = job_environment(spec, job, job["node"])
     out, err = (os.path.join(spec["cwd"], "job_%d.%s" % (job["id"], kind))
                 for kind in ("out", "err"))
-    marker = os.open(run_file(job["user"], job["id"], "started"), os.O_WRONLY | os.O_APPEND)
+    marker = os.open(run_file(job, "started"), os.O_WRONLY | os.O_APPEND)
     try:
         os.write(marker, b" go")
         try:
@@ -2154,11 +2564,11 @@ def confirm(db, job_id, attempt):
     with O_EXCL (a job never starts twice); the runner is recorded. Returns (job, its job
     file's content, settings), or None: the claim is not ours any more, or the job was
     refused (then it is failed with the reason)."""
-    job = db.execute("SELECT j.*, n.kind FROM jobs j LEFT JOIN nodes n ON n.name = j.node "
-                     "WHERE j.id = ?", (job_id,)).fetchone()
+    job = job_row(db, job_id)
     if job is None or job["status"] != "starting" or job["attempt"] != attempt:
         return None
-    marker = run_file(job["user"], job_id, "started")
+    marker = run_file(job, "started")
+    refusal = None
     try:
         spec = read_job_file(job)
         try:
@@ -2167,24 +2577,26 @@ def confirm(db, job_id, attempt):
             # ours only if made for this very claim by a transaction that was rolled back
             # (its attempt, no 'go'): a claim is committed before anyone runs it
             if command_started(job):
-                return fail_claim(db, job, "started marker exists: refused to run it twice")
-            fd = os.open(marker, os.O_WRONLY | os.O_TRUNC)
+                refusal = "started marker exists: refused to run it twice"
+            else:
+                fd = os.open(marker, os.O_WRONLY | os.O_TRUNC)
     except QpyError as e:
-        return fail_claim(db, job, str(e))
+        refusal = str(e)
     except OSError as e:
-        return fail_claim(db, job, "cannot create its started marker: %s" % e)
+        refusal = "cannot create its started marker: %s" % e
+    if refusal:
+        fail_claim(db, job, refusal)
+        return None
     os.write(fd, str(attempt).encode())
     os.close(fd)
     now = time.time()
     # in a pool, Slurm's job ID from Slurm itself: the tick that ran sbatch may have died
     # before it could store it
     slurm_id = os.environ.get("SLURM_JOB_ID") if job["kind"] == "slurm" else None
-    db.execute("UPDATE jobs SET status = 'running', started_at = ?, runner_pid = ?, "
-               "runner_boot = ?, slurm_id = COALESCE(?, slurm_id) WHERE id = ?",
-               (now, os.getpid(), process_boot(os.getpid()), slurm_id, job_id))
+    confirm_start(db, job, now, slurm_id)
     settings = {key: meta_number(db, key) for key in ("kill_grace", "heartbeat", "node_timeout")}
-    return dict(job, status="running", started_at=now, slurm_id=slurm_id or job["slurm_id"]), \
-        spec, settings
+    return dict(job, status="running", started_at=now, slurm_id=slurm_id or job["slurm_id"],
+                runner_pid=os.getpid()), spec, settings
 
 
 def read_job_file(job):
@@ -2202,24 +2614,17 @@ def read_job_file(job):
     return spec
 
 
-def fail_claim(db, job, reason):
-    """Inside a transaction: a claimed job that cannot start at all: failed, with the reason."""
-    db.execute("UPDATE jobs SET status = 'failed', reason = ?, ended_at = ? "
-               "WHERE id = ? AND status = 'starting' AND attempt = ?",
-               (reason, time.time(), job["id"], job["attempt"]))
-    request_tick(db)
-    return None
-
-
 def store_and_continue(db, job, record):
     """Inside a transaction: record how a job ended and, if another job of the same node and
     user can start now, claim it and confirm it at once (one transaction for both: short jobs
     do not pay for a new process, a launch or another commit). A runner in a Slurm pool takes
     no next job: Slurm allocated this one only. Returns (what confirm returns, or None;
-    whether a tick is wanted for other jobs)."""
-    row = db.execute("SELECT * FROM jobs WHERE id = ?", (job["id"],)).fetchone()
-    if row is not None:
-        finish_job(db, row, record, run_files=False)
+    whether a tick is wanted for other jobs). A runner whose attempt is not the job's any more
+    records nothing, and takes no next job."""
+    row = job_row(db, job["id"])
+    if row is None or not finish(db, dict(row, attempt=job["attempt"]), record,
+                                 run_files=False):
+        return None, False
     if job["kind"] == "slurm":
         request_tick(db)  # (the site's timer hands the next job to the pool)
         return None, False
@@ -2260,9 +2665,15 @@ def runner(job_id, attempt):
             # (a command that could not start ends as a shell's exit status, as a wait status)
             record = supervise(job, pid, stop, wake_r, settings) if pid else \
                 exit_record(job, status << 8, None, 0.0)
-            heartbeat = run_file(job["user"], job["id"], "hb")
+            if record is None:  # its attempt is not the job's any more: nothing to record
+                log_event("job %d: attempt %d was superseded while it ran (its node taken for "
+                          "lost?): its command was stopped, its end is not recorded"
+                          % (job["id"], job["attempt"]))
+                remove_run_files(job)
+                break
+            heartbeat = run_file(job, "hb")
             patience = settings["node_timeout"]
-            keep_trying(lambda: write_atomically(run_file(job["user"], job["id"], "exit"),
+            keep_trying(lambda: write_atomically(run_file(job, "exit"),
                                                  json.dumps(record).encode()), heartbeat, patience)
             crash_point("runner:recorded")
             started, wanted = keep_trying(lambda: atomically(
@@ -2282,7 +2693,8 @@ def runner(job_id, attempt):
 
 
 class StateGone(Exception):
-    """The state directory has been gone for longer than node_timeout (the site was removed)."""
+    """The state directory has been gone for longer than node_timeout (the site was removed),
+    or another state took its place."""
 
 
 def keep_trying(action, heartbeat, patience):
@@ -2294,6 +2706,8 @@ def keep_trying(action, heartbeat, patience):
     delay = 0.5
     gone_since = None
     while True:
+        if read_identity(state_dir()) not in (None, state_id):
+            raise StateGone()  # another state took its place: nothing of ours goes there
         try:
             return action()
         except (OSError, QpyError):
@@ -2315,10 +2729,12 @@ def keep_trying(action, heartbeat, patience):
 def supervise(job, pid, stop, wake, settings):
     """Wait for the command, touching the heartbeat file; stop it (SIGTERM to its group, then
     SIGKILL after kill_grace) when the user kills it or its time limit passes; return the
-    exit record."""
+    exit record. At each beat the runner also makes sure its attempt is still the job's: one
+    that is not (the job was requeued or ended while this node was out of reach) stops its
+    command and returns None, so that nothing of it is recorded."""
     import select
     grace, beat = settings["kill_grace"], settings["heartbeat"]
-    heartbeat = run_file(job["user"], job["id"], "hb")
+    heartbeat = run_file(job, "hb")
     poller = select.poll()
     poller.register(wake, select.POLLIN)
     time_up = time.time() + job["time_limit"] if job["time_limit"] else None
@@ -2336,6 +2752,8 @@ def supervise(job, pid, stop, wake, settings):
             except OSError:
                 pass  # (a filesystem hiccup must not take the runner away from its job)
             next_beat = now + beat
+            if stopping is None:
+                stopping = runner_displaced(job)
         if stop["asked"]:
             stop["asked"] = False
             if stopping is None and (job["kind"] == "slurm" or kill_requested(job)):
@@ -2358,13 +2776,18 @@ def supervise(job, pid, stop, wake, settings):
     # ru_maxrss counts the runner's own pages, which the spawn borrowed until the exec; below
     # that, trust the samples
     rss = usage.ru_maxrss if usage.ru_maxrss > floor * 1.1 else (peak or None)
+    if stopping == "state replaced":
+        raise StateGone()  # (its files there are another state's now: touch nothing)
+    if stopping == "superseded":
+        return None
     return exit_record(job, status, rss, usage.ru_utime + usage.ru_stime, stopping)
 
 
 def exit_record(job, status, rss, cpu_time, stopping=None):
     """How a job ended: from its command's wait status, peak memory (KB) and CPU time, and
     why qpy stopped it, if it did."""
-    record = {"attempt": job["attempt"], "ended_at": time.time(), "max_rss": rss,
+    record = {"state": state_id, "attempt": job["attempt"], "ended_at": time.time(),
+              "max_rss": rss,
               "cpu_time": cpu_time, "exit_code": None, "signal": None, "reason": None}
     if os.WIFSIGNALED(status):
         record["signal"] = os.WTERMSIG(status)
@@ -2391,6 +2814,23 @@ def kill_requested(job):
             write=False))
     except QpyError:
         return True  # the database cannot say: do as asked
+
+
+def runner_displaced(job):
+    """Is the runner's attempt no longer the job's running one? 'state replaced' when its state
+    was removed and another made in its place (qpy.id names another), 'superseded' when the
+    job's row has moved on (requeued or ended while this node was out of reach), else None.
+    A state that cannot be read now says nothing."""
+    if read_identity(state_dir()) not in (None, state_id):
+        return "state replaced"
+    try:
+        row = atomically(lambda db: db.execute("SELECT status, attempt FROM jobs WHERE id = ?",
+                                               (job["id"],)).fetchone(), write=False)
+    except (QpyError, OSError, sqlite3.Error):
+        return None
+    if row is None or row["status"] != "running" or row["attempt"] != job["attempt"]:
+        return "superseded"
+    return None
 
 
 def memory_peak(pid):
@@ -2689,7 +3129,7 @@ Examples:
   qpy check 100-120 130-135,137
   qpy check --json failed
 """
-    statuses, dirs, ranges = selection(args["<filter>"], STATUSES, "check")
+    statuses, dirs, ranges = selection(args["<filter>"], USER_STATUSES, "check")
     user = user_name()
     live_only = statuses and statuses <= {"queue", "running"} and not dirs and not ranges
     # (users see a claimed job, 'starting', as queued)
@@ -2710,6 +3150,9 @@ Examples:
     jobs, config, paused, notes, overdue = atomically(read, write=False)
     if overdue:
         start_tick()
+    note = errors_note(user)
+    if note:
+        sys.stderr.write(note + "\n")
     if args["<filter>"]:
         jobs = [job for job in jobs if selected(job, statuses, dirs, ranges)]
     if args["--json"]:
@@ -2869,7 +3312,7 @@ Examples:
                 db.execute("UPDATE jobs SET kill_requested = 1 WHERE id = ?", (job["id"],))
                 to_signal.append(dict(job))
             else:
-                unqueue(db, job, "killed while queued")
+                undo(db, job, "killed while queued")
                 removed += 1
                 if job["slurm_id"]:  # handed to Slurm already: cancel it there too
                     to_signal.append(dict(job))
@@ -2958,18 +3401,7 @@ def cmd_status(args):
 Show the users (cores in use, queued jobs) and the nodes (cores, memory and GPUs in use and in
 all; down or drained), as the original qpy did. With --json, the same as a JSON object.
 """
-    def read(db):
-        busy = db.execute(
-            "SELECT user, SUM(CASE WHEN status = 'queue' THEN 0 ELSE n_cores END) AS cores, "
-            "SUM(status = 'queue') AS queued FROM jobs "
-            "WHERE " + LIVE_SQL + " GROUP BY user").fetchall()
-        nodes = db.execute("SELECT * FROM nodes ORDER BY position, name").fetchall()
-        live = db.execute("SELECT * FROM jobs WHERE " + LIVE_SQL + " AND status != 'queue'")\
-            .fetchall()
-        return share_holders(db), busy, nodes, live
-
-    holders, busy, nodes, live = atomically(read, write=False)
-    report = site_report(holders, busy, nodes, live)
+    report = atomically(site_report, write=False)
     if args.get("--json"):
         print(json.dumps(report, indent=1))
         return
@@ -3014,17 +3446,21 @@ def memory_cells(node):
     return "%.1f" % node["memory_used_gb"], "%.1f" % node["memory_gb"]
 
 
-def site_report(holders, busy, nodes, live):
-    """The users and nodes of `qpy status`, as plain data (the --json schema)."""
-    usage = {row["user"]: (row["cores"], row["queued"]) for row in busy}
-    users = [{"user": name, "cores": usage.get(name, (0, 0))[0],
-              "queued": usage.get(name, (0, 0))[1]}
-             for name in dict.fromkeys(holders + sorted(usage))]
+def site_report(db):
+    """The users and nodes of `qpy status`, as plain data (the --json schema): a user's cores
+    are those of their running jobs, a node's used resources those its running and claimed
+    jobs hold."""
+    counts = site_counts(db)
+    nodes = db.execute("SELECT * FROM nodes ORDER BY position, name").fetchall()
+    live = live_jobs(db, None, HOLDING)
+    none = {"cores": 0, "queued": 0}
+    users = [{"user": name, "cores": counts.get(name, none)["cores"],
+              "queued": counts.get(name, none)["queued"]}
+             for name in dict.fromkeys(share_holders(db) + sorted(counts))]
     free = free_resources(nodes, live)
     holding = {}  # node: how many jobs run or start there
     for job in live:
-        if job["status"] in ("starting", "running"):
-            holding[job["node"]] = holding.get(job["node"], 0) + 1
+        holding[job["node"]] = holding.get(job["node"], 0) + 1
     rows = []
     for node in nodes:
         left = free[node["name"]]
@@ -3226,20 +3662,19 @@ jobs are not affected.
         live = {row[0] for row in db.execute("SELECT spec FROM jobs WHERE user = ?", (user,))}
         spool = os.path.join(user_dir(user), "spool")
         orphans = [os.path.join(spool, name) for name in os.listdir(spool)]
-        remove_quietly(*(path for path in orphans if path not in live))
+        after_commit(remove_quietly, *(path for path in orphans if path not in live))
         # run files of ended jobs, if a runner died between its commit and their removal
-        remove_quietly(*stale_run_files(user, {job["id"] for job in user_jobs(db, user, LIVE)}))
+        stale = stale_run_files(user, {job["id"]: job["attempt"]
+                                       for job in user_jobs(db, user, LIVE)})
+        after_commit(remove_quietly, *stale)
     atomically(resume)
     tick()
 
     def summary(db):
-        counts = dict(db.execute("SELECT status, COUNT(*) FROM jobs WHERE user = ? "
-                                 "GROUP BY status", (user,)).fetchall())
-        paused = ensure_user(db, user)["paused"]
-        return counts, paused
+        return site_counts(db).get(user, {"running": 0, "queued": 0}), \
+            ensure_user(db, user)["paused"]
     counts, paused = atomically(summary)
-    print("qpy is ready: %d running, %d queued%s." % (
-        counts.get("running", 0), counts.get("queue", 0) + counts.get("starting", 0),
+    print("qpy is ready: %d running, %d queued%s." % (counts["running"], counts["queued"],
         " (paused: qpy ctrlQueue continue)" if paused else ""))
 
 
@@ -3253,8 +3688,7 @@ Stop starting your queued jobs until 'qpy restart'. Running jobs go on to their 
     def stop(db):
         ensure_user(db, user)
         db.execute("UPDATE users SET finished = 1 WHERE name = ?", (user,))
-        return db.execute("SELECT COUNT(*) FROM jobs WHERE user = ? AND status IN "
-                          "('starting', 'running')", (user,)).fetchone()[0]
+        return site_counts(db).get(user, {"running": 0})["running"]
     running = atomically(stop)
     print("qpy finished: queued jobs wait for 'qpy restart'; %s go on."
           % plural(running, "running job"))
@@ -3340,7 +3774,7 @@ def completion_ids(which="all"):
 
 # Commands qpy runs for itself (not for users): on nodes, and for TAB completion.
 NODE_COMMANDS = {"_run": node_run, "_slurm": node_slurm, "_signal": node_signal,
-                 "_ids": completion_ids}
+                 "_reap": node_reap, "_ids": completion_ids}
 
 
 def usage_text():

@@ -305,18 +305,23 @@ def check_site():
                 db.execute("SELECT j.id, j.node FROM jobs j LEFT JOIN nodes n ON n.name = j.node "
                            "WHERE j.status IN ('starting', 'running') AND n.name IS NULL")
                 .fetchall(),
-                db.execute("SELECT id, user, status, spec FROM jobs").fetchall())
+                db.execute("SELECT id, user, status, spec, attempt FROM jobs").fetchall())
     integrity, homeless, jobs = qpy.atomically(read, write=False)
     problems = []
     if [tuple(row) for row in integrity] != [("ok",)]:
         problems += ["database: %s" % row[0] for row in integrity]
     problems += ["job %d runs on %s, which is no longer a node" % tuple(row) for row in homeless]
-    live = {row["id"] for row in jobs if row["status"] in qpy.LIVE}
-    specs = {row["spec"] for row in jobs if row["status"] in qpy.LIVE}
+    live = {row["id"]: row["attempt"] for row in jobs if qpy.is_live(row)}
+    specs = {row["spec"] for row in jobs if qpy.is_live(row)}
     users = os.path.join(qpy.state_dir(), "users")
     for user in sorted(os.listdir(users)) if os.path.isdir(users) else []:
         problems += ["%s: a record of a job that is not running (qpy restart, as %s, removes "
                      "it)" % (path, user) for path in qpy.stale_run_files(user, live)]
+        quarantine = os.path.join(users, user, "quarantine")
+        for name in sorted(os.listdir(quarantine)) if os.path.isdir(quarantine) else []:
+            problems.append("%s/%s: a run file qpy could not read, moved aside (why: %s/"
+                            "errors.log); remove it once looked at" % (
+                                quarantine, name, os.path.join(users, user)))
         spool = os.path.join(users, user, "spool")
         for name in sorted(os.listdir(spool)) if os.path.isdir(spool) else []:
             if os.path.join(spool, name) not in specs:
@@ -365,6 +370,12 @@ def doctor(as_user):
     report(age is not None and age < 300, "last tick %s" % (
         "never" if age is None else "%d s ago" % age),
         "install the periodic tick: qpy_admin.py timer --install")
+    users = os.path.join(state, "users")
+    for log in sorted(os.path.join(users, name, "errors.log") for name in os.listdir(users)):
+        if os.access(log, os.R_OK):  # (root reads every user's, a user only their own)
+            at = os.stat(log).st_mtime
+            report(at < time.time() - 7 * 86400, "background errors (last %s)"
+                   % qpy.format_time(int(at)), "read %s" % log)
     nodes = qpy.atomically(lambda db: db.execute("SELECT * FROM nodes ORDER BY position")
                            .fetchall(), write=False)
     version = "%s %s" % (qpy.VERSION, sys.version.split()[0])
@@ -420,20 +431,12 @@ def report(path):
     import time
 
     def read(db):
-        busy = db.execute(
-            "SELECT user, SUM(CASE WHEN status = 'queue' THEN 0 ELSE n_cores END) AS cores, "
-            "SUM(status = 'queue') AS queued FROM jobs WHERE " + qpy.LIVE_SQL +
-            " GROUP BY user").fetchall()
-        nodes = db.execute("SELECT * FROM nodes ORDER BY position, name").fetchall()
-        live = db.execute("SELECT * FROM jobs WHERE " + qpy.LIVE_SQL +
-                          " ORDER BY position, id").fetchall()
+        live = sorted(qpy.live_jobs(db), key=lambda job: (job["position"], job["id"]))
         failed = db.execute("SELECT * FROM jobs WHERE status = 'failed' AND ended_at > ? "
                             "ORDER BY ended_at DESC LIMIT 50",
                             (time.time() - 7 * 86400,)).fetchall()
-        return qpy.share_holders(db), busy, nodes, live, failed
-    holders, busy, nodes, live, failed = qpy.atomically(read, write=False)
-    site = qpy.site_report(holders, busy, nodes,
-                           [job for job in live if job["status"] != "queue"])
+        return qpy.site_report(db), live, failed
+    site, live, failed = qpy.atomically(read, write=False)
 
     def table(title, headers, rows):
         cells = "".join("<tr>%s</tr>" % "".join("<td>%s</td>" % html.escape(str(c)) for c in row)
@@ -442,8 +445,8 @@ def report(path):
             title, "".join("<th>%s</th>" % h for h in headers), cells)
 
     now = time.time()
-    running = [job for job in live if job["status"] != "queue"]
-    queued = [job for job in live if job["status"] == "queue"]
+    running = [job for job in live if qpy.user_status(job) == "running"]
+    queued = [job for job in live if qpy.user_status(job) == "queue"]
     page = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>qpy: %s</title>"
             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
             "td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}</style></head><body>"

@@ -18,13 +18,17 @@
 --   rules           the distribution rules as JSON (qpy_admin.py distribute); absent: even
 --   last_tick       when the last tick pass ran (qpy_admin.py doctor reports it)
 --   tick_passes     how many tick passes ran so far
+--   state_id        this state's identity, made with the DB and kept in <state>/qpy.id too:
+--                   a DB lost or replaced is refused, and nothing of another state (an exit
+--                   record, a runner) is ever taken for this one's
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
 INSERT INTO meta (key, value) VALUES
     ('tick_wanted', '0'), ('dispatch', '1'), ('launch_timeout', '60'), ('kill_grace', '10'),
-    ('heartbeat', '30'), ('node_timeout', '180'), ('probe_interval', '60'), ('ssh_timeout', '10');
+    ('heartbeat', '30'), ('node_timeout', '180'), ('probe_interval', '60'), ('ssh_timeout', '10'),
+    ('state_id', lower(hex(randomblob(8))));
 
 -- Where jobs run. In personal mode there is one node, 'localhost', started by fork.
 -- A node of kind 'slurm' is a pool: a Slurm partition that qpy hands jobs to with sbatch (from
@@ -76,10 +80,12 @@ CREATE TABLE config (
 -- Life cycle:  queue -> starting -> running -> done | failed | killed
 --              queue -> undone (killed while queued)
 -- 'starting' means claimed by a tick, runner not yet confirmed; users see it as 'queue'.
--- Beside the row, the runner keeps files in <state>/users/<user>/run/: <id>.started (created
--- with O_EXCL when it confirms: '<attempt>', then 'go' when the command is told to run, then
--- the command's process group), <id>.hb (its heartbeat) and <id>.exit (the exit record,
--- written before the row is updated).
+-- Every status change is one guarded UPDATE in qpy.py's "Jobs: life cycle" section.
+-- Beside the row, the runner keeps files of its attempt in <state>/users/<user>/run/:
+-- <id>.<attempt>.started (created with O_EXCL when it confirms: '<attempt>', then 'go' when
+-- the command is told to run, then the command's process group), <id>.<attempt>.hb (its
+-- heartbeat), <id>.<attempt>.exit (the exit record, written before the row is updated: JSON
+-- with the state's identity and the attempt) and, in a Slurm pool, <id>.<attempt>.slurm.
 CREATE TABLE jobs (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused, even after clean
     user        TEXT NOT NULL,
@@ -138,4 +144,4 @@ CREATE TABLE notes (
 );
 CREATE INDEX notes_by_job ON notes (job_id);
 
-PRAGMA user_version = 5;
+PRAGMA user_version = 6;

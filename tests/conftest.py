@@ -68,12 +68,15 @@ def read_jobs(state):
 
 def job_group(state, user, job_id):
     """The process group of a running job: the last word of its started marker, once the
-    runner has noted it there ('<attempt> go <group>'; see qpy.start_command)."""
+    runner has noted it there ('<attempt> go <group>' in <id>.<attempt>.started; see
+    qpy.start_command)."""
     def noted():
+        import glob
+        markers = glob.glob(os.path.join(state, "users", user, "run", "%d.*.started" % job_id))
         try:
-            with open(os.path.join(state, "users", user, "run", "%d.started" % job_id)) as f:
+            with open(max(markers, key=os.path.getmtime)) as f:
                 words = f.read().split()
-        except OSError:
+        except (OSError, ValueError):
             return None
         return int(words[2]) if len(words) == 3 else None
     return wait_for(noted, what="job %d's process group in its started marker" % job_id)

@@ -327,7 +327,8 @@ def test_confirm_after_a_rolled_back_try_but_never_over_a_started_job(site, monk
             qpy.atomically(lambda db: db.execute(
                 "UPDATE jobs SET status = 'starting', node = 'localhost', attempt = 1, "
                 "claimed_at = ? WHERE id = ?", (time.time(), job_id)))
-            with open(qpy.run_file(user, job_id, "started"), "w") as f:
+            with open(qpy.run_file({"user": user, "id": job_id, "attempt": 1}, "started"),
+                      "w") as f:
                 f.write(content)
             qpy.atomically(lambda db: qpy.confirm(db, job_id, 1))
         assert site.status(first) == "running"

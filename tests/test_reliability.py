@@ -1,6 +1,7 @@
 """Faults and bad state: a corrupt or missing state, locks held by stopped or dead processes,
 a full disk, Ctrl-C, backups. Each ends in one clear line and no damage."""
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -50,7 +51,7 @@ def test_a_newer_database_is_refused(site):
     db = sqlite3.connect(os.path.join(site.state, "qpy.db"))
     db.execute("PRAGMA user_version = 99")
     db.close()
-    assert "has schema 99; this qpy knows only 5: use a newer qpy." in site.fails("check")
+    assert "has schema 99; this qpy knows only 6: use a newer qpy." in site.fails("check")
 
 
 def test_an_older_database_is_upgraded_in_place_keeping_every_job(site):
@@ -66,12 +67,17 @@ def test_an_older_database_is_upgraded_in_place_keeping_every_job(site):
                               ("jobs", "slurm_id"), ("jobs", "refusal")):
             db.execute("ALTER TABLE %s DROP COLUMN %s" % (table, column))
         db.execute("ALTER TABLE jobs ADD COLUMN pgid INTEGER")  # (in the marker since 4)
+        db.execute("DELETE FROM meta WHERE key = 'state_id'")  # (an identity since 6)
     db.execute("PRAGMA user_version = 1")
     db.close()
+    os.unlink(os.path.join(site.state, "qpy.id"))
     assert sorted(site.jobs()) == jobs
     site.ok("check")
     db = sqlite3.connect(os.path.join(site.state, "qpy.db"))
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 5
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 6
+    identity = db.execute("SELECT value FROM meta WHERE key = 'state_id'").fetchone()[0]
+    assert re.fullmatch("[0-9a-f]{16}", identity)
+    assert open(os.path.join(site.state, "qpy.id")).read() == identity + "\n"
     indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert {"jobs_live_by_spec", "jobs_queued", "jobs_with_dependencies"} <= indexes
     assert "jobs_by_spec" not in indexes
@@ -136,7 +142,7 @@ def test_a_full_disk_refuses_new_jobs_and_loses_no_exit_status(site, tmp_path):
         rows = sqlite3.connect(os.path.join(disk, "state", "qpy.db"))
         wait_for(lambda: not group_members(pgid), what="the command to end")
         user = os.listdir(os.path.join(disk, "state", "users"))[0]
-        heartbeat = os.path.join(disk, "state", "users", user, "run", "%d.hb" % job)
+        heartbeat = os.path.join(disk, "state", "users", user, "run", "%d.1.hb" % job)
         # the job is shorter than a heartbeat: the file appears when the runner retries
         wait_for(lambda: os.path.exists(heartbeat), what="the runner to retry its exit record")
         assert rows.execute("SELECT status FROM jobs WHERE id = ?", (job,)).fetchone()[0] == \
@@ -204,7 +210,10 @@ def test_ctrl_c_leaves_no_half_done_state(site):
     job = site.submit("true")
     p = subprocess.Popen(QPY + ["wait", str(job)], cwd=site.work, env=site.env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: catches_sigint(p.pid), what="qpy to take over Ctrl-C")
+    # (in its waiting loop: it has the database open; a Ctrl-C while Python still imports
+    # qpy is Python's own)
+    wait_for(lambda: catches_sigint(p.pid) and has_open(p.pid, "qpy.db"),
+             what="qpy to take over Ctrl-C")
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=30)
     assert p.returncode == 130 and err == "qpy: interrupted.\n"
@@ -239,6 +248,14 @@ def test_backup_check_and_restore(site, tmp_path):
     open(os.path.join(spool, "stray.job"), "w").close()
     result = site.run("check", admin=True)
     assert result.returncode == 1 and "stray.job: a job file of no queued" in result.stdout
+
+
+def has_open(pid, name):
+    try:
+        return any(os.readlink("/proc/%d/fd/%s" % (pid, fd)).endswith(name)
+                   for fd in os.listdir("/proc/%d/fd" % pid))
+    except OSError:
+        return False
 
 
 def catches_sigint(pid):

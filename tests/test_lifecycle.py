@@ -1,0 +1,259 @@
+"""The job life cycle: one definition of the status groups (matching schema.sql and its
+indexes), transitions that no stale actor can make, run files of one attempt each, a tick
+that survives one job's damaged files, and a trace of what went wrong in the background."""
+import glob
+import os
+import re
+import shutil
+import signal
+import time
+
+import pytest
+
+from conftest import REPO, group_members, read_db, wait_for
+
+
+def in_process(site, monkeypatch):
+    """Use the qpy module on this test's personal state."""
+    import qpy
+    monkeypatch.setenv("HOME", site.home)
+    monkeypatch.delenv("QPY_STATE", raising=False)
+    qpy.disconnect()
+    return qpy
+
+
+def test_the_status_groups_are_those_of_the_schema():
+    import qpy
+    with open(os.path.join(REPO, "schema.sql")) as f:
+        schema = f.read()
+    check = re.search(r"status\s+TEXT NOT NULL DEFAULT 'queue' CHECK \(status IN\s*\(([^)]*)\)\)",
+                      schema)
+    assert tuple(re.findall(r"'(\w+)'", check.group(1))) == qpy.STATUSES
+    # every partial index of live jobs is written with the very condition qpy queries
+    live_indexes = re.findall(r"CREATE INDEX (jobs_live\w*) ON jobs \([^)]*\)\s+WHERE ([^;]*);",
+                              schema)
+    assert {name for name, _ in live_indexes} == {"jobs_live", "jobs_live_by_spec"}
+    assert all(where == qpy.LIVE_SQL for _, where in live_indexes)
+    assert set(qpy.LIVE) | set(qpy.FINISHED) == set(qpy.STATUSES)
+    assert not set(qpy.LIVE) & set(qpy.FINISHED)
+
+
+def test_the_queries_of_live_jobs_use_the_partial_index(site, monkeypatch):
+    """Every statement qpy runs with the live-jobs condition is planned on a live index (never
+    a walk of the history), traced while the real functions run."""
+    site.ok("ctrlQueue", "pause")
+    for _ in range(3):
+        site.submit("true")
+    qpy = in_process(site, monkeypatch)
+    statements = []
+    try:
+        db = qpy.connect()
+        db.set_trace_callback(statements.append)
+        qpy.atomically(lambda db: qpy.claim_jobs(db, None))
+        qpy.atomically(lambda db: qpy.reconcile(db))
+        qpy.atomically(lambda db: qpy.user_jobs(db, "nobody", qpy.LIVE), write=False)
+        qpy.atomically(qpy.site_counts, write=False)
+        db.set_trace_callback(None)
+        live = [s for s in statements if qpy.LIVE_SQL in s and s.lstrip().startswith("SELECT")]
+        assert len(live) >= 4, statements
+        for statement in live:
+            params = statement.count("?")
+            plan = " ".join(row[3] for row in db.execute("EXPLAIN QUERY PLAN " + statement,
+                                                         (0,) * params))
+            assert "jobs_live" in plan, (statement, plan)
+    finally:
+        qpy.disconnect()
+
+
+def test_a_stale_runner_cannot_end_a_newer_attempt(site, monkeypatch):
+    """The runner of attempt 1 (its node came back after the job was requeued and started
+    again) stores its end: the job's attempt 2 goes on running, untouched."""
+    site.ok("ctrlQueue", "pause")
+    job_id = site.submit("true")
+    qpy = in_process(site, monkeypatch)
+    try:
+        qpy.atomically(lambda db: db.execute(
+            "UPDATE jobs SET status = 'running', node = 'localhost', attempt = 2, "
+            "started_at = ? WHERE id = ?", (time.time(), job_id)))
+        old = dict(site.jobs()[job_id], attempt=1, kind="host")
+        record = {"attempt": 1, "status": "done", "exit_code": 0, "ended_at": time.time()}
+        qpy.atomically(lambda db: qpy.store_and_continue(db, old, record))
+        assert site.jobs()[job_id]["status"] == "running"
+        assert site.jobs()[job_id]["attempt"] == 2
+    finally:
+        qpy.disconnect()
+
+
+def test_every_transition_is_guarded_by_status_and_attempt(site, monkeypatch):
+    """Each transition moves a job only from the status and attempt its caller saw."""
+    site.ok("ctrlQueue", "pause")
+    job_id = site.submit("true")
+    qpy = in_process(site, monkeypatch)
+    try:
+        seen = dict(site.jobs()[job_id])
+        qpy.atomically(lambda db: db.execute("UPDATE jobs SET attempt = 3 WHERE id = ?",
+                                             (job_id,)))
+        for move in (lambda db: qpy.undo(db, seen, "x"),
+                     lambda db: qpy.claim(db, seen, "localhost", [], time.time()),
+                     lambda db: qpy.fail_claim(db, seen, "x"),
+                     lambda db: qpy.return_to_queue(db, seen, "x")):
+            assert qpy.atomically(move) is False
+        assert site.jobs()[job_id]["status"] == "queue"
+    finally:
+        qpy.disconnect()
+
+
+def run_files(site, job_id):
+    user = site.jobs()[job_id]["user"]
+    return sorted(os.path.basename(p) for p in
+                  glob.glob(os.path.join(site.state, "users", user, "run", "%d.*" % job_id)))
+
+
+def test_run_files_belong_to_one_attempt(site):
+    site.ok("set", "heartbeat", "0.2", admin=True)
+    job = site.submit("sleep", "30")
+    site.wait_status(job, "running")
+    wait_for(lambda: "%d.1.hb" % job in run_files(site, job), what="the first heartbeat")
+    assert "%d.1.started" % job in run_files(site, job)
+    assert not any(name.count(".") == 1 for name in run_files(site, job)), run_files(site, job)
+    site.ok("kill", str(job))
+    site.wait_status(job, "killed")
+    wait_for(lambda: not run_files(site, job), what="its run files to go")
+
+
+@pytest.mark.parametrize("content", ["[1, 2, 3]", '{"attempt": 1}', "no json at all",
+                                     '{"attempt": 1, "status": "bogus", "ended_at": 0}'])
+def test_a_damaged_exit_record_is_quarantined_and_the_queue_goes_on(site, content):
+    site.ok("nodes", write_nodes(site, "localhost 2"), admin=True)
+    first = site.submit("sleep", "300")
+    record = site.wait_status(first, "running")
+    user = record["user"]
+    path = os.path.join(site.state, "users", user, "run", "%d.1.exit" % first)
+    with open(path, "w") as f:
+        f.write(content)
+    os.kill(record["runner_pid"], signal.SIGKILL)  # nobody left to overwrite it
+    second = site.submit("true")
+    site.wait_status(second, "done")
+    assert site.wait_status(first, "failed")["reason"].startswith("runner lost")
+    assert not os.path.exists(path)
+    quarantined = glob.glob(os.path.join(site.state, "users", user, "quarantine", "*"))
+    assert [open(p).read() for p in quarantined] == [content]
+    out = site.run("check", admin=True).stdout
+    assert "quarantine" in out and os.path.basename(quarantined[0]) in out
+
+
+def test_a_damaged_started_marker_of_a_lost_runner_does_not_wedge_the_queue(site):
+    site.ok("nodes", write_nodes(site, "localhost 2"), admin=True)
+    first = site.submit("sleep", "300")
+    record = site.wait_status(first, "running")
+    pgid = site.group(first)
+    os.kill(record["runner_pid"], signal.SIGKILL)
+    os.killpg(pgid, signal.SIGKILL)
+    wait_for(lambda: not group_members(pgid), what="the job's processes to die")
+    with open(os.path.join(site.state, "users", record["user"], "run",
+                           "%d.1.started" % first), "w") as f:
+        f.write("1 go notapgid")
+    second = site.submit("true")
+    site.wait_status(second, "done")
+    assert site.wait_status(first, "failed")["reason"].startswith("runner lost")
+
+
+def test_an_exception_in_a_background_tick_is_logged_where_doctor_points(site):
+    site.ok("set", "launch_timeout", "1", admin=True)
+    token = os.path.join(site.work, "raise-token")
+    open(token, "w").close()
+    job = site.submit("true", env={"QPY_RAISE_AT": "tick:claimed@" + token})
+    wait_for(lambda: not os.path.exists(token), what="the tick to raise")
+    log = os.path.join(site.state, "users", site.jobs()[job]["user"], "errors.log")
+    wait_for(lambda: os.path.exists(log) and "Traceback" in open(log).read(), what="the log")
+    text = open(log).read()
+    assert "QPY_RAISE_AT: tick:claimed" in text and "tick" in text
+    doctor = site.run("doctor", admin=True).stdout
+    assert log in doctor
+    check = site.run("check")
+    assert check.returncode == 0 and log in check.stderr and check.stderr.count("\n") == 1
+    assert site.run("check").stderr == ""  # said once, not at every check
+    # its claim, never launched, is taken back after launch_timeout: a later check sees that
+    # a tick is overdue, and that tick runs the job
+    wait_for(lambda: site.run("check").returncode == 0 and site.status(job) == "done",
+             what="the job to run after all")
+
+
+def test_the_error_log_is_bounded(site, monkeypatch):
+    qpy = in_process(site, monkeypatch)
+    try:
+        site.ok("restart")
+        for n in range(400):
+            try:
+                raise RuntimeError("number %d " % n + "x" * 2000)
+            except RuntimeError:
+                qpy.log_exception("test")
+        logs = glob.glob(os.path.join(site.state, "users", "*", "errors.log*"))
+        assert 1 <= len(logs) <= 2
+        assert all(os.path.getsize(p) <= qpy.LOG_LIMIT + 10000 for p in logs)
+        assert "number 399" in open(sorted(logs)[0]).read()
+    finally:
+        qpy.disconnect()
+
+
+def write_nodes(site, text):
+    path = os.path.join(site.home, "nodes")
+    with open(path, "w") as f:
+        f.write(text + "\n")
+    return path
+
+
+@pytest.mark.parametrize("damage", ["empty", "removed"])
+def test_a_used_state_that_lost_its_database_is_refused_not_started_over(site, damage):
+    first = site.submit("true")
+    site.wait_idle()
+    path = os.path.join(site.state, "qpy.db")
+    if damage == "empty":
+        open(path, "w").close()
+    else:
+        os.unlink(path)
+    for command in (("check",), ("sub", "true"), ("status",)):
+        err = site.fails(*command)
+        assert "has lost its database" in err and "qpy_admin.py restore" in err, err
+    assert not os.path.exists(path) or os.path.getsize(path) == 0  # nothing was made there
+    assert first == 1
+
+
+def test_a_database_of_another_state_is_refused(site, tmp_path):
+    site.submit("true")
+    site.wait_idle()
+    other = str(tmp_path / "other")
+    site.ok("check", env={"QPY_STATE": other})
+    os.replace(os.path.join(other, "qpy.db"), os.path.join(site.state, "qpy.db"))
+    err = site.fails("check")
+    assert "is not this state's" in err
+
+
+def test_a_runner_of_a_removed_state_records_nothing_in_the_new_one(site, tmp_path):
+    """The state is removed while a job runs and a new one is made in its place: the old
+    runner stops its job and writes nothing there (the new state's job 1 is not ended by it)."""
+    state = str(tmp_path / "state")
+    env = {"QPY_STATE": state}
+    site.ok("check", env=env)
+    site.ok("set", "heartbeat", "0.2", admin=True, env=env)
+    old = int(site.ok("sub", "sleep 2; echo old >> %s/ran" % site.work, env=env).split()[1])
+
+    def running(job):
+        rows = read_db(state, "SELECT runner_pid FROM jobs WHERE id = ? AND status = 'running'",
+                       (job,))
+        return rows and rows[0]["runner_pid"]
+    runner = wait_for(lambda: running(old), what="the old job to run")
+    shutil.rmtree(state)
+    site.ok("check", env=env)  # a new, empty queue there, on purpose (nothing was left)
+    site.ok("ctrlQueue", "pause", env=env)
+    new = int(site.ok("sub", "sleep 30", env=env).split()[1])
+    assert new == old  # (the removed state's IDs cannot be known)
+    site.ok("ctrlQueue", "continue", env=env)
+    wait_for(lambda: running(new), what="the new job to run")
+    wait_for(lambda: not os.path.exists("/proc/%d" % runner), timeout=30,
+             what="the old runner to leave")
+    assert not os.path.exists(os.path.join(site.work, "ran"))  # its job was stopped
+    site.ok("tick", admin=True, env=env)  # (it would harvest what the old runner wrote)
+    assert read_db(state, "SELECT status FROM jobs WHERE id = ?", (new,))[0]["status"] == \
+        "running"
+    site.ok("kill", str(new), env=env)

@@ -1,0 +1,68 @@
+"""Site faults on the emulated cluster (tests/cluster.py: ssh nodes, real users): a job runs
+once across a crash and a reboot, a dead runner is not a dead node, and a job's processes die
+with it. Skipped where root, sshd or namespaces are missing."""
+import glob
+import os
+
+from conftest import wait_for
+
+
+def runs_log(site, name="runs"):
+    path = os.path.join(site.workdir("alice"), name)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [line.split() for line in f.read().splitlines()]
+
+
+def test_a_requeue_job_across_a_crash_and_reboot_runs_once_more_never_beside_itself(lab):
+    """The first run's heartbeat must not judge the second run: with beats slower than the
+    time the crashed node takes to be declared lost, a job that inherits a stale heartbeat is
+    declared lost at once, and its healthy node with it."""
+    site = lab()
+    for key, value in (("heartbeat", "2"), ("node_timeout", "4")):
+        site.admin("set", key, value)
+    site.admin("drain", "node2")
+    site.admin("drain", "node3")
+    log = os.path.join(site.workdir("alice"), "runs")
+    job = site.submit("alice", "--requeue", "sh", "-c",
+                      "echo start $(hostname) >> %s; sleep 8; echo end $(hostname) >> %s"
+                      % (log, log))
+    assert site.wait_status(job, "running")["node"] == "node1"
+    wait_for(lambda: runs_log(site), what="the first run to begin")
+    run = os.path.join(site.state, "users", "alice", "run")
+    wait_for(lambda: glob.glob(os.path.join(run, "%d.*hb" % job)), what="its first heartbeat")
+    site.admin("resume", "node2")
+    site.admin("resume", "node3")
+    site.cluster.crash("node1")
+    try:
+        record = site.wait_status(job, "done", tick=True, timeout=90)
+    finally:
+        site.cluster.boot("node1")
+    second = record["node"]
+    assert record["attempt"] == 2
+    assert runs_log(site) == [["start", "node1"], ["start", second], ["end", second]]
+    assert site.node_state(second) == "up"  # the healthy node was not declared lost
+
+
+def test_a_runner_killed_on_a_healthy_node_is_runner_lost_and_its_job_is_stopped(lab):
+    site = lab()
+    site.admin("drain", "node2")
+    site.admin("drain", "node3")
+    job = site.submit("alice", "sleep", "300")
+    assert site.wait_status(job, "running")["node"] == "node1"
+
+    def on_node1(what):
+        result = site.cluster.node_exec("node1", "alice", "ps", "-o", "pid=,comm=,args=",
+                                        "-u", "alice")
+        return [line.split()[0] for line in result.stdout.splitlines() if what(line)]
+    runner = wait_for(lambda: on_node1(lambda line: "qpy-runner" in line), what="the runner")
+    assert on_node1(lambda line: "sleep 300" in line)
+    site.cluster.node_exec("node1", "alice", "kill", "-9", *runner)
+    record = site.wait_status(job, "failed", tick=True, timeout=60)
+    assert record["reason"] == "runner lost"
+    assert site.node_state("node1") == "up"
+    wait_for(lambda: not on_node1(lambda line: "sleep 300" in line), timeout=30,
+             what="the orphaned job to be stopped on node1")
+    after = site.submit("alice", "hostname")  # the node takes jobs still
+    assert site.wait_status(after, "done", tick=True)["node"] == "node1"
