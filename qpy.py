@@ -1,37 +1,55 @@
 #!/usr/bin/env python3
 """qpy -- a batch queue for a lab's compute nodes, without daemons.
 
-The protocol (design.md sections 3-4), which every function below keeps:
+The protocol, which every function below keeps:
 
  1. All state is one SQLite file, <state>/qpy.db, in journal_mode=DELETE (never WAL: the
-    state directory may be on NFS) with synchronous=FULL.
+    state directory may be on NFS) with synchronous=FULL. It is created only where no state
+    exists; its identity (meta state_id, also in <state>/qpy.id) is checked at every connect,
+    so a lost or replaced DB is refused instead of silently starting over.
  2. Every transaction runs while holding the file lock <state>/qpy.lock (filelock's
     flock; take_lock) and inside BEGIN IMMEDIATE. The lock is held for milliseconds:
     nobody forks, sshes, signals a remote host or waits for anything while holding it.
+    A transaction may be run again (atomically retries): what it does to files (removing
+    run and job files) is asked for with after_commit and done once it has committed.
  3. `qpy sub` inserts a job ('queue') and bumps meta.tick_wanted in one transaction, then
     forks a detached tick (unless one is running) and returns. It never waits for a launch.
  4. One tick at a time: <state>/tick.lock, taken without blocking. A tick that finds it held
     leaves; the holder loops until tick_wanted is 0, and re-checks after releasing, so no
     request is ever lost and nobody waits for a tick.
- 5. A tick claims a job ('starting', attempt+1, node reserved), commits, and only then
-    launches its runner. The runner confirms under the lock that the job is still
-    'starting' with *its* attempt, creates the started marker with O_EXCL and records
-    'running' in that same transaction; only after the commit does the command run.
-    A claim nobody confirms within launch_timeout goes back to 'queue'; a job whose runner
-    died before writing 'go' into the marker (just before the command is spawned) is
-    queued again. So a job runs at most once, and a crash anywhere leaves it queued, never
-    lost. (In a Slurm pool the launch is an sbatch, and Slurm's word replaces the timeout.)
+ 5. Every status change is one guarded UPDATE of the "Jobs: life cycle" section (the job's
+    ID, the attempt its caller saw, the statuses it may leave). A tick claims a job
+    ('starting', attempt+1, node reserved), commits, and only then launches its runner. The
+    runner confirms under the lock that the job is still 'starting' with *its* attempt,
+    creates the started marker with O_EXCL and records 'running' in that same transaction;
+    only after the commit does the command run. A claim nobody confirms within
+    launch_timeout goes back to 'queue'; a job whose runner died before writing 'go' into
+    the marker (just before the command is spawned) is queued again. So a job runs at most
+    once, and a crash anywhere leaves it queued, never lost. (In a Slurm pool the launch is
+    an sbatch, and Slurm's word replaces the timeout.)
  6. The runner owns a running job: the command runs in its own process group; at the end
     the exit record is written to a file (tmp, fsync, rename) *before* the database is
-    updated. The transaction that stores the end also claims and confirms the next job
-    that can start on the same node for the same user, which the runner then runs itself
-    (no new runner, no launch); it ticks if other jobs could start too. A tick harvests
-    exit records the database missed, and fails jobs whose runner is gone (stopping what
-    their command left: its process group is noted in the started marker).
- 7. No qpy process outlives its work: the tick exits when nothing is wanted, the runner
-    when its job has ended.
+    updated. Every run file (started marker, heartbeat, exit record, Slurm output) is named
+    by its job and attempt, and the exit record carries the state's identity: nothing of an
+    earlier attempt or another state is ever taken for a job's. At each heartbeat the
+    runner checks that its attempt is still the job's: one that is not (its node was taken
+    for lost, the state replaced) stops its command and records nothing. The transaction
+    that stores the end also claims and confirms the next job that can start on the same
+    node for the same user, which the runner then runs itself (no new runner, no launch);
+    it ticks if other jobs could start too.
+ 7. A tick harvests exit records the database missed, and ends jobs whose runner is gone:
+    on this machine by the runner's pid, on other hosts by asking the node over ssh (outside
+    the lock) about runners whose heartbeat is older than node_timeout. A node that answers
+    has what the dead runner's job left stopped (its process group, from the started
+    marker: SIGTERM, SIGKILL after kill_grace) and the job is `runner lost`; only a node
+    that does not answer is down, its jobs `node lost`. A run file that cannot be read is
+    quarantined and the job decided as if it were absent: one job's files never stop a tick.
+ 8. No qpy process outlives its work: the tick exits when nothing is wanted, the runner
+    when its job has ended. A background process's unexpected error is written to
+    <state>/users/<user>/errors.log (qpy check and qpy_admin.py doctor point to it).
 
-The code follows the data: paths -> store -> model -> scheduler -> launcher/runner -> CLI.
+The code follows the data: paths -> store -> jobs (life cycle, run files) -> model ->
+scheduler -> tick -> launcher -> Slurm pools -> runner -> CLI.
 """
 
 import functools
@@ -44,7 +62,7 @@ import sys
 import time
 
 VERSION = "0.1.0"
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 class QpyError(Exception):
@@ -237,10 +255,20 @@ def connect():
     """The connection to <state>/qpy.db, creating the state directory and the DB on first use
     only: a state that was used (its identity file qpy.id, its users/) and has lost its DB, or
     whose DB is another state's, is refused (never silently started over)."""
-    global _db, state_id
+    global _db, _db_file
+    if _db is not None:
+        try:  # a DB put in its place (a restore) is reconnected to; (inode, device)
+            if same_file(os.stat(os.path.join(state_dir(), "qpy.db")), _db_file):
+                return _db
+        except OSError:
+            pass
+        disconnect()
     if _db is None:
         state = state_dir()
         path = os.path.join(state, "qpy.db")
+        previous = _state_ids.get(state)
+        if previous is not None and not os.path.exists(path):  # (we were connected to it)
+            raise QpyError("The qpy state %s is gone." % state)
         known = read_identity(state)
         users = os.path.join(state, "users")
         if not os.path.exists(path) or os.path.getsize(path) == 0:
@@ -263,6 +291,7 @@ def connect():
                                % state)
             create_personal_state(state)
         _db = open_db(path)
+        _db_file = os.stat(path)
         version = _db.execute("PRAGMA user_version").fetchone()[0]
         if version == 0:
             initialise_db(personal=True)
@@ -272,18 +301,29 @@ def connect():
             disconnect()
             raise QpyError("The qpy database %s has schema %d; this qpy knows only %d: "
                            "use a newer qpy." % (path, version, SCHEMA_VERSION))
-        state_id = _db.execute("SELECT value FROM meta WHERE key = 'state_id'").fetchone()[0]
+        identity = _db.execute("SELECT value FROM meta WHERE key = 'state_id'").fetchone()[0]
         if known is None:
-            write_identity(state, state_id)
-        elif known != state_id:
+            write_identity(state, identity)
+        elif known != identity or previous not in (None, identity):
             disconnect()
             raise QpyError("The qpy database %s is not this state's (it is state %s's, %s is "
                            "state %s): put the right one back, or qpy_admin.py restore <file>."
-                           % (path, state_id, state, known))
+                           % (path, identity, state, previous or known))
+        _state_ids[state] = identity
     return _db
 
 
-state_id = None  # the identity of the state this process uses (once connected)
+def same_file(a, b):
+    return b is not None and (a.st_ino, a.st_dev) == (b.st_ino, b.st_dev)
+
+
+_state_ids = {}  # state directory: the identity it had when this process connected to it
+
+
+def state_id():
+    """The identity of this process's state (None until it has connected to it)."""
+    return _state_ids.get(state_dir())
+_db_file = None  # os.stat of the DB file it is connected to
 
 
 def read_identity(state):
@@ -306,22 +346,70 @@ def write_identity(state, identity):
 
 
 def open_db(path):
+    """Open the DB. SQLite waits for a busy DB (a commit in progress) as long as qpy waits for
+    its lock: one time-out, QPY_LOCK_TIMEOUT, for the whole wait."""
     try:
-        db = sqlite3.connect(path, isolation_level=None, timeout=30)
+        db = sqlite3.connect(path, isolation_level=None, timeout=lock_timeout())
         db.row_factory = sqlite3.Row
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA user_version").fetchone()
         return db
+    except sqlite3.OperationalError as e:
+        raise QpyError(database_failure(e, path))
     except sqlite3.DatabaseError as e:
-        raise QpyError("Cannot open the qpy database %s: %s. Restore a backup: "
-                       "qpy_admin.py restore <file>." % (path, e))
+        raise damaged_database(e)
+
+
+# A command that finds the DB damaged leaves this mark beside it: from then on nothing is
+# written (a damaged B-tree must not take more writes) until qpy_admin.py check finds the
+# DB whole again or qpy_admin.py restore puts a backup in its place.
+DAMAGE_MARK = "qpy.damaged"
+
+
+def damaged_database(error):
+    """The error for a damaged DB (SQLite's DatabaseError: 'database disk image is
+    malformed', 'file is not a database'), and the mark that stops all writes."""
+    state = state_dir()
+    mark = os.path.join(state, DAMAGE_MARK)
+    if not os.path.exists(mark):
+        try:
+            write_atomically(mark, ("%s %s\n" % (time.strftime("%Y-%m-%d %H:%M:%S"), error))
+                             .encode())
+        except OSError:
+            pass
+    return QpyError("The qpy database %s is damaged (%s): nothing was changed, and nothing "
+                    "will be until it is repaired: run qpy_admin.py check, then restore a "
+                    "backup with qpy_admin.py restore <file>." % (os.path.join(state, "qpy.db"),
+                                                                  error))
+
+
+def refuse_writes_if_damaged():
+    try:
+        with open(os.path.join(state_dir(), DAMAGE_MARK)) as f:
+            found = f.read().strip()
+    except OSError:
+        return
+    raise QpyError("The qpy database %s was found damaged (%s): nothing is changed until "
+                   "qpy_admin.py check finds it whole, or qpy_admin.py restore <file> puts a "
+                   "backup in its place." % (os.path.join(state_dir(), "qpy.db"), found))
+
+
+def database_failure(error, path=None):
+    """One line for an OperationalError: what failed, and what to do about it."""
+    text = str(error)
+    if "locked" in text or "busy" in text:
+        lock = os.path.join(state_dir(), "qpy.lock")
+        return ("The qpy database %s stayed busy for %g s, held by %s (QPY_LOCK_TIMEOUT sets "
+                "the wait)." % (path or os.path.join(state_dir(), "qpy.db"), lock_timeout(),
+                                lock_holder(lock)))
+    return "The qpy database failed: %s%s" % (text, DB_HINTS.get(text, ""))
 
 
 def disconnect():
-    global _db
+    global _db, _db_file
     if _db is not None:
         _db.close()
-        _db = None
+        _db, _db_file = None, None
 
 
 def create_file(path, mode, group=None):
@@ -348,7 +436,7 @@ def create_site(state, group):
     """A shared state directory for a lab: group-owned and setgid, so that every file in it
     belongs to the group; the DB and lock files 0660; users/ sticky, so each user owns (and
     only they can remove) their own directory. No nodes yet: the admin loads them."""
-    global _db
+    global _db, _db_file
     import grp
     gid = grp.getgrnam(group).gr_gid if group else os.getgid()
     os.makedirs(state, exist_ok=True)
@@ -363,8 +451,9 @@ def create_site(state, group):
     os.environ["QPY_STATE"] = state
     disconnect()
     _db = open_db(os.path.join(state, "qpy.db"))
+    _db_file = os.stat(os.path.join(state, "qpy.db"))
     initialise_db(personal=False)
-    write_identity(state, _db.execute("SELECT value FROM meta WHERE key = 'state_id'")
+    write_identity(state, connect().execute("SELECT value FROM meta WHERE key = 'state_id'")
                    .fetchone()[0])
 
 
@@ -414,6 +503,8 @@ MIGRATIONS = {
     4: ["ALTER TABLE jobs ADD COLUMN refusal TEXT"],
     # each state has an identity (qpy.id); run files are named by attempt
     5: ["INSERT OR IGNORE INTO meta (key, value) VALUES ('state_id', lower(hex(randomblob(8))))"],
+    # a wake-up per user: a user's tick takes on only what it can start
+    6: ["ALTER TABLE users ADD COLUMN wanted INTEGER NOT NULL DEFAULT 0"],
 }
 
 
@@ -441,19 +532,21 @@ def machine_memory():
     return 1.0
 
 
-# How long take_lock looks again by itself before FileLock does the waiting: a transaction
-# holds qpy.lock for a millisecond or two.
+# How long take_lock retries at its quickest (a transaction holds qpy.lock for a millisecond or
+# two), and its longest pause once the lock has been held for a while.
 BRIEF_WAIT = 0.02
+LONGEST_PAUSE = 0.05
 
 
 def take_lock(name, timeout):
     """Hold the file lock <state>/<name>, waiting at most `timeout` seconds (0: only if it is
     free now). Returns the function that releases it, or None if the wait ran out.
 
-    This is filelock's FileLock(path, mode=0o660): an exclusive flock(2) on the file. When the
-    lock is free, or freed within BRIEF_WAIT, the flock is taken here directly, because
-    importing filelock costs more than all the rest of `qpy sub` (20-30 ms); a longer wait is
-    FileLock's."""
+    This is the lock filelock's FileLock(path, mode=0o660) takes, an exclusive flock(2) on the
+    file, and works with it (the tests hold it with FileLock), but taken here directly:
+    importing filelock costs more than all the rest of `qpy sub` (20-30 ms), and each of
+    FileLock's tries costs some 0.7 ms of CPU (16 waiters spun a core). qpy tries again every
+    0.2 ms for BRIEF_WAIT, then after pauses growing to LONGEST_PAUSE: a try costs 5 us."""
     import fcntl
     path = os.path.join(state_dir(), name)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o660)
@@ -461,29 +554,25 @@ def take_lock(name, timeout):
         os.fchmod(fd, 0o660)  # as FileLock does: the umask must not close it to the group
     except PermissionError:
         pass  # another member's file: its mode was set when it was made
-    brief = time.monotonic() + min(timeout, BRIEF_WAIT)
+    start = time.monotonic()
+    pause = 0.0002
     try:
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 return lambda: os.close(fd)  # closing the file releases the flock
             except BlockingIOError:
-                if time.monotonic() >= brief:
+                left = start + timeout - time.monotonic()
+                if left <= 0:
                     break
-                time.sleep(0.0002)
+                time.sleep(min(pause, left))
+                if time.monotonic() - start > BRIEF_WAIT:
+                    pause = min(pause * 1.5, LONGEST_PAUSE)
     except BaseException:
         os.close(fd)
         raise
     os.close(fd)
-    if timeout == 0:
-        return None
-    from filelock import FileLock, Timeout
-    lock = FileLock(path, mode=0o660, timeout=max(0, timeout - BRIEF_WAIT))
-    try:
-        lock.acquire(poll_interval=0.0005)
-    except Timeout:
-        return None
-    return lock.release
+    return None
 
 
 _after_commit = []  # what the transaction in progress does to files once it has committed
@@ -510,6 +599,8 @@ def atomically(fn, write=True):
         outer = _after_commit[:]  # (a transaction never runs inside another: kept for safety)
         del _after_commit[:]
         try:
+            if write:
+                refuse_writes_if_damaged()
             db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
                 result = fn(db)
@@ -527,7 +618,11 @@ def atomically(fn, write=True):
         except sqlite3.OperationalError as e:
             transient = ("locked" in str(e) or "busy" in str(e) or "disk I/O" in str(e))
             if not transient or attempt == 7:
-                raise QpyError("The qpy database failed: %s%s" % (e, DB_HINTS.get(str(e), "")))
+                raise QpyError(database_failure(e))
+        except sqlite3.DatabaseError as e:
+            if type(e) is not sqlite3.DatabaseError:  # a constraint, a misuse: qpy's bug
+                raise
+            raise damaged_database(e)
         finally:
             _after_commit[:] = outer
             if release is not None:
@@ -806,8 +901,8 @@ def exit_record_problem(record, job):
         return isinstance(value, kinds) and not isinstance(value, bool)
     if not isinstance(record, dict):
         return "not a JSON object"
-    if record.get("state", state_id) != state_id:  # (before schema 6 records had no state)
-        return "made for state %r, not this one (%s)" % (record["state"], state_id)
+    if record.get("state", state_id()) != state_id():  # (before schema 6 they had no state)
+        return "made for state %r, not this one (%s)" % (record["state"], state_id())
     if record.get("attempt") != job["attempt"]:
         return "attempt %r, not %d" % (record.get("attempt"), job["attempt"])
     if record.get("status") not in ENDINGS:
@@ -1483,7 +1578,7 @@ def compute_shares(rules, users, total):
 
 
 def admitted(user, cores, shares, used, queued, free_unreserved):
-    """The original's admission rule (qpy_original.md 4.3), no preemption:
+    """The admission rule of the 2018 qpy, without preemption:
     within the guaranteed minimum, always; within minimum + extra, if the cores are free (and
     not kept as someone's unused minimum); beyond, borrow a part of the extra cores of the
     users with an empty queue, split among the users that also want more."""
@@ -1607,9 +1702,43 @@ def unsatisfiable_reason(request, nodes):
 # Tick: harvest, reconcile, claim, launch
 # --------------------------------------------------------------------------------------------
 
-def request_tick(db):
-    """Inside a transaction: ask for a tick pass (the running tick, or the next, will do it)."""
-    db.execute("UPDATE meta SET value = value + 1 WHERE key = 'tick_wanted'")
+def request_tick(db, user=None):
+    """Inside a transaction: ask for a tick pass. user None: for anybody's jobs (meta
+    tick_wanted: cores were freed, a node came back...), which any tick may take on, as it
+    hands on what it cannot start itself; a user: for that user's jobs (users.wanted), which
+    only their own tick or root's takes on. A running tick, or the next, does it."""
+    if user is None:
+        db.execute("UPDATE meta SET value = value + 1 WHERE key = 'tick_wanted'")
+    else:
+        db.execute("UPDATE users SET wanted = wanted + 1 WHERE name = ?", (user,))
+
+
+def tick_wanted(db, me):
+    """Is a pass wanted that the tick of user `me` (None: root's) can do?"""
+    if meta_number(db, "tick_wanted"):
+        return True
+    return db.execute("SELECT 1 FROM users WHERE wanted > 0" + (
+        "" if me is None else " AND name = ?"), () if me is None else (me,)).fetchone() \
+        is not None
+
+
+def take_wakeups(db, me):
+    """Inside the pass's transaction: the requests this tick answers are answered (what it
+    cannot start is handed on by claim_jobs)."""
+    db.execute("UPDATE meta SET value = '0' WHERE key = 'tick_wanted'")
+    db.execute("UPDATE users SET wanted = 0 WHERE wanted > 0" + (
+        "" if me is None else " AND name = ?"), () if me is None else (me,))
+
+
+def tick_lock_name(me):
+    """One tick at a time per user, and root's apart: a user's tick slowed by an unreachable
+    node never keeps another user's, or root's, from starting their jobs."""
+    return "tick.lock" if me is None else "tick.%s.lock" % me
+
+
+def ticking_user():
+    """Whose tick this process runs: None for root (anybody's jobs, each as its owner)."""
+    return None if os.geteuid() == 0 else user_name()
 
 
 def tick_overdue(db, jobs):
@@ -1617,7 +1746,7 @@ def tick_overdue(db, jobs):
     a tick was asked for, a claim is older than launch_timeout, a local runner is gone, or
     jobs wait while a down node is due for its probe (without a site timer, nobody else
     would ever bring that node back)."""
-    if meta_number(db, "tick_wanted"):
+    if tick_wanted(db, ticking_user()):
         return True
     if any(job["status"] == "queue" for job in jobs) and nodes_due_for_probe(db):
         return True
@@ -1630,28 +1759,30 @@ def tick_overdue(db, jobs):
 
 
 def tick(fork_runners=True):
-    """Run tick passes until nobody wants one; leave at once if another tick is running.
-    fork_runners: this machine's runners may be forks of this process (see launch_all)."""
+    """Run tick passes until nobody wants one that this tick can do; leave at once if this
+    user's (or root's) tick is running already. fork_runners: this machine's runners may be
+    forks of this process (see launch_all)."""
+    me = ticking_user()
     while True:
-        release = take_lock("tick.lock", 0)
+        release = take_lock(tick_lock_name(me), 0)
         if release is None:
-            return  # its holder will see tick_wanted > 0
+            return  # its holder will see the request
         try:
             while True:
                 tick_pass(fork_runners)
-                if not atomically(lambda db: meta_number(db, "tick_wanted"), write=False):
+                if not atomically(lambda db: tick_wanted(db, me), write=False):
                     break
         finally:
             release()
-        if not atomically(lambda db: meta_number(db, "tick_wanted"), write=False):
+        if not atomically(lambda db: tick_wanted(db, me), write=False):
             return
 
 
 def start_tick():
-    """After asking for a tick (request_tick): start one in the background, unless a tick is
-    running, which sees the request when it checks tick_wanted (it does after releasing
-    tick.lock too, so the request is never lost)."""
-    release = take_lock("tick.lock", 0)
+    """After asking for a tick (request_tick): start one in the background, unless this
+    user's tick is running, which sees the request when it checks for one (it does after
+    releasing its lock too, so the request is never lost)."""
+    release = take_lock(tick_lock_name(ticking_user()), 0)
     if release is None:
         return
     release()
@@ -1662,13 +1793,13 @@ def tick_pass(fork_runners=True):
     """One pass: probe down nodes, reconcile what ended or got lost, claim the jobs that can
     start, launch them (ssh and sbatch in parallel, outside the lock), and send again the kills
     Slurm missed."""
-    me = None if os.geteuid() == 0 else user_name()
+    me = ticking_user()
     probe_down_nodes()
     slurm, unreachable = follow_pools(me)
     verdicts = ask_nodes(atomically(lambda db: late_runners(db, me), write=False))
 
-    def claim(db):
-        db.execute("UPDATE meta SET value = '0' WHERE key = 'tick_wanted'")
+    def decide(db):
+        take_wakeups(db, me)
         db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_tick', ?)",
                    (str(time.time()),))
         db.execute("INSERT INTO meta (key, value) VALUES ('tick_passes', '1') "
@@ -1678,7 +1809,7 @@ def tick_pass(fork_runners=True):
         cancels = reconcile(db, me, slurm, verdicts)
         return claim_jobs(db, me), cancels
 
-    claims, cancels = atomically(claim)
+    claims, cancels = atomically(decide)
     crash_point("tick:claimed")
     launch_all(claims, fork_runners)
     crash_point("tick:launched")
@@ -1716,7 +1847,9 @@ def claim_jobs(db, me, only=None):
         if job["id"] in pending and job["reason"] != pending[job["id"]]:
             db.execute("UPDATE jobs SET reason = ? WHERE id = ?", (pending[job["id"]], job["id"]))
     by_id = {job["id"]: job for job in live}
-    # the others' jobs are left to their owners' ticks (or root's)
+    # the others' jobs are handed on to their owners' ticks (or root's)
+    for user in {by_id[job_id]["user"] for job_id, _ in placements} - {me, None}:
+        request_tick(db, user)
     placements = [(job_id, node) for job_id, node in placements
                   if me is None or by_id[job_id]["user"] == me]
     if only is not None:
@@ -2628,10 +2761,10 @@ def store_and_continue(db, job, record):
     if job["kind"] == "slurm":
         request_tick(db)  # (the site's timer hands the next job to the pool)
         return None, False
-    me = None if os.geteuid() == 0 else job["user"]
+    me = ticking_user()
     claims = claim_jobs(db, me, only=(job["node"], job["user"]))
     started = confirm(db, claims[0]["id"], claims[0]["attempt"]) if claims else None
-    return started, meta_number(db, "tick_wanted") > 0
+    return started, tick_wanted(db, me)
 
 
 def runner(job_id, attempt):
@@ -2706,7 +2839,7 @@ def keep_trying(action, heartbeat, patience):
     delay = 0.5
     gone_since = None
     while True:
-        if read_identity(state_dir()) not in (None, state_id):
+        if read_identity(state_dir()) not in (None, state_id()):
             raise StateGone()  # another state took its place: nothing of ours goes there
         try:
             return action()
@@ -2786,7 +2919,7 @@ def supervise(job, pid, stop, wake, settings):
 def exit_record(job, status, rss, cpu_time, stopping=None):
     """How a job ended: from its command's wait status, peak memory (KB) and CPU time, and
     why qpy stopped it, if it did."""
-    record = {"state": state_id, "attempt": job["attempt"], "ended_at": time.time(),
+    record = {"state": state_id(), "attempt": job["attempt"], "ended_at": time.time(),
               "max_rss": rss,
               "cpu_time": cpu_time, "exit_code": None, "signal": None, "reason": None}
     if os.WIFSIGNALED(status):
@@ -2821,7 +2954,7 @@ def runner_displaced(job):
     was removed and another made in its place (qpy.id names another), 'superseded' when the
     job's row has moved on (requeued or ended while this node was out of reach), else None.
     A state that cannot be read now says nothing."""
-    if read_identity(state_dir()) not in (None, state_id):
+    if read_identity(state_dir()) not in (None, state_id()):
         return "state replaced"
     try:
         row = atomically(lambda db: db.execute("SELECT status, attempt FROM jobs WHERE id = ?",
@@ -2950,7 +3083,7 @@ Examples:
                    "THEN NULL ELSE ? END WHERE id BETWEEN ? AND ?", (ids[0], ids[0], ids[-1]))
         startable = not (owner["paused"] or owner["finished"]) and meta_number(db, "dispatch")
         if startable:
-            request_tick(db)
+            request_tick(db, user)
         elif owner["paused"] or owner["finished"]:  # no tick: ctrlQueue continue asks for one
             db.execute("UPDATE jobs SET reason = ? WHERE id BETWEEN ? AND ?", (
                 "queue paused" if owner["paused"] else "qpy finish", ids[0], ids[-1]))
@@ -3564,7 +3697,7 @@ Example:
         def set_pause(db):
             ensure_user(db, user)
             db.execute("UPDATE users SET paused = ? WHERE name = ?", (int(pause), user))
-            request_tick(db)
+            request_tick(db, user)
         atomically(set_pause)
         print("Job submission paused." if pause else "Job submission continued.")
         if not pause:
@@ -3657,7 +3790,7 @@ jobs are not affected.
     def resume(db):
         ensure_user(db, user)
         db.execute("UPDATE users SET finished = 0 WHERE name = ?", (user,))
-        request_tick(db)
+        request_tick(db, user)
         # job files of submissions that died before their commit
         live = {row[0] for row in db.execute("SELECT spec FROM jobs WHERE user = ?", (user,))}
         spool = os.path.join(user_dir(user), "spool")
@@ -3846,11 +3979,23 @@ def main(argv=None):
         return 130
     except BrokenPipeError:
         return 0
-    except OSError as e:  # the filesystem refused (permissions, a vanished directory...)
-        sys.stderr.write("qpy: %s (is the qpy state %s yours, or your group's?)\n"
-                         % (e, state_dir()))
+    except OSError as e:
+        sys.stderr.write("qpy: %s\n" % filesystem_failure(e))
+        return 1
+    except sqlite3.DatabaseError as e:  # (outside a transaction: while connecting)
+        sys.stderr.write("qpy: %s\n" % (database_failure(e) if isinstance(
+            e, sqlite3.OperationalError) else damaged_database(e)))
         return 1
     return status or 0
+
+
+def filesystem_failure(error):
+    """One line for an OSError of the filesystem: a full disk says so."""
+    import errno
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "The disk is full (%s): free some space; nothing stored was lost." % (
+            error.filename or state_dir())
+    return "%s (is the qpy state %s yours, or your group's?)" % (error, state_dir())
 
 
 if __name__ == "__main__":

@@ -504,8 +504,8 @@ def backup(target):
 
 
 def restore(source):
-    import shutil
     import sqlite3
+    import stat
     try:
         backup_db = sqlite3.connect("file:%s?mode=ro" % source, uri=True)
         version = backup_db.execute("PRAGMA user_version").fetchone()[0]
@@ -516,13 +516,76 @@ def restore(source):
     if ok != "ok" or not 0 < version <= qpy.SCHEMA_VERSION:
         raise qpy.QpyError("%s cannot be restored: integrity %s, schema %d" % (source, ok,
                                                                              version))
-    live = os.path.join(qpy.state_dir(), "qpy.db")
-
-    def replace(db):
-        shutil.copyfile(live, live + ".before-restore")
-        backup_db.backup(db)
-    qpy.atomically(replace, write=False)
+    state = qpy.state_dir()
+    live = os.path.join(state, "qpy.db")
+    # (file by file under the lock, not through a connection: the DB in place may be damaged,
+    # lost or another state's; processes that have it open reconnect to the new file)
+    release = qpy.take_lock("qpy.lock", qpy.lock_timeout())
+    if release is None:
+        raise qpy.QpyError("Waited %g s for the qpy lock, held by %s." % (
+            qpy.lock_timeout(), qpy.lock_holder(os.path.join(state, "qpy.lock"))))
+    try:
+        restoring = live + ".restoring"
+        qpy.remove_quietly(restoring)
+        copy = sqlite3.connect(restoring)
+        backup_db.backup(copy)
+        # IDs are never reused: above the highest the state's files show, if the backup is older
+        highest = highest_job_id_in_files(state)
+        if copy.execute("SELECT seq FROM sqlite_sequence WHERE name = 'jobs'").fetchone():
+            copy.execute("UPDATE sqlite_sequence SET seq = MAX(seq, ?) WHERE name = 'jobs'",
+                         (highest,))
+        else:
+            copy.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('jobs', ?)",
+                         (highest,))
+        identity = copy.execute("SELECT value FROM meta WHERE key = 'state_id'").fetchone()
+        copy.commit()
+        copy.close()
+        if os.path.exists(live):
+            mode = os.stat(live)
+            os.chmod(restoring, stat.S_IMODE(mode.st_mode))
+            try:
+                os.chown(restoring, -1, mode.st_gid)
+            except OSError:
+                pass
+            os.replace(live, live + ".before-restore")
+            if os.path.exists(live + "-journal"):  # (a hot journal is the old file's)
+                os.replace(live + "-journal", live + ".before-restore-journal")
+        else:
+            os.chmod(restoring, 0o660)
+        os.replace(restoring, live)
+        if identity:  # restored on purpose: this state is the backup's now
+            qpy.write_identity(state, identity[0])
+        qpy.remove_quietly(os.path.join(state, qpy.DAMAGE_MARK))
+    finally:
+        release()
     print("Restored %s from %s (the previous DB is %s.before-restore)." % (live, source, live))
+
+
+def highest_job_id_in_files(state):
+    """The highest job ID that the state's files name (job files, run files), as far as this
+    user may read them: 0 if none."""
+    import json
+    highest = 0
+    users = os.path.join(state, "users")
+    for user in os.listdir(users) if os.path.isdir(users) else []:
+        for folder in ("run", "quarantine", "spool"):
+            path = os.path.join(users, user, folder)
+            try:
+                names = os.listdir(path)
+            except OSError:
+                continue
+            for name in names:
+                if folder != "spool":
+                    first = name.split(".")[0]
+                    highest = max(highest, int(first) if first.isdigit() else 0)
+                    continue
+                try:
+                    with open(os.path.join(path, name)) as f:
+                        ids = json.load(f)["ids"]
+                    highest = max(highest, int(ids[1]))
+                except (OSError, ValueError, KeyError, TypeError, IndexError):
+                    continue
+    return highest
 
 
 def create(directory, group, site_file):
@@ -619,7 +682,11 @@ def main(argv=None):
         sys.stderr.write("qpy_admin.py: %s\n" % e)
         return 1
     except OSError as e:
-        sys.stderr.write("qpy_admin.py: %s\n" % e)
+        sys.stderr.write("qpy_admin.py: %s\n" % qpy.filesystem_failure(e))
+        return 1
+    except qpy.sqlite3.DatabaseError as e:
+        sys.stderr.write("qpy_admin.py: %s\n" % (qpy.database_failure(e) if isinstance(
+            e, qpy.sqlite3.OperationalError) else qpy.damaged_database(e)))
         return 1
     return 0
 

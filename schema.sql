@@ -7,7 +7,8 @@
 -- The schema version is PRAGMA user_version (set at the end of this file).
 
 -- Key/value facts and settings of this state directory.
---   tick_wanted     ticks asked for while one was running: the running tick loops until 0
+--   tick_wanted     ticks asked for anybody's jobs (cores freed, a node back...): any tick
+--                   takes it on, handing on to users.wanted what it cannot start itself
 --   dispatch        1: ticks start jobs; 0: nothing starts (qpy_admin.py finish / start)
 --   launch_timeout  seconds a claimed job may wait for its runner before it is queued again
 --   kill_grace      seconds between SIGTERM and SIGKILL when a job is killed
@@ -58,7 +59,9 @@ CREATE TABLE nodes (
 CREATE TABLE users (
     name     TEXT PRIMARY KEY,
     paused   INTEGER NOT NULL DEFAULT 0,  -- ctrlQueue pause: nothing of this user starts
-    finished INTEGER NOT NULL DEFAULT 0   -- qpy finish: nothing starts until qpy restart
+    finished INTEGER NOT NULL DEFAULT 0,  -- qpy finish: nothing starts until qpy restart
+    wanted   INTEGER NOT NULL DEFAULT 0   -- ticks asked for this user's jobs (by their qpy
+                                          -- sub, or handed on by another user's tick)
 );
 
 -- allowed_users, loaded by qpy_admin.py users: when it has rows, only they may submit, and
@@ -144,4 +147,4 @@ CREATE TABLE notes (
 );
 CREATE INDEX notes_by_job ON notes (job_id);
 
-PRAGMA user_version = 6;
+PRAGMA user_version = 7;

@@ -303,6 +303,9 @@ def test_a_users_tick_does_not_loop_on_jobs_only_root_may_start(tmp_path, monkey
         claims = qpy.atomically(lambda db: qpy.claim_jobs(db, "alice"))
         assert claims == []
         assert qpy.atomically(lambda db: qpy.meta_number(db, "tick_wanted"), write=False) == 0
+        # ...but hands the wake-up on to bob (his own tick, or root's, takes it on)
+        assert qpy.atomically(lambda db: qpy.tick_wanted(db, "bob"), write=False)
+        assert not qpy.atomically(lambda db: qpy.tick_wanted(db, "alice"), write=False)
         # root's pass claims bob's jobs, and asks for one more pass for those behind them
         claims = qpy.atomically(lambda db: qpy.claim_jobs(db, None))
         assert claims and qpy.atomically(lambda db: qpy.meta_number(db, "tick_wanted"),

@@ -1,4 +1,4 @@
-"""The distribution rules and the admission rule of the original qpy (qpy_original.md 4.2-4.3),
+"""The distribution rules and the admission rule of the original qpy (its distribute and admission code),
 as pure functions: table-driven cases computed by hand, and properties over random states."""
 import pytest
 from hypothesis import given, settings, strategies as st

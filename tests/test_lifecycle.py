@@ -257,3 +257,53 @@ def test_a_runner_of_a_removed_state_records_nothing_in_the_new_one(site, tmp_pa
     assert read_db(state, "SELECT status FROM jobs WHERE id = ?", (new,))[0]["status"] == \
         "running"
     site.ok("kill", str(new), env=env)
+
+
+def damage_pages(path, first_page=2):
+    """Random bytes over every page of an SQLite file from first_page on (page 1 holds the
+    header and the schema: the file still opens)."""
+    import random
+    with open(path, "r+b") as f:
+        size = os.fstat(f.fileno()).st_size
+        f.seek(16)
+        page = int.from_bytes(f.read(2), "big")
+        rng = random.Random(7)
+        for offset in range((first_page - 1) * page, size, page):
+            f.seek(offset)
+            f.write(bytes(rng.randrange(256) for _ in range(page)))
+
+
+def test_a_damaged_database_is_one_line_everywhere_and_takes_no_more_writes(site):
+    site.ok("ctrlQueue", "pause")
+    for _ in range(30):
+        site.submit("-N", "x" * 200, "true")
+    path = os.path.join(site.state, "qpy.db")
+    damage_pages(path)
+    with open(path, "rb") as f:
+        damaged = f.read()
+    for command in (("check",), ("clean", "all"), ("restart",), ("kill", "all"),
+                    ("sub", "true"), ("status",), ("check", "--json")):
+        err = site.fails(*command)
+        assert "is damaged" in err or "was found damaged" in err, (command, err)
+        assert "qpy_admin.py restore" in err, err
+    result = site.run("check", admin=True)
+    assert result.returncode != 0 and "Traceback" not in result.stderr + result.stdout
+    assert "restore" in result.stdout + result.stderr
+    with open(path, "rb") as f:
+        assert f.read() == damaged  # nothing wrote into it
+
+
+def test_restore_brings_a_damaged_state_back_and_never_reuses_an_id(site, tmp_path):
+    site.ok("ctrlQueue", "pause")
+    first = site.submit("true")
+    backup = str(tmp_path / "backup.db")
+    site.ok("backup", backup, admin=True)
+    later = site.submit("true")  # after the backup: its job file names it
+    damage_pages(os.path.join(site.state, "qpy.db"))
+    assert "damaged" in site.fails("check")
+    assert "Restored" in site.ok("restore", backup, admin=True)
+    assert sorted(site.jobs()) == [first]
+    again = site.submit("true")
+    assert again > later  # (job_<ID>.out of the lost job is never overwritten)
+    site.ok("ctrlQueue", "continue")
+    site.wait_status(again, "done")

@@ -1,5 +1,5 @@
-"""Several users on one site, with real Unix accounts on the emulated cluster: the original's
-test scenarios (qpy_original.md 8) as assertions, and the security model of design.md 7."""
+"""Several users on one site, with real Unix accounts on the emulated cluster: the 2018 qpy's
+multi-user test scenarios as assertions, and the security model (README, "Security")."""
 import os
 import sqlite3
 import subprocess

@@ -66,3 +66,32 @@ def test_a_runner_killed_on_a_healthy_node_is_runner_lost_and_its_job_is_stopped
              what="the orphaned job to be stopped on node1")
     after = site.submit("alice", "hostname")  # the node takes jobs still
     assert site.wait_status(after, "done", tick=True)["node"] == "node1"
+
+
+def test_a_tick_stuck_on_a_partitioned_node_does_not_keep_another_users_job_waiting(lab):
+    """Alice's tick waits for ssh to a partitioned node; Bob's job for an idle node starts
+    at once, by his own tick (there is no timer here: nothing else would start it)."""
+    site = lab()
+    site.admin("drain", "node3")
+    site.cluster.partition("node2")
+    try:
+        stuck = site.submit("alice", "-a", "node2", "true")
+        mine = site.submit("bob", "-a", "node1", "sleep", "1")
+        assert site.wait_status(mine, "running", "done", timeout=30)["node"] == "node1"
+    finally:
+        site.cluster.heal("node2")
+    site.wait_status(stuck, "done", tick=True)
+
+
+def test_a_healed_node_is_probed_by_roots_tick_with_an_empty_queue(lab):
+    site = lab()
+    site.cluster.partition("node2")
+    try:
+        job = site.submit("alice", "-a", "node2", "true")
+        wait_for(lambda: site.node_state("node2") == "down", what="node2 to be marked down")
+        site.ok("alice", "kill", str(job))
+    finally:
+        site.cluster.heal("node2")
+    site.admin("tick")  # root's, as the timer runs it; nothing is queued
+    wait_for(lambda: site.admin("tick") is not None and site.node_state("node2") == "up",
+             timeout=30, what="root's tick to bring node2 back")
