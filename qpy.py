@@ -956,19 +956,44 @@ def last_heartbeat(job):
 # Model: ID sets, check formats, #QPY directives, attribute expressions, configuration
 # --------------------------------------------------------------------------------------------
 
+# Limits on what users type, checked before anything is expanded or stored (README, "Limits").
+MAX_ID = 2 ** 63 - 1        # SQLite's largest integer: job IDs, array indices
+MAX_RANGES = 1000           # comma-separated items in one list of IDs
+MAX_ARRAY = 100000          # jobs in one --array
+MAX_DEPENDENCIES = 10000    # jobs named by --after, --afterok and --afternotok together
+MAX_ATTR_TOKENS = 500       # words and parentheses of a node attribute expression
+MAX_ATTR_DEPTH = 50         # nesting of its parentheses and nots
+MAX_NAME = 64               # characters of a node's name
+MAX_COUNT = 10 ** 6         # cores, GPUs, max_jobs of a node or a job
+
+
 def parse_idset(text):
-    """'100-120,130' -> [(100, 120), (130, 130)]. Raises ValueError on anything else."""
+    """'100-120,130' -> [(100, 120), (130, 130)]. Raises ValueError on anything else, also
+    on IDs beyond MAX_ID and on more than MAX_RANGES items."""
     ranges = []
-    for item in text.split(","):
-        m = re.fullmatch(r"(\d+)(?:-(\d+))?", item.strip())
+    items = text.split(",")
+    if len(items) > MAX_RANGES:
+        raise ValueError(text[:80])
+    for item in items:
+        m = re.fullmatch(r"(\d{1,19})(?:-(\d{1,19}))?", item.strip())
         if not m:
-            raise ValueError(text)
+            raise ValueError(text[:80])
         lo = int(m.group(1))
         hi = int(m.group(2)) if m.group(2) else lo
-        if hi < lo:
-            raise ValueError(text)
+        if hi < lo or hi > MAX_ID:
+            raise ValueError(text[:80])
         ranges.append((lo, hi))
     return ranges
+
+
+def idset_size(ranges):
+    """How many IDs the ranges name (counted, not expanded; overlaps counted twice)."""
+    return sum(hi - lo + 1 for lo, hi in ranges)
+
+
+def shown(text, limit=80):
+    """User input quoted in a message: at most `limit` characters of it."""
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def in_idset(job_id, ranges):
@@ -1146,11 +1171,21 @@ def parse_attributes(text):
     while pos < len(text):
         m = re.compile(ATTR_TOKEN).match(text, pos)
         tokens.append(m.group(m.lastindex))
+        if len(tokens) > MAX_ATTR_TOKENS:
+            raise QpyError("Invalid node attribute expression: longer than %d words and "
+                           "parentheses." % MAX_ATTR_TOKENS)
         pos = m.end()
         while pos < len(text) and text[pos].isspace():
             pos += 1
     if not tokens:
         return None
+    depth, deepest = 0, 0
+    for token in tokens:
+        depth += {"(": 1, ")": -1}.get(token, 0)
+        deepest = max(deepest, depth + (token == "not"))
+    if deepest > MAX_ATTR_DEPTH or tokens.count("not") > MAX_ATTR_DEPTH:
+        raise QpyError("Invalid node attribute expression: nested deeper than %d."
+                       % MAX_ATTR_DEPTH)
     position = [0]
 
     def peek():
@@ -1259,7 +1294,7 @@ def check_request_value(kind, value, name):
     try:
         if kind in ("cores", "gpus"):
             number = int(value)
-            if number < (1 if kind == "cores" else 0):
+            if not (1 if kind == "cores" else 0) <= number <= MAX_COUNT:
                 raise ValueError
             return number
         if kind == "mem":
@@ -1271,8 +1306,8 @@ def check_request_value(kind, value, name):
             return parse_bool(value)
         if kind == "time":
             return parse_duration(value)
-    except ValueError:
-        raise QpyError("Invalid value for %s: %s." % (name, value))
+    except (ValueError, OverflowError):
+        raise QpyError("Invalid value for %s: %s." % (name, value[:80]))
     parse_attributes(value)
     return value
 
@@ -1352,13 +1387,41 @@ def parse_nodes_file(text):
     return nodes
 
 
+NODE_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]*"  # a word that -a expressions can name
+
+
+def count_value(key, value, least=0):
+    """A whole number of a nodes file (cores, gpus, max_jobs), bounded."""
+    if not value.isdigit() or not least <= int(value) <= MAX_COUNT:
+        raise QpyError("%s must be a whole number from %d to %d, not %r"
+                       % (key, least, MAX_COUNT, value[:40]))
+    return int(value)
+
+
+def nodes_sharing_an_address(nodes):
+    """Warnings for remote hosts listed twice under different names (allowed: one machine
+    may be split in two, as this one often is in tests, but it is usually a typing mistake)."""
+    seen, warnings = {}, []
+    for node in nodes:
+        if node["kind"] == "host" and not is_local(node["address"]):
+            if node["address"] in seen:
+                warnings.append("nodes %s and %s have the same address %s" % (
+                    seen[node["address"]], node["name"], node["address"]))
+            seen.setdefault(node["address"], node["name"])
+    return warnings
+
+
 def parse_node_line(words):
     name, rest = words[0], words[1:]
+    if len(name) > MAX_NAME or not re.fullmatch(NODE_NAME, name) \
+            or name in ("and", "or", "not"):
+        raise QpyError("a node's name is a word of letters, digits, '.', '_' and '-' (at most "
+                       "%d, not and, or, not), not %r" % (MAX_NAME, name[:40]))
     node = {"name": name, "kind": "host", "address": name, "cores": None, "mem": None, "gpus": 0,
             "attributes": "", "pref_multicore": False, "partition": None, "max_jobs": None,
             "account": None, "qos": None, "extra": None}
     if rest and rest[0].isdigit():  # the manual's format
-        node["cores"] = int(rest[0])
+        node["cores"] = count_value("cores", rest[0], least=1)
         for word in rest[1:]:
             if word != "M":
                 raise QpyError("expected 'M' after the cores, got %r" % word)
@@ -1370,14 +1433,14 @@ def parse_node_line(words):
         if not equals:
             raise QpyError("expected a pair <key>=<value>, but got %r" % word)
         if key not in NODE_KEYS:
-            raise QpyError("unknown key %r (keys: %s)" % (key, ", ".join(sorted(NODE_KEYS))))
+            raise QpyError("unknown key %r (keys: %s)" % (key[:40], ", ".join(sorted(NODE_KEYS))))
+        if key in given:
+            raise QpyError("%s is given twice" % key)
         given.add(key)
         if key == "address":
             node["address"] = value
         elif key in ("cores", "gpus", "max_jobs"):
-            if not value.isdigit() or (key == "max_jobs" and int(value) < 1):
-                raise QpyError("%s must be a whole number, not %r" % (key, value))
-            node[key] = int(value)
+            node[key] = count_value(key, value, least=0 if key == "gpus" else 1)
         elif key == "memory":
             node["mem"] = float(value)
             if not 0 <= node["mem"] < float("inf"):
@@ -3138,7 +3201,10 @@ def submission_request(args, script):
                 ranges = parse_idset(args["--" + kind])
             except ValueError:
                 raise QpyError("Job rejected due to its options: --%s needs job IDs, not %r."
-                               % (kind, args["--" + kind]))
+                               % (kind, args["--" + kind][:80]))
+            if len(request["dependencies"]) + idset_size(ranges) > MAX_DEPENDENCIES:
+                raise QpyError("Job rejected due to its options: a job depends on at most %d "
+                               "jobs." % MAX_DEPENDENCIES)
             request["dependencies"] += [[kind, job_id] for lo, hi in ranges
                                         for job_id in range(lo, hi + 1)]
     request["array"] = parse_array(args["--array"]) if args["--array"] else ([None], None)
@@ -3155,9 +3221,10 @@ def parse_array(text):
     except ValueError:
         raise QpyError("Job rejected due to its options: --array needs indices like 1-100 or "
                        "1-100%%5, not %r." % text)
+    if idset_size(ranges) > MAX_ARRAY or (limit and len(limit) > 9):
+        raise QpyError("Job rejected due to its options: an array has at most %d jobs."
+                       % MAX_ARRAY)
     values = sorted({i for lo, hi in ranges for i in range(lo, hi + 1)})
-    if len(values) > 100000:
-        raise QpyError("Job rejected due to its options: an array has at most 100000 jobs.")
     return values, int(limit) if limit else None
 
 
@@ -3210,9 +3277,10 @@ def selection(words, allowed_statuses, command):
                 ranges += parse_idset(word)
             except ValueError:
                 if command == "check":
-                    raise QpyError("Unknown pattern for checking jobs: %s" % word)
+                    raise QpyError("Unknown pattern for checking jobs: %s" % shown(word))
                 raise QpyError("Range with wrong format or invalid status: %s (use job IDs like "
-                               "100-105,108, %s, or a directory)" % (word, ", ".join(allowed_statuses)))
+                               "100-105,108, %s, or a directory)" % (
+                                   shown(word), ", ".join(allowed_statuses)))
     return statuses, dirs, ranges
 
 
@@ -3376,7 +3444,8 @@ def ids_of(words):
         try:
             ranges += parse_idset(word)
         except ValueError:
-            raise QpyError("Range with wrong format: %s (use job IDs like 100-105,108)" % word)
+            raise QpyError("Range with wrong format: %s (use job IDs like 100-105,108)"
+                           % shown(word))
     return ranges
 
 
@@ -3876,6 +3945,9 @@ COMMANDS = {
 def node_run(*ids_and_attempts):
     """`qpy.py _run ID ATTEMPT [ID ATTEMPT...]`, started by a tick (by ssh on other nodes):
     detach a runner for each job, return."""
+    if not ids_and_attempts or len(ids_and_attempts) % 2 or not all(
+            str(word).isdigit() and len(str(word)) < 19 for word in ids_and_attempts):
+        raise ValueError(ids_and_attempts)
     for job_id, attempt in zip(ids_and_attempts[::2], ids_and_attempts[1::2]):
         detach(runner, int(job_id), int(attempt))
     return 0
@@ -3958,7 +4030,12 @@ def main(argv=None):
             sys.stdout.write(usage_text())
         return 0
     if name in NODE_COMMANDS:
-        return NODE_COMMANDS[name](*rest)
+        try:
+            return NODE_COMMANDS[name](*rest)
+        except (TypeError, ValueError):
+            sys.stderr.write("qpy: %s is qpy's own command (%s), not for users.\n"
+                             % (name, NODE_COMMANDS[name].__doc__.split("`")[1]))
+            return 2
     if name == "--version":
         print("qpy", VERSION)
         return 0

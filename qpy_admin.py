@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Usage:
   qpy_admin.py create <dir> [--group=<group>] [--site-file]
-  qpy_admin.py nodes [<file>]
+  qpy_admin.py nodes [<file>] [--empty]
   qpy_admin.py users [<file>]
   qpy_admin.py distribute [<file>]
   qpy_admin.py add <node> <setting>...
@@ -37,6 +37,7 @@ Commands:
                      <name> type=slurm partition=<p> cores=<n> [max_jobs=<n>] [account=<a>]
                             [qos=<q>] [extra="<sbatch arguments>"]  (a Slurm pool)
                    Nodes no longer listed are removed; running jobs are kept and finish.
+                   A file that lists no node removes them all only with --empty.
   users [<file>]   Load allowed_users (default <state>/allowed_users): one user name per line.
                    Only they may submit, and the cores are shared among them. An empty file
                    allows everyone with access to the site.
@@ -103,13 +104,18 @@ def store_nodes(nodes, replace_all):
     qpy.atomically(write)
 
 
-def load_nodes(path):
+def load_nodes(path, empty_too=False):
     path = path or os.path.join(qpy.state_dir(), "nodes")
     try:
         with open(path) as f:
-            nodes = qpy.parse_nodes_file(f.read())
-    except OSError as e:
+            nodes = qpy.parse_nodes_file(f.read(1 << 20))
+    except (OSError, UnicodeDecodeError) as e:
         raise qpy.QpyError("Cannot read the nodes file: %s" % e)
+    if not nodes and not empty_too:
+        raise qpy.QpyError("The nodes file %s lists no node: loading it would remove every "
+                           "node. To mean that, add --empty." % path)
+    for warning in qpy.nodes_sharing_an_address(nodes):
+        sys.stderr.write("qpy_admin.py: warning: %s\n" % warning)
     store_nodes(nodes, replace_all=True)
     print("Nodes loaded: %s." % (", ".join(node["name"] for node in nodes) or "none"))
 
@@ -299,7 +305,12 @@ def timer(install, directory):
 
 
 def check_site():
-    """Print what is wrong with the site; return the number of problems."""
+    """Print what is wrong with the site; return the number of problems. A damaged DB is
+    checked first, and alone: what to do about it is all that matters then."""
+    damage = check_database()
+    if damage:
+        return damage
+
     def read(db):
         return (db.execute("PRAGMA integrity_check").fetchall(),
                 db.execute("SELECT j.id, j.node FROM jobs j LEFT JOIN nodes n ON n.name = j.node "
@@ -331,6 +342,29 @@ def check_site():
         print(problem)
     print("%s found." % qpy.plural(len(problems), "problem") if problems else "The site is fine.")
     return len(problems)
+
+
+def check_database():
+    """SQLite's integrity_check of the DB: print what is wrong and how to recover, and return
+    1; or 0 when it is whole (then a damage mark left by an earlier command goes)."""
+    mark = os.path.join(qpy.state_dir(), qpy.DAMAGE_MARK)
+    try:
+        rows = qpy.atomically(lambda db: [row[0] for row in db.execute(
+            "PRAGMA integrity_check")], write=False)
+    except qpy.QpyError as e:
+        rows = [str(e)]
+    if rows == ["ok"]:
+        if os.path.exists(mark):
+            qpy.remove_quietly(mark)
+            print("The database is whole after all: qpy takes writes again.")
+        return 0
+    live = os.path.join(qpy.state_dir(), "qpy.db")
+    for row in rows[:20]:
+        print("database: %s" % row)
+    print("The database %s is damaged. Restore a backup: qpy_admin.py restore <file> (made by "
+          "qpy_admin.py backup); without one, save what can be read: sqlite3 %s .recover > "
+          "recovered.sql, and look at it before loading it into a new database." % (live, live))
+    return 1
 
 
 def doctor(as_user):
@@ -636,7 +670,7 @@ def main(argv=None):
         if args["create"]:
             create(args["<dir>"], args["--group"], args["--site-file"])
         elif args["nodes"]:
-            load_nodes(args["<file>"])
+            load_nodes(args["<file>"], args["--empty"])
         elif args["users"]:
             load_users(args["<file>"])
         elif args["distribute"]:
