@@ -24,13 +24,15 @@ _qpy_ids() {  # the user's own job IDs: one read of the DB, no tick
     "${COMP_WORDS[0]}" _ids "$1" 2>/dev/null
 }
 
+_qpy_words() {  # the words qpy itself defines: its commands, statuses, config keys...
+    "${COMP_WORDS[0]}" _words "$1" 2>/dev/null
+}
+
 _qpy() {
     local cur=${COMP_WORDS[COMP_CWORD]} cmd=${COMP_WORDS[1]}
-    local commands="sub check kill clean status config ctrlQueue tutorial notes restart finish wait tail"
-    local statuses="queue running done failed killed undone"
     COMPREPLY=()
     if [ "$COMP_CWORD" -eq 1 ]; then
-        COMPREPLY=($(compgen -W "$commands" -- "$cur"))
+        COMPREPLY=($(compgen -W "$(_qpy_words commands)" -- "$cur"))
         return
     fi
     local w
@@ -61,13 +63,14 @@ _qpy() {
             else
                 COMPREPLY=($(compgen -c -- "$cur") $(compgen -f -- "$cur"))
             fi ;;
-        check) COMPREPLY=($(compgen -W "$statuses --json" -- "$cur") $(compgen -d -- "$cur")) ;;
+        check) COMPREPLY=($(compgen -W "$(_qpy_words statuses) --json" -- "$cur")
+                          $(compgen -d -- "$cur")) ;;
         status) COMPREPLY=($(compgen -W "--json" -- "$cur")) ;;
         kill)  COMPREPLY=($(compgen -W "all queue running $(_qpy_ids live)" -- "$cur")) ;;
         clean) COMPREPLY=($(compgen -W "all done failed killed undone $(_qpy_ids finished)" \
                             -- "$cur") $(compgen -d -- "$cur")) ;;
         wait|tail|notes) COMPREPLY=($(compgen -W "$(_qpy_ids all)" -- "$cur")) ;;
-        tutorial) COMPREPLY=($(compgen -W "$commands" -- "$cur")) ;;
+        tutorial) COMPREPLY=($(compgen -W "$(_qpy_words commands)" -- "$cur")) ;;
         ctrlQueue)
             if [ "$COMP_CWORD" -eq 2 ]; then
                 COMPREPLY=($(compgen -W "pause continue jump" -- "$cur"))
@@ -76,8 +79,7 @@ _qpy() {
             fi ;;
         config)
             if [ "$COMP_CWORD" -eq 2 ]; then
-                COMPREPLY=($(compgen -W "checkFMT colour coloursScheme copyScripts defaultAttr \
-                    andAttr orAttr" -- "$cur"))
+                COMPREPLY=($(compgen -W "$(_qpy_words config)" -- "$cur"))
             else
                 case "${COMP_WORDS[2]}" in
                     colour|copyScripts)
@@ -96,11 +98,9 @@ complete -F _qpy qpy
 
 _qpy_admin() {
     local cur=${COMP_WORDS[COMP_CWORD]}
-    local commands="create nodes users distribute add remove list drain resume status \
-        variables tick start finish set timer check doctor report backup restore"
     COMPREPLY=()
     if [ "$COMP_CWORD" -eq 1 ]; then
-        COMPREPLY=($(compgen -W "$commands" -- "$cur"))
+        COMPREPLY=($(compgen -W "$(_qpy_words commands)" -- "$cur"))
         return
     fi
     if [ "$cur" = "?" ] || [ "${COMP_WORDS[COMP_CWORD-1]}" = "?" ]; then
@@ -111,13 +111,13 @@ _qpy_admin() {
         return
     fi
     case "${COMP_WORDS[1]}" in
-        set) [ "$COMP_CWORD" -eq 2 ] && COMPREPLY=($(compgen -W "launch_timeout kill_grace \
-                heartbeat node_timeout probe_interval ssh_timeout" -- "$cur")) ;;
+        set) [ "$COMP_CWORD" -eq 2 ] && COMPREPLY=($(compgen -W "$(_qpy_words settings)" \
+                -- "$cur")) ;;
         timer) COMPREPLY=($(compgen -W "--install --dir=" -- "$cur")) ;;
         add) if [ "$COMP_CWORD" -ge 3 ]; then  # a node's settings, as in the nodes file
-                 COMPREPLY=($(compgen -W "cores= memory= gpus= attributes= address= \
-                     pref_multicore= check_dir= type=host type=slurm partition= max_jobs= \
-                     account= qos= extra=" -- "$cur"))
+                 # (the keys are qpy's: the qpy next to this qpy-admin knows them)
+                 COMPREPLY=($(compgen -W "$("$(dirname "${COMP_WORDS[0]}")/qpy" _words \
+                     node-keys 2>/dev/null || qpy _words node-keys 2>/dev/null)" -- "$cur"))
                  compopt -o nospace 2>/dev/null
              fi ;;
         drain|resume|remove) [ "$COMP_CWORD" -eq 2 ] && COMPREPLY=($(compgen -W \

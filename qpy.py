@@ -62,7 +62,7 @@ import sys
 import time
 
 VERSION = "0.1.0"
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 class QpyError(Exception):
@@ -185,7 +185,8 @@ def log_event(text):
     step and the job it was at. Never raises: the log must not add a failure of its own."""
     try:
         path = log_path()
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        if not os.path.isdir(os.path.dirname(path)):  # (never make a state that is gone)
+            os.mkdir(os.path.dirname(path), 0o700)
         try:
             if os.path.getsize(path) > LOG_LIMIT:
                 os.replace(path, path + ".1")
@@ -505,6 +506,21 @@ MIGRATIONS = {
     5: ["INSERT OR IGNORE INTO meta (key, value) VALUES ('state_id', lower(hex(randomblob(8))))"],
     # a wake-up per user: a user's tick takes on only what it can start
     6: ["ALTER TABLE users ADD COLUMN wanted INTEGER NOT NULL DEFAULT 0"],
+    # pools behind one seam: a job's ID in its pool, a pool's own settings as JSON, any kind
+    7: ["ALTER TABLE jobs RENAME COLUMN slurm_id TO external_id",
+        "CREATE TABLE nodes_7 (name TEXT PRIMARY KEY, kind TEXT NOT NULL DEFAULT 'host', "
+        "address TEXT NOT NULL, cores INTEGER NOT NULL CHECK (cores >= 0), "
+        "mem REAL CHECK (mem >= 0), gpus INTEGER NOT NULL DEFAULT 0 CHECK (gpus >= 0), "
+        "attributes TEXT NOT NULL DEFAULT '', pref_multicore INTEGER NOT NULL DEFAULT 0, "
+        "state TEXT NOT NULL DEFAULT 'up' CHECK (state IN ('up', 'down', 'drained')), "
+        "state_reason TEXT, probed_at REAL, position INTEGER NOT NULL DEFAULT 0, "
+        "max_jobs INTEGER CHECK (max_jobs >= 1), options TEXT, lost TEXT)",
+        "INSERT INTO nodes_7 SELECT name, kind, address, cores, mem, gpus, attributes, "
+        "pref_multicore, state, state_reason, probed_at, position, max_jobs, CASE WHEN kind = "
+        "'slurm' THEN json_object('account', account, 'extra', extra, 'partition', partition, "
+        "'qos', qos) END, NULL FROM nodes",
+        "DROP TABLE nodes",
+        "ALTER TABLE nodes_7 RENAME TO nodes"],
 }
 
 
@@ -732,21 +748,21 @@ def claim(db, job, node, gpu_ids, now):
     """A tick takes a queued job for a node: a new attempt, its resources reserved."""
     return move(db, job, ("queue",), "starting", node=node, attempt=job["attempt"] + 1,
                 claimed_at=now, reason=None, gpu_ids=",".join(map(str, gpu_ids)),
-                slurm_id=None, refusal=None)
+                external_id=None, refusal=None)
 
 
-def confirm_start(db, job, now, slurm_id=None):
+def confirm_start(db, job, now, external_id=None):
     """Its runner confirms the claim: the job runs (this runner owns it)."""
     return move(db, job, ("starting",), "running", started_at=now, runner_pid=os.getpid(),
                 runner_boot=process_boot(os.getpid()),
-                slurm_id=slurm_id or job["slurm_id"], reason=None)
+                external_id=external_id or job["external_id"], reason=None)
 
 
 def return_to_queue(db, job, reason, refusal=None):
     """Back to the queue, as if never claimed: its launch failed or timed out, nothing ran, or
     it asked to be requeued. Its attempt's run files are void (removed after the commit)."""
     if not move(db, job, HOLDING, "queue", node=None, reason=reason, runner_pid=None,
-                slurm_id=None, refusal=refusal):
+                external_id=None, refusal=refusal):
         return False
     after_commit(remove_run_files, job)
     request_tick(db)
@@ -810,11 +826,12 @@ def remove_job_file(spec):
 #   <state>/users/<user>/run/<id>.<attempt>.started  created with O_EXCL when the runner
 #       confirms: '<attempt>', then ' go' when the command is told to run, then its process
 #       group; .hb its heartbeat (mtime); .exit the exit record (JSON, written before the
-#       row); .slurm Slurm's output of the batch script (in a pool).
+#       row); .batch a pool's own output of the batch script, kept with the job until
+#       qpy clean (its messages tell why a pool job failed).
 # Nothing left by one attempt is ever read for another. (Before schema 6 they were named
 # <id>.<kind>: read_run_file still finds those of the attempt that made them.)
 
-RUN_KINDS = ("started", "hb", "exit", "slurm")
+RUN_KINDS = ("started", "hb", "exit")  # (a pool's ".batch" output is kept until qpy clean)
 
 
 def run_file(job, kind, attempt=None):
@@ -844,6 +861,13 @@ def remove_run_files(job):
     remove_quietly(*(run_file(job, kind) for kind in RUN_KINDS))
 
 
+def remove_batch_outputs(user, job_ids):
+    """The pools' outputs of these jobs' attempts (qpy clean)."""
+    import glob
+    for job_id in job_ids:
+        remove_quietly(*glob.glob(os.path.join(user_dir(user), "run", "%d.*.batch" % job_id)))
+
+
 def stale_run_files(user, live_attempts):
     """The files in a user's run directory of no live job's current attempt (left by a runner
     that died between its commit and their removal, or by an attempt taken back).
@@ -852,7 +876,7 @@ def stale_run_files(user, live_attempts):
     stale = []
     for name in sorted(os.listdir(run)) if os.path.isdir(run) else []:
         words = name.split(".")
-        if not words[0].isdigit():
+        if not words[0].isdigit() or words[-1] == "batch":
             continue
         attempt = int(words[1]) if len(words) == 3 and words[1].isdigit() else None
         current = live_attempts.get(int(words[0]))
@@ -1061,7 +1085,7 @@ def job_fields(job, now, notes=""):
         "x": lambda: exit_text(job),
         "r": lambda: job["reason"] or "",
         "K": lambda: notes,
-        "I": lambda: job["slurm_id"] or "None",
+        "I": lambda: job["external_id"] or "None",
     }
 
 
@@ -1357,9 +1381,9 @@ def find_script(argv, cwd):
     return None
 
 
+# the keys of every node; a pool kind adds its own (POOLS[kind]["options"])
 NODE_KEYS = {"address", "cores", "memory", "gpus", "attributes", "pref_multicore", "check_dir",
-             "type", "partition", "max_jobs", "account", "qos", "extra"}
-SLURM_KEYS = ("partition", "max_jobs", "account", "qos", "extra")  # only for type=slurm
+             "type", "max_jobs"}
 
 
 def parse_nodes_file(text):
@@ -1418,8 +1442,9 @@ def parse_node_line(words):
         raise QpyError("a node's name is a word of letters, digits, '.', '_' and '-' (at most "
                        "%d, not and, or, not), not %r" % (MAX_NAME, name[:40]))
     node = {"name": name, "kind": "host", "address": name, "cores": None, "mem": None, "gpus": 0,
-            "attributes": "", "pref_multicore": False, "partition": None, "max_jobs": None,
-            "account": None, "qos": None, "extra": None}
+            "attributes": "", "pref_multicore": False, "max_jobs": None, "options": None}
+    pool_keys = {key: kind for kind, pool in POOLS.items() for key in pool["options"]}
+    options = {}
     if rest and rest[0].isdigit():  # the manual's format
         node["cores"] = count_value("cores", rest[0], least=1)
         for word in rest[1:]:
@@ -1432,8 +1457,9 @@ def parse_node_line(words):
         key, equals, value = word.partition("=")
         if not equals:
             raise QpyError("expected a pair <key>=<value>, but got %r" % word)
-        if key not in NODE_KEYS:
-            raise QpyError("unknown key %r (keys: %s)" % (key[:40], ", ".join(sorted(NODE_KEYS))))
+        if key not in NODE_KEYS and key not in pool_keys:
+            raise QpyError("unknown key %r (keys: %s)" % (
+                key[:40], ", ".join(sorted(NODE_KEYS | set(pool_keys)))))
         if key in given:
             raise QpyError("%s is given twice" % key)
         given.add(key)
@@ -1455,28 +1481,33 @@ def parse_node_line(words):
         elif key == "pref_multicore":
             node["pref_multicore"] = parse_bool(value)
         elif key == "type":
-            if value not in ("host", "slurm"):
-                raise QpyError("type must be host or slurm, not %r" % value)
+            if value != "host" and value not in POOLS:
+                raise QpyError("type must be host or %s, not %r" % (" or ".join(POOLS), value))
             node["kind"] = value
-        elif key in SLURM_KEYS:
-            node[key] = value
+        else:  # a pool's own setting
+            options[key] = value
     if node["cores"] is None:
         raise QpyError("node %s has no number of cores (cores=<n>)" % name)
     if not node["address"] or node["address"].startswith("-"):  # ssh would read an option
         raise QpyError("address must be a host name or user@host, not %r" % node["address"])
-    if node["kind"] == "slurm":
-        if not node["partition"]:
-            raise QpyError("Slurm pool %s needs its partition (partition=<name>)" % name)
+    pool = POOLS.get(node["kind"])
+    if pool:
         if "address" in given:
-            raise QpyError("Slurm pool %s is reached by this machine's sbatch, not by an "
-                           "address" % name)
+            raise QpyError("%s pool %s is reached from this machine, not by an address"
+                           % (pool["name"], name))
+        foreign = sorted(set(options) - set(pool["options"]))
+        if foreign:
+            raise QpyError("%s is not a setting of %s pools" % (foreign[0], pool["name"]))
+        pool["check"](node, options)
         node["address"] = "localhost"
-        import shlex
-        shlex.split(node["extra"] or "")  # unbalanced quotes are refused here, not at sbatch
+        node["options"] = json.dumps(options, sort_keys=True)
     else:
-        if given & set(SLURM_KEYS):
-            raise QpyError("%s is only for Slurm pools (type=slurm)"
-                           % min(given & set(SLURM_KEYS)))
+        only = sorted(set(options) | ({"max_jobs"} & given))
+        if only:
+            kind = pool_keys.get(only[0])
+            raise QpyError("%s is only for %s (type=%s)" % (
+                only[0], "%s pools" % POOLS[kind]["name"] if kind else "pools",
+                kind or "|".join(POOLS)))
         if node["mem"] is None and is_local(node["address"]):
             node["mem"] = machine_memory()
     return node
@@ -1530,7 +1561,7 @@ def choose_node(job, nodes, free, refusal=None):
                   if node["state"] == "up" and fits(free[node["name"]], job)
                   and matches_attributes(tree, node_labels(node))
                   and not (refusal and node["name"] == refusal["node"])]
-    candidates = [node for node in candidates if node["kind"] != "slurm"] or candidates
+    candidates = [node for node in candidates if node["kind"] not in POOLS] or candidates
     if not candidates:
         return None
     if job["n_cores"] == 1:
@@ -1540,9 +1571,13 @@ def choose_node(job, nodes, free, refusal=None):
 
 
 def why_no_node(job, nodes, refusal=None):
-    """The pending reason of a job that fits on no node now."""
+    """The pending reason of a job that fits on no node now. Only the nodes it could ever run
+    on count (a lab node too small for it is no reason to wait for resources, when the only
+    pool that could run it is down or refused it)."""
     tree = parse_attributes(job["attributes"])
-    matching = [node for node in nodes if matches_attributes(tree, node_labels(node))]
+    matching = [node for node in nodes if matches_attributes(tree, node_labels(node))
+                and fits({"cores": node["cores"], "mem": node_memory(node), "gpus": node["gpus"],
+                          "jobs": 1}, job)]
 
     def unavailable(node):  # why the job cannot go there at all, or None
         if refusal and node["name"] == refusal["node"]:
@@ -1676,7 +1711,7 @@ def schedule(nodes, live_jobs, blocked_users, shares=None, held=None, queue_coun
     Returns ([(job id, node name)], {job id: why it waits}). A job that does not fit is passed
     over so that smaller jobs behind it can start (backfilling)."""
     free = free_resources(nodes, live_jobs)
-    total = sum(node["cores"] for node in nodes)
+    total = sum(node["cores"] for node in nodes if node["state"] == "up")
     held, refusals = held or {}, refusals or {}
     used, queued, array_running = {}, {}, {}
     for job in live_jobs:
@@ -1694,7 +1729,7 @@ def schedule(nodes, live_jobs, blocked_users, shares=None, held=None, queue_coun
     waiting = [job for job in live_jobs if job["status"] == "queue"]
     while True:  # until a pass places nothing: a placement may make another job admissible
         before = len(placements)
-        for job in waiting:
+        for job in in_fair_order(waiting, shares, used):
             limit = job["array_limit"]
             if job["id"] in held:
                 where, why = None, held[job["id"]]
@@ -1716,12 +1751,33 @@ def schedule(nodes, live_jobs, blocked_users, shares=None, held=None, queue_coun
         waiting = [job for job in waiting if job["id"] not in placed]
 
 
+def in_fair_order(waiting, shares, used):
+    """The queued jobs in the order a pass considers them: with a fair share, next a job of
+    the user furthest below their share at that moment (`used` grows as jobs are placed), in
+    their queue order, ties to whoever queued first; without one, queue order."""
+    if shares is None:
+        yield from waiting
+        return
+    queues = {}  # user: [(place in the queue, job)...], in queue order
+    for index, job in enumerate(waiting):
+        queues.setdefault(job["user"], []).append((index, job))
+    while queues:
+        user = max(queues, key=lambda u: (sum(shares.get(u, (0, 0))) - used.get(u, 0),
+                                          -queues[u][0][0]))
+        yield queues[user].pop(0)[1]
+        if not queues[user]:
+            del queues[user]
+
+
 def place_one(job, nodes, free, total, used, queued, blocked_users, shares, refusal):
     """Place one queued job if its user's share and the nodes allow it, updating the counts.
     Returns (node name, None), or (None, why it waits)."""
     user = job["user"]
     if user in blocked_users:
         return None, blocked_users[user]
+    why = why_no_node(job, nodes, refusal)
+    if why.startswith("waiting for a node"):  # (no node that could run it is there to use:
+        return None, why                      # that, not the share, is why it waits)
     if shares is not None:
         reserved = sum(max(0, least - used.get(u, 0)) for u, (least, _) in shares.items()
                        if u != user)
@@ -1733,7 +1789,7 @@ def place_one(job, nodes, free, total, used, queued, blocked_users, shares, refu
                           else "waiting for free cores")
     node = choose_node(job, nodes, free, refusal)
     if node is None:
-        return None, why_no_node(job, nodes, refusal)
+        return None, why
     hold(free[node["name"]], job)
     used[user] = used.get(user, 0) + job["n_cores"]
     queued[user] -= 1
@@ -1858,7 +1914,7 @@ def tick_pass(fork_runners=True):
     Slurm missed."""
     me = ticking_user()
     probe_down_nodes()
-    slurm, unreachable = follow_pools(me)
+    followed, unreachable = follow_pools(me)
     verdicts = ask_nodes(atomically(lambda db: late_runners(db, me), write=False))
 
     def decide(db):
@@ -1868,15 +1924,15 @@ def tick_pass(fork_runners=True):
         db.execute("INSERT INTO meta (key, value) VALUES ('tick_passes', '1') "
                    "ON CONFLICT (key) DO UPDATE SET value = value + 1")
         for pool, error in unreachable.items():
-            mark_down(db, pool, "squeue failed: " + error, time.time())
-        cancels = reconcile(db, me, slurm, verdicts)
+            mark_down(db, pool, error, time.time())
+        cancels = reconcile(db, me, followed, verdicts)
         return claim_jobs(db, me), cancels
 
     claims, cancels = atomically(decide)
     crash_point("tick:claimed")
     launch_all(claims, fork_runners)
     crash_point("tick:launched")
-    cancel_in_slurm(cancels)
+    cancel_in_pools(cancels)
 
 
 def claim_jobs(db, me, only=None):
@@ -1893,8 +1949,7 @@ def claim_jobs(db, me, only=None):
     nodes = db.execute("SELECT * FROM nodes ORDER BY position, name").fetchall()
     blocked = {row["name"]: "queue paused" if row["paused"] else "qpy finish"
                for row in db.execute("SELECT * FROM users WHERE paused OR finished")}
-    shares = compute_shares(load_rules(db), share_holders(db),
-                            sum(node["cores"] for node in nodes))
+    shares = compute_shares(load_rules(db), share_holders(db), shared_cores(db))
     held, dropped = hold_for_dependencies(db)
     live, left_out = jobs_to_schedule(db)
     live = [job for job in live if job["id"] not in dropped]
@@ -1910,9 +1965,10 @@ def claim_jobs(db, me, only=None):
         if job["id"] in pending and job["reason"] != pending[job["id"]]:
             db.execute("UPDATE jobs SET reason = ? WHERE id = ?", (pending[job["id"]], job["id"]))
     by_id = {job["id"]: job for job in live}
-    # the others' jobs are handed on to their owners' ticks (or root's)
-    for user in {by_id[job_id]["user"] for job_id, _ in placements} - {me, None}:
-        request_tick(db, user)
+    # the others' jobs are handed on to their owners' ticks (or root's, which claims them all)
+    if me is not None:
+        for user in {by_id[job_id]["user"] for job_id, _ in placements} - {me}:
+            request_tick(db, user)
     placements = [(job_id, node) for job_id, node in placements
                   if me is None or by_id[job_id]["user"] == me]
     if only is not None:
@@ -1921,7 +1977,7 @@ def claim_jobs(db, me, only=None):
         if len(placements) > len(mine):
             request_tick(db)
         placements = mine
-    pools = {node["name"] for node in nodes if node["kind"] == "slurm"}
+    pools = {node["name"] for node in nodes if node["kind"] in POOLS}
     devices = gpus_in_use(live)
     claims = []
     for job_id, node_name in placements:
@@ -2022,6 +2078,13 @@ def load_rules(db):
     return json.loads(row[0]) if row else DEFAULT_RULES
 
 
+def shared_cores(db):
+    """The cores shared out among the users: those of the nodes that are up (a down node's
+    cores are nobody's until it is back; a drained node's go on being used, then are not)."""
+    return db.execute("SELECT COALESCE(SUM(cores), 0) FROM nodes WHERE state = 'up'") \
+        .fetchone()[0]
+
+
 def share_holders(db):
     """The users the cores are shared among: allowed_users if the site has the list, else
     everyone who has used this state directory."""
@@ -2029,51 +2092,55 @@ def share_holders(db):
     return names or [row[0] for row in db.execute("SELECT name FROM users ORDER BY rowid")]
 
 
-def reconcile(db, me=None, slurm=None, verdicts=None):
+def reconcile(db, me=None, followed=None, verdicts=None):
     """Inside the tick's transaction: take back claims nobody confirmed in time, harvest exit
     records the DB missed, and end running jobs whose runner or node is gone. A user's tick
     looks only at that user's jobs (other users' files are closed to it); root's at all.
-    slurm: what follow_pools learnt, {pool: {Slurm ID: (state, reason)}}; a pool missing there
+    followed: what follow_pools learnt, {pool: {external ID: state}}; a pool missing there
     did not answer, and its jobs are left as they are. verdicts: what ask_nodes learnt of the
     runners whose heartbeat is late on the other hosts, {job id: 'alive', 'gone' (its orphans
     were stopped) or 'unreachable'}. One job's damaged files never stop the others: what
     fails is logged and that job is left for later. Returns the Slurm IDs of the jobs killed
-    with qpy kill that Slurm still runs (the scancel of qpy kill failed): the tick cancels them
-    again."""
+    with qpy kill that their pool still runs (qpy kill's cancel failed): the tick cancels them
+    again, as (kind, external ID)."""
     now = time.time()
     cancels = []
-    slurm, verdicts = slurm or {}, verdicts or {}
+    followed, verdicts = followed or {}, verdicts or {}
     timeout = meta_number(db, "launch_timeout")
     node_timeout = meta_number(db, "node_timeout")
     for job in live_jobs(db, me, HOLDING):
         try:
             if job["status"] == "starting":
-                # (a job handed to Slurm may wait there for hours: its Slurm ID tells)
-                if job["claimed_at"] < now - timeout and (not job["slurm_id"] or not job["kind"]):
+                # (a job handed to a pool may wait there for hours: its external ID tells)
+                if job["claimed_at"] < now - timeout and (not job["external_id"]
+                                                          or not job["kind"]):
                     return_to_queue(db, job, "launch timed out")
-                elif job["slurm_id"] and job["node"] in slurm:
-                    follow_slurm_job(db, job, slurm[job["node"]].get(job["slurm_id"]))
+                elif job["external_id"] and job["node"] in followed:
+                    POOLS[job["kind"]]["fate"](db, job, followed[job["node"]].get(
+                        job["external_id"]))
                 continue
             record = read_exit_record(job)
             if record is not None:
                 finish(db, job, record)
-            elif job["slurm_id"] and job["node"] in slurm:
-                slurm_state = slurm[job["node"]].get(job["slurm_id"])
-                follow_slurm_job(db, job, slurm_state)
-                if job["kill_requested"] and slurm_state and slurm_state[0] == "RUNNING":
-                    cancels.append(job["slurm_id"])
+            elif job["external_id"] and job["node"] in followed:
+                pool = POOLS[job["kind"]]
+                state = followed[job["node"]].get(job["external_id"])
+                pool["fate"](db, job, state)
+                if job["kill_requested"] and state and pool["running"](state):
+                    cancels.append((job["kind"], job["external_id"]))
             elif job["kind"] == "host" and is_local(job["address"]):
                 if not process_alive(job["runner_pid"], job["runner_boot"]):
                     after_commit(stop_orphans, job, meta_number(db, "kill_grace"))
                     end_lost_job(db, job, "runner lost")
             elif now - last_heartbeat(job) > node_timeout:
-                verdict = verdicts.get(job["id"], "unreachable" if job["kind"] == "slurm"
-                                       or not job["kind"] else None)
+                verdict = verdicts.get(job["id"], "unreachable" if job["kind"] != "host"
+                                       else None)
                 if verdict == "gone":  # its node answered: only the runner is lost
                     end_lost_job(db, job, "runner lost")
                 elif verdict == "unreachable":
                     if job["kind"] == "host":  # (one lost job does not make a pool down)
                         mark_down(db, job["node"], "no heartbeat from job %d" % job["id"], now)
+                        remember_lost_job(db, job)
                     end_lost_job(db, job, "node lost")
         except Exception:
             log_exception("reconciling job %d" % job["id"])
@@ -2092,7 +2159,7 @@ def live_jobs(db, me=None, statuses=LIVE):
 
 
 # A job's row with what the engine needs of its node (None when the node was removed).
-JOB_WITH_NODE = ("SELECT j.*, n.kind, n.address, n.partition, n.account, n.qos, n.extra "
+JOB_WITH_NODE = ("SELECT j.*, n.kind, n.address, n.options "
                  "FROM jobs j LEFT JOIN nodes n ON n.name = j.node")
 
 
@@ -2113,6 +2180,82 @@ def end_lost_job(db, job, reason, may_requeue=True):
     return finish(db, job, {"status": "killed" if killed else "failed",
                             "reason": "killed by the user (%s)" % reason if killed else reason,
                             "ended_at": time.time()})
+
+
+def remember_lost_job(db, job):
+    """A job given up with its node, whose processes may still run there (a partition): the
+    node's `lost` list, [[job id, user]...], for when it answers again (stop_leftovers)."""
+    row = db.execute("SELECT lost FROM nodes WHERE name = ?", (job["node"],)).fetchone()
+    lost = json.loads(row[0]) if row and row[0] else []
+    db.execute("UPDATE nodes SET lost = ? WHERE name = ?",
+               (json.dumps(lost + [[job["id"], job["user"]]]), job["node"]))
+
+
+def take_leftovers(db, node, me):
+    """Inside a transaction: the lost jobs of a node that answers again that this tick can
+    stop there (root's: all; a user's: their own), taken off its list. {user: [job ids]}."""
+    row = db.execute("SELECT lost FROM nodes WHERE name = ?", (node,)).fetchone()
+    lost = json.loads(row[0]) if row and row[0] else []
+    mine = [item for item in lost if me is None or item[1] == me]
+    if mine:
+        rest = [item for item in lost if item not in mine]
+        db.execute("UPDATE nodes SET lost = ? WHERE name = ?",
+                   (json.dumps(rest) if rest else None, node))
+    taken = {}
+    for job_id, user in mine:
+        taken.setdefault(user, []).append(job_id)
+    return taken
+
+
+def stop_leftovers(address, leftovers):
+    """On a node back after a partition: stop what the jobs qpy gave up with it still run
+    there, by ssh as their owners (node_leftovers)."""
+    import pwd
+    calls = []
+    for user, job_ids in leftovers.items():
+        try:
+            owner = pwd.getpwnam(user) if os.geteuid() == 0 else None
+        except KeyError:
+            continue
+        calls.append((address, qpy_on_node("_leftovers", *job_ids), owner))
+    for (_, command, _), (status, _, error) in zip(calls, run_on_nodes(calls)):
+        if status != 0:
+            log_event("could not stop the leftovers of jobs %s on %s: %s" % (
+                " ".join(command[command.index("_leftovers") + 1:]), address, error))
+
+
+def node_leftovers(*job_ids):
+    """`qpy _leftovers ID...`, run on a node as the jobs' owner: stop the process groups of
+    this user that carry QPY_JOB_ID=<ID> and this state's QPY_STATE_ID (SIGTERM, SIGKILL after
+    kill_grace): what jobs qpy has given up with this node left running."""
+    ids = {int(job_id) for job_id in job_ids}
+    state = read_identity(state_dir())
+    grace = atomically(lambda db: meta_number(db, "kill_grace"), write=False)
+    for pgid, job_id in job_groups(ids, state):
+        signal_group(pgid, signal.SIGTERM)
+        detach(kill_group_later, pgid, job_id, grace)
+    return 0
+
+
+def job_groups(job_ids, state):
+    """{(process group, job id)} of this user's processes that belong to these jobs of this
+    state (their environment says so)."""
+    found = set()
+    marker = ("QPY_STATE_ID=%s" % state).encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/environ" % entry, "rb") as f:
+                environ = f.read().split(b"\0")
+            if marker not in environ:
+                continue
+            job = [v[11:] for v in environ if v.startswith(b"QPY_JOB_ID=")]
+            if job and int(job[0]) in job_ids:
+                found.add((os.getpgid(int(entry)), int(job[0])))
+        except (OSError, ValueError):
+            continue
+    return found
 
 
 def late_runners(db, me):
@@ -2417,7 +2560,10 @@ def launch_all(claims, fork_runners=True):
         else:
             owners[job["id"]] = None
     ready = [job for job in claims if job["id"] in owners]
-    pooled = [job for job in ready if job["kind"] == "slurm"]
+    pooled = {}  # kind: its claims, handed to the pools of that kind at once
+    for job in ready:
+        if job["kind"] in POOLS:
+            pooled.setdefault(job["kind"], []).append(job)
     batches = {}  # one ssh per node and owner starts the runners of all their jobs there
     for job in ready:
         if job["kind"] == "host":
@@ -2440,19 +2586,23 @@ def launch_all(claims, fork_runners=True):
     for jobs, (status, _, error) in zip(started.values(), run_on_nodes(calls)):
         if status != 0:
             failures += [(job, error) for job in jobs]
-    submitted, refused, not_submitted = sbatch_all(pooled, owners)
-    failures += not_submitted
+    submitted, refused = [], []
+    for kind, jobs in pooled.items():
+        taken, not_taken, not_submitted = POOLS[kind]["submit"](jobs, owners)
+        submitted += taken
+        refused += not_taken
+        failures += not_submitted
     if not (failures or unowned or submitted or refused):
         return
 
     def record(db):
         now = time.time()
-        for job, slurm_id in submitted:  # the runner may have confirmed already
-            db.execute("UPDATE jobs SET slurm_id = ? WHERE id = ? AND attempt = ?",
-                       (slurm_id, job["id"], job["attempt"]))
-            db.execute("UPDATE jobs SET reason = 'waiting in Slurm' "
-                       "WHERE id = ? AND attempt = ? AND status = 'starting'",
-                       (job["id"], job["attempt"]))
+        for job, external_id in submitted:  # the runner may have confirmed already
+            db.execute("UPDATE jobs SET external_id = ? WHERE id = ? AND attempt = ?",
+                       (external_id, job["id"], job["attempt"]))
+            db.execute("UPDATE jobs SET reason = ? WHERE id = ? AND attempt = ? AND status = "
+                       "'starting'", ("waiting in " + POOLS[job["kind"]]["name"], job["id"],
+                                      job["attempt"]))
         back = []  # (job, reason, refusal): the claims that go back to the queue
         for job, error in failures:
             mark_down(db, job["node"], "launch failed: " + error, now)
@@ -2483,21 +2633,22 @@ def mark_down(db, node, reason, now):
 
 def nodes_due_for_probe(db):
     """The down nodes whose last probe is older than probe_interval."""
-    return db.execute("SELECT name, kind, address, partition FROM nodes "
+    return db.execute("SELECT name, kind, address, options FROM nodes "
                       "WHERE state = 'down' AND (probed_at IS NULL OR probed_at < ?)",
                       (time.time() - meta_number(db, "probe_interval"),)).fetchall()
 
 
 def probe_down_nodes():
-    """Probe each down node whose last probe is old enough (ssh for a host, sinfo for a Slurm
-    pool); those that answer are up again."""
+    """Probe each down node whose last probe is old enough (ssh for a host, its kind's probe
+    for a pool); those that answer are up again."""
     nodes = atomically(nodes_due_for_probe, write=False)
     if not nodes:
         return
     # {node: what is wrong, or None: it answered}; a node not in it was not probed
     answers = {node["name"]: None for node in nodes
                if node["kind"] == "host" and is_local(node["address"])}
-    answers.update(probe_pools([node for node in nodes if node["kind"] == "slurm"]))
+    for kind, pool in POOLS.items():
+        answers.update(pool["probe"]([node for node in nodes if node["kind"] == kind]))
     hosts = [node for node in nodes if node["kind"] == "host" and not is_local(node["address"])]
     prober = None
     if hosts and os.geteuid() == 0:  # root need not reach the nodes: as a user who needs them
@@ -2519,24 +2670,88 @@ def probe_down_nodes():
     answers.update((node["name"], error if status else None)
                    for node, (status, _, error) in zip(hosts, results))
 
+    me = ticking_user()
+
     def record(db):
         now = time.time()
+        leftovers = {}  # node: {user: [job ids]} to stop there now that it answers
         for name, error in answers.items():
             if error is None:
                 db.execute("UPDATE nodes SET state = 'up', state_reason = NULL, probed_at = ? "
                            "WHERE name = ? AND state = 'down'", (now, name))
                 request_tick(db)
+                leftovers[name] = take_leftovers(db, name, me)
             else:
                 db.execute("UPDATE nodes SET probed_at = ?, state_reason = ? WHERE name = ?",
                            (now, "probe failed: " + error, name))
-    atomically(record)
+        return leftovers
+    leftovers = atomically(record)
+    addresses = {node["name"]: node["address"] for node in nodes}
+    for name, jobs in leftovers.items():
+        if jobs and not is_local(addresses[name]):
+            stop_leftovers(addresses[name], jobs)
 
 
 # --------------------------------------------------------------------------------------------
-# Slurm pools: the tick hands a placed job to sbatch, as its owner; the batch job runs qpy's
-# runner (so the started marker, exit record and accounting are as on any node); each tick
-# follows all of a pool's jobs with one squeue. qpy never schedules inside Slurm.
+# Pools: batch systems that qpy hands jobs to, each one node of the nodes file (type=<kind>).
+# The tick hands a placed job over as its owner; the batch job runs qpy's runner (so the
+# started marker, exit record and accounting are as on any node); each tick follows all of a
+# pool's jobs with one call. qpy never schedules inside a pool. A kind is one entry of POOLS:
+#   name                what users see ("Slurm")
+#   options             its settings in the nodes file, beside every node's
+#   check(node, opts)   validate them (raise QpyError)
+#   submit(jobs, owners) -> ([(job, external ID)] taken, [(job, why)] refused by a pool that
+#                       answers, [(job, error)] not taken because the pool did not answer)
+#   follow({pool: [external IDs]}) -> ({pool: {ID: state}}, {pool: why it did not answer})
+#   fate(db, job, state)  a job without an exit record, and what follow said (None: unknown)
+#   running(state)      the pool still runs it (a lost qpy kill is sent again)
+#   cancel([IDs])       did the pool take the cancel
+#   probe([pools])      {pool: None if it answers, else what is wrong}
+#   environment(job)    {name: value} the runner passes on to the job from the pool's own
+#   id_variable         where the runner finds its job's external ID
+#   takes_next_job      False: a runner there runs its one job (the pool allocated only it)
+#   sigterm_means_kill  a SIGTERM to the runner is the pool's (a cancel, a limit), not a stray
+#   doctor(pool, report)  qpy_admin.py doctor's checks
+# The engine calls only these: a new kind is its functions and one more entry.
 # --------------------------------------------------------------------------------------------
+
+def node_options(row):
+    """A pool node's own settings (the nodes file's pool keys), from its row or claim."""
+    return json.loads(row["options"]) if row["options"] else {}
+
+
+def follow_pools(me):
+    """One follow per pool kind for all its qpy jobs (outside the lock: a pool may be slow).
+    Returns ({pool: {external ID: state}} for the pools that answered, {pool: error}). A
+    user's tick follows only that user's jobs."""
+    def read(db):
+        return db.execute("SELECT j.node, n.kind, j.external_id FROM jobs j JOIN nodes n ON "
+                          "n.name = j.node WHERE j." + LIVE_SQL + " AND j.status != 'queue' "
+                          "AND j.external_id IS NOT NULL" + (
+                              "" if me is None else " AND +j.user = ?"),
+                          () if me is None else (me,)).fetchall()
+    ids = {}  # kind: {pool: [external IDs]}
+    for node, kind, external_id in atomically(read, write=False):
+        if kind in POOLS:
+            ids.setdefault(kind, {}).setdefault(node, []).append(external_id)
+    states, errors = {}, {}
+    for kind, pools in ids.items():
+        answered, failed = POOLS[kind]["follow"](pools)
+        states.update(answered)
+        errors.update(failed)
+    return states, errors
+
+
+def cancel_in_pools(jobs):
+    """Cancel these pool jobs, [(kind, external ID)], one call per kind; did every pool take
+    it?"""
+    ids = {}
+    for kind, external_id in jobs:
+        ids.setdefault(kind, []).append(external_id)
+    return all([POOLS[kind]["cancel"](kind_ids) for kind, kind_ids in ids.items()])
+
+
+# --- Slurm: sbatch, squeue, scancel and sinfo on this machine --------------------------------
 
 SLURM_TIMEOUT = 60  # seconds; sbatch and squeue retry for a while when slurmctld is down
 # Slurm's end states, and what a job that ended so without an exit record becomes.
@@ -2551,27 +2766,35 @@ SLURM_REQUEUABLE = ("NODE_FAIL", "PREEMPTED", "BOOT_FAIL")  # not the job's faul
 SLURM_RUNNING = ("RUNNING", "COMPLETING", "SIGNALING", "STAGE_OUT")
 
 
+def slurm_check(node, options):
+    import shlex
+    if not options.get("partition"):
+        raise QpyError("Slurm pool %s needs its partition (partition=<name>)" % node["name"])
+    shlex.split(options.get("extra") or "")  # unbalanced quotes are refused here, not at sbatch
+
+
 def sbatch_command(job):
     """The sbatch call that hands a claimed job to its pool: its cores, memory, GPUs and time
     limit as Slurm requests (Slurm's limit a little later than qpy's own, so that the runner
     ends the job and records it), the runner as the batch script."""
     import math
     import shlex
+    options = node_options(job)
     argv = ["sbatch", "--parsable", "--job-name=qpy_%d" % job["id"],
-            "--partition=" + job["partition"], "--ntasks=1",
+            "--partition=" + options["partition"], "--ntasks=1",
             "--cpus-per-task=%d" % job["n_cores"], "--chdir=" + job["cwd"],
-            "--output=" + run_file(job, "slurm")]
+            "--output=" + run_file(job, "batch")]
     if job["mem"] > 0:
         argv.append("--mem=%dM" % math.ceil(job["mem"] * 1024))
     if job["gpus"]:
         argv.append("--gres=gpu:%d" % job["gpus"])
     if job["time_limit"]:
         argv.append("--time=%d" % (math.ceil(job["time_limit"] / 60) + 2))  # minutes
-    if job["account"]:
-        argv.append("--account=" + job["account"])
-    if job["qos"]:
-        argv.append("--qos=" + job["qos"])
-    argv += shlex.split(job["extra"] or "")
+    if options.get("account"):
+        argv.append("--account=" + options["account"])
+    if options.get("qos"):
+        argv.append("--qos=" + options["qos"])
+    argv += shlex.split(options.get("extra") or "")
     return argv + ["--wrap", "exec " + shlex.join(qpy_on_node("_slurm", job["id"],
                                                                   job["attempt"]))]
 
@@ -2590,44 +2813,34 @@ def sbatch_all(jobs, owners):
             failures.append((job, error if status else "sbatch said %r" % out.strip()))
     crash_point("tick:sbatched")
     if failures:
-        pools = {job["node"]: {"name": job["node"], "partition": job["partition"]}
+        pools = {job["node"]: {"name": job["node"], "options": job["options"]}
                  for job, _ in failures}
-        answers = probe_pools(list(pools.values()))
+        answers = sinfo_pools(list(pools.values()))
         refused = [(job, error) for job, error in failures if answers[job["node"]] is None]
         failures = [(job, error) for job, error in failures if answers[job["node"]] is not None]
     return submitted, refused, failures
 
 
-def cancel_in_slurm(slurm_ids):
+def scancel(slurm_ids):
     """scancel these Slurm jobs (one call for all); did Slurm take it?"""
     return not slurm_ids or run_all([(["scancel"] + slurm_ids, None, None)],
                                     SLURM_TIMEOUT)[0][0] == 0
 
 
-def probe_pools(pools):
+def sinfo_pools(pools):
     """Ask Slurm about each pool's partition (sinfo, all at once): {pool: None if it is up,
     else what is wrong}."""
-    results = run_all([(["sinfo", "--noheader", "--partition=" + pool["partition"],
-                         "--format=%a"], None, None) for pool in pools], SLURM_TIMEOUT)
+    partitions = [node_options(pool)["partition"] for pool in pools]
+    results = run_all([(["sinfo", "--noheader", "--partition=" + partition, "--format=%a"],
+                        None, None) for partition in partitions], SLURM_TIMEOUT)
     return {pool["name"]: error if status else None if out.split() == ["up"] else
-            "partition %s is %s" % (pool["partition"], " ".join(out.split()) or "missing")
-            for pool, (status, out, error) in zip(pools, results)}
+            "partition %s is %s" % (partition, " ".join(out.split()) or "missing")
+            for pool, partition, (status, out, error) in zip(pools, partitions, results)}
 
 
-def follow_pools(me):
-    """One squeue per pool for all its qpy jobs (outside the lock: Slurm may be slow). Returns
-    ({pool: {Slurm ID: (state, Slurm's reason)}} for the pools that answered, {pool: error}).
-    A user's tick follows only that user's jobs."""
-    def read(db):
-        return db.execute("SELECT j.node, j.slurm_id FROM jobs j JOIN nodes n ON n.name = j.node "
-                          "WHERE j." + LIVE_SQL + " AND j.status != 'queue' AND n.kind = 'slurm' "
-                          "AND j.slurm_id IS NOT NULL" + ("" if me is None else " AND +j.user = ?"),
-                          () if me is None else (me,)).fetchall()
-    ids = {}
-    for node, slurm_id in atomically(read, write=False):
-        ids.setdefault(node, []).append(slurm_id)
-    if not ids:
-        return {}, {}
+def squeue_pools(ids):
+    """One squeue per pool for these jobs: ({pool: {Slurm ID: (state, Slurm's reason)}},
+    {pool: error})."""
     pools = sorted(ids)
     commands = [(["squeue", "--noheader", "--states=all", "--format=%i|%T|%r",
                   "--jobs=" + ",".join(ids[pool])], None, None) for pool in pools]
@@ -2637,11 +2850,11 @@ def follow_pools(me):
             states[pool] = {fields[0]: (fields[1], fields[2]) for fields in
                             (line.split("|") for line in out.splitlines()) if len(fields) == 3}
         else:
-            errors[pool] = error
+            errors[pool] = "squeue failed: " + error
     return states, errors
 
 
-def follow_slurm_job(db, job, slurm_state):
+def slurm_fate(db, job, slurm_state):
     """Inside the tick's transaction: a pool job that has no exit record, and what squeue says
     of it (None: Slurm no longer knows it). A job Slurm still holds waits; one that ended in
     Slurm without qpy's record ends (or is queued again, for --requeue and a fault of Slurm's)."""
@@ -2652,7 +2865,7 @@ def follow_slurm_job(db, job, slurm_state):
         reason = SLURM_ENDINGS.get(state, "vanished from Slurm")
         if job["status"] == "starting":
             reason = "Slurm job %s ended before qpy's runner started it: %s" % (
-                job["slurm_id"], state)
+                job["external_id"], state)
         if job["requeue"] and not job["kill_requested"] and (
                 state in SLURM_REQUEUABLE or job["status"] == "starting"):
             return_to_queue(db, job, "requeued: " + reason)
@@ -2667,6 +2880,42 @@ def follow_slurm_job(db, job, slurm_state):
             db.execute("UPDATE jobs SET reason = ? WHERE id = ?", (waiting, job["id"]))
 
 
+def slurm_environment(job):
+    """Slurm's own word on the allocation, and its GPUs."""
+    env = {name: os.environ[name] for name in ("SLURM_JOB_ID", "SLURM_JOB_NODELIST",
+                                               "SLURMD_NODENAME", "CUDA_VISIBLE_DEVICES")
+           if name in os.environ}
+    if job["gpus"] and "CUDA_VISIBLE_DEVICES" in os.environ:
+        env["QPY_GPUS"] = os.environ["CUDA_VISIBLE_DEVICES"]
+    return env
+
+
+def slurm_doctor(pool, report):
+    """doctor's checks of a Slurm pool: Slurm's commands are here, slurmctld answers, the
+    partition exists and is up."""
+    import shutil
+    missing = [name for name in ("sbatch", "squeue", "scancel", "sinfo") if not shutil.which(name)]
+    if missing:
+        report(False, "Slurm pool %s: Slurm's commands" % pool["name"],
+               "%s not found (install the Slurm client, e.g. slurm-client)" % ", ".join(missing))
+        return
+    problem = sinfo_pools([pool])[pool["name"]]
+    report(problem is None, "Slurm pool %s (partition %s)" % (
+        pool["name"], node_options(pool)["partition"]),
+        "%s (sinfo -s lists the partitions; is slurmctld running, SLURM_CONF right?)" % problem)
+
+
+SLURM = {
+    "name": "Slurm", "options": ("partition", "account", "qos", "extra"), "check": slurm_check,
+    "submit": sbatch_all, "follow": squeue_pools, "fate": slurm_fate,
+    "running": lambda state: state[0] == "RUNNING", "cancel": scancel, "probe": sinfo_pools,
+    "environment": slurm_environment, "id_variable": "SLURM_JOB_ID", "takes_next_job": False,
+    "sigterm_means_kill": True, "doctor": slurm_doctor,
+}
+
+POOLS = {"slurm": SLURM}  # the kinds of pool, by their type= in the nodes file
+
+
 # --------------------------------------------------------------------------------------------
 # Runner: runs on the node, as the job's owner, for the whole life of one job
 # --------------------------------------------------------------------------------------------
@@ -2677,20 +2926,16 @@ def job_environment(spec, job, node):
     inside the job does not pass it on to the next job."""
     env = dict(spec["env"])
     env.update(QPY_JOB_ID=str(job["id"]), QPY_NODE=node, QPY_N_CORES=str(job["n_cores"]),
-               QPY_MEM=str(float(job["mem"])))
+               QPY_MEM=str(float(job["mem"])), QPY_STATE_ID=state_id() or "")
     chosen = []
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         if name not in env:
             env[name] = str(job["n_cores"])
             chosen.append(name)
-    if job["kind"] == "slurm":  # Slurm's own word on the allocation, and its GPUs
-        for name in ("SLURM_JOB_ID", "SLURM_JOB_NODELIST", "SLURMD_NODENAME",
-                     "CUDA_VISIBLE_DEVICES"):
-            if name in os.environ:
-                env[name] = os.environ[name]
-                chosen.append(name)
-        if job["gpus"] and "CUDA_VISIBLE_DEVICES" in os.environ:
-            env["QPY_GPUS"] = os.environ["CUDA_VISIBLE_DEVICES"]
+    if job["kind"] in POOLS:  # the pool's own word on the allocation, and its GPUs
+        given = POOLS[job["kind"]]["environment"](job)
+        env.update(given)
+        chosen += [name for name in given if not name.startswith("QPY_")]
     elif job["gpus"]:
         env.update(CUDA_VISIBLE_DEVICES=job["gpu_ids"], QPY_GPUS=job["gpu_ids"])
         chosen.append("CUDA_VISIBLE_DEVICES")
@@ -2786,24 +3031,36 @@ def confirm(db, job_id, attempt):
     os.write(fd, str(attempt).encode())
     os.close(fd)
     now = time.time()
-    # in a pool, Slurm's job ID from Slurm itself: the tick that ran sbatch may have died
-    # before it could store it
-    slurm_id = os.environ.get("SLURM_JOB_ID") if job["kind"] == "slurm" else None
-    confirm_start(db, job, now, slurm_id)
+    # in a pool, the job's ID there from the pool itself: the tick that submitted it may have
+    # died before it could store it
+    external_id = os.environ.get(POOLS[job["kind"]]["id_variable"]) if job["kind"] in POOLS \
+        else None
+    confirm_start(db, job, now, external_id)
     settings = {key: meta_number(db, key) for key in ("kill_grace", "heartbeat", "node_timeout")}
-    return dict(job, status="running", started_at=now, slurm_id=slurm_id or job["slurm_id"],
-                runner_pid=os.getpid()), spec, settings
+    return dict(job, status="running", started_at=now,
+                external_id=external_id or job["external_id"], runner_pid=os.getpid()), \
+        spec, settings
+
+
+# The job file's format: 2 names the job IDs it is for ("ids"); 1, before that, did not.
+JOB_FILE_VERSION = 2
 
 
 def read_job_file(job):
     """A job's file (argv, directory, environment), checked: in its owner's spool directory,
-    owned by them, and naming this job. Raises QpyError."""
+    owned by them, and naming this job (a file of version 1, written before job files named
+    their jobs, is taken on the first two checks, as it was then). Raises QpyError."""
     check_job_file(job)
     try:
         with open(job["spec"]) as f:
             spec = json.load(f)
-        first, last = spec["ids"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        version = spec.get("version", 2 if "ids" in spec else 1)
+        if version > JOB_FILE_VERSION:
+            raise QpyError("job file %s is of version %s, written by a newer qpy"
+                           % (job["spec"], version))
+        first, last = spec["ids"] if version >= 2 else (job["id"], job["id"])
+        spec["argv"], spec["cwd"], spec["env"]  # (what every version has)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise QpyError("job file unreadable: %s" % e)
     if not first <= job["id"] <= last:
         raise QpyError("refused: the job file %s is not for job %d" % (job["spec"], job["id"]))
@@ -2813,15 +3070,15 @@ def read_job_file(job):
 def store_and_continue(db, job, record):
     """Inside a transaction: record how a job ended and, if another job of the same node and
     user can start now, claim it and confirm it at once (one transaction for both: short jobs
-    do not pay for a new process, a launch or another commit). A runner in a Slurm pool takes
-    no next job: Slurm allocated this one only. Returns (what confirm returns, or None;
+    do not pay for a new process, a launch or another commit). A runner in a pool takes no
+    next job unless its kind says so (the pool allocated this one only). Returns (what confirm returns, or None;
     whether a tick is wanted for other jobs). A runner whose attempt is not the job's any more
     records nothing, and takes no next job."""
     row = job_row(db, job["id"])
     if row is None or not finish(db, dict(row, attempt=job["attempt"]), record,
                                  run_files=False):
         return None, False
-    if job["kind"] == "slurm":
+    if job["kind"] in POOLS and not POOLS[job["kind"]]["takes_next_job"]:
         request_tick(db)  # (the site's timer hands the next job to the pool)
         return None, False
     me = ticking_user()
@@ -2952,7 +3209,8 @@ def supervise(job, pid, stop, wake, settings):
                 stopping = runner_displaced(job)
         if stop["asked"]:
             stop["asked"] = False
-            if stopping is None and (job["kind"] == "slurm" or kill_requested(job)):
+            if stopping is None and (job["kind"] in POOLS and POOLS[job["kind"]][
+                    "sigterm_means_kill"] or kill_requested(job)):
                 stopping = "terminated by SIGTERM"  # finish_job says 'killed' for a qpy kill
         if stopping is None and time_up and now >= time_up:
             stopping = "time limit"
@@ -3003,7 +3261,7 @@ def exit_record(job, status, rss, cpu_time, stopping=None):
 def kill_requested(job):
     """Was this job killed with qpy kill? A runner that runs job after job may get the SIGTERM
     meant for the job before (it ended meanwhile): only its own kill stops the job it runs
-    now. (In a Slurm pool a runner runs one job, and Slurm's SIGTERM is for it.)"""
+    now. (In a pool a runner runs one job, and the pool's SIGTERM is for it.)"""
     try:
         return bool(atomically(lambda db: db.execute(
             "SELECT kill_requested FROM jobs WHERE id = ?", (job["id"],)).fetchone()[0],
@@ -3102,6 +3360,12 @@ Examples:
     user = user_name()
     ensure_user_dirs(user)
     token = "%d-%d" % (time.time_ns(), os.getpid())
+    # the script is copied before the transaction (which may run twice, and holds the lock)
+    copy, run_argv = None, list(argv)
+    if script and (request["copy"] if "copy" in request else atomically(
+            lambda db: load_config(db, user)["copyScripts"], write=False)):
+        copy = copy_script(user, token, script[2])
+        run_argv = substitute_script(argv, script, copy)
 
     def insert(db):
         allowed = [row[0] for row in db.execute("SELECT name FROM allowed_users")]
@@ -3123,11 +3387,6 @@ Examples:
             if not db.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone():
                 raise QpyError("Job rejected: --%s names job %d, which does not exist."
                                % (kind, job_id))
-        run_argv = list(argv)
-        copy = None
-        if script and request.get("copy", config["copyScripts"]):
-            copy = copy_script(user, token, script[2])
-            run_argv = substitute_script(argv, script, copy)
         spec_path = os.path.join(user_dir(user), "spool", token + ".job")
         indices, limit = request["array"]
         ids = []
@@ -3152,13 +3411,18 @@ Examples:
                 "queue paused" if owner["paused"] else "qpy finish", ids[0], ids[-1]))
         # The job file names the IDs it is for: a row forged into the shared DB that points
         # at it (or at anybody else's file) is refused by the runner.
-        spec = {"argv": run_argv, "cwd": cwd, "env": submitted_environment(),
-                "script_copy": copy, "ids": [ids[0], ids[-1]]}
+        spec = {"version": JOB_FILE_VERSION, "argv": run_argv, "cwd": cwd,
+                "env": submitted_environment(), "script_copy": copy, "ids": [ids[0], ids[-1]]}
         write_atomically(spec_path, json.dumps(spec).encode())
         crash_point("sub:spooled")
         return ids, startable
 
-    ids, startable = atomically(insert)
+    try:
+        ids, startable = atomically(insert)
+    except BaseException:
+        if copy:
+            remove_quietly(copy)  # (a refused job leaves no copy behind)
+        raise
     crash_point("sub:committed")
     array = " (array %s)" % args["--array"] if args["--array"] else ""
     if len(ids) == 1:
@@ -3387,7 +3651,7 @@ def job_record(job, notes=""):
         "queued_at": job["queued_at"], "started_at": job["started_at"],
         "ended_at": job["ended_at"], "exit_code": job["exit_code"], "signal": job["signal"],
         "max_rss_kb": job["max_rss"], "cpu_time_s": job["cpu_time"], "attempts": job["attempt"],
-        "slurm_id": job["slurm_id"],
+        "external_id": job["external_id"],
         "notes": notes.strip("\n"),
     }
 
@@ -3516,7 +3780,7 @@ Examples:
             else:
                 undo(db, job, "killed while queued")
                 removed += 1
-                if job["slurm_id"]:  # handed to Slurm already: cancel it there too
+                if job["external_id"]:  # handed to a pool already: cancel it there too
                     to_signal.append(dict(job))
         if not removed and not to_signal:
             raise nothing_to_do(db, user, ranges, "kill")
@@ -3534,12 +3798,13 @@ Examples:
 
 def signal_jobs(jobs):
     """Ask the runners of these jobs to stop them: directly here, by ssh on other nodes, by
-    scancel in a Slurm pool (the runner gets Slurm's SIGTERM). A job whose runner is gone, or
-    whose node cannot be reached, is ended by the tick (its kill request is recorded); a kill
-    Slurm did not take is sent again by a later tick."""
+    the pool's cancel in a pool (the runner gets the pool's SIGTERM). A job whose runner is
+    gone, or whose node cannot be reached, is ended by the tick (its kill request is
+    recorded); a cancel the pool did not take is sent again by a later tick."""
     nodes = {node["name"]: node for node in atomically(
         lambda db: db.execute("SELECT name, kind, address FROM nodes").fetchall(), write=False)}
-    pooled = [job for job in jobs if job["slurm_id"]]
+    pooled = [job for job in jobs if job["external_id"] and job["node"] in nodes
+              and nodes[job["node"]]["kind"] in POOLS]
     hosts = [job for job in jobs if job not in pooled and job["status"] == "running"]
 
     def address(job):  # (a job's node may have been removed meanwhile)
@@ -3549,10 +3814,11 @@ def signal_jobs(jobs):
     lost = [job for job in local if not signal_runner(job)]
     results = run_on_nodes([(address(job), qpy_on_node("_signal", job["id"]), None)
                             for job in remote])
-    cancelled = cancel_in_slurm([job["slurm_id"] for job in pooled])
+    cancelled = cancel_in_pools([(nodes[job["node"]]["kind"], job["external_id"])
+                                 for job in pooled])
     if lost or any(result[0] != 0 for result in results):
         tick()
-    elif not cancelled:  # Slurm did not answer (nor will the tick's squeue now): no waiting
+    elif not cancelled:  # the pool did not answer (nor will the tick's follow now): no waiting
         atomically(request_tick)
         start_tick()
 
@@ -3591,6 +3857,7 @@ Examples:
         for job_id in ids:
             db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
             db.execute("DELETE FROM notes WHERE job_id = ?", (job_id,))
+        after_commit(remove_batch_outputs, user, ids)
         return len(ids)
 
     count = atomically(remove)
@@ -3634,11 +3901,11 @@ all; down or drained), as the original qpy did. With --json, the same as a JSON 
 
 
 def pool_note(node):
-    """What `status` says of a Slurm pool (a node of site_report): its jobs and max_jobs."""
-    if node["kind"] != "slurm":
+    """What `status` says of a pool (a node of site_report): its jobs and max_jobs."""
+    if node["kind"] not in POOLS:
         return ""
-    return " (Slurm: %d%s jobs)" % (node["jobs"], " of %d" % node["max_jobs"]
-                                    if node["max_jobs"] else "")
+    return " (%s: %d%s jobs)" % (POOLS[node["kind"]]["name"], node["jobs"], " of %d"
+                                 % node["max_jobs"] if node["max_jobs"] else "")
 
 
 def memory_cells(node):
@@ -3688,8 +3955,8 @@ Without arguments, show your settings. With a key, change it; 'default' restores
 
 Keys:
   checkFMT '<pattern>'     layout of check; keys %j %s %c %d %n %N %R %Q %S %E, and
-                           %a %m %A %x (exit code) %r (reason) %K (notes) %I (Slurm job
-                           ID); \\n \\t allowed
+                           %a %m %A %x (exit code) %r (reason) %K (notes) %I (the job's
+                           ID in its pool, Slurm's); \\n \\t allowed
   colour true|false        colour the output of check (only on a terminal)
   coloursScheme <queue> <running> <done> <killed> <undone> [<failed>]
                            from grey red green yellow blue magenta cyan white
@@ -3977,9 +4244,21 @@ def completion_ids(which="all"):
     return 0
 
 
+def completion_words(which):
+    """`qpy _words commands|statuses|config|node-keys`: the words TAB completion offers, from
+    where qpy defines them (bash_completion.sh keeps no copy)."""
+    words = {"commands": list(COMMANDS), "statuses": list(USER_STATUSES), "config": list(CONFIG),
+             "node-keys": ["%s=" % key for key in sorted(NODE_KEYS - {"type"})]
+             + ["type=host"] + ["type=%s" % kind for kind in POOLS]
+             + ["%s=" % key for pool in POOLS.values() for key in pool["options"]]}[which]
+    print(" ".join(words))
+    return 0
+
+
 # Commands qpy runs for itself (not for users): on nodes, and for TAB completion.
 NODE_COMMANDS = {"_run": node_run, "_slurm": node_slurm, "_signal": node_signal,
-                 "_reap": node_reap, "_ids": completion_ids}
+                 "_reap": node_reap, "_leftovers": node_leftovers, "_ids": completion_ids,
+                 "_words": completion_words}
 
 
 def usage_text():
@@ -4032,7 +4311,7 @@ def main(argv=None):
     if name in NODE_COMMANDS:
         try:
             return NODE_COMMANDS[name](*rest)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, KeyError):
             sys.stderr.write("qpy: %s is qpy's own command (%s), not for users.\n"
                              % (name, NODE_COMMANDS[name].__doc__.split("`")[1]))
             return 2

@@ -80,7 +80,7 @@ import qpy
 SETTINGS = ("launch_timeout", "kill_grace", "heartbeat", "node_timeout", "probe_interval",
             "ssh_timeout")
 NODE_COLUMNS = ("name", "kind", "address", "cores", "mem", "gpus", "attributes", "pref_multicore",
-                "partition", "max_jobs", "account", "qos", "extra")
+                "max_jobs", "options")
 
 
 def store_nodes(nodes, replace_all):
@@ -159,10 +159,10 @@ def distribute(path):
         db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('rules', ?)",
                    (json.dumps(rules),))
         qpy.request_tick(db)
-        total = db.execute("SELECT COALESCE(SUM(cores), 0) FROM nodes").fetchone()[0]
+        total = qpy.shared_cores(db)
         return qpy.compute_shares(rules, qpy.share_holders(db), total), total
     shares, total = qpy.atomically(write)
-    print("Cores distributed (%d in all):" % total)
+    print("Cores distributed (%d in all, on the nodes that are up):" % total)
     for user, (least, extra) in shares.items():
         print("  %-20s minimum %3d  extra %3d" % (user, least, extra))
 
@@ -192,11 +192,13 @@ def list_nodes():
     nodes = qpy.atomically(lambda db: db.execute("SELECT * FROM nodes ORDER BY position, name")
                            .fetchall(), write=False)
     for node in nodes:
-        if node["kind"] == "slurm":
-            settings = ["type=slurm", "partition=%s" % node["partition"]]
-            settings += ["%s=%s" % (key, node[key]) for key in ("max_jobs", "account", "qos")
-                         if node[key] is not None]
-            settings += ["extra=%s" % shlex.quote(node["extra"])] if node["extra"] else []
+        if node["kind"] in qpy.POOLS:
+            options = qpy.node_options(node)
+            settings = ["type=%s" % node["kind"]] + [
+                "%s=%s" % (key, shlex.quote(options[key]))
+                for key in qpy.POOLS[node["kind"]]["options"] if options.get(key)]
+            if node["max_jobs"]:
+                settings.insert(2, "max_jobs=%d" % node["max_jobs"])
             settings.append("cores=%d" % node["cores"])
         else:
             settings = ["address=%s" % node["address"], "cores=%d" % node["cores"]]
@@ -220,7 +222,7 @@ def variables():
                 db.execute("SELECT * FROM nodes ORDER BY position, name").fetchall(),
                 db.execute("SELECT * FROM users ORDER BY name").fetchall(),
                 db.execute("SELECT id, user, status, node, n_cores, mem, attempt, runner_pid, "
-                           "slurm_id "
+                           "external_id "
                            "FROM jobs WHERE " + qpy.LIVE_SQL + " "
                            "ORDER BY position, id").fetchall())
     meta, nodes, users, live = qpy.atomically(read, write=False)
@@ -234,11 +236,12 @@ def variables():
             print("  %s = %s" % (key, node[key]))
     print("\nUsers:\n------")
     for user in users:
-        print("%s: paused = %d, finished = %d" % (user["name"], user["paused"], user["finished"]))
+        print("%s: paused = %d, finished = %d, wanted = %d" % (
+            user["name"], user["paused"], user["finished"], user["wanted"]))
     print("\nLive jobs:\n----------")
     for job in live:
         print("%d: user = %s, status = %s, node = %s, n_cores = %d, mem = %g, attempt = %d, "
-              "runner = %s, slurm_id = %s" % tuple(job))
+              "runner = %s, external_id = %s" % tuple(job))
 
 
 def settings(key, value):
@@ -417,8 +420,8 @@ def doctor(as_user):
              "print(qpy.VERSION, sys.version.split()[0])' && date +%%s.%%N"
              % (sys.executable, qpy.HERE)]
     for node in nodes:
-        if node["kind"] == "slurm":
-            check_pool(node, report)
+        if node["kind"] in qpy.POOLS:
+            qpy.POOLS[node["kind"]]["doctor"](node, report)
             continue
         if qpy.is_local(node["address"]):
             report(True, "node %s is this machine" % node["name"])
@@ -442,21 +445,6 @@ def doctor(as_user):
     print("%s." % ("%s found" % qpy.plural(len(problems), "problem") if problems
                    else "Everything looks right"))
     return len(problems)
-
-
-def check_pool(pool, report):
-    """doctor's checks of a Slurm pool: Slurm's commands are here, slurmctld answers, the
-    partition exists and is up."""
-    import shutil
-    missing = [name for name in ("sbatch", "squeue", "scancel", "sinfo") if not shutil.which(name)]
-    if missing:
-        report(False, "Slurm pool %s: Slurm's commands" % pool["name"],
-               "%s not found (install the Slurm client, e.g. slurm-client)" % ", ".join(missing))
-        return
-    problem = qpy.probe_pools([pool])[pool["name"]]
-    report(problem is None, "Slurm pool %s (partition %s)" % (pool["name"], pool["partition"]),
-           "%s (sinfo -s lists the partitions; is slurmctld running, SLURM_CONF right?)"
-           % problem)
 
 
 def report(path):
@@ -655,11 +643,50 @@ def parse_args(argv):
     return {**dict.fromkeys(COMMAND_WORDS, False), **args}
 
 
+def add_node(args):
+    try:
+        node = qpy.parse_node_line([args["<node>"]] + args["<setting>"])
+    except ValueError as e:
+        raise qpy.QpyError("Bad node setting: %s" % e)
+    store_nodes([node], replace_all=False)
+    print("Node %s added." % node["name"])
+
+
+# Each command and what it does with its parsed arguments; what it returns is the exit status.
+COMMANDS = {
+    "create": lambda a: create(a["<dir>"], a["--group"], a["--site-file"]),
+    "nodes": lambda a: load_nodes(a["<file>"], a["--empty"]),
+    "users": lambda a: load_users(a["<file>"]),
+    "distribute": lambda a: distribute(a["<file>"]),
+    "add": add_node,
+    "remove": lambda a: remove_node(a["<node>"]),
+    "list": lambda a: list_nodes(),
+    "drain": lambda a: set_node_state(a["<node>"], "drained",
+                                      " ".join(a["<reason>"]) or "drained"),
+    "resume": lambda a: set_node_state(a["<node>"], "up", None),
+    "status": lambda a: qpy.cmd_status({}),
+    "variables": lambda a: variables(),
+    "tick": lambda a: qpy.tick(),
+    "start": lambda a: dispatch(True),
+    "finish": lambda a: dispatch(False),
+    "set": lambda a: settings(a["<key>"], a["<value>"]),
+    "timer": lambda a: timer(a["--install"], a["--dir"]),
+    "check": lambda a: 1 if check_site() else 0,
+    "doctor": lambda a: 1 if doctor(a["--as"]) else 0,
+    "report": lambda a: report(a["--html"]),
+    "backup": lambda a: backup(a["<file>"]),
+    "restore": lambda a: restore(a["<file>"]),
+}
+
+
 def main(argv=None):
     import docopt
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] in (["-h"], ["--help"]):
         sys.stdout.write(__doc__)
+        return 0
+    if argv[:1] == ["_words"] and argv[1:] in (["commands"], ["settings"]):  # TAB completion
+        print(" ".join(COMMANDS if argv[1] == "commands" else SETTINGS))
         return 0
     try:
         args = parse_args(argv)
@@ -667,51 +694,7 @@ def main(argv=None):
         sys.stderr.write("qpy_admin.py: wrong arguments. Try 'qpy_admin.py --help'.\n")
         return 1
     try:
-        if args["create"]:
-            create(args["<dir>"], args["--group"], args["--site-file"])
-        elif args["nodes"]:
-            load_nodes(args["<file>"], args["--empty"])
-        elif args["users"]:
-            load_users(args["<file>"])
-        elif args["distribute"]:
-            distribute(args["<file>"])
-        elif args["add"]:
-            try:
-                node = qpy.parse_node_line([args["<node>"]] + args["<setting>"])
-            except ValueError as e:
-                raise qpy.QpyError("Bad node setting: %s" % e)
-            store_nodes([node], replace_all=False)
-            print("Node %s added." % node["name"])
-        elif args["remove"]:
-            remove_node(args["<node>"])
-        elif args["list"]:
-            list_nodes()
-        elif args["drain"]:
-            set_node_state(args["<node>"], "drained", " ".join(args["<reason>"]) or "drained")
-        elif args["resume"]:
-            set_node_state(args["<node>"], "up", None)
-        elif args["status"]:
-            qpy.cmd_status({})
-        elif args["variables"]:
-            variables()
-        elif args["tick"]:
-            qpy.tick()
-        elif args["start"] or args["finish"]:
-            dispatch(args["start"])
-        elif args["set"]:
-            settings(args["<key>"], args["<value>"])
-        elif args["timer"]:
-            timer(args["--install"], args["--dir"])
-        elif args["check"]:
-            return 1 if check_site() else 0
-        elif args["doctor"]:
-            return 1 if doctor(args["--as"]) else 0
-        elif args["report"]:
-            report(args["--html"])
-        elif args["backup"]:
-            backup(args["<file>"])
-        elif args["restore"]:
-            restore(args["<file>"])
+        return COMMANDS[argv[0]](args) or 0
     except qpy.QpyError as e:
         sys.stderr.write("qpy_admin.py: %s\n" % e)
         return 1
@@ -722,7 +705,6 @@ def main(argv=None):
         sys.stderr.write("qpy_admin.py: %s\n" % (qpy.database_failure(e) if isinstance(
             e, qpy.sqlite3.OperationalError) else qpy.damaged_database(e)))
         return 1
-    return 0
 
 
 if __name__ == "__main__":

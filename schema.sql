@@ -32,12 +32,12 @@ INSERT INTO meta (key, value) VALUES
     ('state_id', lower(hex(randomblob(8))));
 
 -- Where jobs run. In personal mode there is one node, 'localhost', started by fork.
--- A node of kind 'slurm' is a pool: a Slurm partition that qpy hands jobs to with sbatch (from
--- this machine, as the job's owner) and follows with one squeue per tick; its cores are the
--- most qpy uses there at once.
+-- A node of another kind than 'host' is a pool (qpy.py POOLS: 'slurm', a Slurm partition
+-- that qpy hands jobs to with sbatch, from this machine, as the job's owner, and follows with
+-- one squeue per tick); its cores are the most qpy uses there at once.
 CREATE TABLE nodes (
     name           TEXT PRIMARY KEY,             -- what users see (%n, QPY_NODE)
-    kind           TEXT NOT NULL DEFAULT 'host' CHECK (kind IN ('host', 'slurm')),
+    kind           TEXT NOT NULL DEFAULT 'host', -- 'host', or a kind of pool (qpy.py POOLS)
     address        TEXT NOT NULL,                -- ssh target; 'localhost' = fork, no ssh
     cores          INTEGER NOT NULL CHECK (cores >= 0),
     mem            REAL CHECK (mem >= 0),        -- GB; NULL: not known, not limited
@@ -48,11 +48,12 @@ CREATE TABLE nodes (
     state_reason   TEXT,                         -- why it is down or drained
     probed_at      REAL,                         -- last ssh probe of a down node
     position       INTEGER NOT NULL DEFAULT 0,   -- order of the nodes file
-    partition      TEXT,                         -- slurm: the partition (sbatch -p)
-    max_jobs       INTEGER CHECK (max_jobs >= 1),  -- slurm: at most this many qpy jobs at once
-    account        TEXT,                         -- slurm: sbatch --account
-    qos            TEXT,                         -- slurm: sbatch --qos
-    extra          TEXT                          -- slurm: more sbatch arguments, as typed
+    max_jobs       INTEGER CHECK (max_jobs >= 1),  -- a pool: at most this many qpy jobs at once
+    options        TEXT,                         -- a pool: its own settings, JSON (for Slurm:
+                                                 -- partition, account, qos, extra)
+    lost           TEXT                          -- jobs given up with it while it did not
+                                                 -- answer, JSON [[id, user]...]: what they left
+                                                 -- running is stopped once it answers again
 );
 
 -- One row per user who ever used this state directory.
@@ -88,7 +89,8 @@ CREATE TABLE config (
 -- <id>.<attempt>.started (created with O_EXCL when it confirms: '<attempt>', then 'go' when
 -- the command is told to run, then the command's process group), <id>.<attempt>.hb (its
 -- heartbeat), <id>.<attempt>.exit (the exit record, written before the row is updated: JSON
--- with the state's identity and the attempt) and, in a Slurm pool, <id>.<attempt>.slurm.
+-- with the state's identity and the attempt) and, in a pool, <id>.<attempt>.batch (the
+-- pool's output of the batch script, kept until qpy clean).
 CREATE TABLE jobs (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused, even after clean
     user        TEXT NOT NULL,
@@ -104,8 +106,8 @@ CREATE TABLE jobs (
     attributes  TEXT NOT NULL DEFAULT '', -- node attribute expression ('' = any node)
     position    REAL NOT NULL,            -- queue order (FIFO, changed by ctrlQueue jump)
     node        TEXT,                     -- where it runs or ran
-    slurm_id    TEXT,                     -- its Slurm job ID, when it runs in a pool (%I)
-    refusal     TEXT,                     -- a pool's sbatch refused it though Slurm is up: JSON
+    external_id TEXT,                     -- its job ID in its pool (Slurm's), when it has one (%I)
+    refusal     TEXT,                     -- its pool refused it though the pool answers: JSON
                                           -- {node, why, until}; not placed there before until
     attempt     INTEGER NOT NULL DEFAULT 0,  -- claims so far; a runner must match the latest
     queued_at   REAL NOT NULL,
@@ -147,4 +149,4 @@ CREATE TABLE notes (
 );
 CREATE INDEX notes_by_job ON notes (job_id);
 
-PRAGMA user_version = 7;
+PRAGMA user_version = 8;

@@ -432,12 +432,25 @@ def test_ctrlQueue_jump_without_pause_goes_to_stderr_with_the_fix(site):
     site.ok("kill", "all")
 
 
-def test_completion_script_offers_commands_and_help():
+def commands_on_path(folder):
+    """A PATH with this checkout's qpy and qpy-admin first (completion asks them for words)."""
+    bindir = os.path.join(str(folder), "bin")
+    os.makedirs(bindir, exist_ok=True)
+    for name, command in (("qpy", QPY), ("qpy-admin", QPY_ADMIN)):
+        with open(os.path.join(bindir, name), "w") as f:
+            f.write("#!/bin/sh\nexec %s \"$@\"\n" % shlex.join(command))
+        os.chmod(os.path.join(bindir, name), 0o755)
+    return bindir + ":" + os.environ["PATH"]
+
+
+def test_completion_script_offers_commands_and_help(tmp_path):
     script = os.path.join(os.path.dirname(os.path.dirname(__file__)), "bash_completion.sh")
     probe = ('source %s; COMP_WORDS=(qpy %s); COMP_CWORD=%d; _qpy; printf "%%s\\n" "${COMPREPLY[@]}"')
+    env = dict(os.environ, PATH=commands_on_path(tmp_path))
     run = lambda words, cword: subprocess.run(
-        ["bash", "-c", probe % (script, words, cword)], capture_output=True, text=True).stdout
-    assert run("c", 1).split() == ["check", "clean", "config", "ctrlQueue"]
+        ["bash", "-c", probe % (script, words, cword)], capture_output=True, text=True,
+        env=env).stdout
+    assert sorted(run("c", 1).split()) == ["check", "clean", "config", "ctrlQueue"]
     assert run("check r", 2).split() == ["running"]
     assert run("config colour ''", 3).split() == ["true", "false", "default"]
     assert run("ctrlQueue ''", 2).split() == ["pause", "continue", "jump"]
@@ -454,26 +467,17 @@ def test_completion_script_offers_commands_and_help():
 def test_completion_offers_the_users_own_job_ids(site):
     site.ok("ctrlQueue", "pause")
     queued = site.submit("true")
-    bindir = os.path.join(site.work, "bin")
-    os.makedirs(bindir)
-    with open(os.path.join(bindir, "qpy"), "w") as f:
-        f.write("#!/bin/sh\nexec %s \"$@\"\n" % shlex.join(QPY))
-    os.chmod(os.path.join(bindir, "qpy"), 0o755)
     script = os.path.join(os.path.dirname(os.path.dirname(__file__)), "bash_completion.sh")
     probe = 'source %s; COMP_WORDS=(qpy %s); COMP_CWORD=2; _qpy; printf "%%s\\n" "${COMPREPLY[@]}"'
-    env = dict(site.env, PATH=bindir + ":" + os.environ["PATH"])
+    env = dict(site.env, PATH=commands_on_path(site.work))
     run = lambda words: subprocess.run(["bash", "-c", probe % (script, words)], env=env,
                                        capture_output=True, text=True).stdout.split()
     assert str(queued) in run("kill ''")
     assert str(queued) not in run("clean ''")  # not finished
     admin = subprocess.run(["bash", "-c", "source %s; COMP_WORDS=(qpy-admin dr); COMP_CWORD=1; "
                             "_qpy_admin; echo ${COMPREPLY[@]}" % script], capture_output=True,
-                           text=True).stdout.split()
+                           text=True, env=env).stdout.split()
     assert admin == ["drain"]
-    bindir_admin = os.path.join(bindir, "qpy-admin")
-    with open(bindir_admin, "w") as f:
-        f.write("#!/bin/sh\nexec %s \"$@\"\n" % shlex.join(QPY_ADMIN))
-    os.chmod(bindir_admin, 0o755)
     hint = subprocess.run(["bash", "-c", "source %s; COMP_WORDS=(qpy-admin drain '?'); "
                            "COMP_CWORD=2; _qpy_admin; printf '%%s\\n' \"${COMPREPLY[@]}\""
                            % script], env=env, capture_output=True, text=True).stdout
@@ -484,5 +488,9 @@ def test_completion_offers_the_users_own_job_ids(site):
     assert node_words == ["localhost"]  # the nodes qpy-admin list shows
     keys = subprocess.run(["bash", "-c", "source %s; COMP_WORDS=(qpy-admin add hpc type=s); "
                            "COMP_CWORD=3; _qpy_admin; echo ${COMPREPLY[@]}" % script],
-                          capture_output=True, text=True).stdout.split()
+                          capture_output=True, text=True, env=env).stdout.split()
     assert keys == ["type=slurm"]
+    settings = subprocess.run(["bash", "-c", "source %s; COMP_WORDS=(qpy-admin set node_); "
+                               "COMP_CWORD=2; _qpy_admin; echo ${COMPREPLY[@]}" % script],
+                              capture_output=True, text=True, env=env).stdout.split()
+    assert settings == ["node_timeout"]

@@ -1,5 +1,8 @@
 """The distribution rules and the admission rule of the original qpy (its distribute and admission code),
 as pure functions: table-driven cases computed by hand, and properties over random states."""
+import os
+import sqlite3
+
 import pytest
 from hypothesis import given, settings, strategies as st
 
@@ -162,3 +165,33 @@ def test_fair_share_properties(state):
         reserved = lambda u: sum(max(0, shares[v][0] - used[v]) for v in users if v != u)
         assert not any(qpy.admitted(u, 1, shares, used, queued, free - reserved(u))
                        for u in waiting)
+
+
+def test_a_freed_core_goes_to_the_user_furthest_below_their_share():
+    """6 cores, an even share of 2 each: alice runs 1, bob none, carol 4 (borrowed while the
+    others were idle). One core frees up: bob, 2 below his share, gets it, though alice's
+    job is first in the queue."""
+    nodes = [node("n", 7)]
+    shares = {"alice": (0, 2), "bob": (0, 2), "carol": (0, 2)}
+    live = jobs_of("alice", 1, 1, "running", "n") + jobs_of("carol", 5, 10, "running", "n") + \
+        jobs_of("alice", 1, 20) + jobs_of("bob", 1, 30)
+    placed, _ = qpy.schedule(nodes, live, {}, shares)
+    assert [qpy_user(live, job_id) for job_id, _ in placed] == ["bob"]
+
+
+def test_the_cores_of_a_down_node_are_not_shared_out(site):
+    site.ok("restart")  # (the user shares with nobody: all the cores that are up are theirs)
+    nodes = os.path.join(site.home, "nodes")
+    with open(nodes, "w") as f:
+        f.write("n1 address=localhost cores=4\nn2 address=localhost cores=4\n")
+    site.ok("nodes", nodes, admin=True)
+    rules = os.path.join(site.home, "rules")
+    with open(rules, "w") as f:
+        f.write("even\n")
+    assert "(8 in all" in site.ok("distribute", rules, admin=True)
+    db = sqlite3.connect(os.path.join(site.state, "qpy.db"))
+    with db:
+        db.execute("UPDATE nodes SET state = 'down' WHERE name = 'n2'")
+    db.close()
+    out = site.ok("distribute", rules, admin=True)
+    assert "(4 in all" in out and "minimum   0  extra   4" in out, out

@@ -2,6 +2,7 @@
 indexes), transitions that no stale actor can make, run files of one attempt each, a tick
 that survives one job's damaged files, and a trace of what went wrong in the background."""
 import glob
+import json
 import os
 import re
 import shutil
@@ -10,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import REPO, group_members, read_db, wait_for
+from conftest import REPO, group_members, qpy_processes, read_db, wait_for
 
 
 def in_process(site, monkeypatch):
@@ -132,9 +133,10 @@ def test_a_damaged_exit_record_is_quarantined_and_the_queue_goes_on(site, conten
     with open(path, "w") as f:
         f.write(content)
     os.kill(record["runner_pid"], signal.SIGKILL)  # nobody left to overwrite it
+    wait_for(lambda: record["runner_pid"] not in qpy_processes(site.home), what="its death")
     second = site.submit("true")
     site.wait_status(second, "done")
-    assert site.wait_status(first, "failed")["reason"].startswith("runner lost")
+    assert wait_checked(site, first, "failed")["reason"].startswith("runner lost")
     assert not os.path.exists(path)
     quarantined = glob.glob(os.path.join(site.state, "users", user, "quarantine", "*"))
     assert [open(p).read() for p in quarantined] == [content]
@@ -153,9 +155,18 @@ def test_a_damaged_started_marker_of_a_lost_runner_does_not_wedge_the_queue(site
     with open(os.path.join(site.state, "users", record["user"], "run",
                            "%d.1.started" % first), "w") as f:
         f.write("1 go notapgid")
+    wait_for(lambda: record["runner_pid"] not in qpy_processes(site.home), what="its death")
     second = site.submit("true")
     site.wait_status(second, "done")
-    assert site.wait_status(first, "failed")["reason"].startswith("runner lost")
+    assert wait_checked(site, first, "failed")["reason"].startswith("runner lost")
+
+
+def wait_checked(site, job, status):
+    """Until the job has this status, with `qpy check` (which starts the tick that notices a
+    runner gone) between looks."""
+    wait_for(lambda: site.run("check").returncode == 0 and site.status(job) == status,
+             what="job %d to be %s" % (job, status))
+    return site.jobs()[job]
 
 
 def test_an_exception_in_a_background_tick_is_logged_where_doctor_points(site):
@@ -307,3 +318,22 @@ def test_restore_brings_a_damaged_state_back_and_never_reuses_an_id(site, tmp_pa
     assert again > later  # (job_<ID>.out of the lost job is never overwritten)
     site.ok("ctrlQueue", "continue")
     site.wait_status(again, "done")
+
+
+def test_a_job_file_of_an_older_qpy_still_runs_after_the_upgrade(site):
+    """Job files written before they named their job IDs (version 1) are read as they were
+    then; one of a newer qpy is refused with the reason."""
+    site.ok("ctrlQueue", "pause")
+    old, new = site.submit("echo old"), site.submit("echo new")
+    for job_id, change in ((old, lambda spec: spec.pop("ids") and spec.pop("version")),
+                           (new, lambda spec: spec.update(version=99))):
+        path = site.jobs()[job_id]["spec"]
+        with open(path) as f:
+            spec = json.load(f)
+        change(spec)
+        with open(path, "w") as f:
+            json.dump(spec, f)
+    site.ok("ctrlQueue", "continue")
+    assert site.wait_status(old, "done") and site.read("job_%d.out" % old) == "old\n"
+    record = site.wait_status(new, "failed")
+    assert "version 99, written by a newer qpy" in record["reason"]

@@ -40,7 +40,7 @@ JOB = {"id": 100, "status": "running", "command": "bash my_script.sh", "cwd": "/
        "node": "comp1", "n_cores": 2, "mem": 5.0, "attributes": "big and fast",
        "queued_at": 1000.0, "started_at": 1010.0, "ended_at": None, "exit_code": None,
        "signal": None, "reason": None, "gpu_ids": None, "name": None, "array_index": None,
-       "time_limit": None, "max_rss": None, "cpu_time": None, "slurm_id": None}
+       "time_limit": None, "max_rss": None, "cpu_time": None, "external_id": None}
 
 
 def test_default_format_is_the_manuals():

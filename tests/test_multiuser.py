@@ -80,7 +80,7 @@ def test_alone_a_user_gets_all_then_freed_cores_go_to_the_other(lab):
 def test_shares_of_the_manuals_rules(lab):
     site = multi_site(lab, rules="even minimum 2")
     out = site.admin("distribute", site.state + ".rules")
-    assert "Cores distributed (10 in all):" in out
+    assert "Cores distributed (10 in all, on the nodes that are up):" in out
     assert "alice                minimum   2  extra   3" in out
     assert "bob                  minimum   2  extra   3" in out
     with open(site.state + ".rules", "w") as f:

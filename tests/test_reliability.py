@@ -1,5 +1,6 @@
 """Faults and bad state: a corrupt or missing state, locks held by stopped or dead processes,
 a full disk, Ctrl-C, backups. Each ends in one clear line and no damage."""
+import json
 import os
 import re
 import shutil
@@ -51,30 +52,76 @@ def test_a_newer_database_is_refused(site):
     db = sqlite3.connect(os.path.join(site.state, "qpy.db"))
     db.execute("PRAGMA user_version = 99")
     db.close()
-    assert "has schema 99; this qpy knows only 7: use a newer qpy." in site.fails("check")
+    assert "has schema 99; this qpy knows only 8: use a newer qpy." in site.fails("check")
 
 
-def test_an_older_database_is_upgraded_in_place_keeping_every_job(site):
+def test_a_schema_7_pool_is_upgraded_to_its_options(site):
+    """Schema 7 kept Slurm's settings in columns of their own and the job's Slurm ID in
+    slurm_id; 8 keeps a pool's settings as its options and the ID as external_id."""
+    site.ok("check")
+    db = sqlite3.connect(os.path.join(site.state, "qpy.db"))
+    with db:
+        db.execute("ALTER TABLE jobs RENAME COLUMN external_id TO slurm_id")
+        db.execute("ALTER TABLE nodes DROP COLUMN options")
+        for column in ("partition", "account", "qos", "extra"):
+            db.execute("ALTER TABLE nodes ADD COLUMN %s TEXT" % column)
+        db.execute("INSERT INTO nodes (name, kind, address, cores, partition, account, max_jobs) "
+                   "VALUES ('hpc', 'slurm', 'localhost', 8, 'compute', 'lab', 4)")
+        db.execute("INSERT INTO jobs (user, command, cwd, spec, n_cores, mem, position, queued_at, "
+                   "status, node, slurm_id) VALUES ('x', 'true', '/', '/none', 1, 0, 1, 0, 'done', "
+                   "'hpc', '42')")
+    db.execute("PRAGMA user_version = 7")
+    db.close()
+    assert "hpc" in site.ok("list", admin=True)
+    db = sqlite3.connect(os.path.join(site.state, "qpy.db"))
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 8
+    kind, options, max_jobs = db.execute("SELECT kind, options, max_jobs FROM nodes "
+                                         "WHERE name = 'hpc'").fetchone()
+    assert (kind, max_jobs) == ("slurm", 4)
+    assert {k: v for k, v in json.loads(options).items() if v} == {"partition": "compute",
+                                                                  "account": "lab"}
+    assert db.execute("SELECT external_id FROM jobs").fetchall() == [("42",)]
+    db.close()
+    assert "type=slurm partition=compute max_jobs=4 account=lab cores=8" in site.ok(
+        "list", admin=True)
+
+
+@pytest.mark.parametrize("start", range(1, 8))
+def test_an_older_database_is_upgraded_in_place_keeping_every_job(site, start):
+    """A DB of each earlier schema, with queued, running and ended jobs: made by taking this
+    schema back to what schema 1 was, then bringing it up to `start` with qpy's own
+    migrations; the first command upgrades it the rest of the way."""
+    import qpy
+    ended = site.submit("true")
+    site.wait_status(ended, "done")
     site.ok("ctrlQueue", "pause")
     jobs = [site.submit("true") for _ in range(3)]
+    running = site.submit("true")
     db = sqlite3.connect(os.path.join(site.state, "qpy.db"))
+    with db:  # a job whose runner is gone (its machine rebooted during the upgrade, say)
+        db.execute("UPDATE jobs SET status = 'running', node = 'localhost', attempt = 1, "
+                   "started_at = 1, runner_pid = 1, runner_boot = 'x' WHERE id = ?", (running,))
     with db:  # what schema 1 was: no index on job files, no Slurm pools
         db.execute("DROP INDEX jobs_live_by_spec")
         db.execute("DROP INDEX jobs_queued")
         db.execute("DROP INDEX jobs_with_dependencies")
-        for table, column in (("nodes", "kind"), ("nodes", "partition"), ("nodes", "max_jobs"),
-                              ("nodes", "account"), ("nodes", "qos"), ("nodes", "extra"),
-                              ("jobs", "slurm_id"), ("jobs", "refusal"), ("users", "wanted")):
+        for table, column in (("nodes", "kind"), ("nodes", "max_jobs"), ("nodes", "options"),
+                              ("jobs", "external_id"), ("jobs", "refusal"), ("users", "wanted")):
             db.execute("ALTER TABLE %s DROP COLUMN %s" % (table, column))
         db.execute("ALTER TABLE jobs ADD COLUMN pgid INTEGER")  # (in the marker since 4)
-        db.execute("DELETE FROM meta WHERE key = 'state_id'")  # (an identity since 6)
-    db.execute("PRAGMA user_version = 1")
+        if start < 6:  # (an identity since 6: migration 5 makes it)
+            db.execute("DELETE FROM meta WHERE key = 'state_id'")
+        for version in range(1, start):
+            for statement in qpy.MIGRATIONS[version]:
+                db.execute(statement)
+    db.execute("PRAGMA user_version = %d" % start)
     db.close()
-    os.unlink(os.path.join(site.state, "qpy.id"))
-    assert sorted(site.jobs()) == jobs
+    if start < 6:
+        os.unlink(os.path.join(site.state, "qpy.id"))
+    assert sorted(site.jobs()) == [ended] + jobs + [running]
     site.ok("check")
     db = sqlite3.connect(os.path.join(site.state, "qpy.db"))
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 7
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 8
     identity = db.execute("SELECT value FROM meta WHERE key = 'state_id'").fetchone()[0]
     assert re.fullmatch("[0-9a-f]{16}", identity)
     assert open(os.path.join(site.state, "qpy.id")).read() == identity + "\n"
@@ -83,12 +130,14 @@ def test_an_older_database_is_upgraded_in_place_keeping_every_job(site):
     assert "jobs_by_spec" not in indexes
     assert db.execute("SELECT kind, max_jobs FROM nodes").fetchall() == [("host", None)]
     columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
-    assert "pgid" not in columns and "refusal" in columns
+    assert "pgid" not in columns and {"refusal", "external_id"} <= columns
     assert "wanted" in {row[1] for row in db.execute("PRAGMA table_info(users)")}
     db.close()
     site.ok("ctrlQueue", "continue")
     site.wait_idle()
     assert [site.status(j) for j in jobs] == ["done"] * 3
+    assert site.status(ended) == "done"
+    assert site.jobs()[running]["status"] == "failed"  # (no exit record, its runner gone)
 
 
 HOLD_LOCK = """
@@ -189,6 +238,11 @@ def test_a_full_disk_refuses_new_jobs_and_loses_no_exit_status(site, tmp_path):
         subprocess.run(["dd", "if=/dev/zero", "of=" + filler, "bs=4k"], capture_output=True)
         err = site.fails("sub", "true", env=env)
         assert "database or disk is full" in err and "free some space" in err
+        with open(os.path.join(site.work, "job.sh"), "w") as f:
+            f.write("#!/bin/sh\n# a script longer than the disk has room for\n" + "#" * 65536)
+        os.chmod(os.path.join(site.work, "job.sh"), 0o755)
+        err = site.fails("sub", "-c", "./job.sh", env=env)  # its copy: the disk is full
+        assert err.startswith("qpy: The disk is full") and "nothing stored was lost" in err
         rows = sqlite3.connect(os.path.join(disk, "state", "qpy.db"))
         wait_for(lambda: not group_members(pgid), what="the command to end")
         user = os.listdir(os.path.join(disk, "state", "users"))[0]
@@ -229,6 +283,7 @@ def remove_state_under_a_job(site, tmp_path, heartbeat, node_timeout):
         finally:
             db.close()
     pid = wait_for(runner, what="the job to run")[0]
+    job_group(state, os.listdir(os.path.join(state, "users"))[0], job)  # its command runs
     shutil.rmtree(state)  # the site is gone: the runner's heartbeat and exit record fail
     wait_for(lambda: site.read("job_%d.out" % job) == "finished\n", what="the job to end")
     return pid

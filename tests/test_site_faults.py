@@ -95,3 +95,32 @@ def test_a_healed_node_is_probed_by_roots_tick_with_an_empty_queue(lab):
     site.admin("tick")  # root's, as the timer runs it; nothing is queued
     wait_for(lambda: site.admin("tick") is not None and site.node_state("node2") == "up",
              timeout=30, what="root's tick to bring node2 back")
+
+
+def test_what_a_lost_job_left_on_a_partitioned_node_is_stopped_when_it_answers(lab):
+    """The runner dies and the node is cut off: the job is given up with the node ('node
+    lost'), but its command runs on there. Once the node answers again, the tick that brings
+    it back stops that command."""
+    site = lab()
+    site.admin("drain", "node2")
+    site.admin("drain", "node3")
+    job = site.submit("alice", "sleep", "300")
+    assert site.wait_status(job, "running")["node"] == "node1"
+
+    def on_node1(what):
+        result = site.cluster.node_exec("node1", "alice", "ps", "-o", "pid=,comm=,args=",
+                                        "-u", "alice")
+        return [line.split()[0] for line in result.stdout.splitlines() if what(line)]
+    runner = wait_for(lambda: on_node1(lambda line: "qpy-runner" in line), what="the runner")
+    wait_for(lambda: on_node1(lambda line: "sleep 300" in line), what="the command")
+    site.cluster.partition("node1")
+    try:
+        site.cluster.node_exec("node1", "alice", "kill", "-9", *runner)
+        record = site.wait_status(job, "failed", tick=True, timeout=60)
+        assert record["reason"] == "node lost"
+        assert on_node1(lambda line: "sleep 300" in line)  # cut off: nobody could stop it
+    finally:
+        site.cluster.heal("node1")
+    wait_for(lambda: site.tick() is None and not on_node1(lambda line: "sleep 300" in line),
+             timeout=60, what="the leftover command to be stopped once node1 answers")
+    assert site.node_state("node1") == "up"

@@ -63,16 +63,16 @@ def pool(site, slurm):
         return site
     yield make
     for job in site.jobs().values():  # nothing left in Slurm for the next test
-        if job["slurm_id"]:
-            slurm_cluster.slurm("scancel", job["slurm_id"], check=False)
+        if job["external_id"]:
+            slurm_cluster.slurm("scancel", job["external_id"], check=False)
 
 
 def squeue(*args):
     return slurm_cluster.slurm("squeue", "--noheader", *args).stdout
 
 
-def slurm_state(slurm_id):
-    return squeue("--states=all", "--format=%T", "--jobs=" + slurm_id).strip()
+def slurm_state(external_id):
+    return squeue("--states=all", "--format=%T", "--jobs=" + external_id).strip()
 
 
 def test_a_job_runs_through_slurm_and_ends_as_on_any_node(pool):
@@ -80,19 +80,23 @@ def test_a_job_runs_through_slurm_and_ends_as_on_any_node(pool):
     first = site.submit("-m", "0.2", "hostname")
     failing = site.submit("-m", "0.2", "exit 3")
     job = site.wait_status(first, "done")
-    assert job["node"] == "hpc" and job["slurm_id"].isdigit()
+    assert job["node"] == "hpc" and job["external_id"].isdigit()
     assert site.read("job_%d.out" % first).strip() == os.uname().nodename
-    wait_for(lambda: slurm_state(job["slurm_id"]) == "COMPLETED", 30, "Slurm to end it")
+    wait_for(lambda: slurm_state(job["external_id"]) == "COMPLETED", 30, "Slurm to end it")
     failed = site.wait_status(failing, "failed")
     assert failed["exit_code"] == 3 and failed["reason"] == "exit code 3"
     # for Slurm, qpy's runner did its work: the job's verdict is qpy's
-    wait_for(lambda: slurm_state(failed["slurm_id"]) == "COMPLETED", 30, "Slurm to end it")
+    wait_for(lambda: slurm_state(failed["external_id"]) == "COMPLETED", 30, "Slurm to end it")
     # check shows the Slurm job ID (%I); --json has it too
-    assert "%d done %s hpc \n" % (first, job["slurm_id"]) in site.ok("check")
-    assert '"slurm_id": "%s"' % job["slurm_id"] in site.ok("check", "--json")
-    # the runner's accounting is there as on any node, and its files are gone
+    assert "%d done %s hpc \n" % (first, job["external_id"]) in site.ok("check")
+    assert '"external_id": "%s"' % job["external_id"] in site.ok("check", "--json")
+    # the runner's accounting is there as on any node, and its files are gone but Slurm's
+    # output of the batch script, kept with the job until qpy clean (it tells why a job failed)
     assert job["cpu_time"] is not None and job["started_at"] and job["ended_at"]
-    assert os.listdir(os.path.join(site.state, "users", "root", "run")) == []
+    run = os.path.join(site.state, "users", "root", "run")
+    assert sorted(os.listdir(run)) == sorted(["%d.1.batch" % first, "%d.1.batch" % failing])
+    site.ok("clean", str(failing))
+    assert os.listdir(run) == ["%d.1.batch" % first]
 
 
 def test_a_tick_killed_after_its_sbatch_loses_nothing(pool, tmp_path):
@@ -104,9 +108,9 @@ def test_a_tick_killed_after_its_sbatch_loses_nothing(pool, tmp_path):
                          env={"QPY_CRASH_AT": "tick:sbatched@%s" % token})
     job = site.wait_status(job_id, "done")
     assert not token.exists()  # (the tick did die there)
-    assert job["slurm_id"].isdigit()  # the runner had it from Slurm
+    assert job["external_id"].isdigit()  # the runner had it from Slurm
     assert site.read("ran").split() == [str(job_id)]
-    wait_for(lambda: slurm_state(job["slurm_id"]) == "COMPLETED", 30, "Slurm to end it")
+    wait_for(lambda: slurm_state(job["external_id"]) == "COMPLETED", 30, "Slurm to end it")
 
 
 def test_the_request_becomes_slurm_options(pool):
@@ -115,7 +119,7 @@ def test_the_request_becomes_slurm_options(pool):
     job_id = site.submit("-n", "2", "-m", "0.5", "-t", "10:00", "-N", "asked", "sleep 30")
     site.ok("ctrlQueue", "continue")
     job = site.wait_status(job_id, "running")
-    shown = slurm_cluster.slurm("scontrol", "show", "job", job["slurm_id"]).stdout
+    shown = slurm_cluster.slurm("scontrol", "show", "job", job["external_id"]).stdout
     assert "NumCPUs=2" in shown and "MinMemoryNode=512M" in shown
     assert "TimeLimit=00:12:00" in shown  # qpy's limit, and 2 minutes for qpy to end it first
     assert "JobName=qpy_%d" % job_id in shown and "WorkDir=%s" % site.work in shown
@@ -128,7 +132,7 @@ def test_environment_inside_slurm(pool):
     site = pool()
     job_id = site.submit("-m", "0.2", "echo $QPY_JOB_ID $QPY_NODE $QPY_N_CORES $SLURM_JOB_ID")
     job = site.wait_status(job_id, "done")
-    assert site.read("job_%d.out" % job_id).split() == [str(job_id), "hpc", "1", job["slurm_id"]]
+    assert site.read("job_%d.out" % job_id).split() == [str(job_id), "hpc", "1", job["external_id"]]
 
 
 def test_a_time_limit_ends_the_job_failed_inside_slurm(pool):
@@ -136,18 +140,18 @@ def test_a_time_limit_ends_the_job_failed_inside_slurm(pool):
     job_id = site.submit("-m", "0.2", "-t", "0:02", "sleep 300")
     job = site.wait_status(job_id, "failed", timeout=90)
     assert job["reason"] == "time limit"
-    wait_for(lambda: slurm_state(job["slurm_id"]) == "COMPLETED", 30, "Slurm to see it end")
+    wait_for(lambda: slurm_state(job["external_id"]) == "COMPLETED", 30, "Slurm to see it end")
 
 
 def test_kill_cancels_the_job_in_slurm(pool):
     site = pool()
     running = site.submit("-m", "0.2", "sleep 300")
     job = site.wait_status(running, "running")
-    assert job["slurm_id"] in squeue("--format=%i")
+    assert job["external_id"] in squeue("--format=%i")
     assert site.ok("kill", str(running)) == "1 job will be killed.\n"
     job = site.wait_status(running, "killed")
     assert job["reason"] == "killed by the user"
-    wait_for(lambda: job["slurm_id"] not in squeue("--format=%i"), 30, "squeue to drop it")
+    wait_for(lambda: job["external_id"] not in squeue("--format=%i"), 30, "squeue to drop it")
 
 
 def test_a_kill_while_slurmctld_is_down_reaches_the_job_once_it_is_back(pool, slurm):
@@ -172,22 +176,22 @@ def test_kill_of_a_job_waiting_in_slurm_cancels_it_there(pool):
     site = pool()
     site.ok("add", *(POOL % 20).split(), "extra=--begin=now+1hour", admin=True)  # held in Slurm
     job_id = site.submit("-m", "0.2", "true")
-    wait_for(lambda: site.jobs()[job_id]["slurm_id"], 30, "the sbatch")
+    wait_for(lambda: site.jobs()[job_id]["external_id"], 30, "the sbatch")
     job = site.jobs()[job_id]
     assert job["status"] == "starting"
     site.run("tick", admin=True)
     assert site.jobs()[job_id]["reason"].startswith("waiting in Slurm (")
-    assert "%d queue %s None waiting in Slurm" % (job_id, job["slurm_id"]) in site.ok("check")
+    assert "%d queue %s None waiting in Slurm" % (job_id, job["external_id"]) in site.ok("check")
     assert site.ok("kill", str(job_id)) == "1 job removed from the queue.\n"
     assert site.status(job_id) == "undone"
-    wait_for(lambda: slurm_state(job["slurm_id"]) == "CANCELLED", 30, "scancel")
+    wait_for(lambda: slurm_state(job["external_id"]) == "CANCELLED", 30, "scancel")
 
 
 def test_an_administrators_scancel_fails_the_job_with_the_reason(pool):
     site = pool()
     job_id = site.submit("-m", "0.2", "sleep 300")
     job = site.wait_status(job_id, "running")
-    slurm_cluster.slurm("scancel", job["slurm_id"])  # not the user's qpy kill
+    slurm_cluster.slurm("scancel", job["external_id"])  # not the user's qpy kill
     job = site.wait_status(job_id, "failed")
     assert job["reason"] == "terminated by SIGTERM"
 
@@ -239,8 +243,9 @@ def test_a_job_slurm_refuses_waits_alone_and_the_pool_stays_up(pool):
     refused = site.submit("-m", "100000", "hostname")  # more memory than Slurm's node has
     wait_for(lambda: "refused it" in (site.jobs()[refused]["reason"] or ""), 60, "the refusal")
     job = site.jobs()[refused]
-    assert job["status"] == "queue" and job["node"] is None and job["slurm_id"] is None
-    assert job["reason"].startswith("waiting for a node: localhost drained, hpc refused it (") \
+    assert job["status"] == "queue" and job["node"] is None and job["external_id"] is None
+    # (the lab's node is too small for it: no reason of its own to wait)
+    assert job["reason"].startswith("waiting for a node: hpc refused it (") \
         or job["reason"].startswith("hpc refused it ("), job["reason"]
     assert "Requested node configuration is not available" in job["reason"]
     assert node_states(site)["hpc"] == "up"  # neither down nor drained
@@ -307,7 +312,7 @@ def test_200_jobs_through_a_pool_of_20(pool):
     assert [job["status"] for job in jobs.values()] == ["done"] * 200
     assert sorted(map(int, site.read("ran").split())) == list(range(1, 201))
     assert 0 < most[0] <= 20 and 0 < most[1] <= 20, most
-    assert len({job["slurm_id"] for job in jobs.values()}) == 200
+    assert len({job["external_id"] for job in jobs.values()}) == 200
     calls = open(log).read().splitlines()
     passes = meta(site, "tick_passes") - passes_before
     assert len(calls) <= passes, (len(calls), passes)  # one squeue per pass at most
@@ -331,7 +336,7 @@ def test_a_user_job_is_handed_to_slurm_as_its_owner(lab, slurm):
     site.admin("start", env=env)  # root's tick hands it to Slurm, as alice
     job = site.wait_status(job_id, "done", timeout=90)
     assert site.output("alice", job_id).strip() == "alice"
-    assert squeue("--states=all", "--format=%u", "--jobs=" + job["slurm_id"]).strip() == "alice"
+    assert squeue("--states=all", "--format=%u", "--jobs=" + job["external_id"]).strip() == "alice"
     assert "alice" in site.ok("alice", "check", env=env)
 
 
@@ -364,10 +369,9 @@ def test_a_pool_line_is_read_and_listed(site):
     assert ("type=slurm partition=compute max_jobs=50 account=lab qos=short "
             "extra='--constraint=avx2 --exclusive' cores=64") in listed
     node = qpy.parse_node_line(["hpc", "type=slurm", "partition=compute", "cores=64",
-                                "extra=--constraint=avx2 --exclusive"])
+                                "qos=short", "extra=--constraint=avx2 --exclusive"])
     job = {"id": 7, "user": "alice", "n_cores": 4, "mem": 2.5, "gpus": 1, "time_limit": 90.0,
-           "cwd": "/home/alice/w", "attempt": 1, "account": None, "qos": "short", **{
-               key: node[key] for key in ("partition", "extra")}}
+           "cwd": "/home/alice/w", "attempt": 1, "options": node["options"]}
     argv = qpy.sbatch_command(job)
     assert argv[:2] == ["sbatch", "--parsable"]
     for option in ("--partition=compute", "--cpus-per-task=4", "--mem=2560M", "--gres=gpu:1",
@@ -406,6 +410,20 @@ def test_a_job_the_pool_refused_goes_elsewhere_or_waits_with_slurms_words():
         1: "waiting for a node: hpc refused it (sbatch: error: Invalid qos), n1 drained"})
 
 
+def test_a_job_only_the_pool_can_run_says_why_the_pool_does_not():
+    """-n 2 with a 1-core lab node: the lab node is no reason to wait 'for resources'."""
+    from conftest import sched_job, sched_node
+    nodes = [dict(sched_node("hpc", 8, kind="slurm"), state="down",
+                  state_reason="squeue failed: Unable to contact slurm controller"),
+             sched_node("n1", 1)]
+    assert qpy.schedule(nodes, [sched_job(1, cores=2)], {}) == ([], {
+        1: "waiting for a node: hpc down (squeue failed: Unable to contact slurm controller)"})
+    refusals = {1: {"node": "hpc", "why": "sbatch: error: Invalid qos"}}
+    nodes[0]["state"] = "up"
+    assert qpy.schedule(nodes, [sched_job(1, cores=2)], {}, refusals=refusals) == ([], {
+        1: "waiting for a node: hpc refused it (sbatch: error: Invalid qos)"})
+
+
 @pytest.mark.parametrize("state, starting, status, reason", [
     ("TIMEOUT", False, "failed", "time limit"),
     ("NODE_FAIL", False, "failed", "node failure in Slurm"),
@@ -423,12 +441,12 @@ def test_what_slurm_says_of_a_job_without_an_exit_record(tmp_path, monkeypatch, 
     try:
         qpy.atomically(lambda db: db.execute(
             "INSERT INTO jobs (user, status, command, cwd, spec, n_cores, mem, position, "
-            "queued_at, node, attempt, slurm_id) VALUES ('alice', ?, 'x', '/', '/none', 1, 0, 1, "
+            "queued_at, node, attempt, external_id) VALUES ('alice', ?, 'x', '/', '/none', 1, 0, 1, "
             "0, 'hpc', 1, '42')", ("starting" if starting else "running",)))
 
         def follow(db):
             job = db.execute("SELECT * FROM jobs").fetchone()
-            qpy.follow_slurm_job(db, job, (state, "Priority") if state else None)
+            qpy.slurm_fate(db, job, (state, "Priority") if state else None)
             return dict(db.execute("SELECT status, reason FROM jobs").fetchone())
         assert qpy.atomically(follow) == {"status": status, "reason": reason}
     finally:
