@@ -12,11 +12,15 @@ The protocol, which every function below keeps:
     nobody forks, sshes, signals a remote host or waits for anything while holding it.
     A transaction may be run again (atomically retries): what it does to files (removing
     run and job files) is asked for with after_commit and done once it has committed.
- 3. `qpy sub` inserts a job ('queue') and bumps meta.tick_wanted in one transaction, then
-    forks a detached tick (unless one is running) and returns. It never waits for a launch.
- 4. One tick at a time: <state>/tick.lock, taken without blocking. A tick that finds it held
-    leaves; the holder loops until tick_wanted is 0, and re-checks after releasing, so no
-    request is ever lost and nobody waits for a tick.
+ 3. `qpy sub` inserts a job ('queue') and bumps the submitter's wake-up (users.wanted) in one
+    transaction, then forks a detached tick (unless that user's is running) and returns. It
+    never waits for a launch. What frees cores for anybody bumps meta.tick_wanted.
+ 4. One tick at a time per user (<state>/tick.<user>.lock; root's, which starts anybody's
+    jobs as their owners, tick.lock), taken without blocking. A tick that finds it held
+    leaves; the holder loops until no wake-up it can act on is left, and re-checks after
+    releasing, so no request is ever lost and nobody waits for a tick. A user's tick takes
+    meta.tick_wanted and its own wake-up, and hands on (bumps users.wanted of) the other users
+    whose jobs it found able to start: a wake-up is taken only by a tick that can act on it.
  5. Every status change is one guarded UPDATE of the "Jobs: life cycle" section (the job's
     ID, the attempt its caller saw, the statuses it may leave). A tick claims a job
     ('starting', attempt+1, node reserved), commits, and only then launches its runner. The
@@ -67,6 +71,17 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 class QpyError(Exception):
     """A problem the user can fix: printed as one line on stderr, exit status 1."""
+
+
+class NodeUsage(Exception):
+    """Wrong arguments to one of qpy's own commands (_run, _reap...): one line, status 2."""
+
+
+def whole_numbers(words):
+    """The arguments of one of qpy's own commands, all IDs or counts."""
+    if not all(str(word).isdigit() and len(str(word)) < 19 for word in words):
+        raise NodeUsage()
+    return [int(word) for word in words]
 
 
 # --------------------------------------------------------------------------------------------
@@ -302,7 +317,13 @@ def connect():
             disconnect()
             raise QpyError("The qpy database %s has schema %d; this qpy knows only %d: "
                            "use a newer qpy." % (path, version, SCHEMA_VERSION))
-        identity = _db.execute("SELECT value FROM meta WHERE key = 'state_id'").fetchone()[0]
+        row = _db.execute("SELECT value FROM meta WHERE key = 'state_id'").fetchone()
+        if row is None:  # (a DB copied in by hand from before identities: it takes this one's)
+            atomically(lambda db: db.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('state_id', ?)",
+                (known or os.urandom(8).hex(),)))
+            row = _db.execute("SELECT value FROM meta WHERE key = 'state_id'").fetchone()
+        identity = row[0]
         if known is None:
             write_identity(state, identity)
         elif known != identity or previous not in (None, identity):
@@ -628,8 +649,11 @@ def atomically(fn, write=True):
             effects = _after_commit[:]
             release()
             release = None
-            for effect, args in effects:
-                effect(*args)
+            for effect, args in effects:  # (committed: a failing effect must not undo it)
+                try:
+                    effect(*args)
+                except Exception:
+                    log_exception("after a commit, %s" % effect.__name__)
             return result
         except sqlite3.OperationalError as e:
             transient = ("locked" in str(e) or "busy" in str(e) or "disk I/O" in str(e))
@@ -758,11 +782,13 @@ def confirm_start(db, job, now, external_id=None):
                 external_id=external_id or job["external_id"], reason=None)
 
 
-def return_to_queue(db, job, reason, refusal=None):
-    """Back to the queue, as if never claimed: its launch failed or timed out, nothing ran, or
-    it asked to be requeued. Its attempt's run files are void (removed after the commit)."""
-    if not move(db, job, HOLDING, "queue", node=None, reason=reason, runner_pid=None,
-                external_id=None, refusal=refusal):
+def return_to_queue(db, job, reason, refusal=None, leaving=("starting",)):
+    """Back to the queue, as if never claimed: its launch failed or timed out (from
+    'starting' only: a runner that did confirm owns the job, whatever its launcher said), or,
+    from 'running', nothing ran or it asked to be requeued. Its attempt's run files are void
+    (removed after the commit)."""
+    if not move(db, job, leaving, "queue", node=None, reason=reason, runner_pid=None,
+                external_id=None, refusal=refusal, gpu_ids=None, started_at=None):
         return False
     after_commit(remove_run_files, job)
     request_tick(db)
@@ -829,7 +855,7 @@ def remove_job_file(spec):
 #       row); .batch a pool's own output of the batch script, kept with the job until
 #       qpy clean (its messages tell why a pool job failed).
 # Nothing left by one attempt is ever read for another. (Before schema 6 they were named
-# <id>.<kind>: read_run_file still finds those of the attempt that made them.)
+# <id>.<kind>: existing_run_file still finds those of the attempt that made them.)
 
 RUN_KINDS = ("started", "hb", "exit")  # (a pool's ".batch" output is kept until qpy clean)
 
@@ -890,7 +916,10 @@ def quarantine(job, path, why):
     qpy_admin.py check to report, and the job is decided as if it were absent."""
     folder = os.path.join(user_dir(job["user"]), "quarantine")
     try:
-        os.makedirs(folder, mode=0o700, exist_ok=True)
+        if not os.path.isdir(folder):
+            os.mkdir(folder, 0o700)
+            if os.geteuid() == 0:  # (root's tick: the folder is the user's, to look into)
+                os.chown(folder, os.stat(user_dir(job["user"])).st_uid, -1)
         target = os.path.join(folder, "%s.%d" % (os.path.basename(path), time.time_ns()))
         os.rename(path, target)
     except OSError:
@@ -1714,13 +1743,15 @@ def schedule(nodes, live_jobs, blocked_users, shares=None, held=None, queue_coun
     total = sum(node["cores"] for node in nodes if node["state"] == "up")
     held, refusals = held or {}, refusals or {}
     used, queued, array_running = {}, {}, {}
+    up = {node["name"] for node in nodes if node["state"] == "up"}
     for job in live_jobs:
         if job["status"] == "queue":
             if queue_counts is None and job["user"] not in blocked_users \
                     and job["id"] not in held:
                 queued[job["user"]] = queued.get(job["user"], 0) + 1
         else:
-            used[job["user"]] = used.get(job["user"], 0) + job["n_cores"]
+            if job["node"] in up:  # (shares are of the cores of the nodes that are up)
+                used[job["user"]] = used.get(job["user"], 0) + job["n_cores"]
             if job["array_of"] is not None:
                 array_running[job["array_of"]] = array_running.get(job["array_of"], 0) + 1
     if queue_counts is not None:
@@ -1736,8 +1767,11 @@ def schedule(nodes, live_jobs, blocked_users, shares=None, held=None, queue_coun
             elif limit and array_running.get(job["array_of"], 0) >= limit:
                 where, why = None, "array limit: %d running" % limit
             else:
-                where, why = place_one(job, nodes, free, total, used, queued, blocked_users,
-                                       shares, refusals.get(job["id"]))
+                try:
+                    where, why = place_one(job, nodes, free, total, used, queued,
+                                           blocked_users, shares, refusals.get(job["id"]))
+                except QpyError as e:  # (a job stored before today's limits, a forged row)
+                    where, why = None, "its request cannot be used: %s" % e
                 if where and job["array_of"] is not None:
                     array_running[job["array_of"]] = array_running.get(job["array_of"], 0) + 1
             if where:
@@ -1914,6 +1948,9 @@ def tick_pass(fork_runners=True):
     Slurm missed."""
     me = ticking_user()
     probe_down_nodes()
+    if atomically(lambda db: db.execute("SELECT 1 FROM nodes WHERE lost IS NOT NULL AND state "
+                                        "= 'up' LIMIT 1").fetchone(), write=False):
+        stop_leftovers(me)
     followed, unreachable = follow_pools(me)
     verdicts = ask_nodes(atomically(lambda db: late_runners(db, me), write=False))
 
@@ -1956,9 +1993,12 @@ def claim_jobs(db, me, only=None):
     now = time.time()
     refusals = {}  # the pools that refused a job lately are not offered it again yet
     for job in live:
-        refusal = job["refusal"] and json.loads(job["refusal"])
-        if refusal and refusal["until"] > now:
-            refusals[job["id"]] = refusal
+        try:
+            refusal = job["refusal"] and json.loads(job["refusal"])
+            if refusal and refusal["until"] > now:
+                refusals[job["id"]] = refusal
+        except (ValueError, TypeError, KeyError):
+            pass  # (a refusal that cannot be read is none: the pool is asked again)
     placements, pending = schedule(nodes, live, blocked, shares, held,
                                    waiting_counts(db, blocked, held), refusals)
     for job in live:
@@ -2035,15 +2075,24 @@ def hold_for_dependencies(db):
     held, dropped = {}, set()
     for job in db.execute("SELECT * FROM jobs WHERE status = 'queue' AND dependencies "
                           "IS NOT NULL").fetchall():
-        for kind, other in json.loads(job["dependencies"]):
+        try:
+            dependencies = [(kind, int(other)) for kind, other in json.loads(job["dependencies"])
+                            if kind in DEPENDENCY_MET]
+        except (ValueError, TypeError):
+            dependencies = None
+        if not dependencies:  # (one garbled row must not stop every tick)
+            undo(db, job, "its dependencies cannot be read: %s" % shown(job["dependencies"]))
+            dropped.add(job["id"])
+            continue
+        for kind, other in dependencies:
             row = db.execute("SELECT status FROM jobs WHERE id = ?", (other,)).fetchone()
             status = row[0] if row else None
             if status in DEPENDENCY_MET[kind]:
                 continue
             if status in FINISHED or (status is None and kind != "after"):
-                # its own dependents follow in the next pass (unqueue asks for one)
+                # its own dependents follow in the next pass (undo asks for one)
                 undo(db, job, "dependency never satisfied: job %d %s"
-                        % (other, status or "was cleaned"))
+                     % (other, status or "was cleaned"))
                 dropped.add(job["id"])
                 break
             if status is not None:
@@ -2100,21 +2149,23 @@ def reconcile(db, me=None, followed=None, verdicts=None):
     did not answer, and its jobs are left as they are. verdicts: what ask_nodes learnt of the
     runners whose heartbeat is late on the other hosts, {job id: 'alive', 'gone' (its orphans
     were stopped) or 'unreachable'}. One job's damaged files never stop the others: what
-    fails is logged and that job is left for later. Returns the Slurm IDs of the jobs killed
-    with qpy kill that their pool still runs (qpy kill's cancel failed): the tick cancels them
-    again, as (kind, external ID)."""
+    fails is logged and that job is left for later. Returns the pool jobs killed
+    with qpy kill that their pool still runs (qpy kill's cancel failed), which the tick cancels
+    again, as [(kind, external ID)]."""
     now = time.time()
     cancels = []
     followed, verdicts = followed or {}, verdicts or {}
     timeout = meta_number(db, "launch_timeout")
     node_timeout = meta_number(db, "node_timeout")
     for job in live_jobs(db, me, HOLDING):
+        effects = len(_after_commit)
+        db.execute("SAVEPOINT one_job")
         try:
             if job["status"] == "starting":
                 # (a job handed to a pool may wait there for hours: its external ID tells)
                 if job["claimed_at"] < now - timeout and (not job["external_id"]
                                                           or not job["kind"]):
-                    return_to_queue(db, job, "launch timed out")
+                    return_to_queue(db, job, "launch timed out")  # (still 'starting')
                 elif job["external_id"] and job["node"] in followed:
                     POOLS[job["kind"]]["fate"](db, job, followed[job["node"]].get(
                         job["external_id"]))
@@ -2130,7 +2181,9 @@ def reconcile(db, me=None, followed=None, verdicts=None):
                     cancels.append((job["kind"], job["external_id"]))
             elif job["kind"] == "host" and is_local(job["address"]):
                 if not process_alive(job["runner_pid"], job["runner_boot"]):
-                    after_commit(stop_orphans, job, meta_number(db, "kill_grace"))
+                    # (a job queued again must not run beside what is left of it: at once)
+                    after_commit(stop_orphans, job, 0 if job["requeue"] else
+                                 meta_number(db, "kill_grace"))
                     end_lost_job(db, job, "runner lost")
             elif now - last_heartbeat(job) > node_timeout:
                 verdict = verdicts.get(job["id"], "unreachable" if job["kind"] != "host"
@@ -2142,7 +2195,13 @@ def reconcile(db, me=None, followed=None, verdicts=None):
                         mark_down(db, job["node"], "no heartbeat from job %d" % job["id"], now)
                         remember_lost_job(db, job)
                     end_lost_job(db, job, "node lost")
-        except Exception:
+            db.execute("RELEASE one_job")
+        except sqlite3.Error:
+            raise  # (the transaction is in doubt: atomically retries or says why)
+        except Exception:  # this job's files or row: left as they are, the others go on
+            db.execute("ROLLBACK TO one_job")
+            db.execute("RELEASE one_job")
+            del _after_commit[effects:]
             log_exception("reconciling job %d" % job["id"])
     return cancels
 
@@ -2173,9 +2232,10 @@ def end_lost_job(db, job, reason, may_requeue=True):
     it is when it asked for that (--requeue), was not killed, and the loss was not its own
     doing (may_requeue)."""
     if not job["kill_requested"] and not command_started(job):
-        return return_to_queue(db, job, "%s before the start: queued again" % reason)
+        return return_to_queue(db, job, "%s before the start: queued again" % reason,
+                               leaving=("running",))
     if job["requeue"] and not job["kill_requested"] and may_requeue:
-        return return_to_queue(db, job, "requeued: " + reason)
+        return return_to_queue(db, job, "requeued: " + reason, leaving=("running",))
     killed = bool(job["kill_requested"])
     return finish(db, job, {"status": "killed" if killed else "failed",
                             "reason": "killed by the user (%s)" % reason if killed else reason,
@@ -2183,63 +2243,72 @@ def end_lost_job(db, job, reason, may_requeue=True):
 
 
 def remember_lost_job(db, job):
-    """A job given up with its node, whose processes may still run there (a partition): the
-    node's `lost` list, [[job id, user]...], for when it answers again (stop_leftovers)."""
+    """An attempt given up with its node, whose processes may still run there (a partition):
+    the node's `lost` list, [[job id, attempt, user]...], for once it answers again."""
     row = db.execute("SELECT lost FROM nodes WHERE name = ?", (job["node"],)).fetchone()
     lost = json.loads(row[0]) if row and row[0] else []
-    db.execute("UPDATE nodes SET lost = ? WHERE name = ?",
-               (json.dumps(lost + [[job["id"], job["user"]]]), job["node"]))
+    db.execute("UPDATE nodes SET lost = ? WHERE name = ?", (json.dumps(
+        lost + [[job["id"], job["attempt"], job["user"]]]), job["node"]))
 
 
-def take_leftovers(db, node, me):
-    """Inside a transaction: the lost jobs of a node that answers again that this tick can
-    stop there (root's: all; a user's: their own), taken off its list. {user: [job ids]}."""
-    row = db.execute("SELECT lost FROM nodes WHERE name = ?", (node,)).fetchone()
-    lost = json.loads(row[0]) if row and row[0] else []
-    mine = [item for item in lost if me is None or item[1] == me]
-    if mine:
+def take_leftovers(db, me):
+    """Inside a transaction: the lost attempts of the nodes that are up (again) that this tick
+    can stop there (root's: all; a user's: their own), taken off their lists.
+    {node address: {user: [job id, attempt, ...]}}."""
+    taken = {}
+    for node in db.execute("SELECT name, address, lost FROM nodes WHERE state = 'up' AND "
+                           "kind = 'host' AND lost IS NOT NULL").fetchall():
+        lost = json.loads(node["lost"])
+        mine = [item for item in lost if me is None or item[2] == me]
         rest = [item for item in lost if item not in mine]
         db.execute("UPDATE nodes SET lost = ? WHERE name = ?",
-                   (json.dumps(rest) if rest else None, node))
-    taken = {}
-    for job_id, user in mine:
-        taken.setdefault(user, []).append(job_id)
+                   (json.dumps(rest) if rest else None, node["name"]))
+        for job_id, attempt, user in mine:
+            taken.setdefault(node["address"], {}).setdefault(user, []).extend((job_id, attempt))
     return taken
 
 
-def stop_leftovers(address, leftovers):
-    """On a node back after a partition: stop what the jobs qpy gave up with it still run
-    there, by ssh as their owners (node_leftovers)."""
+def stop_leftovers(me):
+    """On the nodes that answer again after a partition: stop what the attempts qpy gave up
+    with them still run there, by ssh as their owners (node_leftovers)."""
     import pwd
+    taken = atomically(lambda db: take_leftovers(db, me))
     calls = []
-    for user, job_ids in leftovers.items():
-        try:
-            owner = pwd.getpwnam(user) if os.geteuid() == 0 else None
-        except KeyError:
-            continue
-        calls.append((address, qpy_on_node("_leftovers", *job_ids), owner))
-    for (_, command, _), (status, _, error) in zip(calls, run_on_nodes(calls)):
+    for address, leftovers in taken.items():
+        for user, jobs in leftovers.items():
+            try:
+                owner = pwd.getpwnam(user) if os.geteuid() == 0 else None
+            except KeyError:
+                continue
+            if is_local(address):
+                continue  # (this machine's runner is never lost with its node)
+            calls.append((address, qpy_on_node("_leftovers", *jobs), owner))
+    for (address, command, _), (status, _, error) in zip(calls, run_on_nodes(calls)):
         if status != 0:
             log_event("could not stop the leftovers of jobs %s on %s: %s" % (
                 " ".join(command[command.index("_leftovers") + 1:]), address, error))
 
 
-def node_leftovers(*job_ids):
-    """`qpy _leftovers ID...`, run on a node as the jobs' owner: stop the process groups of
-    this user that carry QPY_JOB_ID=<ID> and this state's QPY_STATE_ID (SIGTERM, SIGKILL after
-    kill_grace): what jobs qpy has given up with this node left running."""
-    ids = {int(job_id) for job_id in job_ids}
+def node_leftovers(*jobs):
+    """`qpy _leftovers ID ATTEMPT...`, run on a node as the jobs' owner: stop the process
+    groups of this user that carry QPY_JOB_ID=<ID>, QPY_ATTEMPT=<ATTEMPT> and this state's
+    QPY_STATE_ID (SIGTERM, SIGKILL after kill_grace): what attempts qpy has given up with this
+    node left running (never a later attempt of the same job)."""
+    numbers = whole_numbers(jobs)
+    if not numbers or len(numbers) % 2:
+        raise NodeUsage()
+    attempts = set(zip(numbers[::2], numbers[1::2]))
     state = read_identity(state_dir())
     grace = atomically(lambda db: meta_number(db, "kill_grace"), write=False)
-    for pgid, job_id in job_groups(ids, state):
+    for pgid, job_id in attempt_groups(attempts, state):
         signal_group(pgid, signal.SIGTERM)
         detach(kill_group_later, pgid, job_id, grace)
     return 0
 
 
-def job_groups(job_ids, state):
-    """{(process group, job id)} of this user's processes that belong to these jobs of this
-    state (their environment says so)."""
+def attempt_groups(attempts, state):
+    """{(process group, job id)} of this user's processes that belong to these attempts
+    {(job id, attempt)} of this state's jobs (their environment says so)."""
     found = set()
     marker = ("QPY_STATE_ID=%s" % state).encode()
     for entry in os.listdir("/proc"):
@@ -2250,9 +2319,11 @@ def job_groups(job_ids, state):
                 environ = f.read().split(b"\0")
             if marker not in environ:
                 continue
-            job = [v[11:] for v in environ if v.startswith(b"QPY_JOB_ID=")]
-            if job and int(job[0]) in job_ids:
-                found.add((os.getpgid(int(entry)), int(job[0])))
+            values = dict(v.split(b"=", 1) for v in environ
+                          if v.startswith((b"QPY_JOB_ID=", b"QPY_ATTEMPT=")))
+            job = (int(values.get(b"QPY_JOB_ID", -1)), int(values.get(b"QPY_ATTEMPT", -1)))
+            if job in attempts:
+                found.add((os.getpgid(int(entry)), job[0]))
         except (OSError, ValueError):
             continue
     return found
@@ -2283,35 +2354,46 @@ def ask_nodes(jobs):
     if not batches:
         return {}
     grace = atomically(lambda db: meta_number(db, "kill_grace"), write=False)
-    calls = [(address, qpy_on_node("_reap", grace, *[value for job in batch for value in (
-        job["id"], job["attempt"], job["runner_pid"], job["runner_boot"])]), owner)
+    # (a job queued again must not run beside what is left of it: SIGKILL at once)
+    calls = [(address, qpy_on_node("_reap", *[value for job in batch for value in (
+        job["id"], job["attempt"], job["runner_pid"], job["runner_boot"],
+        0 if job["requeue"] else grace)]), owner)
         for (address, _), (owner, batch) in batches.items()]
     verdicts = {}
-    for (_, batch), (status, out, _) in zip(batches.values(), run_on_nodes(calls)):
-        words = out.split()
-        for job, word in zip(batch, words if status == 0 and len(words) == len(batch)
-                             else ["unreachable"] * len(batch)):
-            verdicts[job["id"]] = word
+    for ((address, _), (_, batch)), (status, out, error) in zip(batches.items(),
+                                                                run_on_nodes(calls)):
+        # only ssh's own failure (255) or no answer in time means the node is gone; a node
+        # that answers something else (a traceback, a chatty .bashrc) gives no verdict
+        lines = out.split("\n")
+        words = (out.strip().splitlines() or [""])[-1].split()
+        if status == 255 or status < 0:
+            verdicts.update((job["id"], "unreachable") for job in batch)
+        elif status == 0 and len(words) == len(batch) and set(words) <= {"alive", "gone"}:
+            verdicts.update((job["id"], word) for job, word in zip(batch, words))
+        else:
+            log_event("%s did not say what became of jobs %s: %s" % (
+                address, " ".join(str(job["id"]) for job in batch), error or lines[-1]))
     return verdicts
 
 
-def node_reap(grace, *jobs):
-    """`qpy _reap GRACE ID ATTEMPT PID BOOT...`, run by ask_nodes on a node as the jobs' owner:
-    for each job, print 'alive' if its runner is, else stop what the job left (SIGTERM,
-    SIGKILL after GRACE seconds) and print 'gone'."""
-    words = []
-    try:
-        grace, user = float(grace), user_name()
-        for job_id, attempt, pid, boot in zip(*[iter(jobs)] * 4):
+def node_reap(*jobs):
+    """`qpy _reap ID ATTEMPT PID BOOT GRACE...`, run by ask_nodes on a node as the jobs'
+    owner: for each job, print 'alive' if its runner is, else stop what the job left
+    (SIGTERM, SIGKILL after GRACE seconds; 0: SIGKILL at once) and print 'gone'."""
+    if not jobs or len(jobs) % 5:
+        raise NodeUsage()
+    words, user = [], user_name()
+    for job_id, attempt, pid, boot, grace in zip(*[iter(jobs)] * 5):
+        try:
             job = {"id": int(job_id), "attempt": int(attempt), "user": user}
-            if process_alive(int(pid) if pid.isdigit() else None, boot):
-                words.append("alive")
-            else:
-                stop_orphans(job, grace)
-                words.append("gone")
-    except ValueError:
-        sys.stderr.write("qpy _reap: usage: qpy _reap GRACE ID ATTEMPT PID BOOT...\n")
-        return 2
+            grace = float(grace)
+        except ValueError:
+            raise NodeUsage()
+        if process_alive(int(pid) if pid.isdigit() else None, boot):
+            words.append("alive")
+        else:
+            stop_orphans(job, grace)
+            words.append("gone")
     print(" ".join(words))
     return 0
 
@@ -2670,26 +2752,17 @@ def probe_down_nodes():
     answers.update((node["name"], error if status else None)
                    for node, (status, _, error) in zip(hosts, results))
 
-    me = ticking_user()
-
     def record(db):
         now = time.time()
-        leftovers = {}  # node: {user: [job ids]} to stop there now that it answers
         for name, error in answers.items():
             if error is None:
                 db.execute("UPDATE nodes SET state = 'up', state_reason = NULL, probed_at = ? "
                            "WHERE name = ? AND state = 'down'", (now, name))
                 request_tick(db)
-                leftovers[name] = take_leftovers(db, name, me)
             else:
                 db.execute("UPDATE nodes SET probed_at = ?, state_reason = ? WHERE name = ?",
                            (now, "probe failed: " + error, name))
-        return leftovers
-    leftovers = atomically(record)
-    addresses = {node["name"]: node["address"] for node in nodes}
-    for name, jobs in leftovers.items():
-        if jobs and not is_local(addresses[name]):
-            stop_leftovers(addresses[name], jobs)
+    atomically(record)
 
 
 # --------------------------------------------------------------------------------------------
@@ -2868,7 +2941,7 @@ def slurm_fate(db, job, slurm_state):
                 job["external_id"], state)
         if job["requeue"] and not job["kill_requested"] and (
                 state in SLURM_REQUEUABLE or job["status"] == "starting"):
-            return_to_queue(db, job, "requeued: " + reason)
+            return_to_queue(db, job, "requeued: " + reason, leaving=(job["status"],))
         elif job["status"] == "starting":
             if fail_claim(db, job, reason):
                 discard_job_files(db, job)
@@ -2926,7 +2999,8 @@ def job_environment(spec, job, node):
     inside the job does not pass it on to the next job."""
     env = dict(spec["env"])
     env.update(QPY_JOB_ID=str(job["id"]), QPY_NODE=node, QPY_N_CORES=str(job["n_cores"]),
-               QPY_MEM=str(float(job["mem"])), QPY_STATE_ID=state_id() or "")
+               QPY_MEM=str(float(job["mem"])), QPY_STATE_ID=state_id() or "",
+               QPY_ATTEMPT=str(job["attempt"]))
     chosen = []
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         if name not in env:
@@ -4212,24 +4286,31 @@ COMMANDS = {
 def node_run(*ids_and_attempts):
     """`qpy.py _run ID ATTEMPT [ID ATTEMPT...]`, started by a tick (by ssh on other nodes):
     detach a runner for each job, return."""
-    if not ids_and_attempts or len(ids_and_attempts) % 2 or not all(
-            str(word).isdigit() and len(str(word)) < 19 for word in ids_and_attempts):
-        raise ValueError(ids_and_attempts)
-    for job_id, attempt in zip(ids_and_attempts[::2], ids_and_attempts[1::2]):
-        detach(runner, int(job_id), int(attempt))
+    numbers = whole_numbers(ids_and_attempts)
+    if not numbers or len(numbers) % 2:
+        raise NodeUsage()
+    for job_id, attempt in zip(numbers[::2], numbers[1::2]):
+        detach(runner, job_id, attempt)
     return 0
 
 
 def node_slurm(job_id, attempt):
     """`qpy.py _slurm ID ATTEMPT`: the batch script of a job handed to a Slurm pool. The runner
-    stays in the foreground: Slurm's job lasts as long as qpy's."""
-    runner(int(job_id), int(attempt))
+    stays in the foreground: Slurm's job lasts as long as qpy's. What goes wrong is logged, as
+    for a detached runner (and goes to the pool's output of the batch script)."""
+    job_id, attempt = whole_numbers([job_id, attempt])
+    try:
+        runner(job_id, attempt)
+    except Exception:
+        log_exception("runner in a pool")
+        raise
     return 0
 
 
 def node_signal(job_id):
     """`qpy.py _signal ID`, started by qpy kill over ssh on the job's node."""
-    job = atomically(lambda db: db.execute("SELECT * FROM jobs WHERE id = ?", (int(job_id),))
+    job_id, = whole_numbers([job_id])
+    job = atomically(lambda db: db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,))
                      .fetchone(), write=False)
     return 0 if job is not None and signal_runner(job) else 3
 
@@ -4250,7 +4331,9 @@ def completion_words(which):
     words = {"commands": list(COMMANDS), "statuses": list(USER_STATUSES), "config": list(CONFIG),
              "node-keys": ["%s=" % key for key in sorted(NODE_KEYS - {"type"})]
              + ["type=host"] + ["type=%s" % kind for kind in POOLS]
-             + ["%s=" % key for pool in POOLS.values() for key in pool["options"]]}[which]
+             + ["%s=" % key for pool in POOLS.values() for key in pool["options"]]}.get(which)
+    if words is None:
+        raise NodeUsage()
     print(" ".join(words))
     return 0
 
@@ -4309,11 +4392,16 @@ def main(argv=None):
             sys.stdout.write(usage_text())
         return 0
     if name in NODE_COMMANDS:
+        command = NODE_COMMANDS[name]
         try:
-            return NODE_COMMANDS[name](*rest)
-        except (TypeError, ValueError, KeyError):
+            code = command.__code__  # (its arguments counted first: a TypeError inside is a bug)
+            if len(rest) < code.co_argcount - len(command.__defaults__ or ()) or (
+                    len(rest) > code.co_argcount and not code.co_flags & 0x04):
+                raise NodeUsage()
+            return command(*rest)
+        except NodeUsage:
             sys.stderr.write("qpy: %s is qpy's own command (%s), not for users.\n"
-                             % (name, NODE_COMMANDS[name].__doc__.split("`")[1]))
+                             % (name, command.__doc__.split("`")[1]))
             return 2
     if name == "--version":
         print("qpy", VERSION)

@@ -108,7 +108,11 @@ def load_nodes(path, empty_too=False):
     path = path or os.path.join(qpy.state_dir(), "nodes")
     try:
         with open(path) as f:
-            nodes = qpy.parse_nodes_file(f.read(1 << 20))
+            text = f.read(1 << 20)
+            if f.read(1):
+                raise qpy.QpyError("The nodes file %s is larger than 1 MB: is it the right "
+                                   "file?" % path)
+        nodes = qpy.parse_nodes_file(text)
     except (OSError, UnicodeDecodeError) as e:
         raise qpy.QpyError("Cannot read the nodes file: %s" % e)
     if not nodes and not empty_too:
@@ -560,6 +564,9 @@ def restore(source):
             copy.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('jobs', ?)",
                          (highest,))
         identity = copy.execute("SELECT value FROM meta WHERE key = 'state_id'").fetchone()
+        if identity is None and qpy.read_identity(state):  # a backup older than identities
+            copy.execute("INSERT INTO meta (key, value) VALUES ('state_id', ?)",
+                         (qpy.read_identity(state),))
         copy.commit()
         copy.close()
         if os.path.exists(live):

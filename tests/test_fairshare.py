@@ -195,3 +195,13 @@ def test_the_cores_of_a_down_node_are_not_shared_out(site):
     db.close()
     out = site.ok("distribute", rules, admin=True)
     assert "(4 in all" in out and "minimum   0  extra   4" in out, out
+
+
+def test_jobs_on_a_drained_node_do_not_keep_others_from_the_cores_that_are_up():
+    """b is drained with 10 of u's jobs on it; a is up and idle: v, who uses nothing, starts
+    (the drained node's cores are shared out to nobody, nor are the jobs on it counted)."""
+    nodes = [node("a", 10), dict(node("b", 10), state="drained")]
+    shares = qpy.compute_shares(qpy.DEFAULT_RULES, ["u", "v"], 10)
+    live = jobs_of("u", 10, 1, "running", "b") + jobs_of("v", 1, 20)
+    placed, pending = qpy.schedule(nodes, live, {}, shares)
+    assert [qpy_user(live, job_id) for job_id, _ in placed] == ["v"], pending

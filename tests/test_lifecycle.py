@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 import signal
 import time
 
@@ -337,3 +338,38 @@ def test_a_job_file_of_an_older_qpy_still_runs_after_the_upgrade(site):
     assert site.wait_status(old, "done") and site.read("job_%d.out" % old) == "old\n"
     record = site.wait_status(new, "failed")
     assert "version 99, written by a newer qpy" in record["reason"]
+
+
+def test_a_backup_older_than_state_identities_is_restored_into_this_state(site, tmp_path):
+    site.ok("ctrlQueue", "pause")
+    job = site.submit("true")
+    backup = str(tmp_path / "old.db")
+    site.ok("backup", backup, admin=True)
+    old = sqlite3.connect(backup)
+    with old:  # without an identity, as a backup made before schema 6 (its upgrade from
+        old.execute("DELETE FROM meta WHERE key = 'state_id'")  # 5 is tested apart)
+    old.close()
+    assert "Restored" in site.ok("restore", backup, admin=True)
+    assert "%d (queue)" % job in site.ok("check")  # upgraded, and this state's
+
+
+@pytest.mark.parametrize("column, value, says", [
+    ("dependencies", "not json", "its dependencies cannot be read"),
+    ("refusal", "{broken", None),
+    ("attributes", "(" * 100 + "x" + ")" * 100, "its request cannot be used"),
+])
+def test_one_garbled_row_does_not_stop_the_queue(site, column, value, says):
+    """A row written into the shared DB by hand, or stored before today's limits: that job
+    is refused or waits with the reason, the others start."""
+    site.ok("ctrlQueue", "pause")
+    bad, good = site.submit("true"), site.submit("true")
+    db = sqlite3.connect(os.path.join(site.state, "qpy.db"))
+    with db:
+        db.execute("UPDATE jobs SET %s = ? WHERE id = ?" % column, (value, bad))
+    db.close()
+    site.ok("ctrlQueue", "continue")
+    site.wait_status(good, "done")
+    if says:
+        wait_for(lambda: says in (site.jobs()[bad]["reason"] or ""), what="the reason")
+    else:
+        site.wait_status(bad, "done")
