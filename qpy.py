@@ -546,17 +546,25 @@ MIGRATIONS = {
 
 
 def upgrade_db(path):
-    """Upgrade an older DB in place, in one transaction, keeping every job."""
+    """Upgrade an older DB in place, in one transaction, keeping every job. Every index of
+    schema.sql is made too if it is missing: a DB of a commit between two schema versions may
+    lack one that the queries name (the tick would fail at every pass)."""
+    with open(shipped_file("schema.sql")) as f:
+        indexes = [statement.replace("CREATE INDEX", "CREATE INDEX IF NOT EXISTS", 1)
+                   for statement in sql_statements(f.read()) if "CREATE INDEX" in statement]
+
     def upgrade(db):
         version = db.execute("PRAGMA user_version").fetchone()[0]
         while version < SCHEMA_VERSION:
             for statement in MIGRATIONS[version]:
                 db.execute(statement)
             version += 1
+        for statement in indexes:
+            db.execute(statement)
         db.execute("PRAGMA user_version = %d" % version)
     try:
         atomically(upgrade)
-    except sqlite3.DatabaseError as e:
+    except (sqlite3.DatabaseError, QpyError) as e:
         raise QpyError("Could not upgrade the qpy database %s: %s (it is unchanged)." % (path, e))
 
 

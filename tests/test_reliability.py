@@ -114,6 +114,8 @@ def test_an_older_database_is_upgraded_in_place_keeping_every_job(site, start):
         for version in range(1, start):
             for statement in qpy.MIGRATIONS[version]:
                 db.execute(statement)
+        if start == 3:  # one commit of schema 3 lacked it: every tick failed (no such index)
+            db.execute("DROP INDEX jobs_queued")
     db.execute("PRAGMA user_version = %d" % start)
     db.close()
     if start < 6:

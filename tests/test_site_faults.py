@@ -7,6 +7,28 @@ import os
 from conftest import wait_for
 
 
+def processes_on(site, node, user, what):
+    """The PIDs of the user's processes on the node whose `ps` line (pid, comm, args) says
+    `what` (a predicate)."""
+    result = site.cluster.node_exec(node, user, "ps", "-o", "pid=,comm=,args=", "-u", user)
+    return [line.split()[0] for line in result.stdout.splitlines() if what(line)]
+
+
+def a_sleeping_job_on_node1(site):
+    """Alice's `sleep 300` running on node1 (the other nodes drained): (its ID, its runner's
+    PIDs there, a function listing alice's processes on node1 that match a predicate)."""
+    site.admin("drain", "node2")
+    site.admin("drain", "node3")
+    job = site.submit("alice", "sleep", "300")
+    assert site.wait_status(job, "running")["node"] == "node1"
+
+    def on_node1(what):
+        return processes_on(site, "node1", "alice", what)
+    runner = wait_for(lambda: on_node1(lambda line: "qpy-runner" in line), what="the runner")
+    wait_for(lambda: on_node1(lambda line: "sleep 300" in line), what="the command")
+    return job, runner, on_node1
+
+
 def runs_log(site, name="runs"):
     path = os.path.join(site.workdir("alice"), name)
     if not os.path.exists(path):
@@ -47,17 +69,7 @@ def test_a_requeue_job_across_a_crash_and_reboot_runs_once_more_never_beside_its
 
 def test_a_runner_killed_on_a_healthy_node_is_runner_lost_and_its_job_is_stopped(lab):
     site = lab()
-    site.admin("drain", "node2")
-    site.admin("drain", "node3")
-    job = site.submit("alice", "sleep", "300")
-    assert site.wait_status(job, "running")["node"] == "node1"
-
-    def on_node1(what):
-        result = site.cluster.node_exec("node1", "alice", "ps", "-o", "pid=,comm=,args=",
-                                        "-u", "alice")
-        return [line.split()[0] for line in result.stdout.splitlines() if what(line)]
-    runner = wait_for(lambda: on_node1(lambda line: "qpy-runner" in line), what="the runner")
-    assert on_node1(lambda line: "sleep 300" in line)
+    job, runner, on_node1 = a_sleeping_job_on_node1(site)
     site.cluster.node_exec("node1", "alice", "kill", "-9", *runner)
     record = site.wait_status(job, "failed", tick=True, timeout=60)
     assert record["reason"] == "runner lost"
@@ -102,17 +114,7 @@ def test_what_a_lost_job_left_on_a_partitioned_node_is_stopped_when_it_answers(l
     lost'), but its command runs on there. Once the node answers again, the tick that brings
     it back stops that command."""
     site = lab()
-    site.admin("drain", "node2")
-    site.admin("drain", "node3")
-    job = site.submit("alice", "sleep", "300")
-    assert site.wait_status(job, "running")["node"] == "node1"
-
-    def on_node1(what):
-        result = site.cluster.node_exec("node1", "alice", "ps", "-o", "pid=,comm=,args=",
-                                        "-u", "alice")
-        return [line.split()[0] for line in result.stdout.splitlines() if what(line)]
-    runner = wait_for(lambda: on_node1(lambda line: "qpy-runner" in line), what="the runner")
-    wait_for(lambda: on_node1(lambda line: "sleep 300" in line), what="the command")
+    job, runner, on_node1 = a_sleeping_job_on_node1(site)
     site.cluster.partition("node1")
     try:
         site.cluster.node_exec("node1", "alice", "kill", "-9", *runner)
