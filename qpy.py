@@ -1748,7 +1748,7 @@ def schedule(nodes, live_jobs, blocked_users, shares=None, held=None, queue_coun
     Returns ([(job id, node name)], {job id: why it waits}). A job that does not fit is passed
     over so that smaller jobs behind it can start (backfilling)."""
     free = free_resources(nodes, live_jobs)
-    total = sum(node["cores"] for node in nodes if node["state"] == "up")
+    total = shared_cores(nodes)
     held, refusals = held or {}, refusals or {}
     used, queued, array_running = {}, {}, {}
     up = {node["name"] for node in nodes if node["state"] == "up"}
@@ -1956,11 +1956,13 @@ def tick_pass(fork_runners=True):
     Slurm missed."""
     me = ticking_user()
     probe_down_nodes()
-    if atomically(lambda db: db.execute("SELECT 1 FROM nodes WHERE lost IS NOT NULL AND state "
-                                        "= 'up' LIMIT 1").fetchone(), write=False):
+    late, lost = atomically(lambda db: (late_runners(db, me), db.execute(
+        "SELECT 1 FROM nodes WHERE lost IS NOT NULL AND state = 'up' LIMIT 1").fetchone()),
+        write=False)  # (one read for both: this is every pass)
+    if lost:
         stop_leftovers(me)
     followed, unreachable = follow_pools(me)
-    verdicts = ask_nodes(atomically(lambda db: late_runners(db, me), write=False))
+    verdicts = ask_nodes(late)
 
     def decide(db):
         take_wakeups(db, me)
@@ -1994,7 +1996,7 @@ def claim_jobs(db, me, only=None):
     nodes = db.execute("SELECT * FROM nodes ORDER BY position, name").fetchall()
     blocked = {row["name"]: "queue paused" if row["paused"] else "qpy finish"
                for row in db.execute("SELECT * FROM users WHERE paused OR finished")}
-    shares = compute_shares(load_rules(db), share_holders(db), shared_cores(db))
+    shares = compute_shares(load_rules(db), share_holders(db), shared_cores(nodes))
     held, dropped = hold_for_dependencies(db)
     live, left_out = jobs_to_schedule(db)
     live = [job for job in live if job["id"] not in dropped]
@@ -2135,11 +2137,10 @@ def load_rules(db):
     return json.loads(row[0]) if row else DEFAULT_RULES
 
 
-def shared_cores(db):
+def shared_cores(nodes):
     """The cores shared out among the users: those of the nodes that are up (a down node's
     cores are nobody's until it is back; a drained node's go on being used, then are not)."""
-    return db.execute("SELECT COALESCE(SUM(cores), 0) FROM nodes WHERE state = 'up'") \
-        .fetchone()[0]
+    return sum(node["cores"] for node in nodes if node["state"] == "up")
 
 
 def share_holders(db):

@@ -163,7 +163,7 @@ def distribute(path):
         db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('rules', ?)",
                    (json.dumps(rules),))
         qpy.request_tick(db)
-        total = qpy.shared_cores(db)
+        total = qpy.shared_cores(db.execute("SELECT cores, state FROM nodes").fetchall())
         return qpy.compute_shares(rules, qpy.share_holders(db), total), total
     shares, total = qpy.atomically(write)
     print("Cores distributed (%d in all, on the nodes that are up):" % total)

@@ -373,3 +373,27 @@ def test_one_garbled_row_does_not_stop_the_queue(site, column, value, says):
         wait_for(lambda: says in (site.jobs()[bad]["reason"] or ""), what="the reason")
     else:
         site.wait_status(bad, "done")
+
+
+def test_run_files_of_a_qpy_before_schema_6_are_still_read_for_their_attempt(site):
+    """A job running across the upgrade: its runner (the old qpy's) named its files <id>.started
+    and <id>.exit. The tick takes its end; a legacy file of another attempt is ignored."""
+    site.ok("ctrlQueue", "pause")
+    job, other = site.submit("true"), site.submit("true")
+    boot = open("/proc/%d/stat" % os.getpid()).read().rpartition(")")[2].split()[19]
+    db = sqlite3.connect(os.path.join(site.state, "qpy.db"))
+    with db:  # their runner alive (this test process): only an exit record ends them
+        db.execute("UPDATE jobs SET status = 'running', node = 'localhost', attempt = 1, "
+                   "started_at = 1, runner_pid = ?, runner_boot = ? WHERE id IN (?, ?)",
+                   (os.getpid(), boot, job, other))
+    db.close()
+    run = os.path.join(site.state, "users", site.jobs()[job]["user"], "run")
+    for job_id, attempt in ((job, 1), (other, 2)):
+        with open(os.path.join(run, "%d.started" % job_id), "w") as f:
+            f.write("%d go 1" % attempt)
+        with open(os.path.join(run, "%d.exit" % job_id), "w") as f:
+            json.dump({"attempt": attempt, "status": "done", "exit_code": 0,
+                       "ended_at": time.time()}, f)
+    site.ok("tick", admin=True)
+    assert site.status(job) == "done"
+    assert site.status(other) == "running"  # (its legacy files are another attempt's)
