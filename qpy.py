@@ -359,6 +359,12 @@ def read_identity(state):
         return None
 
 
+def state_replaced():
+    """Was this process's state removed and another made in its place (qpy.id names
+    another)?"""
+    return read_identity(state_dir()) not in (None, state_id())
+
+
 def write_identity(state, identity):
     try:
         write_atomically(os.path.join(state, "qpy.id"), (identity + "\n").encode())
@@ -858,8 +864,8 @@ def remove_job_file(spec):
 
 # --- Run files: what a runner keeps beside a job's row, each file of one attempt ------------
 #   <state>/users/<user>/run/<id>.<attempt>.started  created with O_EXCL when the runner
-#       confirms: '<attempt>', then ' go' when the command is told to run, then its process
-#       group; .hb its heartbeat (mtime); .exit the exit record (JSON, written before the
+#       confirms: '<attempt>@<state id>', then ' go' when the command is told to run, then
+#       its process group; .hb its heartbeat (mtime); .exit the exit record (JSON, written before the
 #       row); .batch a pool's own output of the batch script, kept with the job until
 #       qpy clean (its messages tell why a pool job failed).
 # Nothing left by one attempt is ever read for another. (Before schema 6 they were named
@@ -978,10 +984,18 @@ def exit_record_problem(record, job):
     return None
 
 
+def marker_head(job):
+    """The first word of a started marker: the attempt it was made for, and the state's
+    identity (a marker of another state says nothing about this one's jobs)."""
+    return b"%d@%s" % (job["attempt"], state_id().encode())
+
+
 def marker_words(job):
-    """The started marker of the job's attempt: [attempt], then b'go' once the runner told
-    the command to run, then the command's process group (start_command). None if there is
-    none; a marker that says anything else is quarantined (and counts as absent)."""
+    """The started marker of the job's attempt: [attempt@state], then b'go' once the runner
+    told the command to run, then the command's process group (start_command). None if there
+    is none; a marker that says anything else, or was made in another state, is quarantined
+    (and counts as absent). (Before the state's identity was in it, its head was the attempt
+    alone.)"""
     path = existing_run_file(job, "started")
     if path is None:
         return None
@@ -990,7 +1004,8 @@ def marker_words(job):
             words = f.read().split()
     except OSError:
         return None
-    shapes_ok = (words[:1] == [str(job["attempt"]).encode()] and words[1:2] in ([], [b"go"])
+    shapes_ok = (words[:1] in ([marker_head(job)], [str(job["attempt"]).encode()])
+                 and words[1:2] in ([], [b"go"])
                  and len(words) <= 3 and all(word.isdigit() for word in words[2:]))
     if not shapes_ok:
         quarantine(job, path, "it reads %r" % b" ".join(words)[:80])
@@ -3099,8 +3114,12 @@ def confirm(db, job_id, attempt):
             fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
             # ours only if made for this very claim by a transaction that was rolled back
-            # (its attempt, no 'go'): a claim is committed before anyone runs it
-            if command_started(job):
+            # (its attempt, no 'go'): a claim is committed before anyone runs it; one of
+            # another state, or unreadable, is quarantined by marker_words: made anew
+            words = marker_words(job)
+            if words is None and not os.path.exists(marker):
+                fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            elif words is None or len(words) > 1:
                 refusal = "started marker exists: refused to run it twice"
             else:
                 fd = os.open(marker, os.O_WRONLY | os.O_TRUNC)
@@ -3111,7 +3130,7 @@ def confirm(db, job_id, attempt):
     if refusal:
         fail_claim(db, job, refusal)
         return None
-    os.write(fd, str(attempt).encode())
+    os.write(fd, marker_head(job))
     os.close(fd)
     now = time.time()
     # in a pool, the job's ID there from the pool itself: the tick that submitted it may have
@@ -3242,7 +3261,7 @@ def keep_trying(action, heartbeat, patience):
     delay = 0.5
     gone_since = None
     while True:
-        if read_identity(state_dir()) not in (None, state_id()):
+        if state_replaced():
             raise StateGone()  # another state took its place: nothing of ours goes there
         try:
             return action()
@@ -3282,11 +3301,12 @@ def supervise(job, pid, stop, wake, settings):
     while True:
         now = time.time()
         if now >= next_beat:
-            try:
-                with open(heartbeat, "w"):
-                    pass
-            except OSError:
-                pass  # (a filesystem hiccup must not take the runner away from its job)
+            if not state_replaced():  # (then the files there are another state's: hands off)
+                try:
+                    with open(heartbeat, "w"):
+                        pass
+                except OSError:
+                    pass  # (a filesystem hiccup must not take the runner away from its job)
             next_beat = now + beat
             if stopping is None:
                 stopping = runner_displaced(job)
@@ -3358,7 +3378,7 @@ def runner_displaced(job):
     was removed and another made in its place (qpy.id names another), 'superseded' when the
     job's row has moved on (requeued or ended while this node was out of reach), else None.
     A state that cannot be read now says nothing."""
-    if read_identity(state_dir()) not in (None, state_id()):
+    if state_replaced():
         return "state replaced"
     try:
         row = atomically(lambda db: db.execute("SELECT status, attempt FROM jobs WHERE id = ?",

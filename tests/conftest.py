@@ -68,7 +68,7 @@ def read_jobs(state):
 
 def job_group(state, user, job_id):
     """The process group of a running job: the last word of its started marker, once the
-    runner has noted it there ('<attempt> go <group>' in <id>.<attempt>.started; see
+    runner has noted it there ('<attempt>@<state> go <group>' in <id>.<attempt>.started; see
     qpy.start_command)."""
     def noted():
         import glob

@@ -162,6 +162,23 @@ def test_a_damaged_started_marker_of_a_lost_runner_does_not_wedge_the_queue(site
     assert wait_checked(site, first, "failed")["reason"].startswith("runner lost")
 
 
+def test_a_started_marker_of_another_state_neither_blocks_nor_runs_a_job(site):
+    """A marker that names another state (copied in with its files) says nothing about this
+    state's job of the same ID and attempt: it is quarantined, and the job runs once."""
+    site.ok("ctrlQueue", "pause")
+    job = site.submit("true")
+    user = site.jobs()[job]["user"]
+    path = os.path.join(site.state, "users", user, "run", "%d.1.started" % job)
+    with open(path, "w") as f:
+        f.write("1@0123456789abcdef go 99999")
+    site.ok("ctrlQueue", "continue")
+    site.wait_status(job, "done")
+    quarantined = glob.glob(os.path.join(site.state, "users", user, "quarantine", "*"))
+    assert [open(p).read() for p in quarantined] == ["1@0123456789abcdef go 99999"]
+    words = open(path).read().split() if os.path.exists(path) else []
+    assert words[:1] != ["1@0123456789abcdef"]
+
+
 def wait_checked(site, job, status):
     """Until the job has this status, with `qpy check` (which starts the tick that notices a
     runner gone) between looks."""
@@ -269,6 +286,29 @@ def test_a_runner_of_a_removed_state_records_nothing_in_the_new_one(site, tmp_pa
     assert read_db(state, "SELECT status FROM jobs WHERE id = ?", (new,))[0]["status"] == \
         "running"
     site.ok("kill", str(new), env=env)
+
+
+def test_a_runner_of_a_removed_state_does_not_touch_a_heartbeat_in_the_new_one(site,
+                                                                              tmp_path):
+    """The old runner's next beat finds the new state's identity before it writes anything:
+    no heartbeat file of its job appears in the new state's run directory."""
+    state = str(tmp_path / "state")
+    env = {"QPY_STATE": state}
+    site.ok("check", env=env)
+    site.ok("set", "heartbeat", "0.3", admin=True, env=env)
+    old = int(site.ok("sub", "sleep 60", env=env).split()[1])
+    rows = wait_for(lambda: read_db(state, "SELECT runner_pid, user FROM jobs WHERE id = ? AND "
+                                           "status = 'running'", (old,)),
+                    what="the old job to run")
+    shutil.rmtree(state)
+    site.ok("check", env=env)
+    site.ok("ctrlQueue", "pause", env=env)
+    site.ok("sub", "true", env=env)  # (makes the user's run directory there)
+    run = os.path.join(state, "users", rows[0]["user"], "run")
+    assert os.path.isdir(run)
+    wait_for(lambda: not os.path.exists("/proc/%d" % rows[0]["runner_pid"]), timeout=30,
+             what="the old runner to leave")
+    assert os.listdir(run) == []
 
 
 def damage_pages(path, first_page=2):
