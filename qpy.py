@@ -34,10 +34,11 @@ The protocol, which every function below keeps:
  6. The runner owns a running job: the command runs in its own process group; at the end
     the exit record is written to a file (tmp, fsync, rename) *before* the database is
     updated. Every run file (started marker, heartbeat, exit record, Slurm output) is named
-    by its job and attempt, and the exit record carries the state's identity: nothing of an
-    earlier attempt or another state is ever taken for a job's. At each heartbeat the
-    runner checks that its attempt is still the job's: one that is not (its node was taken
-    for lost, the state replaced) stops its command and records nothing. The transaction
+    by its job and attempt, and the started marker and exit record carry the state's
+    identity: nothing of an earlier attempt or another state is ever taken for a job's. At
+    each heartbeat the runner checks that its attempt is still the job's: one that is not
+    (its node was taken for lost, the state replaced) stops its command and records nothing
+    (in a replaced state it touches no file, not even its heartbeat). The transaction
     that stores the end also claims and confirms the next job that can start on the same
     node for the same user, which the runner then runs itself (no new runner, no launch);
     it ticks if other jobs could start too.
