@@ -988,7 +988,8 @@ def exit_record_problem(record, job):
 def marker_head(job):
     """The first word of a started marker: the attempt it was made for, and the state's
     identity (a marker of another state says nothing about this one's jobs)."""
-    return b"%d@%s" % (job["attempt"], state_id().encode())
+    identity = state_id() or read_identity(state_dir()) or ""  # (_reap has not connected)
+    return b"%d@%s" % (job["attempt"], identity.encode())
 
 
 def marker_words(job):
