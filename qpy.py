@@ -15,10 +15,14 @@ The protocol, which every function below keeps:
  3. `qpy sub` inserts a job ('queue') and bumps the submitter's wake-up (users.wanted) in one
     transaction, then forks a detached tick (unless that user's is running) and returns. It
     never waits for a launch. What frees cores for anybody bumps meta.tick_wanted.
- 4. One tick at a time per user (<state>/tick.<user>.lock; root's, which starts anybody's
-    jobs as their owners, tick.lock), taken without blocking. A tick that finds it held
-    leaves; the holder loops until no wake-up it can act on is left, and re-checks after
-    releasing, so no request is ever lost and nobody waits for a tick. A user's tick takes
+ 4. One tick decides at a time per user (<state>/tick.<user>.lock; root's, which starts
+    anybody's jobs as their owners, tick.lock), taken without blocking, held only for the
+    pass's one transaction (take the wake-ups, reconcile, claim): it is released before the
+    launches (ssh, sbatch), and the slow questions of a pass (probing down nodes, following
+    the pools, asking the nodes of late runners) are asked after them, by one watch per user
+    at a time (watch.<user>.lock): no tick waits on ssh or a pool with its lock held. A tick
+    that finds the lock held leaves; the holder loops until no wake-up it can act on is
+    left, so no request is ever lost and nobody waits for a tick. A user's tick takes
     meta.tick_wanted and its own wake-up, and hands on (bumps users.wanted of) the other users
     whose jobs it found able to start: a wake-up is taken only by a tick that can act on it.
  5. Every status change is one guarded UPDATE of the "Jobs: life cycle" section (the job's
@@ -43,11 +47,12 @@ The protocol, which every function below keeps:
     node for the same user, which the runner then runs itself (no new runner, no launch);
     it ticks if other jobs could start too.
  7. A tick harvests exit records the database missed, and ends jobs whose runner is gone:
-    on this machine by the runner's pid, on other hosts by asking the node over ssh (outside
-    the lock) about runners whose heartbeat is older than node_timeout. A node that answers
-    has what the dead runner's job left stopped (its process group, from the started
-    marker: SIGTERM, SIGKILL after kill_grace) and the job is `runner lost`; only a node
-    that does not answer is down, its jobs `node lost`. A run file that cannot be read is
+    on this machine by the runner's pid, on other hosts by asking the node over ssh (the
+    watch, outside the locks) about runners whose heartbeat is older than node_timeout. A
+    node that answers has what the dead runner's job left stopped (its process group, from
+    the started marker: SIGTERM, SIGKILL after kill_grace) and the job is `runner lost`;
+    only a node that does not answer is down, its jobs `node lost`, and when it comes back
+    what those attempts left there is stopped before it is up again. A run file that cannot be read is
     quarantined and the job decided as if it were absent: one job's files never stop a tick.
  8. No qpy process outlives its work: the tick exits when nothing is wanted, the runner
     when its job has ended. A background process's unexpected error is written to
@@ -1908,10 +1913,11 @@ def take_wakeups(db, me):
         "" if me is None else " AND name = ?"), () if me is None else (me,))
 
 
-def tick_lock_name(me):
-    """One tick at a time per user, and root's apart: a user's tick slowed by an unreachable
-    node never keeps another user's, or root's, from starting their jobs."""
-    return "tick.lock" if me is None else "tick.%s.lock" % me
+def lock_name(kind, me):
+    """One tick ('tick') and one watch ('watch') at a time per user, and root's apart: a
+    user's tick slowed by an unreachable node never keeps another user's, or root's, from
+    starting their jobs."""
+    return "%s.lock" % kind if me is None else "%s.%s.lock" % (kind, me)
 
 
 def ticking_user():
@@ -1938,65 +1944,94 @@ def tick_overdue(db, jobs):
 
 def tick(fork_runners=True):
     """Run tick passes until nobody wants one that this tick can do; leave at once if this
-    user's (or root's) tick is running already. fork_runners: this machine's runners may be
-    forks of this process (see launch_all)."""
+    user's (or root's) tick is deciding already. A pass decides under the tick lock (one
+    short transaction), then, without it, launches what it claimed and asks the slow
+    questions (watch): no tick holds its lock while it waits on ssh or a pool, so a wake-up
+    that comes meanwhile gets a tick of its own at once. fork_runners: this machine's
+    runners may be forks of this process (see launch_all)."""
     me = ticking_user()
     while True:
-        release = take_lock(tick_lock_name(me), 0)
+        release = take_lock(lock_name("tick", me), 0)
         if release is None:
             return  # its holder will see the request
         try:
-            while True:
-                tick_pass(fork_runners)
-                if not atomically(lambda db: tick_wanted(db, me), write=False):
-                    break
+            claims, cancels = atomically(lambda db: decide(db, me))
         finally:
             release()
+        crash_point("tick:claimed")
+        if any(job["kind"] != "host" or not is_local(job["address"]) for job in claims) and \
+                atomically(lambda db: tick_wanted(db, me), write=False):
+            start_tick()  # (asked for while we decided: not to wait for our ssh)
+        launch_all(claims, fork_runners)
+        crash_point("tick:launched")
+        cancel_in_pools(cancels)
         if not atomically(lambda db: tick_wanted(db, me), write=False):
-            return
+            watch(me)
+            if not atomically(lambda db: tick_wanted(db, me), write=False):
+                return
 
 
 def start_tick():
     """After asking for a tick (request_tick): start one in the background, unless this
-    user's tick is running, which sees the request when it checks for one (it does after
+    user's tick is deciding, which sees the request when it checks for one (it does after
     releasing its lock too, so the request is never lost)."""
-    release = take_lock(tick_lock_name(ticking_user()), 0)
+    release = take_lock(lock_name("tick", ticking_user()), 0)
     if release is None:
         return
     release()
     detach(tick)
 
 
-def tick_pass(fork_runners=True):
-    """One pass: probe down nodes, reconcile what ended or got lost, claim the jobs that can
-    start, launch them (ssh and sbatch in parallel, outside the lock), and send again the kills
-    Slurm missed."""
-    me = ticking_user()
-    probe_down_nodes()
-    late, lost = atomically(lambda db: (late_runners(db, me), db.execute(
-        "SELECT 1 FROM nodes WHERE lost IS NOT NULL AND state = 'up' LIMIT 1").fetchone()),
-        write=False)  # (one read for both: this is every pass)
-    if lost:
-        stop_leftovers(me)
-    followed, unreachable = follow_pools(me)
-    verdicts = ask_nodes(late)
+def decide(db, me):
+    """The transaction of a pass, with what the DB and this machine know: take the wake-ups
+    it answers, end what ended (reconcile), claim the jobs that can start (claim_jobs).
+    Returns (the claims, the pool jobs to cancel again)."""
+    take_wakeups(db, me)
+    db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_tick', ?)",
+               (str(time.time()),))
+    db.execute("INSERT INTO meta (key, value) VALUES ('tick_passes', '1') "
+               "ON CONFLICT (key) DO UPDATE SET value = value + 1")
+    cancels = reconcile(db, me)
+    return claim_jobs(db, me), cancels
 
-    def decide(db):
-        take_wakeups(db, me)
-        db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_tick', ?)",
-                   (str(time.time()),))
-        db.execute("INSERT INTO meta (key, value) VALUES ('tick_passes', '1') "
-                   "ON CONFLICT (key) DO UPDATE SET value = value + 1")
-        for pool, error in unreachable.items():
-            mark_down(db, pool, error, time.time())
-        cancels = reconcile(db, me, followed, verdicts)
-        return claim_jobs(db, me), cancels
 
-    claims, cancels = atomically(decide)
-    crash_point("tick:claimed")
-    launch_all(claims, fork_runners)
-    crash_point("tick:launched")
-    cancel_in_pools(cancels)
+def watch(me):
+    """The slow questions, asked outside the tick lock, by one watch of this user (or root)
+    at a time (a tick that finds one at work leaves them to it): probe the down nodes, stop
+    what given-up attempts left on the nodes that answer again, follow the pools, ask the
+    nodes of runners whose heartbeat is late. What they answer is recorded (reconcile); what
+    it frees asks for a pass, which the tick then makes."""
+    release = take_lock(lock_name("watch", me), 0)
+    if release is None:
+        return
+    try:
+        probe_down_nodes(me)
+        late, lost = atomically(lambda db: (late_runners(db, me), db.execute(
+            "SELECT 1 FROM nodes WHERE lost IS NOT NULL AND state = 'up' LIMIT 1").fetchone()),
+            write=False)  # (one read for both: this is every pass)
+        if lost:
+            stop_leftovers(me)
+        followed, unreachable = follow_pools(me)
+        verdicts = ask_nodes([job for job in late if job["kind"] == "host"])
+        # a late pool job is judged by what its pool says; one whose pool did not answer (or
+        # whose node was removed) is lost
+        verdicts.update(((job["id"], job["attempt"]), "unreachable") for job in late
+                        if job["kind"] != "host"
+                        and job["external_id"] not in followed.get(job["node"], {}))
+        if not (followed or unreachable or verdicts):
+            return
+
+        def record(db):
+            before = db.total_changes
+            for pool, error in unreachable.items():
+                mark_down(db, pool, error, time.time())
+            cancels = reconcile(db, me, followed, verdicts)
+            if db.total_changes != before:
+                request_tick(db)  # (what ended or went down changes what can start)
+            return cancels
+        cancel_in_pools(atomically(record))
+    finally:
+        release()
 
 
 def claim_jobs(db, me, only=None):
@@ -2168,22 +2203,29 @@ def share_holders(db):
 
 
 def reconcile(db, me=None, followed=None, verdicts=None):
-    """Inside the tick's transaction: take back claims nobody confirmed in time, harvest exit
-    records the DB missed, and end running jobs whose runner or node is gone. A user's tick
-    looks only at that user's jobs (other users' files are closed to it); root's at all.
-    followed: what follow_pools learnt, {pool: {external ID: state}}; a pool missing there
-    did not answer, and its jobs are left as they are. verdicts: what ask_nodes learnt of the
-    runners whose heartbeat is late on the other hosts, {job id: 'alive', 'gone' (its orphans
-    were stopped) or 'unreachable'}. One job's damaged files never stop the others: what
-    fails is logged and that job is left for later. Returns the pool jobs killed
-    with qpy kill that their pool still runs (qpy kill's cancel failed), which the tick cancels
-    again, as [(kind, external ID)]."""
+    """Inside a transaction: take back claims nobody confirmed in time, harvest exit records
+    the DB missed, and end running jobs whose runner or node is gone. A user's tick looks
+    only at that user's jobs (other users' files are closed to it); root's at all.
+    With what the watch learnt, only the jobs it has an answer for: followed, what
+    follow_pools learnt, {pool: {external ID asked about: state, None if the pool no longer
+    knows it}} (a job handed over since is not judged by it); verdicts, what it made of the
+    runners whose heartbeat is late, {(job id, attempt): 'alive', 'gone' (its node answered,
+    its orphans were stopped) or 'unreachable'}. One job's damaged files never stop the others: what fails is
+    logged and that job is left for later. Returns the pool jobs killed with qpy kill that
+    their pool still runs (qpy kill's cancel failed), which the tick cancels again, as
+    [(kind, external ID)]."""
     now = time.time()
     cancels = []
+    answers_only = followed is not None or verdicts is not None
     followed, verdicts = followed or {}, verdicts or {}
     timeout = meta_number(db, "launch_timeout")
     node_timeout = meta_number(db, "node_timeout")
     for job in live_jobs(db, me, HOLDING):
+        asked = job["external_id"] is not None and job["external_id"] in followed.get(
+            job["node"], {})
+        verdict = verdicts.get((job["id"], job["attempt"]))
+        if answers_only and verdict is None and not asked:
+            continue
         effects = len(_after_commit)
         db.execute("SAVEPOINT one_job")
         try:
@@ -2192,16 +2234,15 @@ def reconcile(db, me=None, followed=None, verdicts=None):
                 if job["claimed_at"] < now - timeout and (not job["external_id"]
                                                           or not job["kind"]):
                     return_to_queue(db, job, "launch timed out")  # (still 'starting')
-                elif job["external_id"] and job["node"] in followed:
-                    POOLS[job["kind"]]["fate"](db, job, followed[job["node"]].get(
-                        job["external_id"]))
+                elif asked:
+                    POOLS[job["kind"]]["fate"](db, job, followed[job["node"]][job["external_id"]])
                 continue
             record = read_exit_record(job)
             if record is not None:
                 finish(db, job, record)
-            elif job["external_id"] and job["node"] in followed:
+            elif asked:
                 pool = POOLS[job["kind"]]
-                state = followed[job["node"]].get(job["external_id"])
+                state = followed[job["node"]][job["external_id"]]
                 pool["fate"](db, job, state)
                 if job["kill_requested"] and state and pool["running"](state):
                     cancels.append((job["kind"], job["external_id"]))
@@ -2212,8 +2253,6 @@ def reconcile(db, me=None, followed=None, verdicts=None):
                                  meta_number(db, "kill_grace"))
                     end_lost_job(db, job, "runner lost")
             elif now - last_heartbeat(job) > node_timeout:
-                verdict = verdicts.get(job["id"], "unreachable" if job["kind"] != "host"
-                                       else None)
                 if verdict == "gone":  # its node answered: only the runner is lost
                     end_lost_job(db, job, "runner lost")
                 elif verdict == "unreachable":
@@ -2277,13 +2316,15 @@ def remember_lost_job(db, job):
         lost + [[job["id"], job["attempt"], job["user"]]]), job["node"]))
 
 
-def take_leftovers(db, me):
-    """Inside a transaction: the lost attempts of the nodes that are up (again) that this tick
-    can stop there (root's: all; a user's: their own), taken off their lists.
-    {node address: {user: [job id, attempt, ...]}}."""
+def take_leftovers(db, me, names=None):
+    """Inside a transaction: the lost attempts of the nodes that are up (again), or of these
+    nodes (that answered a probe), that this tick can stop there (root's: all; a user's:
+    their own), taken off their lists. {node address: {user: [job id, attempt, ...]}}."""
     taken = {}
-    for node in db.execute("SELECT name, address, lost FROM nodes WHERE state = 'up' AND "
-                           "kind = 'host' AND lost IS NOT NULL").fetchall():
+    for node in db.execute("SELECT name, address, lost, state FROM nodes WHERE kind = 'host' "
+                           "AND lost IS NOT NULL").fetchall():
+        if node["name"] not in names if names is not None else node["state"] != "up":
+            continue
         lost = json.loads(node["lost"])
         mine = [item for item in lost if me is None or item[2] == me]
         rest = [item for item in lost if item not in mine]
@@ -2294,11 +2335,14 @@ def take_leftovers(db, me):
     return taken
 
 
-def stop_leftovers(me):
-    """On the nodes that answer again after a partition: stop what the attempts qpy gave up
-    with them still run there, by ssh as their owners (node_leftovers)."""
+def stop_leftovers(me, names=None):
+    """On the nodes that answer again after a partition (those that are up, or these): stop
+    what the attempts qpy gave up with them still run there, by ssh as their owners
+    (node_leftovers)."""
     import pwd
-    taken = atomically(lambda db: take_leftovers(db, me))
+    if names == []:
+        return
+    taken = atomically(lambda db: take_leftovers(db, me, names))
     calls = []
     for address, leftovers in taken.items():
         for user, jobs in leftovers.items():
@@ -2356,18 +2400,19 @@ def attempt_groups(attempts, state):
 
 
 def late_runners(db, me):
-    """The running jobs on other hosts whose heartbeat is older than node_timeout: is their
-    node gone, or only their runner? (ask_nodes asks the nodes, outside the lock)."""
+    """The running jobs off this machine (on other hosts, in pools, on removed nodes) whose
+    heartbeat is older than node_timeout: is their node gone, or only their runner? (the
+    watch asks, outside the lock)."""
     late = time.time() - meta_number(db, "node_timeout")
     return [dict(job) for job in live_jobs(db, me, ("running",))
-            if job["kind"] == "host" and not is_local(job["address"])
+            if (job["kind"] != "host" or not is_local(job["address"]))
             and last_heartbeat(job) < late]
 
 
 def ask_nodes(jobs):
     """Ask each node, by ssh as the jobs' owner, about these jobs' runners (node_reap): a
-    runner that is gone has what its job left stopped there. Returns {job id: 'alive',
-    'gone', or 'unreachable' (no answer within ssh_timeout)}; a job whose owner root cannot
+    runner that is gone has what its job left stopped there. Returns {(job id, attempt):
+    'alive', 'gone', or 'unreachable' (no answer within ssh_timeout)}; a job whose owner root cannot
     act for gets no verdict (it is left as it is)."""
     batches = {}
     for job in jobs:
@@ -2393,9 +2438,9 @@ def ask_nodes(jobs):
         lines = out.split("\n")
         words = (out.strip().splitlines() or [""])[-1].split()
         if status == 255 or status < 0:
-            verdicts.update((job["id"], "unreachable") for job in batch)
+            verdicts.update(((job["id"], job["attempt"]), "unreachable") for job in batch)
         elif status == 0 and len(words) == len(batch) and set(words) <= {"alive", "gone"}:
-            verdicts.update((job["id"], word) for job, word in zip(batch, words))
+            verdicts.update(((job["id"], job["attempt"]), word) for job, word in zip(batch, words))
         else:
             log_event("%s did not say what became of jobs %s: %s" % (
                 address, " ".join(str(job["id"]) for job in batch), error or lines[-1]))
@@ -2746,9 +2791,10 @@ def nodes_due_for_probe(db):
                       (time.time() - meta_number(db, "probe_interval"),)).fetchall()
 
 
-def probe_down_nodes():
+def probe_down_nodes(me):
     """Probe each down node whose last probe is old enough (ssh for a host, its kind's probe
-    for a pool); those that answer are up again."""
+    for a pool); those that answer are up again, once what given-up attempts left running
+    there has been stopped (stop_leftovers: before any job can be placed there)."""
     nodes = atomically(nodes_due_for_probe, write=False)
     if not nodes:
         return
@@ -2777,6 +2823,7 @@ def probe_down_nodes():
     results = run_on_nodes([(node["address"], ["true"], prober) for node in hosts])
     answers.update((node["name"], error if status else None)
                    for node, (status, _, error) in zip(hosts, results))
+    stop_leftovers(me, [name for name, error in answers.items() if error is None])
 
     def record(db):
         now = time.time()
@@ -2810,6 +2857,8 @@ def probe_down_nodes():
 #   id_variable         where the runner finds its job's external ID
 #   takes_next_job      False: a runner there runs its one job (the pool allocated only it)
 #   sigterm_means_kill  a SIGTERM to the runner is the pool's (a cancel, a limit), not a stray
+#   limit_warning       why a job ends that gets the pool's SIGTERM after a SIGUSR1 (the pool
+#                       warns its runner that its own time limit is near), or None
 #   doctor(pool, report)  qpy_admin.py doctor's checks
 # The engine calls only these: a new kind is its functions and one more entry.
 # --------------------------------------------------------------------------------------------
@@ -2821,8 +2870,9 @@ def node_options(row):
 
 def follow_pools(me):
     """One follow per pool kind for all its qpy jobs (outside the lock: a pool may be slow).
-    Returns ({pool: {external ID: state}} for the pools that answered, {pool: error}). A
-    user's tick follows only that user's jobs."""
+    Returns ({pool: {each external ID asked about: its state, None if the pool does not know
+    it}} for the pools that answered, {pool: error}). A user's tick follows only that user's
+    jobs."""
     def read(db):
         return db.execute("SELECT j.node, n.kind, j.external_id FROM jobs j JOIN nodes n ON "
                           "n.name = j.node WHERE j." + LIVE_SQL + " AND j.status != 'queue' "
@@ -2836,7 +2886,8 @@ def follow_pools(me):
     states, errors = {}, {}
     for kind, pools in ids.items():
         answered, failed = POOLS[kind]["follow"](pools)
-        states.update(answered)
+        states.update((pool, {external_id: known.get(external_id) for external_id in pools[pool]})
+                      for pool, known in answered.items())
         errors.update(failed)
     return states, errors
 
@@ -2855,7 +2906,7 @@ def cancel_in_pools(jobs):
 SLURM_TIMEOUT = 60  # seconds; sbatch and squeue retry for a while when slurmctld is down
 # Slurm's end states, and what a job that ended so without an exit record becomes.
 SLURM_ENDINGS = {
-    "TIMEOUT": "time limit", "CANCELLED": "cancelled in Slurm",
+    "TIMEOUT": "time limit in Slurm", "CANCELLED": "cancelled in Slurm",
     "NODE_FAIL": "node failure in Slurm", "PREEMPTED": "preempted in Slurm",
     "OUT_OF_MEMORY": "out of memory in Slurm", "BOOT_FAIL": "node boot failure in Slurm",
     "DEADLINE": "deadline passed in Slurm", "COMPLETED": "ended in Slurm without an exit record",
@@ -2870,12 +2921,21 @@ def slurm_check(node, options):
     if not options.get("partition"):
         raise QpyError("Slurm pool %s needs its partition (partition=<name>)" % node["name"])
     shlex.split(options.get("extra") or "")  # unbalanced quotes are refused here, not at sbatch
+    if options.get("time") and not re.fullmatch(r"(\d+-)?\d+(:\d+){0,2}", options["time"]):
+        raise QpyError("Slurm pool %s: time=%s is not a time limit as Slurm writes it (minutes, "
+                       "hours:minutes:seconds or days-hours)" % (node["name"], options["time"]))
+
+
+# How long before Slurm's own time limit its SIGUSR1 warns the runner (Slurm may send it up to
+# a minute early): the SIGTERM that follows is that limit, not a cancel (limit_warning).
+SLURM_LIMIT_WARNING = 120
 
 
 def sbatch_command(job):
     """The sbatch call that hands a claimed job to its pool: its cores, memory, GPUs and time
     limit as Slurm requests (Slurm's limit a little later than qpy's own, so that the runner
-    ends the job and records it), the runner as the batch script."""
+    ends the job and records it; without one, the pool's time= or the partition's default),
+    the runner as the batch script, warned by SIGUSR1 before Slurm's own limit."""
     import math
     import shlex
     options = node_options(job)
@@ -2889,13 +2949,17 @@ def sbatch_command(job):
         argv.append("--gres=gpu:%d" % job["gpus"])
     if job["time_limit"]:
         argv.append("--time=%d" % (math.ceil(job["time_limit"] / 60) + 2))  # minutes
+    elif options.get("time"):
+        argv.append("--time=" + options["time"])
+    argv.append("--signal=B:USR1@%d" % SLURM_LIMIT_WARNING)
     if options.get("account"):
         argv.append("--account=" + options["account"])
     if options.get("qos"):
         argv.append("--qos=" + options["qos"])
     argv += shlex.split(options.get("extra") or "")
-    return argv + ["--wrap", "exec " + shlex.join(qpy_on_node("_slurm", job["id"],
-                                                                  job["attempt"]))]
+    # (the warning is ignored until the runner is there to take it: never its death)
+    return argv + ["--wrap", "trap '' USR1; exec " + shlex.join(qpy_on_node(
+        "_slurm", job["id"], job["attempt"]))]
 
 
 def sbatch_all(jobs, owners):
@@ -3005,11 +3069,11 @@ def slurm_doctor(pool, report):
 
 
 SLURM = {
-    "name": "Slurm", "options": ("partition", "account", "qos", "extra"), "check": slurm_check,
+    "name": "Slurm", "options": ("partition", "account", "qos", "time", "extra"), "check": slurm_check,
     "submit": sbatch_all, "follow": squeue_pools, "fate": slurm_fate,
     "running": lambda state: state[0] == "RUNNING", "cancel": scancel, "probe": sinfo_pools,
     "environment": slurm_environment, "id_variable": "SLURM_JOB_ID", "takes_next_job": False,
-    "sigterm_means_kill": True, "doctor": slurm_doctor,
+    "sigterm_means_kill": True, "limit_warning": "time limit in Slurm", "doctor": slurm_doctor,
 }
 
 POOLS = {"slurm": SLURM}  # the kinds of pool, by their type= in the nodes file
@@ -3094,7 +3158,8 @@ def spawn(argv, env, cwd, out, err):
     try:
         return os.posix_spawn(program, argv, env, file_actions=actions, setsid=True,
                               setsigdef=(signal.SIGPIPE, signal.SIGXFSZ, signal.SIGHUP,
-                                         signal.SIGINT, signal.SIGTERM, signal.SIGCHLD))
+                                         signal.SIGINT, signal.SIGTERM, signal.SIGCHLD,
+                                         signal.SIGUSR1))
     finally:
         os.chdir("/")
 
@@ -3204,9 +3269,10 @@ def runner(job_id, attempt):
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-    stop = {"asked": False}
+    stop = {"asked": False, "warned": False}  # (warned: a pool's time limit is near)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.signal(signal.SIGTERM, lambda *_: stop.update(asked=True))
+    signal.signal(signal.SIGUSR1, lambda *_: stop.update(warned=True))
     try:
         try:
             started = atomically(lambda db: confirm(db, job_id, attempt))
@@ -3314,9 +3380,11 @@ def supervise(job, pid, stop, wake, settings):
                 stopping = runner_displaced(job)
         if stop["asked"]:
             stop["asked"] = False
-            if stopping is None and (job["kind"] in POOLS and POOLS[job["kind"]][
-                    "sigterm_means_kill"] or kill_requested(job)):
-                stopping = "terminated by SIGTERM"  # finish_job says 'killed' for a qpy kill
+            pool = POOLS.get(job["kind"], {})
+            if stopping is None and stop["warned"] and pool.get("limit_warning"):
+                stopping = pool["limit_warning"]  # (finish says 'killed' for a qpy kill)
+            elif stopping is None and (pool.get("sigterm_means_kill") or kill_requested(job)):
+                stopping = "terminated by SIGTERM"
         if stopping is None and time_up and now >= time_up:
             stopping = "time limit"
         if stopping is not None and hard_kill_at is None:

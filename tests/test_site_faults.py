@@ -95,6 +95,26 @@ def test_a_tick_stuck_on_a_partitioned_node_does_not_keep_another_users_job_wait
     site.wait_status(stuck, "done", tick=True)
 
 
+def test_a_tick_waiting_on_ssh_does_not_keep_the_same_users_next_job_waiting(lab):
+    """Alice's tick launches to a partitioned node (it waits up to ssh_timeout): her next job,
+    for an idle node, starts meanwhile, by a tick of its own (the first holds no lock while it
+    waits on ssh)."""
+    site = lab()
+    site.admin("set", "ssh_timeout", "40")
+    site.admin("set", "launch_timeout", "300")
+    site.admin("drain", "node3")
+    site.cluster.partition("node2")
+    try:
+        stuck = site.submit("alice", "-a", "node2", "true")
+        site.wait_status(stuck, "starting")
+        mine = site.submit("alice", "-a", "node1", "sleep", "1")
+        assert site.wait_status(mine, "running", "done", timeout=30)["node"] == "node1"
+        assert site.jobs()[stuck]["status"] == "starting"  # (that launch is still waiting)
+    finally:
+        site.cluster.heal("node2")
+    site.wait_status(stuck, "done", tick=True, timeout=120)
+
+
 def test_a_healed_node_is_probed_by_roots_tick_with_an_empty_queue(lab):
     site = lab()
     site.cluster.partition("node2")

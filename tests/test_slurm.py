@@ -143,6 +143,17 @@ def test_a_time_limit_ends_the_job_failed_inside_slurm(pool):
     wait_for(lambda: slurm_state(job["external_id"]) == "COMPLETED", 30, "Slurm to see it end")
 
 
+def test_slurms_own_time_limit_is_named_as_a_time_limit_not_a_cancel(pool):
+    """No -t: the pool's time= (one minute) is Slurm's limit; Slurm warns the runner with
+    SIGUSR1 before its SIGTERM, so the job ends 'time limit in Slurm', not 'terminated by
+    SIGTERM' as an administrator's scancel does."""
+    site = pool()
+    site.ok("add", *(POOL % 20).split(), "time=1", admin=True)
+    job_id = site.submit("-m", "0.2", "sleep 600")
+    job = site.wait_status(job_id, "failed", timeout=240)
+    assert job["reason"] == "time limit in Slurm"
+
+
 def test_kill_cancels_the_job_in_slurm(pool):
     site = pool()
     running = site.submit("-m", "0.2", "sleep 300")
@@ -210,6 +221,26 @@ def test_a_runner_lost_inside_slurm_is_failed_from_squeue(pool):
         ticker.stop()
     assert job["reason"] in ("failed in Slurm without an exit record",
                              "cancelled in Slurm"), job["reason"]
+
+
+def test_a_pool_that_does_not_answer_does_not_delay_the_labs_own_node(pool, slurm):
+    """With slurmctld gone, each Slurm call takes seconds to fail: a job for the lab's own
+    node is claimed before the pool's follow-up has failed (the pool is still up then), not
+    after it (asked in the same pass, the pool went down in the same transaction)."""
+    site = pool()
+    site.ok("resume", "localhost", admin=True)
+    in_slurm = site.submit("-a", "hpc", "-m", "0.2", "sleep 300")
+    site.wait_status(in_slurm, "running")
+    slurm_cluster.stop_controller()
+    try:
+        lab_job = site.submit("-a", "localhost", "sleep", "1")
+        site.wait_status(lab_job, "starting", "running", "done", timeout=60)
+        assert node_states(site)["hpc"] == "up"
+        wait_for(lambda: node_states(site)["hpc"] == "down", 120, "the pool's follow to fail")
+    finally:
+        slurm_cluster.start_controller()
+    site.wait_status(lab_job, "done")
+    site.ok("kill", str(in_slurm))
 
 
 def test_slurmctld_down_jobs_wait_with_the_reason_then_run_once(pool, slurm):
@@ -309,7 +340,9 @@ def test_200_jobs_through_a_pool_of_20(pool):
         stop.set()
         watcher.join()
     jobs = site.jobs()
-    assert [job["status"] for job in jobs.values()] == ["done"] * 200
+    assert [job["status"] for job in jobs.values()] == ["done"] * 200, [
+        (job["id"], job["status"], job["reason"]) for job in jobs.values()
+        if job["status"] != "done"]
     assert sorted(map(int, site.read("ran").split())) == list(range(1, 201))
     assert 0 < most[0] <= 20 and 0 < most[1] <= 20, most
     assert len({job["external_id"] for job in jobs.values()}) == 200
@@ -376,10 +409,21 @@ def test_a_pool_line_is_read_and_listed(site):
     assert argv[:2] == ["sbatch", "--parsable"]
     for option in ("--partition=compute", "--cpus-per-task=4", "--mem=2560M", "--gres=gpu:1",
                    "--time=4", "--qos=short", "--constraint=avx2", "--exclusive",
-                   "--chdir=/home/alice/w", "--job-name=qpy_7"):
+                   "--chdir=/home/alice/w", "--job-name=qpy_7", "--signal=B:USR1@120"):
         assert option in argv, (option, argv)
-    assert argv[-2] == "--wrap" and argv[-1].startswith("exec env QPY_STATE=")
+    assert argv[-2] == "--wrap" and argv[-1].startswith("trap '' USR1; exec env QPY_STATE=")
     assert argv[-1].endswith("_slurm 7 1")
+    # a job without a time limit gets the pool's time=, when it has one
+    timed = qpy.parse_node_line(["hpc", "type=slurm", "partition=compute", "cores=8",
+                                 "time=2-00"])
+    assert "--time=2-00" in qpy.sbatch_command(dict(job, time_limit=None,
+                                                    options=timed["options"]))
+    assert not any(option.startswith("--time") for option in qpy.sbatch_command(
+        dict(job, time_limit=None)))
+    assert "--time=4" in qpy.sbatch_command(dict(job, options=timed["options"]))
+    err = site.fails("add", "hpc2", "type=slurm", "partition=compute", "cores=8", "time=soon",
+                     admin=True)
+    assert "time=soon is not a time limit" in err
 
 
 def test_the_lab_nodes_come_before_the_pool():
@@ -425,7 +469,7 @@ def test_a_job_only_the_pool_can_run_says_why_the_pool_does_not():
 
 
 @pytest.mark.parametrize("state, starting, status, reason", [
-    ("TIMEOUT", False, "failed", "time limit"),
+    ("TIMEOUT", False, "failed", "time limit in Slurm"),
     ("NODE_FAIL", False, "failed", "node failure in Slurm"),
     ("CANCELLED", False, "failed", "cancelled in Slurm"),
     ("OUT_OF_MEMORY", False, "failed", "out of memory in Slurm"),
