@@ -54,8 +54,10 @@ The protocol, which every function below keeps:
     only a node that does not answer is down, its jobs `node lost`, and when it comes back
     what those attempts left there is stopped before it is up again. A run file that cannot be read is
     quarantined and the job decided as if it were absent: one job's files never stop a tick.
- 8. No qpy process outlives its work: the tick exits when nothing is wanted, the runner
-    when its job has ended. A background process's unexpected error is written to
+ 8. No qpy process outlives its work: the tick exits when nothing is wanted (the timer's,
+    `qpy_admin.py tick --linger`, stays until just before the timer's next run while jobs
+    are live, answering wake-ups within LINGER_POLL: those handed on to other users, which
+    no user's tick may start), the runner when its job has ended. A background process's unexpected error is written to
     <state>/users/<user>/errors.log (qpy check and qpy_admin.py doctor point to it).
 
 The code follows the data: paths -> store -> jobs (life cycle, run files) -> model ->
@@ -1969,6 +1971,27 @@ def tick(fork_runners=True):
             watch(me)
             if not atomically(lambda db: tick_wanted(db, me), write=False):
                 return
+
+
+# How often a lingering tick looks for a wake-up: a read under the lock, some 0.2 ms.
+LINGER_POLL = 0.25
+
+
+def linger(seconds):
+    """The timer's tick, made to stay: for up to `seconds` more, while any job is live,
+    answer each wake-up within LINGER_POLL seconds. Above all those handed on to other users
+    (cores one user's job freed for another's): no user's tick may start them, and without
+    this they would wait for the timer's next run. It leaves as soon as nothing is live."""
+    end = time.monotonic() + seconds
+    me = ticking_user()
+    while time.monotonic() < end:
+        wanted, live = atomically(lambda db: (tick_wanted(db, me), db.execute(
+            "SELECT 1 FROM jobs WHERE " + LIVE_SQL + " LIMIT 1").fetchone()), write=False)
+        if not (wanted or live):
+            return
+        if wanted:
+            tick()  # (it leaves at once when another tick is deciding: that one answers)
+        time.sleep(min(LINGER_POLL, max(0.0, end - time.monotonic())))
 
 
 def start_tick():

@@ -11,7 +11,7 @@
   qpy_admin.py resume <node>
   qpy_admin.py status
   qpy_admin.py variables
-  qpy_admin.py tick
+  qpy_admin.py tick [--linger=<seconds>]
   qpy_admin.py start
   qpy_admin.py finish
   qpy_admin.py set [<key> [<value>]]
@@ -53,7 +53,10 @@ Commands:
   status           Users and nodes, as 'qpy status'.
   variables        The internals: settings, counters, nodes and live jobs (for debugging).
   tick             Harvest ended jobs, probe down nodes, start what can start. Run it from cron
-                   or a systemd timer (see the README).
+                   or a systemd timer (see the README). --linger=<seconds>: then, while jobs
+                   are live, stay that long answering wake-ups within a quarter of a second
+                   (cores one user's job freed for another's, which only root's tick starts);
+                   the timer's units pass the timer's period less a second.
   start, finish    Allow or stop the start of any job on the site (running jobs go on).
   set [<key> [<value>]]  Show the site settings (or one), or change one (seconds).
   check            Check the site: the DB's integrity, exit records and job files nobody
@@ -279,17 +282,35 @@ def dispatch(on):
         qpy.tick()
 
 
+def tick(linger):
+    """One tick; with --linger, then wake-ups answered for that many seconds more."""
+    seconds = 0.0
+    if linger is not None:
+        try:
+            seconds = float(linger)
+        except ValueError:
+            seconds = -1.0
+        if not 0 <= seconds <= 3600:
+            raise qpy.QpyError("--linger takes a number of seconds (at most 3600), not %r."
+                               % linger)
+    qpy.tick()
+    if seconds:
+        qpy.linger(seconds)
+
+
 def timer_units():
-    """The periodic tick, for systemd and for cron, for this install and this site."""
+    """The periodic tick, for systemd and for cron, for this install and this site: each tick
+    lingers until just before the next, so that a wake-up waits a quarter of a second, not a
+    period."""
     tick = "%s %s tick" % (sys.executable, os.path.join(qpy.HERE, "qpy_admin.py"))
     state = qpy.state_dir()
     service = ("[Unit]\nDescription=qpy tick: harvest ended jobs, start queued ones\n\n"
-               "[Service]\nType=oneshot\nEnvironment=QPY_STATE=%s\nExecStart=%s\n"
+               "[Service]\nType=oneshot\nEnvironment=QPY_STATE=%s\nExecStart=%s --linger=14\n"
                % (state, tick))
     timer = ("[Unit]\nDescription=Run the qpy tick every 15 seconds\n\n"
              "[Timer]\nOnBootSec=30\nOnUnitActiveSec=15\nAccuracySec=1\n\n"
              "[Install]\nWantedBy=timers.target\n")
-    cron = "* * * * * root QPY_STATE=%s %s >/dev/null 2>&1\n" % (state, tick)
+    cron = "* * * * * root QPY_STATE=%s %s --linger=58 >/dev/null 2>&1\n" % (state, tick)
     return {"qpy-tick.service": service, "qpy-tick.timer": timer}, cron
 
 
@@ -673,7 +694,7 @@ COMMANDS = {
     "resume": lambda a: set_node_state(a["<node>"], "up", None),
     "status": lambda a: qpy.cmd_status({}),
     "variables": lambda a: variables(),
-    "tick": lambda a: qpy.tick(),
+    "tick": lambda a: tick(a["--linger"]),
     "start": lambda a: dispatch(True),
     "finish": lambda a: dispatch(False),
     "set": lambda a: settings(a["<key>"], a["<value>"]),

@@ -3,6 +3,8 @@ the nodes here are this machine under other names)."""
 import os
 import stat
 
+import pytest
+
 from conftest import wait_for
 
 
@@ -138,11 +140,25 @@ def test_bad_admin_input(site):
     assert site.dump() == before
 
 
+@pytest.mark.parametrize("value", ["soon", "-1", "1e9", "nan"])
+def test_a_bad_linger_is_one_line(site, value):
+    before = site.dump()
+    err = admin_fails(site, "tick", "--linger", value)
+    assert "--linger takes a number of seconds" in err
+    assert site.dump() == before
+
+
+def test_a_lingering_tick_leaves_at_once_when_nothing_is_live(site):
+    site.ok("check")
+    assert site.run("tick", "--linger=600", admin=True).returncode == 0  # (not 10 minutes)
+
+
 def test_timer_units_run_the_tick_for_this_site(site, tmp_path):
     out = site.ok("timer", admin=True)
     assert "[Timer]\nOnBootSec=30\nOnUnitActiveSec=15" in out
     assert "Environment=QPY_STATE=%s" % site.state in out
-    assert "qpy_admin.py tick" in out and "/etc/cron.d/qpy" in out
+    assert "qpy_admin.py tick --linger=14\n" in out and "/etc/cron.d/qpy" in out
+    assert "tick --linger=58 " in out
     units = tmp_path / "units"
     units.mkdir()
     out = site.ok("timer", "--install", "--dir", str(units), admin=True)

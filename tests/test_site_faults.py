@@ -115,6 +115,28 @@ def test_a_tick_waiting_on_ssh_does_not_keep_the_same_users_next_job_waiting(lab
     site.wait_status(stuck, "done", tick=True, timeout=120)
 
 
+def test_a_core_freed_by_one_users_job_goes_to_anothers_by_the_lingering_timer_tick(lab):
+    """One core: Bob's job waits behind Alice's. When hers ends, her runner can only hand the
+    wake-up on (no user may start another's job): root's timer tick, lingering, starts Bob's
+    job then, not at its next run."""
+    import subprocess
+    site = lab("node1 cores=1 memory=16\n")
+    first = site.submit("alice", "sleep", "2")
+    site.wait_status(first, "running")
+    second = site.submit("bob", "true")
+    timer = subprocess.Popen([site.python, site.admin_tool, "tick", "--linger=60"],
+                             env={"PATH": "/usr/bin:/bin", "QPY_STATE": site.state},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        site.wait_status(second, "done", timeout=40)
+        assert timer.poll() is None or timer.returncode == 0  # (it leaves once nothing is live)
+        wait_for(lambda: timer.poll() is not None, timeout=30, what="the timer's tick to leave")
+        assert timer.returncode == 0 and timer.stderr.read() == ""
+    finally:
+        timer.kill()
+        timer.wait()
+
+
 def test_a_healed_node_is_probed_by_roots_tick_with_an_empty_queue(lab):
     site = lab()
     site.cluster.partition("node2")
