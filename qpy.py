@@ -2454,8 +2454,8 @@ def ask_nodes(jobs):
         0 if job["requeue"] else grace)]), owner)
         for (address, _), (owner, batch) in batches.items()]
     verdicts = {}
-    for ((address, _), (_, batch)), (status, out, error) in zip(batches.items(),
-                                                                run_on_nodes(calls)):
+    for ((address, _), (_, batch)), (status, out, error) in zip(
+            batches.items(), run_on_nodes(calls, multiplex=False)):
         # only ssh's own failure (255) or no answer in time means the node is gone; a node
         # that answers something else (a traceback, a chatty .bashrc) gives no verdict
         lines = out.split("\n")
@@ -2614,9 +2614,12 @@ def qpy_on_node(*args):
         + [str(arg) for arg in args]
 
 
-def run_on_nodes(calls):
+def run_on_nodes(calls, multiplex=True):
     """Run [(address, command, owner)] by ssh (directly for this machine), all at once, each as
-    its owner (a pwd entry; None: as ourselves); return [(exit status, output, error text)]."""
+    its owner (a pwd entry; None: as ourselves); return [(exit status, output, error text)].
+    multiplex False: on a connection of its own (for a node that may be gone: a channel of a
+    master connection to a dead host waits for the master's keep-alives to give up, longer
+    than ssh_timeout)."""
     if not calls:
         return []
     timeout = int(atomically(lambda db: meta_number(db, "ssh_timeout"), write=False))
@@ -2626,7 +2629,7 @@ def run_on_nodes(calls):
             commands.append((command, owner, None))
         else:
             argv, sockets = ssh_command(address, command, timeout,
-                                        owner.pw_uid if owner else os.getuid())
+                                        owner.pw_uid if owner else os.getuid(), multiplex)
             commands.append((argv, owner, sockets))
     return run_all(commands, 2 * timeout + 30)
 
