@@ -2057,17 +2057,13 @@ def watch(me):
         release()
 
 
-def claim_jobs(db, me, only=None):
-    """Inside a transaction: schedule, note why jobs wait, and claim the placed jobs that `me`
-    may launch ('starting', attempt + 1, node reserved); return the claims.
-
-    Every schedule covers all users' jobs (so the fair share holds), but a user claims only
-    their own jobs; root (me=None) anybody's, to launch as their owner. only=(node, user): a
-    runner whose job ended claims just the next job of that node and user, to run it itself
-    (no new process, no ssh; confirmed in the same transaction), and asks for a tick if other
-    jobs could start too."""
+def plan(db):
+    """Inside a transaction: the reads of a scheduling pass and the pure scheduler's answer,
+    for every user's jobs (so the fair share holds): {"placements": [(job id, node)],
+    "pending": {job id: why it waits}, "jobs": {job id: row}, "nodes", "live", "left_out"
+    (jobs further back in a queue were not looked at)}. None while dispatch is off."""
     if not meta_number(db, "dispatch"):
-        return []
+        return None
     nodes = db.execute("SELECT * FROM nodes ORDER BY position, name").fetchall()
     blocked = {row["name"]: "queue paused" if row["paused"] else "qpy finish"
                for row in db.execute("SELECT * FROM users WHERE paused OR finished")}
@@ -2086,34 +2082,68 @@ def claim_jobs(db, me, only=None):
             pass  # (a refusal that cannot be read is none: the pool is asked again)
     placements, pending = schedule(nodes, live, blocked, shares, held,
                                    waiting_counts(db, blocked, held), refusals)
-    for job in live:
-        if job["id"] in pending and job["reason"] != pending[job["id"]]:
-            db.execute("UPDATE jobs SET reason = ? WHERE id = ?", (pending[job["id"]], job["id"]))
-    by_id = {job["id"]: job for job in live}
-    # the others' jobs are handed on to their owners' ticks (or root's, which claims them all)
-    if me is not None:
-        for user in {by_id[job_id]["user"] for job_id, _ in placements} - {me}:
-            request_tick(db, user)
-    placements = [(job_id, node) for job_id, node in placements
-                  if me is None or by_id[job_id]["user"] == me]
-    if only is not None:
-        mine = [(job_id, node) for job_id, node in placements
-                if (node, by_id[job_id]["user"]) == only][:1]
-        if len(placements) > len(mine):
-            request_tick(db)
-        placements = mine
-    pools = {node["name"] for node in nodes if node["kind"] in POOLS}
-    devices = gpus_in_use(live)
+    return {"placements": placements, "pending": pending, "nodes": nodes, "live": live,
+            "jobs": {job["id"]: job for job in live}, "left_out": left_out}
+
+
+def own_placements(db, me, planned):
+    """Inside the plan's transaction: note why jobs wait, hand the others' placed jobs on to
+    their owners' ticks (a user's tick starts only their own; root's, me=None, anybody's, as
+    their owner), and return the placements `me` may claim."""
+    jobs = planned["jobs"]
+    for job in planned["live"]:
+        why = planned["pending"].get(job["id"])
+        if why is not None and job["reason"] != why:
+            db.execute("UPDATE jobs SET reason = ? WHERE id = ?", (why, job["id"]))
+    if me is None:
+        return planned["placements"]
+    for user in {jobs[job_id]["user"] for job_id, _ in planned["placements"]} - {me}:
+        request_tick(db, user)
+    return [(job_id, node) for job_id, node in planned["placements"]
+            if jobs[job_id]["user"] == me]
+
+
+def claim_placed(db, planned, placements):
+    """The writes of a pass: claim these placements ('starting', attempt + 1, the node and
+    its GPUs reserved); return the claims as job rows."""
+    pools = {node["name"] for node in planned["nodes"] if node["kind"] in POOLS}
+    devices = gpus_in_use(planned["live"])
+    now = time.time()
     claims = []
     for job_id, node_name in placements:
         # a host's GPUs are numbered by qpy; a pool's by Slurm (CUDA_VISIBLE_DEVICES)
         ids = [] if node_name in pools else pick_gpus(devices.setdefault(node_name, set()),
-                                                      by_id[job_id]["gpus"])
-        if claim(db, by_id[job_id], node_name, ids, now):
+                                                      planned["jobs"][job_id]["gpus"])
+        if claim(db, planned["jobs"][job_id], node_name, ids, now):
             claims.append(dict(job_row(db, job_id)))
-    if left_out and claims and only is None:
+    return claims
+
+
+def claim_jobs(db, me):
+    """Inside a transaction: plan, and claim every placed job that `me` may launch."""
+    planned = plan(db)
+    if planned is None:
+        return []
+    claims = claim_placed(db, planned, own_placements(db, me, planned))
+    if planned["left_out"] and claims:
         request_tick(db)  # another pass looks at the jobs behind those claimed now
     return claims
+
+
+def claim_next_job(db, me, node, user):
+    """Inside a runner's end-of-job transaction: plan, and claim just the next job of this
+    node and user, which the runner then runs itself (no new process, no ssh); ask for a
+    tick if other jobs could start too. The claim, or None."""
+    planned = plan(db)
+    if planned is None:
+        return None
+    own = own_placements(db, me, planned)
+    mine = [(job_id, name) for job_id, name in own
+            if (name, planned["jobs"][job_id]["user"]) == (node, user)][:1]
+    if len(own) > len(mine):
+        request_tick(db)
+    claims = claim_placed(db, planned, mine)
+    return claims[0] if claims else None
 
 
 DEPENDENCY_MET = {"after": FINISHED, "afterok": ("done",),
@@ -2722,27 +2752,18 @@ def become(owner):
 
 
 def launch_all(claims, fork_runners=True):
-    """Start the runners of claimed jobs: on this machine directly, elsewhere by ssh (one per
-    node and owner, all at once), into a Slurm pool by sbatch (all at once), as their owners
-    when root runs the tick. A job whose launch fails goes back to the queue and its node is
-    marked down (probed later), unless sbatch refused it while its partition is up: then only
-    that job avoids the pool for a while. A job whose files are not its owner's fails.
-    fork_runners: this machine's runners of our own jobs may be forks of this process."""
-    failures, unowned = [], []
-    owners = {}
+    """Start the runners of claimed jobs, through three channels that each say what became of
+    every job (one outcome list, recorded at once): this machine's runners forked directly,
+    other hosts' by ssh (one per node and owner, all at once), a pool's jobs handed over by
+    its submit (all at once), as their owners when root runs the tick. fork_runners: this
+    machine's runners of our own jobs may be forks of this process."""
+    owners, outcomes = {}, []
     for job in claims:
-        if os.geteuid() == 0:
-            try:
-                owners[job["id"]] = owner_of(job)
-            except QpyError as e:
-                unowned.append((job, str(e)))
-        else:
-            owners[job["id"]] = None
+        try:
+            owners[job["id"]] = owner_of(job) if os.geteuid() == 0 else None
+        except QpyError as e:
+            outcomes.append((job, "unowned", str(e)))
     ready = [job for job in claims if job["id"] in owners]
-    pooled = {}  # kind: its claims, handed to the pools of that kind at once
-    for job in ready:
-        if job["kind"] in POOLS:
-            pooled.setdefault(job["kind"], []).append(job)
     batches = {}  # one ssh per node and owner starts the runners of all their jobs there
     for job in ready:
         if job["kind"] == "host":
@@ -2754,49 +2775,66 @@ def launch_all(claims, fork_runners=True):
     # ssh on the node (directly here for another owner), forks them.
     forked = {key: jobs for key, jobs in batches.items()
               if fork_runners and is_local(key[0]) and key[1] in (None, os.geteuid())}
-    for jobs in forked.values():
+    outcomes += fork_runners_here(forked.values())
+    outcomes += start_runners_by_ssh([jobs for key, jobs in batches.items()
+                                      if key not in forked], owners)
+    for kind in POOLS:
+        pooled = [job for job in ready if job["kind"] == kind]
+        if pooled:
+            outcomes += POOLS[kind]["submit"](pooled, owners)
+    if any(what != "started" for _, what, _ in outcomes):
+        atomically(lambda db: record_launches(db, outcomes))
+
+
+# What a launch channel says of each job, (job, outcome, detail), for record_launches:
+#   started      its runner was started (it confirms the claim itself)
+#   submitted    a pool took it (detail: the pool's ID for it); its runner starts there
+#   unreachable  the node or pool did not take it (detail: the error): back to the queue, and
+#                the node is down until a probe finds it again
+#   refused      a pool that answers refused this job (detail: its words): back to the
+#                queue, offered to that pool again after probe_interval
+#   unowned      its files are not its owner's (detail: why): it fails
+
+
+def fork_runners_here(batches):
+    outcomes = []
+    for jobs in batches:
         try:
             node_run(*run_arguments(jobs))
+            outcomes += [(job, "started", None) for job in jobs]
         except OSError as e:
-            failures += [(job, "cannot fork a runner: %s" % e) for job in jobs]
-    started = {key: jobs for key, jobs in batches.items() if key not in forked}
-    calls = [(address, qpy_on_node("_run", *run_arguments(jobs)), owners[jobs[0]["id"]])
-             for (address, _), jobs in started.items()]
-    for jobs, (status, _, error) in zip(started.values(), run_on_nodes(calls)):
-        if status != 0:
-            failures += [(job, error) for job in jobs]
-    submitted, refused = [], []
-    for kind, jobs in pooled.items():
-        taken, not_taken, not_submitted = POOLS[kind]["submit"](jobs, owners)
-        submitted += taken
-        refused += not_taken
-        failures += not_submitted
-    if not (failures or unowned or submitted or refused):
-        return
+            outcomes += [(job, "unreachable", "cannot fork a runner: %s" % e) for job in jobs]
+    return outcomes
 
-    def record(db):
-        now = time.time()
-        for job, external_id in submitted:  # the runner may have confirmed already
+
+def start_runners_by_ssh(batches, owners):
+    calls = [(jobs[0]["address"], qpy_on_node("_run", *run_arguments(jobs)),
+              owners[jobs[0]["id"]]) for jobs in batches]
+    return [(job, "started", None) if status == 0 else (job, "unreachable", error)
+            for jobs, (status, _, error) in zip(batches, run_on_nodes(calls)) for job in jobs]
+
+
+def record_launches(db, outcomes):
+    """Inside a transaction: what the launch channels said (the outcomes above)."""
+    now = time.time()
+    for job, what, detail in outcomes:
+        if what == "submitted":  # (the runner may have confirmed already)
             db.execute("UPDATE jobs SET external_id = ? WHERE id = ? AND attempt = ?",
-                       (external_id, job["id"], job["attempt"]))
+                       (detail, job["id"], job["attempt"]))
             db.execute("UPDATE jobs SET reason = ? WHERE id = ? AND attempt = ? AND status = "
                        "'starting'", ("waiting in " + POOLS[job["kind"]]["name"], job["id"],
                                       job["attempt"]))
-        back = []  # (job, reason, refusal): the claims that go back to the queue
-        for job, error in failures:
-            mark_down(db, job["node"], "launch failed: " + error, now)
-            back.append((job, "launch failed on %s: %s" % (job["node"], error), None))
-        for job, error in refused:  # not the pool's fault: it is offered the job again later
-            refusal = {"node": job["node"], "why": error,
+        elif what == "unreachable":
+            mark_down(db, job["node"], "launch failed: " + detail, now)
+            return_to_queue(db, job, "launch failed on %s: %s" % (job["node"], detail))
+        elif what == "refused":  # (not the pool's fault: it is offered the job again later)
+            refusal = {"node": job["node"], "why": detail,
                        "until": now + meta_number(db, "probe_interval")}
-            back.append((job, refused_note(refusal), json.dumps(refusal)))
-        for job, reason, refusal in back:
-            return_to_queue(db, job, reason, refusal)
-        for job, error in unowned:
-            fail_claim(db, job, error)
-        if failures or refused:  # (those jobs may start elsewhere)
-            request_tick(db)
-    atomically(record)
+            return_to_queue(db, job, refused_note(refusal), json.dumps(refusal))
+        elif what == "unowned":
+            fail_claim(db, job, detail)
+        if what in ("unreachable", "refused"):
+            request_tick(db)  # (it may start elsewhere)
 
 
 def run_arguments(jobs):
@@ -2872,8 +2910,9 @@ def probe_down_nodes(me):
 #   name                what users see ("Slurm")
 #   options             its settings in the nodes file, beside every node's
 #   check(node, opts)   validate them (raise QpyError)
-#   submit(jobs, owners) -> ([(job, external ID)] taken, [(job, why)] refused by a pool that
-#                       answers, [(job, error)] not taken because the pool did not answer)
+#   submit(jobs, owners) -> the launch outcomes (see record_launches): (job, 'submitted', its
+#                       external ID), (job, 'refused', why) by a pool that answers, or (job,
+#                       'unreachable', error) when the pool did not answer
 #   follow({pool: [external IDs]}) -> ({pool: {ID: state}}, {pool: why it did not answer})
 #   fate(db, job, state)  a job without an exit record, and what follow said (None: unknown)
 #   running(state)      the pool still runs it (a lost qpy kill is sent again)
@@ -2989,15 +3028,16 @@ def sbatch_command(job):
 
 
 def sbatch_all(jobs, owners):
-    """Hand claimed jobs to their pools (sbatch as their owners, all at once). Returns
-    ([(job, Slurm ID)] taken, [(job, Slurm's words)] refused while the partition is up,
-    [(job, error)] not taken because Slurm did not answer: sinfo tells the last two apart)."""
-    submitted, refused, failures = [], [], []
+    """Hand claimed jobs to their pools (sbatch as their owners, all at once). Returns the
+    launch outcomes: (job, 'submitted', Slurm ID), (job, 'refused', Slurm's words) while the
+    partition is up, (job, 'unreachable', error) when Slurm did not answer (sinfo tells the
+    last two apart)."""
+    outcomes, failures = [], []
     commands = [(sbatch_command(job), owners[job["id"]], None) for job in jobs]
     for job, (status, out, error) in zip(jobs, run_all(commands, SLURM_TIMEOUT)):
         slurm_id = out.strip().split(";")[0]  # --parsable: <id> or <id>;<cluster>
         if status == 0 and slurm_id.isdigit():
-            submitted.append((job, slurm_id))
+            outcomes.append((job, "submitted", slurm_id))
         else:
             failures.append((job, error if status else "sbatch said %r" % out.strip()))
     crash_point("tick:sbatched")
@@ -3005,9 +3045,9 @@ def sbatch_all(jobs, owners):
         pools = {job["node"]: {"name": job["node"], "options": job["options"]}
                  for job, _ in failures}
         answers = sinfo_pools(list(pools.values()))
-        refused = [(job, error) for job, error in failures if answers[job["node"]] is None]
-        failures = [(job, error) for job, error in failures if answers[job["node"]] is not None]
-    return submitted, refused, failures
+        outcomes += [(job, "refused" if answers[job["node"]] is None else "unreachable",
+                      error) for job, error in failures]
+    return outcomes
 
 
 def scancel(slurm_ids):
@@ -3277,8 +3317,8 @@ def store_and_continue(db, job, record):
         request_tick(db)  # (the site's timer hands the next job to the pool)
         return None, False
     me = ticking_user()
-    claims = claim_jobs(db, me, only=(job["node"], job["user"]))
-    started = confirm(db, claims[0]["id"], claims[0]["attempt"]) if claims else None
+    claimed = claim_next_job(db, me, job["node"], job["user"])
+    started = confirm(db, claimed["id"], claimed["attempt"]) if claimed else None
     return started, tick_wanted(db, me)
 
 

@@ -46,6 +46,14 @@ def wait_for(condition, timeout=60, what="condition"):
     raise AssertionError("timed out waiting for %s" % what)
 
 
+def remove_state(path):
+    """rm -rf of a state directory whose runners still beat: one may write its heartbeat
+    between rmtree's listing of a folder and its removal, so remove until it is gone."""
+    import shutil
+    wait_for(lambda: shutil.rmtree(path, ignore_errors=True) or not os.path.exists(path),
+             what="%s to be removed" % path)
+
+
 def read_db(state, query, params=()):
     """Rows of a query on a state directory's DB, opened read-only beside qpy's own use."""
     path = os.path.join(state, "qpy.db")

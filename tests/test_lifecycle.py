@@ -5,14 +5,13 @@ import glob
 import json
 import os
 import re
-import shutil
 import sqlite3
 import signal
 import time
 
 import pytest
 
-from conftest import REPO, group_members, qpy_processes, read_db, wait_for
+from conftest import REPO, group_members, qpy_processes, read_db, remove_state, wait_for
 
 
 def in_process(site, monkeypatch):
@@ -272,7 +271,7 @@ def test_a_runner_of_a_removed_state_records_nothing_in_the_new_one(site, tmp_pa
                        (job,))
         return rows and rows[0]["runner_pid"]
     runner = wait_for(lambda: running(old), what="the old job to run")
-    shutil.rmtree(state)
+    remove_state(state)
     site.ok("check", env=env)  # a new, empty queue there, on purpose (nothing was left)
     site.ok("ctrlQueue", "pause", env=env)
     new = int(site.ok("sub", "sleep 30", env=env).split()[1])
@@ -300,7 +299,7 @@ def test_a_runner_of_a_removed_state_does_not_touch_a_heartbeat_in_the_new_one(s
     rows = wait_for(lambda: read_db(state, "SELECT runner_pid, user FROM jobs WHERE id = ? AND "
                                            "status = 'running'", (old,)),
                     what="the old job to run")
-    shutil.rmtree(state)
+    remove_state(state)
     site.ok("check", env=env)
     site.ok("ctrlQueue", "pause", env=env)
     site.ok("sub", "true", env=env)  # (makes the user's run directory there)

@@ -3,7 +3,6 @@ a full disk, Ctrl-C, backups. Each ends in one clear line and no damage."""
 import json
 import os
 import re
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -11,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import QPY, group_members, job_group, qpy_processes, wait_for
+from conftest import QPY, group_members, job_group, qpy_processes, remove_state, wait_for
 
 
 def test_a_corrupt_database_is_one_clear_line(site):
@@ -286,7 +285,7 @@ def remove_state_under_a_job(site, tmp_path, heartbeat, node_timeout):
             db.close()
     pid = wait_for(runner, what="the job to run")[0]
     job_group(state, os.listdir(os.path.join(state, "users"))[0], job)  # its command runs
-    shutil.rmtree(state)  # the site is gone: the runner's heartbeat and exit record fail
+    remove_state(state)  # the site is gone: the runner's heartbeat and exit record fail
     wait_for(lambda: site.read("job_%d.out" % job) == "finished\n", what="the job to end")
     return pid
 
