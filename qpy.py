@@ -52,13 +52,15 @@ The protocol, which every function below keeps:
     node that answers has what the dead runner's job left stopped (its process group, from
     the started marker: SIGTERM, SIGKILL after kill_grace) and the job is `runner lost`;
     only a node that does not answer is down, its jobs `node lost`, and when it comes back
-    what those attempts left there is stopped before it is up again. A run file that cannot be read is
-    quarantined and the job decided as if it were absent: one job's files never stop a tick.
+    what those attempts left there is stopped before it is up again. A run file that cannot
+    be read is quarantined and the job decided as if it were absent: one job's files never
+    stop a tick.
  8. No qpy process outlives its work: the tick exits when nothing is wanted (the timer's,
     `qpy_admin.py tick --linger`, stays until just before the timer's next run while jobs
     are live, answering wake-ups within LINGER_POLL: those handed on to other users, which
-    no user's tick may start), the runner when its job has ended. A background process's unexpected error is written to
-    <state>/users/<user>/errors.log (qpy check and qpy_admin.py doctor point to it).
+    no user's tick may start), the runner when its job has ended. A background process's
+    unexpected error is written to <state>/users/<user>/errors.log (qpy check and
+    qpy_admin.py doctor point to it).
 
 The code follows the data: paths -> store -> jobs (life cycle, run files) -> model ->
 scheduler -> tick -> launcher -> Slurm pools -> runner -> CLI.
@@ -747,10 +749,15 @@ def ensure_user(db, user):
 
 STATUSES = ("queue", "starting", "running", "done", "failed", "killed", "undone")
 LIVE = ("queue", "starting", "running")
-HOLDING = ("starting", "running")  # they hold cores, memory and GPUs on their node
+RESERVING = ("starting", "running")  # they reserve cores, memory and GPUs on their node
 FINISHED = ("done", "failed", "killed", "undone")
 ENDINGS = ("done", "failed", "killed")  # how a job that ran ends (an exit record's status)
 USER_STATUSES = ("queue", "running") + FINISHED  # what users see: 'starting' is 'queue'
+# Each status users see, with its colour in `qpy check` unless coloursScheme says otherwise,
+# in the order coloursScheme takes them (the manual's: queue running done killed undone,
+# then those added since).
+STATUS_COLOURS = {"queue": "yellow", "running": "blue", "done": "green", "killed": "red",
+                  "undone": "grey", "failed": "magenta"}
 # The condition of the partial indexes of live jobs (schema.sql), written out so that SQLite
 # uses them (it matches only this literal form): queries of live jobs never walk the history.
 LIVE_SQL = "status IN (%s)" % ", ".join("'%s'" % status for status in LIVE)
@@ -766,8 +773,8 @@ def is_live(job):
     return job["status"] in LIVE
 
 
-def holds_node(job):
-    return job["status"] in HOLDING
+def reserves_node(job):
+    return job["status"] in RESERVING
 
 
 def site_counts(db):
@@ -861,21 +868,21 @@ def discard_job_files(db, job, run_files=True):
     after_commit(remove_job_file, job["spec"])
 
 
-def remove_job_file(spec):
+def remove_job_file(path):
     try:
-        with open(spec) as f:
+        with open(path) as f:
             copied = json.load(f).get("script_copy")
     except (OSError, ValueError, AttributeError):
         copied = None
-    remove_quietly(spec, *([copied] if isinstance(copied, str) else []))
+    remove_quietly(path, *([copied] if isinstance(copied, str) else []))
 
 
 # --- Run files: what a runner keeps beside a job's row, each file of one attempt ------------
 #   <state>/users/<user>/run/<id>.<attempt>.started  created with O_EXCL when the runner
 #       confirms: '<attempt>@<state id>', then ' go' when the command is told to run, then
-#       its process group; .hb its heartbeat (mtime); .exit the exit record (JSON, written before the
-#       row); .batch a pool's own output of the batch script, kept with the job until
-#       qpy clean (its messages tell why a pool job failed).
+#       its process group; .hb its heartbeat (mtime); .exit the exit record (JSON, written
+#       before the row); .batch a pool's own output of the batch script, kept with the job
+#       until qpy clean (its messages tell why a pool job failed).
 # Nothing left by one attempt is ever read for another. (Before schema 6 they were named
 # <id>.<kind>: existing_run_file still finds those of the attempt that made them.)
 
@@ -1170,7 +1177,7 @@ def decode_escapes(text):
 
 COLOURS = {"grey": 30, "red": 31, "green": 32, "yellow": 33, "blue": 34, "magenta": 35,
            "cyan": 36, "white": 37}
-DEFAULT_SCHEME = ["yellow", "blue", "green", "red", "grey", "magenta"]  # + failed
+DEFAULT_SCHEME = list(STATUS_COLOURS.values())
 
 
 def colour(text, name):
@@ -1230,9 +1237,10 @@ def parse_config_value(key, values):
         for name in values:
             if name not in COLOURS:
                 raise QpyError("Unknown colour: %s (choose from %s)." % (name, " ".join(COLOURS)))
-        if len(values) not in (5, 6):
-            raise QpyError("Give five colours for coloursScheme (queue running done killed undone),"
-                           " and optionally a sixth for failed.")
+        statuses = list(STATUS_COLOURS)
+        if not 5 <= len(values) <= len(statuses):
+            raise QpyError("Give five colours for coloursScheme (%s), and optionally more for %s."
+                           % (" ".join(statuses[:5]), " ".join(statuses[5:])))
         return values + DEFAULT_SCHEME[len(values):], "Colours scheme changed."
     # defaultAttr, andAttr, orAttr: an attribute expression, or nothing to unset it
     expression = " ".join(values)
@@ -1594,12 +1602,12 @@ def free_resources(nodes, live_jobs):
                            "jobs": node["max_jobs"] or float("inf")}
             for node in nodes}
     for job in live_jobs:
-        if holds_node(job) and job["node"] in free:
-            hold(free[job["node"]], job)
+        if reserves_node(job) and job["node"] in free:
+            reserve(free[job["node"]], job)
     return free
 
 
-def hold(free_on_node, job):
+def reserve(free_on_node, job):
     free_on_node["cores"] -= job["n_cores"]
     free_on_node["mem"] -= job["mem"]
     free_on_node["gpus"] -= job["gpus"]
@@ -1757,7 +1765,7 @@ def admitted(user, cores, shares, used, queued, free_unreserved):
     return mine <= least + extra + idle // wanting
 
 
-def schedule(nodes, live_jobs, blocked_users, shares=None, held=None, queue_counts=None,
+def schedule(nodes, live_jobs, blocked_users, shares=None, unmet=None, queue_counts=None,
              refusals=None):
     """Decide which queued jobs start now, and where.
 
@@ -1765,7 +1773,7 @@ def schedule(nodes, live_jobs, blocked_users, shares=None, held=None, queue_coun
     live_jobs: queued, starting and running jobs, queued ones in queue order;
     blocked_users: {user: why} for users whose queue is paused or finished;
     shares: {user: (minimum, extra)} from compute_shares, or None for no fair share;
-    held: {job id: why} for jobs that may not start yet (their dependencies);
+    unmet: {job id: why} for jobs that may not start yet (their dependencies);
     queue_counts: {user: queued jobs that may start}, when live_jobs holds only the front of the
     queue (default: counted in live_jobs);
     refusals: {job id: {"node", "why"}} for jobs a Slurm pool refused lately (not placed there).
@@ -1773,13 +1781,13 @@ def schedule(nodes, live_jobs, blocked_users, shares=None, held=None, queue_coun
     over so that smaller jobs behind it can start (backfilling)."""
     free = free_resources(nodes, live_jobs)
     total = shared_cores(nodes)
-    held, refusals = held or {}, refusals or {}
+    unmet, refusals = unmet or {}, refusals or {}
     used, queued, array_running = {}, {}, {}
     up = {node["name"] for node in nodes if node["state"] == "up"}
     for job in live_jobs:
         if job["status"] == "queue":
             if queue_counts is None and job["user"] not in blocked_users \
-                    and job["id"] not in held:
+                    and job["id"] not in unmet:
                 queued[job["user"]] = queued.get(job["user"], 0) + 1
         else:
             if job["node"] in up:  # (shares are of the cores of the nodes that are up)
@@ -1794,8 +1802,8 @@ def schedule(nodes, live_jobs, blocked_users, shares=None, held=None, queue_coun
         before = len(placements)
         for job in in_fair_order(waiting, shares, used):
             limit = job["array_limit"]
-            if job["id"] in held:
-                where, why = None, held[job["id"]]
+            if job["id"] in unmet:
+                where, why = None, unmet[job["id"]]
             elif limit and array_running.get(job["array_of"], 0) >= limit:
                 where, why = None, "array limit: %d running" % limit
             else:
@@ -1856,7 +1864,7 @@ def place_one(job, nodes, free, total, used, queued, blocked_users, shares, refu
     node = choose_node(job, nodes, free, refusal)
     if node is None:
         return None, why
-    hold(free[node["name"]], job)
+    reserve(free[node["name"]], job)
     used[user] = used.get(user, 0) + job["n_cores"]
     queued[user] -= 1
     return node["name"], None
@@ -1887,6 +1895,11 @@ def unsatisfiable_reason(request, nodes):
 # Tick: harvest, reconcile, claim, launch
 # --------------------------------------------------------------------------------------------
 
+# Whose tick, or whose jobs, a function acts for (its `me`): a user's name, or ROOT's tick,
+# which acts for anybody, each job as its owner.
+ROOT = None
+
+
 def request_tick(db, user=None):
     """Inside a transaction: ask for a tick pass. user None: for anybody's jobs (meta
     tick_wanted: cores were freed, a node came back...), which any tick may take on, as it
@@ -1899,11 +1912,11 @@ def request_tick(db, user=None):
 
 
 def tick_wanted(db, me):
-    """Is a pass wanted that the tick of user `me` (None: root's) can do?"""
+    """Is a pass wanted that the tick of `me` (a user, or ROOT) can do?"""
     if meta_number(db, "tick_wanted"):
         return True
     return db.execute("SELECT 1 FROM users WHERE wanted > 0" + (
-        "" if me is None else " AND name = ?"), () if me is None else (me,)).fetchone() \
+        "" if me is ROOT else " AND name = ?"), () if me is ROOT else (me,)).fetchone() \
         is not None
 
 
@@ -1912,19 +1925,19 @@ def take_wakeups(db, me):
     cannot start is handed on by claim_jobs)."""
     db.execute("UPDATE meta SET value = '0' WHERE key = 'tick_wanted'")
     db.execute("UPDATE users SET wanted = 0 WHERE wanted > 0" + (
-        "" if me is None else " AND name = ?"), () if me is None else (me,))
+        "" if me is ROOT else " AND name = ?"), () if me is ROOT else (me,))
 
 
 def lock_name(kind, me):
     """One tick ('tick') and one watch ('watch') at a time per user, and root's apart: a
     user's tick slowed by an unreachable node never keeps another user's, or root's, from
     starting their jobs."""
-    return "%s.lock" % kind if me is None else "%s.%s.lock" % (kind, me)
+    return "%s.lock" % kind if me is ROOT else "%s.%s.lock" % (kind, me)
 
 
 def ticking_user():
-    """Whose tick this process runs: None for root (anybody's jobs, each as its owner)."""
-    return None if os.geteuid() == 0 else user_name()
+    """Whose tick this process runs: ROOT's, or the user's."""
+    return ROOT if os.geteuid() == 0 else user_name()
 
 
 def tick_overdue(db, jobs):
@@ -1944,6 +1957,10 @@ def tick_overdue(db, jobs):
                and not process_alive(job["runner_pid"], job["runner_boot"]) for job in jobs)
 
 
+# A tick that makes pass after pass (wake-ups keep coming) still asks the slow questions.
+WATCH_AT_LEAST_EVERY = 5.0  # seconds
+
+
 def tick(fork_runners=True):
     """Run tick passes until nobody wants one that this tick can do; leave at once if this
     user's (or root's) tick is deciding already. A pass decides under the tick lock (one
@@ -1952,6 +1969,7 @@ def tick(fork_runners=True):
     that comes meanwhile gets a tick of its own at once. fork_runners: this machine's
     runners may be forks of this process (see launch_all)."""
     me = ticking_user()
+    watched = time.monotonic()
     while True:
         release = take_lock(lock_name("tick", me), 0)
         if release is None:
@@ -1967,10 +1985,14 @@ def tick(fork_runners=True):
         launch_all(claims, fork_runners)
         crash_point("tick:launched")
         cancel_in_pools(cancels)
-        if not atomically(lambda db: tick_wanted(db, me), write=False):
+        wanted = atomically(lambda db: tick_wanted(db, me), write=False)
+        # the slow questions wait while passes are wanted, but not for ever
+        if not wanted or time.monotonic() - watched > WATCH_AT_LEAST_EVERY:
             watch(me)
-            if not atomically(lambda db: tick_wanted(db, me), write=False):
-                return
+            watched = time.monotonic()
+            wanted = atomically(lambda db: tick_wanted(db, me), write=False)
+        if not wanted:
+            return
 
 
 # How often a lingering tick looks for a wake-up: a read under the lock, some 0.2 ms.
@@ -2068,7 +2090,7 @@ def plan(db):
     blocked = {row["name"]: "queue paused" if row["paused"] else "qpy finish"
                for row in db.execute("SELECT * FROM users WHERE paused OR finished")}
     shares = compute_shares(load_rules(db), share_holders(db), shared_cores(nodes))
-    held, dropped = hold_for_dependencies(db)
+    unmet, dropped = unmet_dependencies(db)
     live, left_out = jobs_to_schedule(db)
     live = [job for job in live if job["id"] not in dropped]
     now = time.time()
@@ -2080,22 +2102,22 @@ def plan(db):
                 refusals[job["id"]] = refusal
         except (ValueError, TypeError, KeyError):
             pass  # (a refusal that cannot be read is none: the pool is asked again)
-    placements, pending = schedule(nodes, live, blocked, shares, held,
-                                   waiting_counts(db, blocked, held), refusals)
+    placements, pending = schedule(nodes, live, blocked, shares, unmet,
+                                   waiting_counts(db, blocked, unmet), refusals)
     return {"placements": placements, "pending": pending, "nodes": nodes, "live": live,
             "jobs": {job["id"]: job for job in live}, "left_out": left_out}
 
 
 def own_placements(db, me, planned):
     """Inside the plan's transaction: note why jobs wait, hand the others' placed jobs on to
-    their owners' ticks (a user's tick starts only their own; root's, me=None, anybody's, as
+    their owners' ticks (a user's tick starts only their own; ROOT's anybody's, as
     their owner), and return the placements `me` may claim."""
     jobs = planned["jobs"]
     for job in planned["live"]:
         why = planned["pending"].get(job["id"])
         if why is not None and job["reason"] != why:
             db.execute("UPDATE jobs SET reason = ? WHERE id = ?", (why, job["id"]))
-    if me is None:
+    if me is ROOT:
         return planned["placements"]
     for user in {jobs[job_id]["user"] for job_id, _ in planned["placements"]} - {me}:
         request_tick(db, user)
@@ -2172,22 +2194,22 @@ def jobs_to_schedule(db):
     return jobs + sorted(queued, key=lambda job: (job["position"], job["id"])), left_out
 
 
-def waiting_counts(db, blocked_users, held):
+def waiting_counts(db, blocked_users, unmet):
     """{user: how many of their queued jobs may start}: who wants cores, for the fair share
     (all of the queue, not only what jobs_to_schedule read)."""
     counts = dict(db.execute("SELECT user, COUNT(*) FROM jobs WHERE status = 'queue' "
                              "GROUP BY user").fetchall())
-    if held:
+    if unmet:
         for (user,) in db.execute("SELECT user FROM jobs WHERE id IN (SELECT value FROM "
-                                  "json_each(?))", (json.dumps(list(held)),)):
+                                  "json_each(?))", (json.dumps(list(unmet)),)):
             counts[user] -= 1
     return {user: count for user, count in counts.items() if user not in blocked_users}
 
 
-def hold_for_dependencies(db):
+def unmet_dependencies(db):
     """({job id: why}, {job id}): queued jobs whose dependencies are not met yet, and those
     whose dependencies can no longer be met, which become undone with the reason at once."""
-    held, dropped = {}, set()
+    unmet, dropped = {}, set()
     for job in db.execute("SELECT * FROM jobs WHERE status = 'queue' AND dependencies "
                           "IS NOT NULL").fetchall():
         try:
@@ -2211,16 +2233,16 @@ def hold_for_dependencies(db):
                 dropped.add(job["id"])
                 break
             if status is not None:
-                held[job["id"]] = "waiting for job %d (%s)" % (other, kind)
+                unmet[job["id"]] = "waiting for job %d (%s)" % (other, kind)
                 break
-    return held, dropped
+    return unmet, dropped
 
 
 def gpus_in_use(live_jobs):
     """{node: set of GPU indices held by its running and claimed jobs}."""
     devices = {}
     for job in live_jobs:
-        if holds_node(job) and job["gpu_ids"]:
+        if reserves_node(job) and job["gpu_ids"]:
             devices.setdefault(job["node"], set()).update(map(int, job["gpu_ids"].split(",")))
     return devices
 
@@ -2255,7 +2277,7 @@ def share_holders(db):
     return names or [row[0] for row in db.execute("SELECT name FROM users ORDER BY rowid")]
 
 
-def reconcile(db, me=None, followed=None, verdicts=None):
+def reconcile(db, me=ROOT, followed=None, verdicts=None):
     """Inside a transaction: take back claims nobody confirmed in time, harvest exit records
     the DB missed, and end running jobs whose runner or node is gone. A user's tick looks
     only at that user's jobs (other users' files are closed to it); root's at all.
@@ -2263,17 +2285,17 @@ def reconcile(db, me=None, followed=None, verdicts=None):
     follow_pools learnt, {pool: {external ID asked about: state, None if the pool no longer
     knows it}} (a job handed over since is not judged by it); verdicts, what it made of the
     runners whose heartbeat is late, {(job id, attempt): 'alive', 'gone' (its node answered,
-    its orphans were stopped) or 'unreachable'}. One job's damaged files never stop the others: what fails is
-    logged and that job is left for later. Returns the pool jobs killed with qpy kill that
-    their pool still runs (qpy kill's cancel failed), which the tick cancels again, as
-    [(kind, external ID)]."""
+    its orphans were stopped) or 'unreachable'}. One job's damaged files never stop the
+    others: what fails is logged and that job is left for later. Returns the pool jobs
+    killed with qpy kill that their pool still runs (qpy kill's cancel failed), which the
+    tick cancels again, as [(kind, external ID)]."""
     now = time.time()
     cancels = []
     answers_only = followed is not None or verdicts is not None
     followed, verdicts = followed or {}, verdicts or {}
     timeout = meta_number(db, "launch_timeout")
     node_timeout = meta_number(db, "node_timeout")
-    for job in live_jobs(db, me, HOLDING):
+    for job in live_jobs(db, me, RESERVING):
         asked = job["external_id"] is not None and job["external_id"] in followed.get(
             job["node"], {})
         verdict = verdicts.get((job["id"], job["attempt"]))
@@ -2324,15 +2346,15 @@ def reconcile(db, me=None, followed=None, verdicts=None):
     return cancels
 
 
-def live_jobs(db, me=None, statuses=LIVE):
-    """The live jobs (of user `me`; None: everyone's) with these statuses, each joined with
+def live_jobs(db, me=ROOT, statuses=LIVE):
+    """The live jobs (of user `me`; ROOT: everyone's) with these statuses, each joined with
     its node: one row shape, whose kind, address and pool settings are None when the node is
     gone. Read through the index of live jobs, never the history."""
     listed = ",".join("'%s'" % status for status in statuses)
     return db.execute(
         JOB_WITH_NODE + " WHERE j." + LIVE_SQL + " AND j.status IN (%s)" % listed
-        + ("" if me is None else " AND +j.user = ?"),  # "+": stay on jobs_live
-        () if me is None else (me,)).fetchall()
+        + ("" if me is ROOT else " AND +j.user = ?"),  # "+": stay on jobs_live
+        () if me is ROOT else (me,)).fetchall()
 
 
 # A job's row with what the engine needs of its node (None when the node was removed).
@@ -2379,7 +2401,7 @@ def take_leftovers(db, me, names=None):
         if node["name"] not in names if names is not None else node["state"] != "up":
             continue
         lost = json.loads(node["lost"])
-        mine = [item for item in lost if me is None or item[2] == me]
+        mine = [item for item in lost if me is ROOT or item[2] == me]
         rest = [item for item in lost if item not in mine]
         db.execute("UPDATE nodes SET lost = ? WHERE name = ?",
                    (json.dumps(rest) if rest else None, node["name"]))
@@ -2730,10 +2752,10 @@ def check_job_file(job, uid=None):
     file)."""
     uid = os.getuid() if uid is None else uid
     spool = os.path.realpath(os.path.join(user_dir(job["user"]), "spool"))
-    spec = os.path.realpath(job["spec"])
-    if os.path.dirname(spec) != spool:
+    job_file_path = os.path.realpath(job["spec"])
+    if os.path.dirname(job_file_path) != spool:
         raise QpyError("refused: the job file is outside %s" % spool)
-    for path in (user_dir(job["user"]), spool, spec):
+    for path in (user_dir(job["user"]), spool, job_file_path):
         try:
             if os.stat(path).st_uid != uid:
                 raise QpyError("refused: %s is not owned by %s" % (path, job["user"]))
@@ -2942,8 +2964,8 @@ def follow_pools(me):
         return db.execute("SELECT j.node, n.kind, j.external_id FROM jobs j JOIN nodes n ON "
                           "n.name = j.node WHERE j." + LIVE_SQL + " AND j.status != 'queue' "
                           "AND j.external_id IS NOT NULL" + (
-                              "" if me is None else " AND +j.user = ?"),
-                          () if me is None else (me,)).fetchall()
+                              "" if me is ROOT else " AND +j.user = ?"),
+                          () if me is ROOT else (me,)).fetchall()
     ids = {}  # kind: {pool: [external IDs]}
     for node, kind, external_id in atomically(read, write=False):
         if kind in POOLS:
@@ -3135,7 +3157,8 @@ def slurm_doctor(pool, report):
 
 
 SLURM = {
-    "name": "Slurm", "options": ("partition", "account", "qos", "time", "extra"), "check": slurm_check,
+    "name": "Slurm", "options": ("partition", "account", "qos", "time", "extra"),
+    "check": slurm_check,
     "submit": sbatch_all, "follow": squeue_pools, "fate": slurm_fate,
     "running": lambda state: state[0] == "RUNNING", "cancel": scancel, "probe": sinfo_pools,
     "environment": slurm_environment, "id_variable": "SLURM_JOB_ID", "takes_next_job": False,
@@ -3149,11 +3172,11 @@ POOLS = {"slurm": SLURM}  # the kinds of pool, by their type= in the nodes file
 # Runner: runs on the node, as the job's owner, for the whole life of one job
 # --------------------------------------------------------------------------------------------
 
-def job_environment(spec, job, node):
+def job_environment(job_file, job, node):
     """The submitter's environment, plus what qpy tells the job. Thread counts follow the
     job's cores unless the user chose them. QPY_SET_VARS names what qpy set, so that a qpy sub
     inside the job does not pass it on to the next job."""
-    env = dict(spec["env"])
+    env = dict(job_file["env"])
     env.update(QPY_JOB_ID=str(job["id"]), QPY_NODE=node, QPY_N_CORES=str(job["n_cores"]),
                QPY_MEM=str(float(job["mem"])), QPY_STATE_ID=state_id() or "",
                QPY_ATTEMPT=str(job["attempt"]))
@@ -3175,22 +3198,23 @@ def job_environment(spec, job, node):
     return env
 
 
-def start_command(job, spec):
+def start_command(job, job_file):
     """Start the job's command: 'go' into its started marker first (from then on the job
     counts as started), then the command in its own session and process group, in its
     directory, with its environment, output to job_<ID>.out and .err there; its process
     group is added to the marker, for a tick that finds the runner gone (stop_orphans).
     Returns (pid, None), or (None, exit status) when it cannot start: 127, or 126 when not
     permitted, as a shell says, with the reason in job_<ID>.err."""
-    argv = spec["argv"] if len(spec["argv"]) > 1 else ["/bin/sh", "-c", spec["argv"][0]]
-    env = job_environment(spec, job, job["node"])
-    out, err = (os.path.join(spec["cwd"], "job_%d.%s" % (job["id"], kind))
+    argv = job_file["argv"] if len(job_file["argv"]) > 1 else \
+        ["/bin/sh", "-c", job_file["argv"][0]]
+    env = job_environment(job_file, job, job["node"])
+    out, err = (os.path.join(job_file["cwd"], "job_%d.%s" % (job["id"], kind))
                 for kind in ("out", "err"))
     marker = os.open(run_file(job, "started"), os.O_WRONLY | os.O_APPEND)
     try:
         os.write(marker, b" go")
         try:
-            pid = spawn(argv, env, spec["cwd"], out, err)
+            pid = spawn(argv, env, job_file["cwd"], out, err)
         except OSError as e:
             try:
                 with open(err, "a") as stderr:
@@ -3242,7 +3266,7 @@ def confirm(db, job_id, attempt):
     marker = run_file(job, "started")
     refusal = None
     try:
-        spec = read_job_file(job)
+        job_file = read_job_file(job)
         try:
             fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
@@ -3274,7 +3298,7 @@ def confirm(db, job_id, attempt):
     settings = {key: meta_number(db, key) for key in ("kill_grace", "heartbeat", "node_timeout")}
     return dict(job, status="running", started_at=now,
                 external_id=external_id or job["external_id"], runner_pid=os.getpid()), \
-        spec, settings
+        job_file, settings
 
 
 # The job file's format: 2 names the job IDs it is for ("ids"); 1, before that, did not.
@@ -3288,18 +3312,18 @@ def read_job_file(job):
     check_job_file(job)
     try:
         with open(job["spec"]) as f:
-            spec = json.load(f)
-        version = spec.get("version", 2 if "ids" in spec else 1)
+            job_file = json.load(f)
+        version = job_file.get("version", 2 if "ids" in job_file else 1)
         if version > JOB_FILE_VERSION:
             raise QpyError("job file %s is of version %s, written by a newer qpy"
                            % (job["spec"], version))
-        first, last = spec["ids"] if version >= 2 else (job["id"], job["id"])
-        spec["argv"], spec["cwd"], spec["env"]  # (what every version has)
+        first, last = job_file["ids"] if version >= 2 else (job["id"], job["id"])
+        job_file["argv"], job_file["cwd"], job_file["env"]  # (what every version has)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise QpyError("job file unreadable: %s" % e)
     if not first <= job["id"] <= last:
         raise QpyError("refused: the job file %s is not for job %d" % (job["spec"], job["id"]))
-    return spec
+    return job_file
 
 
 def store_and_continue(db, job, record):
@@ -3346,9 +3370,9 @@ def runner(job_id, attempt):
             started = None
         ended = None  # the job before, whose run files are removed once this one runs
         while started:
-            job, spec, settings = started
+            job, job_file, settings = started
             crash_point("runner:confirmed")
-            pid, status = start_command(job, spec)
+            pid, status = start_command(job, job_file)
             if ended:
                 remove_run_files(ended)
             # (a command that could not start ends as a shell's exit status, as a wait status)
@@ -3626,7 +3650,7 @@ Examples:
             if not db.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone():
                 raise QpyError("Job rejected: --%s names job %d, which does not exist."
                                % (kind, job_id))
-        spec_path = os.path.join(user_dir(user), "spool", token + ".job")
+        job_file_path = os.path.join(user_dir(user), "spool", token + ".job")
         indices, limit = request["array"]
         ids = []
         for index in indices:
@@ -3634,7 +3658,7 @@ Examples:
                 "INSERT INTO jobs (user, command, cwd, spec, n_cores, mem, gpus, attributes, "
                 "requeue, name, time_limit, dependencies, array_index, array_limit, position, "
                 "queued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
-                (user, command, cwd, spec_path, job["n_cores"], job["mem"], job["gpus"],
+                (user, command, cwd, job_file_path, job["n_cores"], job["mem"], job["gpus"],
                  job["attributes"], int(args["--requeue"]), args["--name"],
                  request.get("time"),
                  json.dumps(request["dependencies"]) if request["dependencies"] else None, index,
@@ -3650,9 +3674,10 @@ Examples:
                 "queue paused" if owner["paused"] else "qpy finish", ids[0], ids[-1]))
         # The job file names the IDs it is for: a row forged into the shared DB that points
         # at it (or at anybody else's file) is refused by the runner.
-        spec = {"version": JOB_FILE_VERSION, "argv": run_argv, "cwd": cwd,
-                "env": submitted_environment(), "script_copy": copy, "ids": [ids[0], ids[-1]]}
-        write_atomically(spec_path, json.dumps(spec).encode())
+        job_file = {"version": JOB_FILE_VERSION, "argv": run_argv, "cwd": cwd,
+                    "env": submitted_environment(), "script_copy": copy,
+                    "ids": [ids[0], ids[-1]]}
+        write_atomically(job_file_path, json.dumps(job_file).encode())
         crash_point("sub:spooled")
         return ids, startable
 
@@ -3863,8 +3888,7 @@ Examples:
         print(json.dumps([job_record(job, notes.get(job["id"], "")) for job in jobs], indent=1))
         return
     coloured = (config["colour"] and sys.stdout.isatty() and "NO_COLOR" not in os.environ)
-    scheme = dict(zip(("queue", "running", "done", "killed", "undone", "failed"),
-                      config["coloursScheme"]))
+    scheme = dict(STATUS_COLOURS, **dict(zip(STATUS_COLOURS, config["coloursScheme"])))
     now = time.time()
     out = []
     for job in jobs:
@@ -4160,7 +4184,7 @@ def site_report(db):
     jobs hold."""
     counts = site_counts(db)
     nodes = db.execute("SELECT * FROM nodes ORDER BY position, name").fetchall()
-    live = live_jobs(db, None, HOLDING)
+    live = live_jobs(db, None, RESERVING)
     none = {"cores": 0, "queued": 0}
     users = [{"user": name, "cores": counts.get(name, none)["cores"],
               "queued": counts.get(name, none)["queued"]}
@@ -4240,8 +4264,7 @@ def show_config(user):
     if config["colour"]:
         out.append("Colours:\n")
         tty = sys.stdout.isatty() and "NO_COLOR" not in os.environ
-        for status, name in zip(("queue", "running", "done", "killed", "undone", "failed"),
-                                config["coloursScheme"]):
+        for status, name in zip(STATUS_COLOURS, config["coloursScheme"]):
             word = colour(status, name) if tty else status
             out.append("  - %s (%s)\n" % (word, name))
     if row["paused"]:

@@ -37,6 +37,9 @@ def test_the_status_groups_are_those_of_the_schema():
     assert all(where == qpy.LIVE_SQL for _, where in live_indexes)
     assert set(qpy.LIVE) | set(qpy.FINISHED) == set(qpy.STATUSES)
     assert not set(qpy.LIVE) & set(qpy.FINISHED)
+    # every status users see has its colour (coloursScheme's order starts as the manual's)
+    assert set(qpy.STATUS_COLOURS) == set(qpy.USER_STATUSES)
+    assert list(qpy.STATUS_COLOURS)[:5] == ["queue", "running", "done", "killed", "undone"]
 
 
 def test_the_queries_of_live_jobs_use_the_partial_index(site, monkeypatch):
