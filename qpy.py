@@ -1002,8 +1002,13 @@ def exit_record_problem(record, job):
 def marker_head(job):
     """The first word of a started marker: the attempt it was made for, and the state's
     identity (a marker of another state says nothing about this one's jobs)."""
-    identity = state_id() or read_identity(state_dir()) or ""  # (_reap has not connected)
-    return b"%d@%s" % (job["attempt"], identity.encode())
+    return b"%d@%s" % (job["attempt"], (known_identity() or "").encode())
+
+
+def known_identity():
+    """This process's state's identity, also in a process that has not connected (_reap,
+    _leftovers on a node read qpy.id); None when it cannot be read now."""
+    return state_id() or read_identity(state_dir())
 
 
 def marker_words(job):
@@ -1020,8 +1025,13 @@ def marker_words(job):
             words = f.read().split()
     except OSError:
         return None
-    shapes_ok = (words[:1] in ([marker_head(job)], [str(job["attempt"]).encode()])
-                 and words[1:2] in ([], [b"go"])
+    attempt = str(job["attempt"]).encode()
+    head = words[0].split(b"@", 1) if words else []
+    # (a state whose identity cannot be read now takes any of its attempt's: never a live
+    # job's marker moved aside for a file that could not be read)
+    head_ok = head == [attempt] or head[:1] == [attempt] and len(head) == 2 and (
+        known_identity() is None or head[1] == known_identity().encode())
+    shapes_ok = (head_ok and words[1:2] in ([], [b"go"])
                  and len(words) <= 3 and all(word.isdigit() for word in words[2:]))
     if not shapes_ok:
         quarantine(job, path, "it reads %r" % b" ".join(words)[:80])
@@ -1922,7 +1932,7 @@ def tick_wanted(db, me):
 
 def take_wakeups(db, me):
     """Inside the pass's transaction: the requests this tick answers are answered (what it
-    cannot start is handed on by claim_jobs)."""
+    cannot start is handed on by own_placements)."""
     db.execute("UPDATE meta SET value = '0' WHERE key = 'tick_wanted'")
     db.execute("UPDATE users SET wanted = 0 WHERE wanted > 0" + (
         "" if me is ROOT else " AND name = ?"), () if me is ROOT else (me,))
@@ -1961,13 +1971,14 @@ def tick_overdue(db, jobs):
 WATCH_AT_LEAST_EVERY = 5.0  # seconds
 
 
-def tick(fork_runners=True):
+def tick(fork_runners=True, watching=True):
     """Run tick passes until nobody wants one that this tick can do; leave at once if this
     user's (or root's) tick is deciding already. A pass decides under the tick lock (one
     short transaction), then, without it, launches what it claimed and asks the slow
     questions (watch): no tick holds its lock while it waits on ssh or a pool, so a wake-up
     that comes meanwhile gets a tick of its own at once. fork_runners: this machine's
-    runners may be forks of this process (see launch_all)."""
+    runners may be forks of this process (see launch_all); watching False: no slow
+    questions (a lingering tick: the timer's next run asks them)."""
     me = ticking_user()
     watched = time.monotonic()
     while True:
@@ -1975,19 +1986,18 @@ def tick(fork_runners=True):
         if release is None:
             return  # its holder will see the request
         try:
-            claims, cancels = atomically(lambda db: decide(db, me))
+            claims = atomically(lambda db: decide(db, me))
         finally:
             release()
         crash_point("tick:claimed")
         if any(job["kind"] != "host" or not is_local(job["address"]) for job in claims) and \
                 atomically(lambda db: tick_wanted(db, me), write=False):
-            start_tick()  # (asked for while we decided: not to wait for our ssh)
+            start_tick(fork_runners)  # (asked for while we decided: not to wait for our ssh)
         launch_all(claims, fork_runners)
         crash_point("tick:launched")
-        cancel_in_pools(cancels)
         wanted = atomically(lambda db: tick_wanted(db, me), write=False)
         # the slow questions wait while passes are wanted, but not for ever
-        if not wanted or time.monotonic() - watched > WATCH_AT_LEAST_EVERY:
+        if watching and (not wanted or time.monotonic() - watched > WATCH_AT_LEAST_EVERY):
             watch(me)
             watched = time.monotonic()
             wanted = atomically(lambda db: tick_wanted(db, me), write=False)
@@ -2003,7 +2013,9 @@ def linger(seconds):
     """The timer's tick, made to stay: for up to `seconds` more, while any job is live,
     answer each wake-up within LINGER_POLL seconds. Above all those handed on to other users
     (cores one user's job freed for another's): no user's tick may start them, and without
-    this they would wait for the timer's next run. It leaves as soon as nothing is live."""
+    this they would wait for the timer's next run. Its passes ask no slow questions (the
+    timer's next run does), so that none of them keeps a wake-up waiting. It leaves as
+    soon as nothing is live."""
     end = time.monotonic() + seconds
     me = ticking_user()
     while time.monotonic() < end:
@@ -2011,33 +2023,34 @@ def linger(seconds):
             "SELECT 1 FROM jobs WHERE " + LIVE_SQL + " LIMIT 1").fetchone()), write=False)
         if not (wanted or live):
             return
-        if wanted:
-            tick()  # (it leaves at once when another tick is deciding: that one answers)
+        if wanted:  # (a pass leaves at once when another tick is deciding: that one answers)
+            tick(watching=False)
         time.sleep(min(LINGER_POLL, max(0.0, end - time.monotonic())))
 
 
-def start_tick():
+def start_tick(fork_runners=True):
     """After asking for a tick (request_tick): start one in the background, unless this
     user's tick is deciding, which sees the request when it checks for one (it does after
-    releasing its lock too, so the request is never lost)."""
+    releasing its lock too, so the request is never lost). fork_runners: as tick's (False
+    in a runner: the runners it starts must not be forks of a runner)."""
     release = take_lock(lock_name("tick", ticking_user()), 0)
     if release is None:
         return
     release()
-    detach(tick)
+    detach(tick, fork_runners)
 
 
 def decide(db, me):
     """The transaction of a pass, with what the DB and this machine know: take the wake-ups
     it answers, end what ended (reconcile), claim the jobs that can start (claim_jobs).
-    Returns (the claims, the pool jobs to cancel again)."""
+    Returns the claims."""
     take_wakeups(db, me)
     db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_tick', ?)",
                (str(time.time()),))
     db.execute("INSERT INTO meta (key, value) VALUES ('tick_passes', '1') "
                "ON CONFLICT (key) DO UPDATE SET value = value + 1")
-    cancels = reconcile(db, me)
-    return claim_jobs(db, me), cancels
+    reconcile(db, me)
+    return claim_jobs(db, me)
 
 
 def watch(me):
@@ -2059,21 +2072,18 @@ def watch(me):
         followed, unreachable = follow_pools(me)
         verdicts = ask_nodes([job for job in late if job["kind"] == "host"])
         # a late pool job is judged by what its pool says; one whose pool did not answer (or
-        # whose node was removed) is lost
+        # whose node was removed) is lost (a pool this machine cannot reach says nothing)
         verdicts.update(((job["id"], job["attempt"]), "unreachable") for job in late
-                        if job["kind"] != "host"
+                        if job["kind"] is None or job["kind"] in POOLS
+                        and POOLS[job["kind"]]["usable_here"]()
                         and job["external_id"] not in followed.get(job["node"], {}))
         if not (followed or unreachable or verdicts):
             return
 
         def record(db):
-            before = db.total_changes
             for pool, error in unreachable.items():
                 mark_down(db, pool, error, time.time())
-            cancels = reconcile(db, me, followed, verdicts)
-            if db.total_changes != before:
-                request_tick(db)  # (what ended or went down changes what can start)
-            return cancels
+            return reconcile(db, me, followed, verdicts)
         cancel_in_pools(atomically(record))
     finally:
         release()
@@ -2105,7 +2115,8 @@ def plan(db):
     placements, pending = schedule(nodes, live, blocked, shares, unmet,
                                    waiting_counts(db, blocked, unmet), refusals)
     return {"placements": placements, "pending": pending, "nodes": nodes, "live": live,
-            "jobs": {job["id"]: job for job in live}, "left_out": left_out}
+            "jobs": {job["id"]: job for job in live}, "left_out": left_out,
+            "kinds": {node["name"]: node["kind"] for node in nodes}}
 
 
 def own_placements(db, me, planned):
@@ -2117,12 +2128,16 @@ def own_placements(db, me, planned):
         why = planned["pending"].get(job["id"])
         if why is not None and job["reason"] != why:
             db.execute("UPDATE jobs SET reason = ? WHERE id = ?", (why, job["id"]))
+    # a pool this machine cannot reach (a runner's tick on a lab node) is left to the ticks
+    # of machines that can (the timer's, a user's command on the login host)
+    placements = [(job_id, node) for job_id, node in planned["placements"]
+                  if planned["kinds"][node] not in POOLS
+                  or POOLS[planned["kinds"][node]]["usable_here"]()]
     if me is ROOT:
-        return planned["placements"]
-    for user in {jobs[job_id]["user"] for job_id, _ in planned["placements"]} - {me}:
+        return placements
+    for user in {jobs[job_id]["user"] for job_id, _ in placements} - {me}:
         request_tick(db, user)
-    return [(job_id, node) for job_id, node in planned["placements"]
-            if jobs[job_id]["user"] == me]
+    return [(job_id, node) for job_id, node in placements if jobs[job_id]["user"] == me]
 
 
 def claim_placed(db, planned, placements):
@@ -2286,7 +2301,8 @@ def reconcile(db, me=ROOT, followed=None, verdicts=None):
     knows it}} (a job handed over since is not judged by it); verdicts, what it made of the
     runners whose heartbeat is late, {(job id, attempt): 'alive', 'gone' (its node answered,
     its orphans were stopped) or 'unreachable'}. One job's damaged files never stop the
-    others: what fails is logged and that job is left for later. Returns the pool jobs
+    others: what fails is logged and that job is left for later; what the watch's answers
+    changed asks for a pass (a job that ended frees its cores). Returns the pool jobs
     killed with qpy kill that their pool still runs (qpy kill's cancel failed), which the
     tick cancels again, as [(kind, external ID)]."""
     now = time.time()
@@ -2295,6 +2311,7 @@ def reconcile(db, me=ROOT, followed=None, verdicts=None):
     followed, verdicts = followed or {}, verdicts or {}
     timeout = meta_number(db, "launch_timeout")
     node_timeout = meta_number(db, "node_timeout")
+    changed = False
     for job in live_jobs(db, me, RESERVING):
         asked = job["external_id"] is not None and job["external_id"] in followed.get(
             job["node"], {})
@@ -2302,6 +2319,7 @@ def reconcile(db, me=ROOT, followed=None, verdicts=None):
         if answers_only and verdict is None and not asked:
             continue
         effects = len(_after_commit)
+        before = db.total_changes
         db.execute("SAVEPOINT one_job")
         try:
             if job["status"] == "starting":
@@ -2311,9 +2329,7 @@ def reconcile(db, me=ROOT, followed=None, verdicts=None):
                     return_to_queue(db, job, "launch timed out")  # (still 'starting')
                 elif asked:
                     POOLS[job["kind"]]["fate"](db, job, followed[job["node"]][job["external_id"]])
-                continue
-            record = read_exit_record(job)
-            if record is not None:
+            elif (record := read_exit_record(job)) is not None:
                 finish(db, job, record)
             elif asked:
                 pool = POOLS[job["kind"]]
@@ -2336,6 +2352,7 @@ def reconcile(db, me=ROOT, followed=None, verdicts=None):
                         remember_lost_job(db, job)
                     end_lost_job(db, job, "node lost")
             db.execute("RELEASE one_job")
+            changed = changed or db.total_changes != before
         except sqlite3.Error:
             raise  # (the transaction is in doubt: atomically retries or says why)
         except Exception:  # this job's files or row: left as they are, the others go on
@@ -2343,6 +2360,8 @@ def reconcile(db, me=ROOT, followed=None, verdicts=None):
             db.execute("RELEASE one_job")
             del _after_commit[effects:]
             log_exception("reconciling job %d" % job["id"])
+    if answers_only and changed:
+        request_tick(db)
     return cancels
 
 
@@ -2394,7 +2413,7 @@ def remember_lost_job(db, job):
 def take_leftovers(db, me, names=None):
     """Inside a transaction: the lost attempts of the nodes that are up (again), or of these
     nodes (that answered a probe), that this tick can stop there (root's: all; a user's:
-    their own), taken off their lists. {node address: {user: [job id, attempt, ...]}}."""
+    their own), taken off their lists. {(node, address): {user: [job id, attempt, ...]}}."""
     taken = {}
     for node in db.execute("SELECT name, address, lost, state FROM nodes WHERE kind = 'host' "
                            "AND lost IS NOT NULL").fetchall():
@@ -2406,7 +2425,8 @@ def take_leftovers(db, me, names=None):
         db.execute("UPDATE nodes SET lost = ? WHERE name = ?",
                    (json.dumps(rest) if rest else None, node["name"]))
         for job_id, attempt, user in mine:
-            taken.setdefault(node["address"], {}).setdefault(user, []).extend((job_id, attempt))
+            taken.setdefault((node["name"], node["address"]), {}).setdefault(
+                user, []).extend((job_id, attempt))
     return taken
 
 
@@ -2418,8 +2438,8 @@ def stop_leftovers(me, names=None):
     if names == []:
         return
     taken = atomically(lambda db: take_leftovers(db, me, names))
-    calls = []
-    for address, leftovers in taken.items():
+    calls, whose = [], []
+    for (name, address), leftovers in taken.items():
         for user, jobs in leftovers.items():
             try:
                 owner = pwd.getpwnam(user) if os.geteuid() == 0 else None
@@ -2428,10 +2448,19 @@ def stop_leftovers(me, names=None):
             if is_local(address):
                 continue  # (this machine's runner is never lost with its node)
             calls.append((address, qpy_on_node("_leftovers", *jobs), owner))
-    for (address, command, _), (status, _, error) in zip(calls, run_on_nodes(calls)):
+            whose.append((name, user, jobs))
+    unstopped = []  # a node that did not answer after all keeps them for the next try
+    for (name, user, jobs), (status, _, error) in zip(whose, run_on_nodes(calls)):
         if status != 0:
             log_event("could not stop the leftovers of jobs %s on %s: %s" % (
-                " ".join(command[command.index("_leftovers") + 1:]), address, error))
+                " ".join(map(str, jobs)), name, error))
+        if status == 255 or status < 0:
+            unstopped += [(name, job_id, attempt, user)
+                          for job_id, attempt in zip(jobs[::2], jobs[1::2])]
+    if unstopped:
+        atomically(lambda db: [remember_lost_job(db, {"node": name, "id": job_id,
+                                                      "attempt": attempt, "user": user})
+                               for name, job_id, attempt, user in unstopped])
 
 
 def node_leftovers(*jobs):
@@ -2443,7 +2472,10 @@ def node_leftovers(*jobs):
     if not numbers or len(numbers) % 2:
         raise NodeUsage()
     attempts = set(zip(numbers[::2], numbers[1::2]))
-    state = read_identity(state_dir())
+    state = known_identity()
+    if state is None:  # (then no process can be told apart: the tick tries again)
+        print("qpy: the state's identity (qpy.id) cannot be read here", file=sys.stderr)
+        return 1
     grace = atomically(lambda db: meta_number(db, "kill_grace"), write=False)
     for pgid, job_id in attempt_groups(attempts, state):
         signal_group(pgid, signal.SIGTERM)
@@ -2624,7 +2656,7 @@ def detach(fn, *args):
             os.dup2(null, fd)
         os.closerange(3, 65536)
         signal.set_wakeup_fd(-1)
-        for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGINT, signal.SIGUSR1):
             signal.signal(sig, signal.SIG_DFL)
         fn(*args)
     except SystemExit:
@@ -2805,7 +2837,10 @@ def launch_all(claims, fork_runners=True):
         if pooled:
             outcomes += POOLS[kind]["submit"](pooled, owners)
     if any(what != "started" for _, what, _ in outcomes):
-        atomically(lambda db: record_launches(db, outcomes))
+        stale = atomically(lambda db: record_launches(db, outcomes))
+        if stale and not cancel_in_pools(stale):
+            log_event("could not cancel the pool jobs %s, whose claims moved on while they "
+                      "were handed over" % " ".join(external_id for _, external_id in stale))
 
 
 # What a launch channel says of each job, (job, outcome, detail), for record_launches:
@@ -2837,12 +2872,17 @@ def start_runners_by_ssh(batches, owners):
 
 
 def record_launches(db, outcomes):
-    """Inside a transaction: what the launch channels said (the outcomes above)."""
+    """Inside a transaction: what the launch channels said (the outcomes above). Returns the
+    pool jobs, [(kind, external ID)], handed over for a claim that has moved on meanwhile
+    (timed out or killed while the launch was slow): they are cancelled there."""
     now = time.time()
+    stale = []  # (kind, external ID) of pool jobs whose claim moved on during the launch
     for job, what, detail in outcomes:
         if what == "submitted":  # (the runner may have confirmed already)
-            db.execute("UPDATE jobs SET external_id = ? WHERE id = ? AND attempt = ?",
-                       (detail, job["id"], job["attempt"]))
+            if not db.execute("UPDATE jobs SET external_id = ? WHERE id = ? AND attempt = ? "
+                              "AND status NOT IN ('queue', 'undone')",
+                              (detail, job["id"], job["attempt"])).rowcount:
+                stale.append((job["kind"], detail))  # (timed out, or killed, meanwhile)
             db.execute("UPDATE jobs SET reason = ? WHERE id = ? AND attempt = ? AND status = "
                        "'starting'", ("waiting in " + POOLS[job["kind"]]["name"], job["id"],
                                       job["attempt"]))
@@ -2857,6 +2897,7 @@ def record_launches(db, outcomes):
             fail_claim(db, job, detail)
         if what in ("unreachable", "refused"):
             request_tick(db)  # (it may start elsewhere)
+    return stale
 
 
 def run_arguments(jobs):
@@ -2888,7 +2929,9 @@ def probe_down_nodes(me):
     answers = {node["name"]: None for node in nodes
                if node["kind"] == "host" and is_local(node["address"])}
     for kind, pool in POOLS.items():
-        answers.update(pool["probe"]([node for node in nodes if node["kind"] == kind]))
+        pools = [node for node in nodes if node["kind"] == kind]
+        if pools and pool["usable_here"]():
+            answers.update(pool["probe"](pools))
     hosts = [node for node in nodes if node["kind"] == "host" and not is_local(node["address"])]
     prober = None
     if hosts and os.geteuid() == 0:  # root need not reach the nodes: as a user who needs them
@@ -2914,10 +2957,16 @@ def probe_down_nodes(me):
     def record(db):
         now = time.time()
         for name, error in answers.items():
-            if error is None:
-                db.execute("UPDATE nodes SET state = 'up', state_reason = NULL, probed_at = ? "
-                           "WHERE name = ? AND state = 'down'", (now, name))
-                request_tick(db)
+            if error is None:  # (up once nothing given up with it runs there any more)
+                if db.execute("UPDATE nodes SET state = 'up', state_reason = NULL, "
+                              "probed_at = ? WHERE name = ? AND state = 'down' AND lost IS "
+                              "NULL", (now, name)).rowcount:
+                    request_tick(db)
+                else:
+                    db.execute("UPDATE nodes SET probed_at = ?, state_reason = ? WHERE name "
+                               "= ? AND state = 'down'", (now, "it answers again: what its lost "
+                                                          "jobs left there is to be stopped "
+                                                          "first (root's tick)", name))
             else:
                 db.execute("UPDATE nodes SET probed_at = ?, state_reason = ? WHERE name = ?",
                            (now, "probe failed: " + error, name))
@@ -2944,8 +2993,11 @@ def probe_down_nodes(me):
 #   id_variable         where the runner finds its job's external ID
 #   takes_next_job      False: a runner there runs its one job (the pool allocated only it)
 #   sigterm_means_kill  a SIGTERM to the runner is the pool's (a cancel, a limit), not a stray
-#   limit_warning       why a job ends that gets the pool's SIGTERM after a SIGUSR1 (the pool
-#                       warns its runner that its own time limit is near), or None
+#   limit_warning       why a job ends that gets the pool's SIGTERM within warning_window
+#                       seconds of a SIGUSR1 (the pool warns its runner that its own time
+#                       limit is near), or None
+#   usable_here()       can this machine reach the pool (its commands are here)? A tick
+#                       elsewhere (a runner's, on a lab node) leaves its jobs to others
 #   doctor(pool, report)  qpy_admin.py doctor's checks
 # The engine calls only these: a new kind is its functions and one more entry.
 # --------------------------------------------------------------------------------------------
@@ -2968,7 +3020,7 @@ def follow_pools(me):
                           () if me is ROOT else (me,)).fetchall()
     ids = {}  # kind: {pool: [external IDs]}
     for node, kind, external_id in atomically(read, write=False):
-        if kind in POOLS:
+        if kind in POOLS and POOLS[kind]["usable_here"]():  # (else: another machine's tick)
             ids.setdefault(kind, {}).setdefault(node, []).append(external_id)
     states, errors = {}, {}
     for kind, pools in ids.items():
@@ -3001,6 +3053,12 @@ SLURM_ENDINGS = {
     "SPECIAL_EXIT": "special exit in Slurm"}
 SLURM_REQUEUABLE = ("NODE_FAIL", "PREEMPTED", "BOOT_FAIL")  # not the job's fault: --requeue
 SLURM_RUNNING = ("RUNNING", "COMPLETING", "SIGNALING", "STAGE_OUT")
+
+
+@functools.lru_cache(maxsize=None)
+def slurm_usable_here():
+    import shutil
+    return all(shutil.which(command) for command in ("sbatch", "squeue", "scancel", "sinfo"))
 
 
 def slurm_check(node, options):
@@ -3162,7 +3220,9 @@ SLURM = {
     "submit": sbatch_all, "follow": squeue_pools, "fate": slurm_fate,
     "running": lambda state: state[0] == "RUNNING", "cancel": scancel, "probe": sinfo_pools,
     "environment": slurm_environment, "id_variable": "SLURM_JOB_ID", "takes_next_job": False,
-    "sigterm_means_kill": True, "limit_warning": "time limit in Slurm", "doctor": slurm_doctor,
+    "sigterm_means_kill": True, "limit_warning": "time limit in Slurm",
+    "warning_window": SLURM_LIMIT_WARNING + 90,  # (Slurm may warn a minute early)
+    "usable_here": slurm_usable_here, "doctor": slurm_doctor,
 }
 
 POOLS = {"slurm": SLURM}  # the kinds of pool, by their type= in the nodes file
@@ -3359,10 +3419,10 @@ def runner(job_id, attempt):
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-    stop = {"asked": False, "warned": False}  # (warned: a pool's time limit is near)
+    stop = {"asked": False, "warned": None}  # (warned: when the pool said its limit is near)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.signal(signal.SIGTERM, lambda *_: stop.update(asked=True))
-    signal.signal(signal.SIGUSR1, lambda *_: stop.update(warned=True))
+    signal.signal(signal.SIGUSR1, lambda *_: stop.update(warned=time.time()))
     try:
         try:
             started = atomically(lambda db: confirm(db, job_id, attempt))
@@ -3430,6 +3490,8 @@ def keep_trying(action, heartbeat, patience):
                 gone_since = gone_since or time.monotonic()
                 if time.monotonic() - gone_since > patience:
                     raise StateGone()
+            if state_replaced():
+                raise StateGone()  # (not even a heartbeat goes into another state)
             try:
                 open(heartbeat, "a").close()
                 os.utime(heartbeat)
@@ -3471,7 +3533,9 @@ def supervise(job, pid, stop, wake, settings):
         if stop["asked"]:
             stop["asked"] = False
             pool = POOLS.get(job["kind"], {})
-            if stopping is None and stop["warned"] and pool.get("limit_warning"):
+            warned = stop["warned"] is not None and \
+                now - stop["warned"] < pool.get("warning_window", 0)
+            if stopping is None and warned and pool.get("limit_warning"):
                 stopping = pool["limit_warning"]  # (finish says 'killed' for a qpy kill)
             elif stopping is None and (pool.get("sigterm_means_kill") or kill_requested(job)):
                 stopping = "terminated by SIGTERM"

@@ -35,7 +35,8 @@ Commands:
                      <name> address=<host> cores=<n> memory=<GB> gpus=<n> attributes=a,b
                             pref_multicore=true
                      <name> type=slurm partition=<p> cores=<n> [max_jobs=<n>] [account=<a>]
-                            [qos=<q>] [extra="<sbatch arguments>"]  (a Slurm pool)
+                            [qos=<q>] [time=<limit>] [extra="<sbatch arguments>"]
+                            (a Slurm pool; time=: the limit of jobs without -t)
                    Nodes no longer listed are removed; running jobs are kept and finish.
                    A file that lists no node removes them all only with --empty.
   users [<file>]   Load allowed_users (default <state>/allowed_users): one user name per line.
@@ -77,6 +78,7 @@ Commands:
 import os
 import shlex
 import sys
+import time
 
 import qpy
 
@@ -293,9 +295,10 @@ def tick(linger):
         if not 0 <= seconds <= 3600:
             raise qpy.QpyError("--linger takes a number of seconds (at most 3600), not %r."
                                % linger)
+    start = time.monotonic()  # (the linger ends that long after the tick began: before the next)
     qpy.tick()
     if seconds:
-        qpy.linger(seconds)
+        qpy.linger(seconds - (time.monotonic() - start))
 
 
 def timer_units():
@@ -306,6 +309,8 @@ def timer_units():
     state = qpy.state_dir()
     service = ("[Unit]\nDescription=qpy tick: harvest ended jobs, start queued ones\n\n"
                "[Service]\nType=oneshot\nEnvironment=QPY_STATE=%s\nExecStart=%s --linger=14\n"
+               # the runners a tick forks on this machine outlive it: not stopped with it
+               "KillMode=process\n"
                % (state, tick))
     timer = ("[Unit]\nDescription=Run the qpy tick every 15 seconds\n\n"
              "[Timer]\nOnBootSec=30\nOnUnitActiveSec=15\nAccuracySec=1\n\n"

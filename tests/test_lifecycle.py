@@ -181,6 +181,27 @@ def test_a_started_marker_of_another_state_neither_blocks_nor_runs_a_job(site):
     assert words[:1] != ["1@0123456789abcdef"]
 
 
+def test_a_marker_is_not_moved_aside_where_the_states_identity_cannot_be_read(site,
+                                                                            monkeypatch):
+    """_reap on a node does not connect to the DB: if qpy.id cannot be read there at that
+    moment, a live job's marker must still be taken for its own (its process group is what
+    stops its orphans), not quarantined."""
+    job_id = site.submit("sleep", "30")
+    row = site.wait_status(job_id, "running")
+    site.group(job_id)  # (its marker names its process group)
+    identity = os.path.join(site.state, "qpy.id")
+    os.rename(identity, identity + ".away")
+    try:
+        qpy = in_process(site, monkeypatch)
+        words = qpy.marker_words(dict(row))
+        assert words is not None and len(words) == 3
+        assert not glob.glob(os.path.join(site.state, "users", row["user"], "quarantine", "*"))
+    finally:
+        os.rename(identity + ".away", identity)
+        qpy.disconnect()
+    site.ok("kill", str(job_id))
+
+
 def wait_checked(site, job, status):
     """Until the job has this status, with `qpy check` (which starts the tick that notices a
     runner gone) between looks."""
