@@ -1471,7 +1471,8 @@ def parse_nodes_file(text):
       the original's <name> address=<host> cores=<n> memory=<GB> gpus=<n> attributes=a,b
                      pref_multicore=true|false
       a Slurm pool   <name> type=slurm partition=<p> cores=<n> [max_jobs=<n>] [account=<a>]
-                     [qos=<q>] [extra="<more sbatch arguments>"] (and memory, gpus, attributes)
+                     [qos=<q>] [time=<limit>] [extra="<more sbatch arguments>"] (and memory,
+                     gpus, attributes)
     Returns a list of node dicts; raises QpyError naming the line and the problem."""
     import shlex
     nodes, names = [], set()
@@ -3066,9 +3067,13 @@ def slurm_check(node, options):
     if not options.get("partition"):
         raise QpyError("Slurm pool %s needs its partition (partition=<name>)" % node["name"])
     shlex.split(options.get("extra") or "")  # unbalanced quotes are refused here, not at sbatch
-    if options.get("time") and not re.fullmatch(r"(\d+-)?\d+(:\d+){0,2}", options["time"]):
-        raise QpyError("Slurm pool %s: time=%s is not a time limit as Slurm writes it (minutes, "
-                       "hours:minutes:seconds or days-hours)" % (node["name"], options["time"]))
+    if options.get("time"):
+        try:
+            parse_duration(options["time"])
+        except ValueError:
+            raise QpyError("Slurm pool %s: time=%s is not a time limit as Slurm writes it "
+                           "(minutes, hours:minutes:seconds or days-hours)"
+                           % (node["name"], options["time"]))
 
 
 # How long before Slurm's own time limit its SIGUSR1 warns the runner (Slurm may send it up to
