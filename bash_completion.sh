@@ -59,7 +59,7 @@ _qpy() {
                 return
             elif [[ "$cur" == -* ]]; then
                 COMPREPLY=($(compgen -W "$valued -c -o --copyScript --originalScript --requeue \
-                    --help" -- "$cur"))
+                    --parsable --wait --help" -- "$cur"))
             else
                 COMPREPLY=($(compgen -c -- "$cur") $(compgen -f -- "$cur"))
             fi ;;

@@ -2411,57 +2411,70 @@ def remember_lost_job(db, job):
         lost + [[job["id"], job["attempt"], job["user"]]]), job["node"]))
 
 
-def take_leftovers(db, me, names=None):
-    """Inside a transaction: the lost attempts of the nodes that are up (again), or of these
-    nodes (that answered a probe), that this tick can stop there (root's: all; a user's:
-    their own), taken off their lists. {(node, address): {user: [job id, attempt, ...]}}."""
-    taken = {}
+def leftovers_to_stop(db, me, names=None):
+    """The lost attempts of the nodes that are up (again), or of these nodes (that answered
+    a probe), that this tick can stop there (root's: all; a user's: their own).
+    {(node, address): {user: [job id, attempt, ...]}}. They stay on the nodes' lists until
+    stopped (forget_leftovers): a tick killed meanwhile leaves them for the next."""
+    found = {}
     for node in db.execute("SELECT name, address, lost, state FROM nodes WHERE kind = 'host' "
                            "AND lost IS NOT NULL").fetchall():
         if node["name"] not in names if names is not None else node["state"] != "up":
             continue
-        lost = json.loads(node["lost"])
-        mine = [item for item in lost if me is ROOT or item[2] == me]
-        rest = [item for item in lost if item not in mine]
+        for job_id, attempt, user in json.loads(node["lost"]):
+            if me is ROOT or user == me:
+                found.setdefault((node["name"], node["address"]), {}).setdefault(
+                    user, []).extend((job_id, attempt))
+    return found
+
+
+def forget_leftovers(db, stopped):
+    """Inside a transaction: these lost attempts, [(node, job id, attempt)], are stopped (or
+    nobody can stop them): off their nodes' lists."""
+    for name in {name for name, _, _ in stopped}:
+        row = db.execute("SELECT lost FROM nodes WHERE name = ?", (name,)).fetchone()
+        if row is None or row[0] is None:
+            continue
+        done = {(job_id, attempt) for node, job_id, attempt in stopped if node == name}
+        rest = [item for item in json.loads(row[0]) if (item[0], item[1]) not in done]
         db.execute("UPDATE nodes SET lost = ? WHERE name = ?",
-                   (json.dumps(rest) if rest else None, node["name"]))
-        for job_id, attempt, user in mine:
-            taken.setdefault((node["name"], node["address"]), {}).setdefault(
-                user, []).extend((job_id, attempt))
-    return taken
+                   (json.dumps(rest) if rest else None, name))
 
 
 def stop_leftovers(me, names=None):
     """On the nodes that answer again after a partition (those that are up, or these): stop
     what the attempts qpy gave up with them still run there, by ssh as their owners
-    (node_leftovers)."""
+    (node_leftovers). Those of a node that does not answer after all stay listed for the
+    next tick; the others are forgotten once asked (a failure there is logged)."""
     import pwd
     if names == []:
         return
-    taken = atomically(lambda db: take_leftovers(db, me, names))
-    calls, whose = [], []
-    for (name, address), leftovers in taken.items():
+    found = atomically(lambda db: leftovers_to_stop(db, me, names), write=False)
+    if not found:
+        return
+    crash_point("watch:leftovers")
+    calls, whose, forgotten = [], [], []
+    for (name, address), leftovers in found.items():
         for user, jobs in leftovers.items():
+            attempts = [(name, job_id, attempt) for job_id, attempt in zip(jobs[::2], jobs[1::2])]
             try:
                 owner = pwd.getpwnam(user) if os.geteuid() == 0 else None
             except KeyError:
+                forgotten += attempts
                 continue
             if is_local(address):
-                continue  # (this machine's runner is never lost with its node)
+                forgotten += attempts  # (this machine's runner is never lost with its node)
+                continue
             calls.append((address, qpy_on_node("_leftovers", *jobs), owner))
-            whose.append((name, user, jobs))
-    unstopped = []  # a node that did not answer after all keeps them for the next try
-    for (name, user, jobs), (status, _, error) in zip(whose, run_on_nodes(calls)):
+            whose.append((name, jobs, attempts))
+    for (name, jobs, attempts), (status, _, error) in zip(whose, run_on_nodes(calls)):
         if status != 0:
             log_event("could not stop the leftovers of jobs %s on %s: %s" % (
                 " ".join(map(str, jobs)), name, error))
-        if status == 255 or status < 0:
-            unstopped += [(name, job_id, attempt, user)
-                          for job_id, attempt in zip(jobs[::2], jobs[1::2])]
-    if unstopped:
-        atomically(lambda db: [remember_lost_job(db, {"node": name, "id": job_id,
-                                                      "attempt": attempt, "user": user})
-                               for name, job_id, attempt, user in unstopped])
+        if status != 255 and status >= 0:  # (it answered: trying again would not help)
+            forgotten += attempts
+    if forgotten:
+        atomically(lambda db: forget_leftovers(db, forgotten))
 
 
 def node_leftovers(*jobs):
@@ -3667,6 +3680,11 @@ Options:
   -o, --originalScript  Run the script itself (overrides copyScripts true).
   --requeue             If the job's node is lost, queue the job again (instead of failed):
                         only for jobs that may safely start again from scratch.
+  --parsable            Print only the job's ID (an array's first-last), for scripts:
+                        JOB=$(qpy sub --parsable ./simulate.sh).
+  --wait                Wait until the job (every job of an array) has ended, and exit with
+                        its status, as sbatch --wait: 0 if done, else its exit code (the
+                        highest of an array's), 128+N if a signal N ended it, 1 otherwise.
   -h, --help            Show this help.
 
 Examples:
@@ -3675,6 +3693,7 @@ Examples:
   qpy sub 'for i in 1 2 3; do echo $i; done > f'   (one argument: run by the shell)
   qpy sub --array 1-100%10 -t 30 ./analyse.sh      (100 jobs, 10 at a time, 30 minutes each)
   qpy sub --afterok 12 ./plot.sh
+  qpy sub --wait ./simulate.sh && ./analyse.sh
 """
     import shlex
     if args["--help"]:
@@ -3758,12 +3777,27 @@ Examples:
         raise
     crash_point("sub:committed")
     array = " (array %s)" % args["--array"] if args["--array"] else ""
-    if len(ids) == 1:
+    if args["--parsable"]:
+        print(ids[0] if len(ids) == 1 else "%d-%d" % (ids[0], ids[-1]))
+    elif len(ids) == 1:
         print("Job %d received%s." % (ids[0], array))
     else:
         print("Jobs %d-%d received%s." % (ids[0], ids[-1], array))
+    sys.stdout.flush()  # (before a --wait: a script reads the ID at once)
     if startable:
         start_tick()
+    if args["--wait"]:
+        return exit_status_of(wait_until_ended(ids).values())
+    return 0
+
+
+def exit_status_of(ended):
+    """One exit status for jobs that have ended (rows, or {'status': 'cleaned'}), as sbatch
+    --wait gives: 0 if all are done; else the highest exit code, 128+N for a signal N, 1 for
+    an end without either (killed before it ran, undone, a lost runner, cleaned)."""
+    codes = [0 if job["status"] == "done" else job.get("exit_code") or (
+        128 + job["signal"] if job.get("signal") else 1) for job in ended]
+    return min(max(codes, default=0), 255)
 
 
 def submission_request(args, script):
@@ -4012,25 +4046,30 @@ Example:
                 raise nothing_to_do(db, user, ranges, "wait for")
         return [row[0] for row in rows if str(row[0]) != me]
 
-    def statuses(db):
-        found = dict(db.execute("SELECT id, status FROM jobs WHERE id IN (%s)"
-                                % ",".join(map(str, wanted))).fetchall()) if wanted else {}
-        return {job_id: found.get(job_id, "cleaned") for job_id in wanted}
+    ended = wait_until_ended(atomically(chosen, write=False))
+    counts = {}
+    for job in ended.values():
+        counts[job["status"]] = counts.get(job["status"], 0) + 1
+    print("%s ended%s." % (plural(len(ended), "job"), ": " + ", ".join(
+        "%d %s" % (n, s) for s, n in sorted(counts.items())) if counts else ""))
+    return 0 if all(job["status"] == "done" for job in ended.values()) else 1
 
-    wanted = atomically(chosen, write=False)
+
+def wait_until_ended(ids):
+    """Wait, reading the DB less and less often (up to every 2 s), until these jobs have
+    ended (or were cleaned meanwhile); {id: its row as a dict, or {'status': 'cleaned'}}."""
+    def rows(db):
+        found = {row["id"]: dict(row) for row in db.execute(
+            "SELECT id, status, exit_code, signal FROM jobs WHERE id IN (SELECT value FROM "
+            "json_each(?))", (json.dumps(ids),))} if ids else {}
+        return {job_id: found.get(job_id, {"status": "cleaned"}) for job_id in ids}
     delay = 0.1
     while True:
-        status = atomically(statuses, write=False)
-        if all(s in FINISHED + ("cleaned",) for s in status.values()):
-            break
+        ended = atomically(rows, write=False)
+        if all(job["status"] in FINISHED + ("cleaned",) for job in ended.values()):
+            return ended
         time.sleep(delay)
         delay = min(delay * 1.5, 2.0)
-    counts = {}
-    for s in status.values():
-        counts[s] = counts.get(s, 0) + 1
-    print("%s ended%s." % (plural(len(status), "job"), ": " + ", ".join(
-        "%d %s" % (n, s) for s, n in sorted(counts.items())) if counts else ""))
-    return 0 if all(s == "done" for s in status.values()) else 1
 
 
 def ids_of(words):

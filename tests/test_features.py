@@ -150,3 +150,22 @@ def test_json_output(site):
                            "max_rss_kb", "cpu_time_s", "reason", "dependencies", "array_index"}
     status = json.loads(site.ok("status", "--json"))
     assert status["nodes"][0]["name"] == "localhost" and status["cores_used"] == 0
+
+
+def test_sub_parsable_and_wait_as_sbatch_has_them(site):
+    """--parsable prints the ID alone (an array's first-last); --wait waits and exits with the
+    job's status: 0 if done, its exit code, 128+N for a signal N, the highest of an array."""
+    job = int(site.ok("sub", "--parsable", "true"))
+    first, last = map(int, site.ok("sub", "--parsable", "--array", "1-3", "true").split("-"))
+    assert last == first + 2 and first == job + 1
+    waited = site.run("sub", "--parsable", "--wait", "exit 3")
+    assert waited.returncode == 3 and waited.stdout == "%d\n" % (last + 1), waited
+    assert site.status(last + 1) == "failed"
+    assert site.run("sub", "--wait", "true").returncode == 0
+    assert site.run("sub", "--wait", "kill -9 $$").returncode == 128 + 9
+    highest = site.run("sub", "--wait", "--array", "1-3", "exit $QPY_ARRAY_INDEX")
+    assert highest.returncode == 3 and highest.stdout.startswith("Jobs "), highest
+    # a script chains on it: the ID goes to wait, kill, --afterok
+    chained = site.run("sub", "--parsable", "--afterok", str(last + 1), "true")
+    assert site.run("wait", chained.stdout.strip()).returncode == 1  # (undone: 3 was failed)
+    assert "--parsable" in site.ok("sub", "--help")
