@@ -1106,13 +1106,15 @@ DEFAULT_CHECK_FMT = "%j (%s):%c (on %n; wd: %d)\n"
 
 
 def format_time(t):
+    """A time as users read it, to the second (2026-12-01 20:21:46)."""
     from datetime import datetime
-    return "None" if t is None else str(datetime.fromtimestamp(t))
+    return "None" if t is None else str(datetime.fromtimestamp(int(t)))
 
 
 def format_span(seconds):
+    """A duration to the second, as h:mm:ss (0:00:03); days when it has them."""
     from datetime import timedelta
-    return "None" if seconds is None else str(timedelta(seconds=seconds))
+    return "None" if seconds is None else str(timedelta(seconds=int(seconds)))
 
 
 def run_time(job, now):

@@ -316,7 +316,9 @@ def test_copy_script(site):
     assert site.read("job_%d.out" % copied) == "original\n"
     assert site.read("job_%d.out" % plain) == "edited\n"
     me = pwd.getpwuid(os.getuid()).pw_name
-    assert os.listdir(os.path.join(site.state, "users", me, "scripts")) == []  # copies removed
+    # the copies go once each end is committed (after it: an after-commit effect)
+    wait_for(lambda: os.listdir(os.path.join(site.state, "users", me, "scripts")) == [],
+             what="the script copies to be removed")
 
 
 def test_notes(site):
