@@ -1029,8 +1029,9 @@ def marker_words(job):
     head = words[0].split(b"@", 1) if words else []
     # (a state whose identity cannot be read now takes any of its attempt's: never a live
     # job's marker moved aside for a file that could not be read)
+    identity = known_identity()
     head_ok = head == [attempt] or head[:1] == [attempt] and len(head) == 2 and (
-        known_identity() is None or head[1] == known_identity().encode())
+        identity is None or head[1] == identity.encode())
     shapes_ok = (head_ok and words[1:2] in ([], [b"go"])
                  and len(words) <= 3 and all(word.isdigit() for word in words[2:]))
     if not shapes_ok:
