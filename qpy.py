@@ -76,7 +76,7 @@ import sys
 import time
 
 VERSION = "0.1.0"
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 class QpyError(Exception):
@@ -285,6 +285,10 @@ def connect():
     if _db is not None:
         try:  # a DB put in its place (a restore) is reconnected to; (inode, device)
             if same_file(os.stat(os.path.join(state_dir(), "qpy.db")), _db_file):
+                if _site_file is not None and not same_file(
+                        stat_or_none(os.path.join(state_dir(), SITE_DB)), _site_file):
+                    _db.execute("DETACH DATABASE site")  # (the administrator changed it)
+                    attach_site(_db, state_dir())
                 return _db
         except OSError:
             pass
@@ -319,14 +323,25 @@ def connect():
         _db = open_db(path)
         _db_file = os.stat(path)
         version = _db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            disconnect()
+            raise QpyError("The qpy database %s has schema %d; this qpy knows only %d: "
+                           "use a newer qpy." % (path, version, SCHEMA_VERSION))
+        if version < SCHEMA_VERSION and not is_administrator(state):
+            disconnect()
+            raise QpyError("The qpy site %s was made by an older qpy: its administrator, %s, "
+                           "upgrades it (root's timer tick does, or any qpy_admin.py command "
+                           "run by them)." % (state, administrator_name(state)))
         if version == 0:
             initialise_db(personal=True)
         elif version < SCHEMA_VERSION:
             upgrade_db(path)
-        elif version > SCHEMA_VERSION:
+        try:
+            if _site_file is None:  # (a site made or upgraded just now is attached already)
+                attach_site(_db, state)
+        except QpyError:
             disconnect()
-            raise QpyError("The qpy database %s has schema %d; this qpy knows only %d: "
-                           "use a newer qpy." % (path, version, SCHEMA_VERSION))
+            raise
         row = _db.execute("SELECT value FROM meta WHERE key = 'state_id'").fetchone()
         if row is None:  # (a DB copied in by hand from before identities: it takes this one's)
             atomically(lambda db: db.execute(
@@ -346,7 +361,14 @@ def connect():
 
 
 def same_file(a, b):
-    return b is not None and (a.st_ino, a.st_dev) == (b.st_ino, b.st_dev)
+    return a is not None and b is not None and (a.st_ino, a.st_dev) == (b.st_ino, b.st_dev)
+
+
+def stat_or_none(path):
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
 
 
 _state_ids = {}  # state directory: the identity it had when this process connected to it
@@ -383,13 +405,22 @@ def write_identity(state, identity):
         pass  # (another member's state: its owner's next command writes it)
 
 
+def sqlite_uri(path, query=""):
+    """The file: URI SQLite opens `path` by (the characters it would read otherwise escaped)."""
+    for char, escape in (("%", "%25"), ("?", "%3f"), ("#", "%23")):
+        path = path.replace(char, escape)
+    return "file:" + path + ("?" + query if query else "")
+
+
 def open_db(path):
     """Open the DB. SQLite waits for a busy DB (a commit in progress) as long as qpy waits for
     its lock: one time-out, QPY_LOCK_TIMEOUT, for the whole wait."""
     try:
-        db = sqlite3.connect(path, isolation_level=None, timeout=lock_timeout())
+        db = sqlite3.connect(sqlite_uri(path), uri=True, isolation_level=None,
+                             timeout=lock_timeout())
         db.row_factory = sqlite3.Row
         db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA trusted_schema=OFF")  # (what members add to the shared DB is theirs)
         db.execute("PRAGMA user_version").fetchone()
         return db
     except sqlite3.OperationalError as e:
@@ -444,10 +475,149 @@ def database_failure(error, path=None):
 
 
 def disconnect():
-    global _db, _db_file
+    global _db, _db_file, _site_file
     if _db is not None:
         _db.close()
-        _db, _db_file = None, None
+        _db, _db_file, _site_file = None, None, None
+
+
+# --- The site: what only the administrator decides, in a file only they can change ----------
+#
+# site.db holds the nodes, the allowed users, the distribution rules and the settings (see
+# schema.sql). It belongs to the administrator, the owner of the state directory (or root),
+# and sits in that directory, sticky (a member may not remove or rename what is not theirs).
+# Every connection checks that before it attaches the file read-only; the administrator
+# changes it with atomically(..., site=True), which writes a copy and renames it into place
+# (readers never see a half-changed site, and never meet a journal they cannot roll back).
+
+SITE_DB = "site.db"
+
+# What the queries call `nodes`: the administrator's settings of each node and what the
+# ticks found of it (node_health). A node the ticks found down is 'down' even if drained.
+NODES_VIEW = """CREATE TEMP VIEW IF NOT EXISTS nodes AS
+    SELECT s.name, s.kind, s.address, s.cores, s.mem, s.gpus, s.attributes, s.pref_multicore,
+           s.position, s.max_jobs, s.options,
+           CASE WHEN h.state = 'down' THEN 'down' WHEN s.drained IS NOT NULL THEN 'drained'
+                ELSE 'up' END AS state,
+           CASE WHEN h.state = 'down' THEN h.reason ELSE s.drained END AS state_reason,
+           h.probed_at, h.lost
+    FROM site.nodes s LEFT JOIN node_health h ON h.name = s.name"""
+
+_site_file = None  # os.lstat of the site.db attached to this process's connection
+
+
+def is_administrator(state):
+    """The site's administrator owns its state directory (in personal mode, its user); root
+    is one too."""
+    return os.geteuid() in (0, os.stat(state).st_uid)
+
+
+def administrator_name(state):
+    import pwd
+    uid = os.stat(state).st_uid
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return "uid %d" % uid
+
+
+def site_distrust(state, found):
+    """Why the site.db found (an lstat, or None) cannot be trusted; None if it can: only
+    the administrator can have made it, and nobody else can change or replace it."""
+    import stat
+    directory = os.stat(state)
+    if found is None:
+        return "it is missing"
+    if not stat.S_ISREG(found.st_mode):
+        return "it is not a plain file"
+    if found.st_uid not in (0, directory.st_uid):
+        return "it belongs to uid %d, not to the administrator %s" % (
+            found.st_uid, administrator_name(state))
+    if found.st_mode & 0o022:
+        return "others than its owner may write it (mode %o)" % stat.S_IMODE(found.st_mode)
+    if directory.st_mode & 0o022 and not directory.st_mode & stat.S_ISVTX:
+        return "members may replace it (the state directory is not sticky: chmod +t %s)" % state
+    return None
+
+
+def attach_site(db, state):
+    """Attach <state>/site.db read-only as `site`, once it is found to be the
+    administrator's. The administrator's own connection first mends what it can: the
+    sticky bit of a site made by an older qpy, a site.db that a crash left as site.db.new."""
+    global _site_file
+    import stat
+    path = os.path.join(state, SITE_DB)
+    found = stat_or_none(path)
+    if site_distrust(state, found) and is_administrator(state):
+        directory = os.stat(state)
+        if directory.st_mode & 0o022 and not directory.st_mode & stat.S_ISVTX:
+            os.chmod(state, stat.S_IMODE(directory.st_mode) | stat.S_ISVTX)
+        new = path + ".new"
+        if found is None and site_distrust(state, stat_or_none(new)) is None:
+            os.replace(new, path)  # (committed with the queue, not yet renamed: a crash)
+        found = stat_or_none(path)
+    problem = site_distrust(state, found)
+    if problem:
+        raise QpyError("The site's settings %s cannot be trusted: %s. Nothing was done: the "
+                       "administrator, %s, repairs it (qpy_admin.py doctor says how)."
+                       % (path, problem, administrator_name(state)))
+    db.execute("ATTACH DATABASE ? AS site", (sqlite_uri(path, "mode=ro"),))
+    version = db.execute("PRAGMA site.user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        db.execute("DETACH DATABASE site")
+        raise QpyError("The site's settings %s have schema %d; this qpy knows only %d: use a "
+                       "newer qpy." % (path, version, SCHEMA_VERSION))
+    db.execute(NODES_VIEW)
+    _site_file = found
+
+
+def begin_site_change(db):
+    """Before a transaction that changes the site: its copy, attached for writing in place
+    of site.db. Only the administrator may."""
+    state = state_dir()
+    if not is_administrator(state):
+        raise QpyError("Only the site's administrator, %s, can change its settings."
+                       % administrator_name(state))
+    path = os.path.join(state, SITE_DB)
+    copy = path + ".new"
+    remove_quietly(copy, copy + "-journal")
+    create_file(copy, 0o644)
+    if os.path.exists(path):  # (a plain copy is whole: site.db is only ever renamed into place)
+        with open(path, "rb") as source, open(copy, "wb") as target:
+            target.write(source.read())
+            target.flush()
+            os.fsync(target.fileno())
+    global _site_file
+    if _site_file is not None:
+        db.execute("DETACH DATABASE site")
+        _site_file = None
+    db.execute("ATTACH DATABASE ? AS site", (sqlite_uri(copy),))
+    return copy
+
+
+def end_site_change(db, copy, committed):
+    """After it: the copy takes site.db's place (committed), or goes; the site is attached
+    read-only again. Returns None (no copy left)."""
+    db.execute("DETACH DATABASE site")
+    path = os.path.join(state_dir(), SITE_DB)
+    if committed:
+        os.replace(copy, path)
+        fd = os.open(state_dir(), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    else:
+        remove_quietly(copy, copy + "-journal")
+    if os.path.exists(path):
+        attach_site(db, state_dir())
+    return None
+
+
+def setting(db, key):
+    """One of the site's settings (site.settings), as a number."""
+    return float(db.execute("SELECT value FROM site.settings WHERE key = ?",
+                            (key,)).fetchone()[0])
 
 
 def create_file(path, mode, group=None):
@@ -472,14 +642,16 @@ def create_personal_state(state):
 
 def create_site(state, group):
     """A shared state directory for a lab: group-owned and setgid, so that every file in it
-    belongs to the group; the DB and lock files 0660; users/ sticky, so each user owns (and
-    only they can remove) their own directory. No nodes yet: the admin loads them."""
+    belongs to the group, and sticky, so that only its owner can remove or replace it (the
+    administrator's site.db, 0644); the DB and lock files 0660; users/ sticky too, so each
+    user owns (and only they can remove) their own directory. No nodes yet: the admin loads
+    them."""
     global _db, _db_file
     import grp
     gid = grp.getgrnam(group).gr_gid if group else os.getgid()
     os.makedirs(state, exist_ok=True)
     os.chown(state, -1, gid)
-    os.chmod(state, 0o2770)
+    os.chmod(state, 0o3770)
     users = os.path.join(state, "users")
     os.makedirs(users, exist_ok=True)
     os.chown(users, -1, gid)
@@ -496,7 +668,8 @@ def create_site(state, group):
 
 
 def initialise_db(personal):
-    """Load schema.sql into an empty DB, and (personal mode) add this machine as 'localhost'."""
+    """Load schema.sql into an empty DB and a new site.db, and (personal mode) add this
+    machine as 'localhost'."""
     with open(shipped_file("schema.sql")) as f:
         ddl = f.read()
 
@@ -505,9 +678,10 @@ def initialise_db(personal):
             for statement in sql_statements(ddl):
                 db.execute(statement)
             if personal:
-                db.execute("INSERT INTO nodes (name, address, cores, mem) VALUES ('localhost', "
-                           "'localhost', ?, ?)", (os.cpu_count() or 1, machine_memory()))
-    atomically(create)
+                db.execute("INSERT OR IGNORE INTO site.nodes (name, address, cores, mem) VALUES "
+                           "('localhost', 'localhost', ?, ?)",
+                           (os.cpu_count() or 1, machine_memory()))
+    atomically(create, site=True)
 
 
 def sql_statements(text):
@@ -558,6 +732,37 @@ MIGRATIONS = {
         "'qos', qos) END, NULL FROM nodes",
         "DROP TABLE nodes",
         "ALTER TABLE nodes_7 RENAME TO nodes"],
+    # what the administrator decides moves to site.db, which only they can change
+    # (a site.db already there, say a restore of a backup of schema 8: the DB's site wins)
+    8: ["DROP TABLE IF EXISTS site.settings", "DROP TABLE IF EXISTS site.nodes",
+        "DROP TABLE IF EXISTS site.allowed_users",
+        "CREATE TABLE site.settings (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        "INSERT INTO site.settings SELECT key, value FROM meta WHERE key IN ('dispatch', "
+        "'launch_timeout', 'kill_grace', 'heartbeat', 'node_timeout', 'probe_interval', "
+        "'ssh_timeout', 'rules')",
+        "INSERT OR IGNORE INTO site.settings VALUES ('dispatch', '1'), ('launch_timeout', "
+        "'60'), ('kill_grace', '10'), ('heartbeat', '30'), ('node_timeout', '180'), "
+        "('probe_interval', '60'), ('ssh_timeout', '10')",
+        "DELETE FROM meta WHERE key IN (SELECT key FROM site.settings)",
+        "CREATE TABLE site.nodes (name TEXT PRIMARY KEY, kind TEXT NOT NULL DEFAULT 'host', "
+        "address TEXT NOT NULL, cores INTEGER NOT NULL CHECK (cores >= 0), "
+        "mem REAL CHECK (mem >= 0), gpus INTEGER NOT NULL DEFAULT 0 CHECK (gpus >= 0), "
+        "attributes TEXT NOT NULL DEFAULT '', pref_multicore INTEGER NOT NULL DEFAULT 0, "
+        "drained TEXT, position INTEGER NOT NULL DEFAULT 0, "
+        "max_jobs INTEGER CHECK (max_jobs >= 1), options TEXT)",
+        "INSERT INTO site.nodes SELECT name, kind, address, cores, mem, gpus, attributes, "
+        "pref_multicore, CASE WHEN state = 'drained' THEN COALESCE(state_reason, 'drained') "
+        "END, position, max_jobs, options FROM nodes",
+        "CREATE TABLE site.allowed_users (name TEXT PRIMARY KEY)",
+        "INSERT INTO site.allowed_users SELECT name FROM allowed_users ORDER BY rowid",
+        "PRAGMA site.user_version = 9",
+        "CREATE TABLE node_health (name TEXT PRIMARY KEY, state TEXT NOT NULL DEFAULT 'up' "
+        "CHECK (state IN ('up', 'down')), reason TEXT, probed_at REAL, lost TEXT)",
+        "INSERT INTO node_health SELECT name, CASE WHEN state = 'down' THEN 'down' ELSE 'up' "
+        "END, CASE WHEN state = 'down' THEN state_reason END, probed_at, lost FROM nodes "
+        "WHERE state = 'down' OR lost IS NOT NULL",
+        "DROP TABLE nodes",
+        "DROP TABLE allowed_users"],
 }
 
 
@@ -579,7 +784,7 @@ def upgrade_db(path):
             db.execute(statement)
         db.execute("PRAGMA user_version = %d" % version)
     try:
-        atomically(upgrade)
+        atomically(upgrade, site=True)
     except (sqlite3.DatabaseError, QpyError) as e:
         raise QpyError("Could not upgrade the qpy database %s: %s (it is unchanged)." % (path, e))
 
@@ -645,10 +850,12 @@ def after_commit(fn, *args):
     _after_commit.append((fn, args))
 
 
-def atomically(fn, write=True):
+def atomically(fn, write=True, site=False):
     """Run fn(db) in one transaction under qpy.lock; retry when SQLite reports a busy or
     failing filesystem; return what fn returns. The file effects the closure asked for with
-    after_commit run after the commit, outside the lock."""
+    after_commit run after the commit, outside the lock. site=True (the administrator's
+    commands): fn may change the site too, which is then a copy of site.db that takes its
+    place once the transaction has committed, still under the lock."""
     db = connect()
     delay = 0.05
     for attempt in range(8):
@@ -659,9 +866,12 @@ def atomically(fn, write=True):
                            "sets the wait)." % (lock_timeout(), path, lock_holder(path)))
         outer = _after_commit[:]  # (a transaction never runs inside another: kept for safety)
         del _after_commit[:]
+        site_copy = None
         try:
             if write:
                 refuse_writes_if_damaged()
+            if site:
+                site_copy = begin_site_change(db)
             db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
                 result = fn(db)
@@ -670,6 +880,8 @@ def atomically(fn, write=True):
                 if db.in_transaction:
                     db.execute("ROLLBACK")
                 raise
+            if site_copy is not None:
+                site_copy = end_site_change(db, site_copy, committed=True)
             effects = _after_commit[:]
             release()
             release = None
@@ -689,6 +901,8 @@ def atomically(fn, write=True):
             raise damaged_database(e)
         finally:
             _after_commit[:] = outer
+            if site_copy is not None:  # (not committed: the site stays as it was)
+                end_site_change(db, site_copy, committed=False)
             if release is not None:
                 release()
         time.sleep(delay)
@@ -1571,7 +1785,7 @@ def parse_node_line(words):
             options[key] = value
     if node["cores"] is None:
         raise QpyError("node %s has no number of cores (cores=<n>)" % name)
-    if not node["address"] or node["address"].startswith("-"):  # ssh would read an option
+    if not is_host_address(node["address"]):
         raise QpyError("address must be a host name or user@host, not %r" % node["address"])
     pool = POOLS.get(node["kind"])
     if pool:
@@ -1963,7 +2177,7 @@ def tick_overdue(db, jobs):
         return True
     if any(job["status"] == "queue" for job in jobs) and nodes_due_for_probe(db):
         return True
-    stale = time.time() - meta_number(db, "launch_timeout")
+    stale = time.time() - setting(db, "launch_timeout")
     local = {row[0] for row in db.execute("SELECT name, address FROM nodes WHERE kind = 'host'")
              if is_local(row[1])}
     return any(job["status"] == "starting" and job["claimed_at"] < stale
@@ -2098,7 +2312,7 @@ def plan(db):
     for every user's jobs (so the fair share holds): {"placements": [(job id, node)],
     "pending": {job id: why it waits}, "jobs": {job id: row}, "nodes", "live", "left_out"
     (jobs further back in a queue were not looked at)}. None while dispatch is off."""
-    if not meta_number(db, "dispatch"):
+    if not setting(db, "dispatch"):
         return None
     nodes = db.execute("SELECT * FROM nodes ORDER BY position, name").fetchall()
     blocked = {row["name"]: "queue paused" if row["paused"] else "qpy finish"
@@ -2279,7 +2493,7 @@ def pick_gpus(taken, count):
 
 
 def load_rules(db):
-    row = db.execute("SELECT value FROM meta WHERE key = 'rules'").fetchone()
+    row = db.execute("SELECT value FROM site.settings WHERE key = 'rules'").fetchone()
     return json.loads(row[0]) if row else DEFAULT_RULES
 
 
@@ -2292,7 +2506,7 @@ def shared_cores(nodes):
 def share_holders(db):
     """The users the cores are shared among: allowed_users if the site has the list, else
     everyone who has used this state directory."""
-    names = [row[0] for row in db.execute("SELECT name FROM allowed_users ORDER BY rowid")]
+    names = [row[0] for row in db.execute("SELECT name FROM site.allowed_users ORDER BY rowid")]
     return names or [row[0] for row in db.execute("SELECT name FROM users ORDER BY rowid")]
 
 
@@ -2313,8 +2527,8 @@ def reconcile(db, me=ROOT, followed=None, verdicts=None):
     cancels = []
     answers_only = followed is not None or verdicts is not None
     followed, verdicts = followed or {}, verdicts or {}
-    timeout = meta_number(db, "launch_timeout")
-    node_timeout = meta_number(db, "node_timeout")
+    timeout = setting(db, "launch_timeout")
+    node_timeout = setting(db, "node_timeout")
     changed = False
     for job in live_jobs(db, me, RESERVING):
         asked = job["external_id"] is not None and job["external_id"] in followed.get(
@@ -2345,7 +2559,7 @@ def reconcile(db, me=ROOT, followed=None, verdicts=None):
                 if not process_alive(job["runner_pid"], job["runner_boot"]):
                     # (a job queued again must not run beside what is left of it: at once)
                     after_commit(stop_orphans, job, 0 if job["requeue"] else
-                                 meta_number(db, "kill_grace"))
+                                 setting(db, "kill_grace"))
                     end_lost_job(db, job, "runner lost")
             elif now - last_heartbeat(job) > node_timeout:
                 if verdict == "gone":  # its node answered: only the runner is lost
@@ -2408,10 +2622,11 @@ def end_lost_job(db, job, reason, may_requeue=True):
 def remember_lost_job(db, job):
     """An attempt given up with its node, whose processes may still run there (a partition):
     the node's `lost` list, [[job id, attempt, user]...], for once it answers again."""
-    row = db.execute("SELECT lost FROM nodes WHERE name = ?", (job["node"],)).fetchone()
+    row = db.execute("SELECT lost FROM node_health WHERE name = ?", (job["node"],)).fetchone()
     lost = json.loads(row[0]) if row and row[0] else []
-    db.execute("UPDATE nodes SET lost = ? WHERE name = ?", (json.dumps(
-        lost + [[job["id"], job["attempt"], job["user"]]]), job["node"]))
+    db.execute("INSERT INTO node_health (name, lost) VALUES (?, ?) ON CONFLICT (name) DO "
+               "UPDATE SET lost = excluded.lost", (job["node"], json.dumps(
+                   lost + [[job["id"], job["attempt"], job["user"]]])))
 
 
 def leftovers_to_stop(db, me, names=None):
@@ -2435,12 +2650,12 @@ def forget_leftovers(db, stopped):
     """Inside a transaction: these lost attempts, [(node, job id, attempt)], are stopped (or
     nobody can stop them): off their nodes' lists."""
     for name in {name for name, _, _ in stopped}:
-        row = db.execute("SELECT lost FROM nodes WHERE name = ?", (name,)).fetchone()
+        row = db.execute("SELECT lost FROM node_health WHERE name = ?", (name,)).fetchone()
         if row is None or row[0] is None:
             continue
         done = {(job_id, attempt) for node, job_id, attempt in stopped if node == name}
         rest = [item for item in json.loads(row[0]) if (item[0], item[1]) not in done]
-        db.execute("UPDATE nodes SET lost = ? WHERE name = ?",
+        db.execute("UPDATE node_health SET lost = ? WHERE name = ?",
                    (json.dumps(rest) if rest else None, name))
 
 
@@ -2493,7 +2708,7 @@ def node_leftovers(*jobs):
     if state is None:  # (then no process can be told apart: the tick tries again)
         print("qpy: the state's identity (qpy.id) cannot be read here", file=sys.stderr)
         return 1
-    grace = atomically(lambda db: meta_number(db, "kill_grace"), write=False)
+    grace = atomically(lambda db: setting(db, "kill_grace"), write=False)
     for pgid, job_id in attempt_groups(attempts, state):
         signal_group(pgid, signal.SIGTERM)
         detach(kill_group_later, pgid, job_id, grace)
@@ -2527,7 +2742,7 @@ def late_runners(db, me):
     """The running jobs off this machine (on other hosts, in pools, on removed nodes) whose
     heartbeat is older than node_timeout: is their node gone, or only their runner? (the
     watch asks, outside the lock)."""
-    late = time.time() - meta_number(db, "node_timeout")
+    late = time.time() - setting(db, "node_timeout")
     return [dict(job) for job in live_jobs(db, me, ("running",))
             if (job["kind"] != "host" or not is_local(job["address"]))
             and last_heartbeat(job) < late]
@@ -2548,7 +2763,7 @@ def ask_nodes(jobs):
         batches.setdefault((job["address"], owner and owner.pw_uid), (owner, []))[1].append(job)
     if not batches:
         return {}
-    grace = atomically(lambda db: meta_number(db, "kill_grace"), write=False)
+    grace = atomically(lambda db: setting(db, "kill_grace"), write=False)
     # (a job queued again must not run beside what is left of it: SIGKILL at once)
     calls = [(address, qpy_on_node("_reap", *[value for job in batch for value in (
         job["id"], job["attempt"], job["runner_pid"], job["runner_boot"],
@@ -2692,11 +2907,24 @@ def is_local(address):
     return address in LOCAL_ADDRESSES
 
 
+HOST_ADDRESS = r"(?:[A-Za-z0-9_][A-Za-z0-9._-]*@)?[A-Za-z0-9][A-Za-z0-9._:-]*"  # (IPv6 too)
+
+
+def is_host_address(address):
+    """A host name, an IP address or user@host: nothing ssh could read as an option or a
+    command. Checked where a node is loaded and again where ssh is run."""
+    return bool(address) and re.fullmatch(HOST_ADDRESS, address) is not None
+
+
 def ssh_command(address, command, timeout, uid, multiplex=True):
     """System ssh in batch mode, multiplexed through a master kept under the user's own
     runtime directory, with a connect time-out. `command` is a list, quoted for the shell.
-    Returns the argv and the directory of the master's socket (None: no multiplexing)."""
+    Returns the argv and the directory of the master's socket (None: no multiplexing).
+    An address that is not a host's (is_host_address) is refused: QpyError."""
     import shlex
+    if not is_host_address(address):
+        raise QpyError("refused to ssh to %r: not a host name (see qpy_admin.py list)"
+                       % shown(address))
     runtime = os.environ.get("XDG_RUNTIME_DIR") if uid == os.getuid() else None
     sockets = os.path.join(runtime or "/tmp", "qpy-ssh-%d" % uid) if multiplex else None
     shared = ["-o", "ControlMaster=auto", "-o", "ControlPath=%s/%%C" % sockets,
@@ -2723,16 +2951,22 @@ def run_on_nodes(calls, multiplex=True):
     than ssh_timeout)."""
     if not calls:
         return []
-    timeout = int(atomically(lambda db: meta_number(db, "ssh_timeout"), write=False))
-    commands = []
-    for address, command, owner in calls:
+    timeout = int(atomically(lambda db: setting(db, "ssh_timeout"), write=False))
+    commands, refused = [], {}  # {call's index: why it was not run}
+    for index, (address, command, owner) in enumerate(calls):
         if is_local(address):  # this machine: the same command, without ssh
             commands.append((command, owner, None))
-        else:
+            continue
+        try:
             argv, sockets = ssh_command(address, command, timeout,
                                         owner.pw_uid if owner else os.getuid(), multiplex)
-            commands.append((argv, owner, sockets))
-    return run_all(commands, 2 * timeout + 30)
+        except QpyError as e:
+            refused[index] = (255, "", str(e))
+            continue
+        commands.append((argv, owner, sockets))
+    results = iter(run_all(commands, 2 * timeout + 30))
+    return [refused[index] if index in refused else next(results)
+            for index in range(len(calls))]
 
 
 def run_all(commands, timeout):
@@ -2908,7 +3142,7 @@ def record_launches(db, outcomes):
             return_to_queue(db, job, "launch failed on %s: %s" % (job["node"], detail))
         elif what == "refused":  # (not the pool's fault: it is offered the job again later)
             refusal = {"node": job["node"], "why": detail,
-                       "until": now + meta_number(db, "probe_interval")}
+                       "until": now + setting(db, "probe_interval")}
             return_to_queue(db, job, refused_note(refusal), json.dumps(refusal))
         elif what == "unowned":
             fail_claim(db, job, detail)
@@ -2924,15 +3158,16 @@ def run_arguments(jobs):
 
 def mark_down(db, node, reason, now):
     """No job starts on a node that is down; probe_down_nodes tries it again later."""
-    db.execute("UPDATE nodes SET state = 'down', state_reason = ?, probed_at = ? "
-               "WHERE name = ? AND state = 'up'", (reason, now, node))
+    db.execute("INSERT INTO node_health (name, state, reason, probed_at) VALUES (?, 'down', ?, ?) "
+               "ON CONFLICT (name) DO UPDATE SET state = 'down', reason = excluded.reason, "
+               "probed_at = excluded.probed_at WHERE state = 'up'", (node, reason, now))
 
 
 def nodes_due_for_probe(db):
     """The down nodes whose last probe is older than probe_interval."""
     return db.execute("SELECT name, kind, address, options FROM nodes "
                       "WHERE state = 'down' AND (probed_at IS NULL OR probed_at < ?)",
-                      (time.time() - meta_number(db, "probe_interval"),)).fetchall()
+                      (time.time() - setting(db, "probe_interval"),)).fetchall()
 
 
 def probe_down_nodes(me):
@@ -2975,17 +3210,17 @@ def probe_down_nodes(me):
         now = time.time()
         for name, error in answers.items():
             if error is None:  # (up once nothing given up with it runs there any more)
-                if db.execute("UPDATE nodes SET state = 'up', state_reason = NULL, "
+                if db.execute("UPDATE node_health SET state = 'up', reason = NULL, "
                               "probed_at = ? WHERE name = ? AND state = 'down' AND lost IS "
                               "NULL", (now, name)).rowcount:
                     request_tick(db)
                 else:
-                    db.execute("UPDATE nodes SET probed_at = ?, state_reason = ? WHERE name "
+                    db.execute("UPDATE node_health SET probed_at = ?, reason = ? WHERE name "
                                "= ? AND state = 'down'", (now, "it answers again: what its lost "
                                                           "jobs left there is to be stopped "
                                                           "first (root's tick)", name))
             else:
-                db.execute("UPDATE nodes SET probed_at = ?, state_reason = ? WHERE name = ?",
+                db.execute("UPDATE node_health SET probed_at = ?, reason = ? WHERE name = ?",
                            (now, "probe failed: " + error, name))
     atomically(record)
 
@@ -3376,7 +3611,7 @@ def confirm(db, job_id, attempt):
     external_id = os.environ.get(POOLS[job["kind"]]["id_variable"]) if job["kind"] in POOLS \
         else None
     confirm_start(db, job, now, external_id)
-    settings = {key: meta_number(db, key) for key in ("kill_grace", "heartbeat", "node_timeout")}
+    settings = {key: setting(db, key) for key in ("kill_grace", "heartbeat", "node_timeout")}
     return dict(job, status="running", started_at=now,
                 external_id=external_id or job["external_id"], runner_pid=os.getpid()), \
         job_file, settings
@@ -3722,7 +3957,7 @@ Examples:
         run_argv = substitute_script(argv, script, copy)
 
     def insert(db):
-        allowed = [row[0] for row in db.execute("SELECT name FROM allowed_users")]
+        allowed = [row[0] for row in db.execute("SELECT name FROM site.allowed_users")]
         if allowed and user not in allowed:
             raise QpyError("Job rejected: user %s is not allowed to use this qpy site (the "
                            "administrator adds users to allowed_users)." % user)
@@ -3757,7 +3992,7 @@ Examples:
             ids.append(cursor.lastrowid)
         db.execute("UPDATE jobs SET position = id, array_of = CASE WHEN array_index IS NULL "
                    "THEN NULL ELSE ? END WHERE id BETWEEN ? AND ?", (ids[0], ids[0], ids[-1]))
-        startable = not (owner["paused"] or owner["finished"]) and meta_number(db, "dispatch")
+        startable = not (owner["paused"] or owner["finished"]) and setting(db, "dispatch")
         if startable:
             request_tick(db, user)
         elif owner["paused"] or owner["finished"]:  # no tick: ctrlQueue continue asks for one

@@ -92,21 +92,22 @@ def store_nodes(nodes, replace_all):
     """Insert or update nodes, keeping the state (down, drained) of those that stay; with
     replace_all, remove the nodes not given."""
     def write(db):
-        position = db.execute("SELECT COALESCE(MAX(position), -1) + 1 FROM nodes").fetchone()[0]
+        position = db.execute("SELECT COALESCE(MAX(position), -1) + 1 FROM site.nodes").fetchone()[0]
         if replace_all:
             names = [node["name"] for node in nodes]
-            db.execute("DELETE FROM nodes WHERE name NOT IN (%s)" % ",".join("?" * len(names)),
-                       names)
+            for table in ("site.nodes", "node_health"):
+                db.execute("DELETE FROM %s WHERE name NOT IN (%s)" % (
+                    table, ",".join("?" * len(names))), names)
             position = 0
         for offset, node in enumerate(nodes):
             values = [node[column] for column in NODE_COLUMNS]
-            db.execute("INSERT INTO nodes (%s, position) VALUES (%s, ?) ON CONFLICT (name) DO "
+            db.execute("INSERT INTO site.nodes (%s, position) VALUES (%s, ?) ON CONFLICT (name) DO "
                        "UPDATE SET %s" % (", ".join(NODE_COLUMNS), ",".join("?" * len(values)),
                                           ", ".join("%s = excluded.%s" % (c, c) for c in
                                                     NODE_COLUMNS[1:] + ("position",))),
                        values + [position + offset])
         qpy.request_tick(db)
-    qpy.atomically(write)
+    qpy.atomically(write, site=True)
 
 
 def load_nodes(path, empty_too=False):
@@ -152,11 +153,11 @@ def load_users(path):
         names.append(name)
 
     def write(db):
-        db.execute("DELETE FROM allowed_users")
+        db.execute("DELETE FROM site.allowed_users")
         for name in dict.fromkeys(names):
-            db.execute("INSERT INTO allowed_users (name) VALUES (?)", (name,))
+            db.execute("INSERT INTO site.allowed_users (name) VALUES (?)", (name,))
         qpy.request_tick(db)
-    qpy.atomically(write)
+    qpy.atomically(write, site=True)
     print("Allowed users: %s." % (", ".join(names) if names else "everyone in the group"))
 
 
@@ -165,12 +166,12 @@ def distribute(path):
     rules = qpy.parse_rules(read_site_file(path, "distribution_rules"))
 
     def write(db):
-        db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('rules', ?)",
+        db.execute("INSERT OR REPLACE INTO site.settings (key, value) VALUES ('rules', ?)",
                    (json.dumps(rules),))
         qpy.request_tick(db)
         total = qpy.shared_cores(db.execute("SELECT cores, state FROM nodes").fetchall())
         return qpy.compute_shares(rules, qpy.share_holders(db), total), total
-    shares, total = qpy.atomically(write)
+    shares, total = qpy.atomically(write, site=True)
     print("Cores distributed (%d in all, on the nodes that are up):" % total)
     for user, (least, extra) in shares.items():
         print("  %-20s minimum %3d  extra %3d" % (user, least, extra))
@@ -178,23 +179,24 @@ def distribute(path):
 
 def remove_node(name):
     def delete(db):
-        if not db.execute("DELETE FROM nodes WHERE name = ?", (name,)).rowcount:
+        if not db.execute("DELETE FROM site.nodes WHERE name = ?", (name,)).rowcount:
             raise qpy.QpyError("No node %s (see qpy_admin.py list)." % name)
-    qpy.atomically(delete)
+        db.execute("DELETE FROM node_health WHERE name = ?", (name,))
+    qpy.atomically(delete, site=True)
     print("Node %s removed." % name)
 
 
-def set_node_state(name, state, reason):
+def drain(name, reason):
+    """Drain a node (reason None: resume it). A node that is down stays down until it
+    answers, but is probed at once."""
     def update(db):
-        node = db.execute("SELECT state FROM nodes WHERE name = ?", (name,)).fetchone()
-        if node is None:
+        if not db.execute("UPDATE site.nodes SET drained = ? WHERE name = ?",
+                          (reason, name)).rowcount:
             raise qpy.QpyError("No node %s (see qpy_admin.py list)." % name)
-        db.execute("UPDATE nodes SET state = ?, state_reason = ?, probed_at = NULL "
-                   "WHERE name = ?", (state, reason, name))
+        db.execute("UPDATE node_health SET probed_at = NULL WHERE name = ?", (name,))
         qpy.request_tick(db)
-    qpy.atomically(update)
-    print("Node %s %s." % (name, "drained: no new jobs start there" if state == "drained"
-                           else "resumed"))
+    qpy.atomically(update, site=True)
+    print("Node %s %s." % (name, "drained: no new jobs start there" if reason else "resumed"))
 
 
 def list_nodes():
@@ -227,7 +229,8 @@ def list_nodes():
 
 def variables():
     def read(db):
-        return (db.execute("SELECT key, value FROM meta ORDER BY key").fetchall(),
+        return (db.execute("SELECT key, value FROM site.settings UNION ALL "
+                           "SELECT key, value FROM meta ORDER BY key").fetchall(),
                 db.execute("SELECT * FROM nodes ORDER BY position, name").fetchall(),
                 db.execute("SELECT * FROM users ORDER BY name").fetchall(),
                 db.execute("SELECT id, user, status, node, n_cores, mem, attempt, runner_pid, "
@@ -259,7 +262,8 @@ def settings(key, value):
     if value is None:
         shown = SETTINGS if key is None else (key,)
         rows = qpy.atomically(lambda db: db.execute(
-            "SELECT key, value FROM meta WHERE key IN (%s)" % ",".join("?" * len(shown)),
+            "SELECT key, value FROM site.settings WHERE key IN (%s)" % ",".join(
+                "?" * len(shown)),
             shown).fetchall(), write=False)
         for row in rows:
             print("%s = %s" % (row["key"], row["value"]))
@@ -269,15 +273,16 @@ def settings(key, value):
             raise ValueError
     except ValueError:
         raise qpy.QpyError("Value for %s must be a number of seconds, not %r." % (key, value))
-    qpy.atomically(lambda db: db.execute("UPDATE meta SET value = ? WHERE key = ?", (value, key)))
+    qpy.atomically(lambda db: db.execute("UPDATE site.settings SET value = ? WHERE key = ?",
+                                         (value, key)), site=True)
     print("%s set to %s." % (key, value))
 
 
 def dispatch(on):
     def write(db):
-        db.execute("UPDATE meta SET value = ? WHERE key = 'dispatch'", (str(int(on)),))
+        db.execute("UPDATE site.settings SET value = ? WHERE key = 'dispatch'", (str(int(on)),))
         qpy.request_tick(db)
-    qpy.atomically(write)
+    qpy.atomically(write, site=True)
     print("Jobs start again." if on else "No job starts until 'qpy_admin.py start'; "
           "running jobs go on.")
     if on:
@@ -421,8 +426,14 @@ def doctor(as_user):
 
     mode = stat.S_IMODE(os.stat(state).st_mode)
     personal = state == os.path.join(os.path.expanduser("~"), ".qpy")
-    report(personal or mode & 0o2070 == 0o2070, "state directory %s (mode %o)" % (state, mode),
-           "make it group-writable and setgid: chmod 2770 %s" % state)
+    report(personal or mode & 0o3070 == 0o3070, "state directory %s (mode %o)" % (state, mode),
+           "make it group-writable, setgid and sticky: chmod 3770 %s" % state)
+    site_db = os.path.join(state, qpy.SITE_DB)
+    distrust = qpy.site_distrust(state, qpy.stat_or_none(site_db))
+    report(distrust is None, "site settings %s belong to the administrator, %s" % (
+        site_db, qpy.administrator_name(state)), "%s: move it aside, and as the administrator "
+        "load the site again (qpy_admin.py nodes, users, distribute, set), or restore a backup"
+        % distrust)
     for name in ("qpy.db", "qpy.lock", "tick.lock"):
         path = os.path.join(state, name)
         if os.path.exists(path):
@@ -456,8 +467,12 @@ def doctor(as_user):
         if qpy.is_local(node["address"]):
             report(True, "node %s is this machine" % node["name"])
             continue
-        argv, _ = qpy.ssh_command(node["address"], probe, 10,
-                                  owner.pw_uid if owner else os.getuid(), multiplex=False)
+        try:
+            argv, _ = qpy.ssh_command(node["address"], probe, 10,
+                                      owner.pw_uid if owner else os.getuid(), multiplex=False)
+        except qpy.QpyError as e:
+            report(False, "node %s's address" % node["name"], str(e))
+            continue
         started = time.time()
         result = subprocess.run(argv, capture_output=True, text=True, timeout=60,
                                 stdin=subprocess.DEVNULL,
@@ -533,26 +548,32 @@ def report(path):
 
 
 def backup(target):
+    """The queue to <file>, the site's settings to <file>.site, in one read transaction."""
     import sqlite3
-    if os.path.exists(target):
-        raise qpy.QpyError("%s exists: give a new file name." % target)
-
+    targets = (target, target + ".site")
+    for path in targets:
+        if os.path.exists(path):
+            raise qpy.QpyError("%s exists: give a new file name." % path)
     try:
-        out = sqlite3.connect(target)
+        outs = [sqlite3.connect(path) for path in targets]
     except sqlite3.Error as e:
         raise qpy.QpyError("Cannot write the backup %s: %s." % (target, e))
 
     def copy(db):
-        with out:
-            db.backup(out)
+        for out, name in zip(outs, ("main", "site")):
+            with out:
+                db.backup(out, name=name)
     try:
         qpy.atomically(copy, write=False)
     except (sqlite3.Error, qpy.QpyError) as e:
-        qpy.remove_quietly(target)  # no partial backup left to be mistaken for one
+        qpy.remove_quietly(*targets)  # no partial backup left to be mistaken for one
         raise qpy.QpyError("Backup failed: %s" % e)
     finally:
-        out.close()
-    print("Backed up %s to %s." % (os.path.join(qpy.state_dir(), "qpy.db"), target))
+        for out in outs:
+            out.close()
+    print("Backed up %s to %s and %s to %s." % (os.path.join(qpy.state_dir(), "qpy.db"), target,
+                                                os.path.join(qpy.state_dir(), qpy.SITE_DB),
+                                                targets[1]))
 
 
 def restore(source):
@@ -569,6 +590,10 @@ def restore(source):
         raise qpy.QpyError("%s cannot be restored: integrity %s, schema %d" % (source, ok,
                                                                              version))
     state = qpy.state_dir()
+    if not qpy.is_administrator(state):
+        raise qpy.QpyError("Only the site's administrator, %s, can restore it."
+                           % qpy.administrator_name(state))
+    site_backup = backup_site(source)
     live = os.path.join(state, "qpy.db")
     # (file by file under the lock, not through a connection: the DB in place may be damaged,
     # lost or another state's; processes that have it open reconnect to the new file)
@@ -607,13 +632,42 @@ def restore(source):
                 os.replace(live + "-journal", live + ".before-restore-journal")
         else:
             os.chmod(restoring, 0o660)
+        if site_backup is not None:  # (schema 8's: in the DB, made into site.db when upgraded)
+            site_restoring = os.path.join(state, qpy.SITE_DB + ".restoring")
+            qpy.remove_quietly(site_restoring)
+            qpy.create_file(site_restoring, 0o644)
+            copy = sqlite3.connect(site_restoring)
+            site_backup.backup(copy)
+            copy.close()
+            os.replace(site_restoring, os.path.join(state, qpy.SITE_DB))
         os.replace(restoring, live)
         if identity:  # restored on purpose: this state is the backup's now
             qpy.write_identity(state, identity[0])
         qpy.remove_quietly(os.path.join(state, qpy.DAMAGE_MARK))
     finally:
         release()
-    print("Restored %s from %s (the previous DB is %s.before-restore)." % (live, source, live))
+    print("Restored %s from %s (the previous DB is %s.before-restore)%s." % (
+        live, source, live, "" if site_backup is not None or version < 9 else
+        "; the site's settings are kept (no %s.site)" % source))
+
+
+def backup_site(source):
+    """The site's settings that a backup holds beside it (<file>.site), checked; None if
+    there are none."""
+    import sqlite3
+    path = source + ".site"
+    if not os.path.exists(path):
+        return None
+    try:
+        site = sqlite3.connect("file:%s?mode=ro" % path, uri=True)
+        ok = site.execute("PRAGMA integrity_check").fetchone()[0]
+        version = site.execute("PRAGMA user_version").fetchone()[0]
+        site.execute("SELECT COUNT(*) FROM nodes").fetchone()
+    except sqlite3.Error as e:
+        raise qpy.QpyError("%s is not the site's settings of a qpy backup: %s" % (path, e))
+    if ok != "ok" or not 9 <= version <= qpy.SCHEMA_VERSION:
+        raise qpy.QpyError("%s cannot be restored: integrity %s, schema %d" % (path, ok, version))
+    return site
 
 
 def highest_job_id_in_files(state):
@@ -694,9 +748,8 @@ COMMANDS = {
     "add": add_node,
     "remove": lambda a: remove_node(a["<node>"]),
     "list": lambda a: list_nodes(),
-    "drain": lambda a: set_node_state(a["<node>"], "drained",
-                                      " ".join(a["<reason>"]) or "drained"),
-    "resume": lambda a: set_node_state(a["<node>"], "up", None),
+    "drain": lambda a: drain(a["<node>"], " ".join(a["<reason>"]) or "drained"),
+    "resume": lambda a: drain(a["<node>"], None),
     "status": lambda a: qpy.cmd_status({}),
     "variables": lambda a: variables(),
     "tick": lambda a: tick(a["--linger"]),

@@ -6,9 +6,18 @@
 
 -- The schema version is PRAGMA user_version (set at the end of this file).
 
--- Key/value facts and settings of this state directory.
---   tick_wanted     ticks asked for anybody's jobs (cores freed, a node back...): any tick
---                   takes it on, handing on to users.wanted what it cannot start itself
+-- Two files, so that only the administrator can change how the site is set up:
+--   <state>/site.db  the site: nodes and pools, allowed users, distribution rules, settings and
+--                    the finish/start switch. Owned by the administrator (the owner of the
+--                    state directory, or root), mode 0644 in a sticky directory: everyone else
+--                    reads it, nobody else can change or replace it. Everyone ATTACHes it
+--                    read-only as `site`; qpy_admin.py changes it by writing a copy and renaming
+--                    it into place (so it never has a journal a reader would have to roll back).
+--   <state>/qpy.db   the queue, shared by the group: jobs, users, what the ticks found.
+-- A connection checks site.db's owner and mode before it attaches it (qpy.py attach_site).
+-- (A queue made anew beside a site.db keeps that site: IF NOT EXISTS, OR IGNORE.)
+
+-- The site's settings (qpy_admin.py set, start, finish, distribute).
 --   dispatch        1: ticks start jobs; 0: nothing starts (qpy_admin.py finish / start)
 --   launch_timeout  seconds a claimed job may wait for its runner before it is queued again
 --   kill_grace      seconds between SIGTERM and SIGKILL when a job is killed
@@ -17,6 +26,49 @@
 --   probe_interval  seconds between two ssh probes of a node that is down
 --   ssh_timeout     seconds ssh may take to connect to a node
 --   rules           the distribution rules as JSON (qpy_admin.py distribute); absent: even
+CREATE TABLE IF NOT EXISTS site.settings (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+INSERT OR IGNORE INTO site.settings (key, value) VALUES
+    ('dispatch', '1'), ('launch_timeout', '60'), ('kill_grace', '10'), ('heartbeat', '30'),
+    ('node_timeout', '180'), ('probe_interval', '60'), ('ssh_timeout', '10');
+
+-- Where jobs run (qpy_admin.py nodes, add, remove, drain, resume). In personal mode there is
+-- one node, 'localhost', started by fork. A node of another kind than 'host' is a pool
+-- (qpy.py POOLS: 'slurm', a Slurm partition that qpy hands jobs to with sbatch, from this
+-- machine, as the job's owner, and follows with one squeue per tick); its cores are the most
+-- qpy uses there at once. What the ticks find of each node is in node_health (qpy.db); the
+-- `nodes` that queries read is a view of both (qpy.py NODES_VIEW): its state is 'down' if the
+-- ticks found it down, else 'drained' if drained, else 'up'.
+CREATE TABLE IF NOT EXISTS site.nodes (
+    name           TEXT PRIMARY KEY,             -- what users see (%n, QPY_NODE)
+    kind           TEXT NOT NULL DEFAULT 'host', -- 'host', or a kind of pool (qpy.py POOLS)
+    address        TEXT NOT NULL,                -- ssh target; 'localhost' = fork, no ssh
+    cores          INTEGER NOT NULL CHECK (cores >= 0),
+    mem            REAL CHECK (mem >= 0),        -- GB; NULL: not known, not limited
+    gpus           INTEGER NOT NULL DEFAULT 0 CHECK (gpus >= 0),
+    attributes     TEXT NOT NULL DEFAULT '',     -- comma separated labels
+    pref_multicore INTEGER NOT NULL DEFAULT 0,   -- the manual's 'M': keep for multicore jobs
+    drained        TEXT,                         -- why no new job starts there (drain); NULL:
+                                                 -- jobs start there
+    position       INTEGER NOT NULL DEFAULT 0,   -- order of the nodes file
+    max_jobs       INTEGER CHECK (max_jobs >= 1),  -- a pool: at most this many qpy jobs at once
+    options        TEXT                          -- a pool: its own settings, JSON (for Slurm:
+                                                 -- partition, account, qos, extra, time)
+);
+
+-- allowed_users, loaded by qpy_admin.py users: when it has rows, only they may submit, and
+-- the cores are shared among them; when empty, among everyone in the users table.
+CREATE TABLE IF NOT EXISTS site.allowed_users (
+    name TEXT PRIMARY KEY
+);
+
+PRAGMA site.user_version = 9;
+
+-- Key/value facts of the queue.
+--   tick_wanted     ticks asked for anybody's jobs (cores freed, a node back...): any tick
+--                   takes it on, handing on to users.wanted what it cannot start itself
 --   last_tick       when the last tick pass ran (qpy_admin.py doctor reports it)
 --   tick_passes     how many tick passes ran so far
 --   state_id        this state's identity, made with the DB and kept in <state>/qpy.id too:
@@ -27,33 +79,17 @@ CREATE TABLE meta (
     value TEXT NOT NULL
 );
 INSERT INTO meta (key, value) VALUES
-    ('tick_wanted', '0'), ('dispatch', '1'), ('launch_timeout', '60'), ('kill_grace', '10'),
-    ('heartbeat', '30'), ('node_timeout', '180'), ('probe_interval', '60'), ('ssh_timeout', '10'),
-    ('state_id', lower(hex(randomblob(8))));
+    ('tick_wanted', '0'), ('state_id', lower(hex(randomblob(8))));
 
--- Where jobs run. In personal mode there is one node, 'localhost', started by fork.
--- A node of another kind than 'host' is a pool (qpy.py POOLS: 'slurm', a Slurm partition
--- that qpy hands jobs to with sbatch, from this machine, as the job's owner, and follows with
--- one squeue per tick); its cores are the most qpy uses there at once.
-CREATE TABLE nodes (
-    name           TEXT PRIMARY KEY,             -- what users see (%n, QPY_NODE)
-    kind           TEXT NOT NULL DEFAULT 'host', -- 'host', or a kind of pool (qpy.py POOLS)
-    address        TEXT NOT NULL,                -- ssh target; 'localhost' = fork, no ssh
-    cores          INTEGER NOT NULL CHECK (cores >= 0),
-    mem            REAL CHECK (mem >= 0),        -- GB; NULL: not known, not limited
-    gpus           INTEGER NOT NULL DEFAULT 0 CHECK (gpus >= 0),
-    attributes     TEXT NOT NULL DEFAULT '',     -- comma separated labels
-    pref_multicore INTEGER NOT NULL DEFAULT 0,   -- the manual's 'M': keep for multicore jobs
-    state          TEXT NOT NULL DEFAULT 'up' CHECK (state IN ('up', 'down', 'drained')),
-    state_reason   TEXT,                         -- why it is down or drained
-    probed_at      REAL,                         -- last ssh probe of a down node
-    position       INTEGER NOT NULL DEFAULT 0,   -- order of the nodes file
-    max_jobs       INTEGER CHECK (max_jobs >= 1),  -- a pool: at most this many qpy jobs at once
-    options        TEXT,                         -- a pool: its own settings, JSON (for Slurm:
-                                                 -- partition, account, qos, extra)
-    lost           TEXT                          -- jobs given up with it while it did not
-                                                 -- answer, JSON [[id, user]...]: what they left
-                                                 -- running is stopped once it answers again
+-- What the ticks found of each node of site.nodes (no row: up). Any tick writes it.
+CREATE TABLE node_health (
+    name      TEXT PRIMARY KEY,
+    state     TEXT NOT NULL DEFAULT 'up' CHECK (state IN ('up', 'down')),
+    reason    TEXT,                  -- why it is down
+    probed_at REAL,                  -- last ssh probe of a node that is down
+    lost      TEXT                   -- jobs given up with it while it did not answer, JSON
+                                     -- [[id, attempt, user]...]: what they left running is
+                                     -- stopped once it answers again, before it is up
 );
 
 -- One row per user who ever used this state directory.
@@ -63,12 +99,6 @@ CREATE TABLE users (
     finished INTEGER NOT NULL DEFAULT 0,  -- qpy finish: nothing starts until qpy restart
     wanted   INTEGER NOT NULL DEFAULT 0   -- ticks asked for this user's jobs (by their qpy
                                           -- sub, or handed on by another user's tick)
-);
-
--- allowed_users, loaded by qpy_admin.py users: when it has rows, only they may submit, and
--- the cores are shared among them; when empty, among everyone in the users table.
-CREATE TABLE allowed_users (
-    name TEXT PRIMARY KEY
 );
 
 -- A user's settings changed with 'qpy config'; absent keys have their default (qpy.py CONFIG).
@@ -149,4 +179,4 @@ CREATE TABLE notes (
 );
 CREATE INDEX notes_by_job ON notes (job_id);
 
-PRAGMA user_version = 8;
+PRAGMA user_version = 9;

@@ -363,7 +363,8 @@ class LabSite:
         db = sqlite3.connect("file:%s?mode=ro" % os.path.join(self.state, "qpy.db"), uri=True,
                              timeout=60)
         try:
-            return db.execute("SELECT state FROM nodes WHERE name = ?", (name,)).fetchone()[0]
+            row = db.execute("SELECT state FROM node_health WHERE name = ?", (name,)).fetchone()
+            return row[0] if row else "up"
         finally:
             db.close()
 

@@ -62,11 +62,41 @@ def read_db(state, query, params=()):
     db = sqlite3.connect("file:%s?mode=ro" % path, uri=True, timeout=30)
     db.row_factory = sqlite3.Row
     try:
+        site = os.path.join(state, "site.db")
+        if os.path.exists(site):  # (its nodes as qpy sees them: qpy.NODES_VIEW)
+            import qpy
+            db.execute("ATTACH DATABASE ? AS site", ("file:%s?mode=ro" % site,))
+            db.execute(qpy.NODES_VIEW)
         return [dict(row) for row in db.execute(query, params)]
     except sqlite3.DatabaseError:  # a test that broke it on purpose
         return []
     finally:
         db.close()
+
+
+def back_to_schema_8(state):
+    """Take a state of schema 9 back to schema 8, whose one file held the site too: its
+    nodes (with what the ticks found of them) and allowed_users as tables, its settings in
+    meta."""
+    import qpy
+    nodes_8 = [statement for statement in qpy.MIGRATIONS[7] if "CREATE TABLE" in statement][0]
+    db = sqlite3.connect(os.path.join(state, "qpy.db"))
+    db.execute("ATTACH DATABASE ? AS site", (os.path.join(state, "site.db"),))
+    with db:
+        db.execute(nodes_8.replace("nodes_7", "nodes"))
+        db.execute("INSERT INTO nodes SELECT s.name, kind, address, cores, mem, gpus, attributes, "
+                   "pref_multicore, CASE WHEN h.state = 'down' THEN 'down' WHEN drained IS NOT "
+                   "NULL THEN 'drained' ELSE 'up' END, CASE WHEN h.state = 'down' THEN h.reason "
+                   "ELSE drained END, probed_at, position, max_jobs, options, lost "
+                   "FROM site.nodes s LEFT JOIN node_health h ON h.name = s.name")
+        db.execute("CREATE TABLE allowed_users (name TEXT PRIMARY KEY)")
+        db.execute("INSERT INTO allowed_users SELECT name FROM site.allowed_users")
+        db.execute("INSERT INTO meta SELECT key, value FROM site.settings")
+        db.execute("DROP TABLE node_health")
+    db.execute("DETACH DATABASE site")
+    db.execute("PRAGMA user_version = 8")
+    db.close()
+    os.unlink(os.path.join(state, "site.db"))
 
 
 def read_jobs(state):

@@ -26,10 +26,11 @@ def test_create_makes_a_group_site(site, tmp_path):
     directory = str(tmp_path / "site")
     out = site.ok("create", directory, admin=True)
     assert "Site created in %s." % directory in out and "QPY_STATE=%s" % directory in out
-    assert stat.S_IMODE(os.stat(directory).st_mode) == 0o2770
+    assert stat.S_IMODE(os.stat(directory).st_mode) == 0o3770  # (sticky: see site.db)
     assert stat.S_IMODE(os.stat(os.path.join(directory, "users")).st_mode) == 0o3770
     for name in ("qpy.db", "qpy.lock", "tick.lock"):
         assert stat.S_IMODE(os.stat(os.path.join(directory, name)).st_mode) == 0o660
+    assert stat.S_IMODE(os.stat(os.path.join(directory, "site.db")).st_mode) == 0o644
     env = {"QPY_STATE": directory}
     assert site.ok("list", admin=True, env=env) == "No nodes.\n"
     assert "no nodes" in site.fails("sub", "true", env=env)
@@ -189,6 +190,42 @@ def test_doctor_on_a_personal_queue(site):
     os.chmod(os.path.join(site.state, "qpy.lock"), 0o644)
     result = site.run("doctor", admin=True)
     assert result.returncode == 1 and "PROBLEM  qpy.lock (mode 644): chmod 660" in result.stdout
+
+
+def test_a_site_db_others_could_change_is_not_used(site):
+    """site.db must be the administrator's alone: one that others may write is refused by
+    every command (one line), and doctor says so, until its mode is right again."""
+    site.ok("restart")
+    path = os.path.join(site.state, "site.db")
+    os.chmod(path, 0o666)
+    before = site.dump()
+    err = site.fails("sub", "true")
+    assert "site's settings %s cannot be trusted: others than its owner may write it (mode " \
+        "666)" % path in err, err
+    assert site.dump() == before
+    result = site.run("doctor", admin=True)
+    assert result.returncode == 1 and "PROBLEM  site settings %s" % path in result.stdout
+    os.chmod(path, 0o644)
+    site.wait_status(site.submit("true"), "done")
+
+
+def test_a_node_address_is_checked_where_ssh_is_run(site, tmp_path):
+    """An address that ssh would read as an option, written into site.db behind qpy_admin.py's
+    back (its parser refuses it): the tick does not run ssh with it, and says why."""
+    import sqlite3
+    site.ok("restart")
+    marker = tmp_path / "proxied"
+    db = sqlite3.connect(os.path.join(site.state, "site.db"))
+    with db:
+        db.execute("UPDATE nodes SET drained = 'not here'")
+        db.execute("INSERT INTO nodes (name, address, cores) VALUES ('evil', ?, 2)",
+                   ("-oProxyCommand=touch %s" % marker,))
+    db.close()
+    job = site.submit("true")
+    wait_for(lambda: "refused to ssh to '-oProxyCommand=touch" in (
+        site.ok("list", admin=True)), what="the node's state to say why")
+    assert site.status(job) == "queue" and not marker.exists()
+    assert "evil down (launch failed: refused to ssh to" in site.jobs()[job]["reason"]
 
 
 def test_html_report_renders_in_a_browser(site, tmp_path):

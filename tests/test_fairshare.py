@@ -191,7 +191,7 @@ def test_the_cores_of_a_down_node_are_not_shared_out(site):
     assert "(8 in all" in site.ok("distribute", rules, admin=True)
     db = sqlite3.connect(os.path.join(site.state, "qpy.db"))
     with db:
-        db.execute("UPDATE nodes SET state = 'down' WHERE name = 'n2'")
+        db.execute("INSERT INTO node_health (name, state) VALUES ('n2', 'down')")
     db.close()
     out = site.ok("distribute", rules, admin=True)
     assert "(4 in all" in out and "minimum   0  extra   4" in out, out

@@ -4,7 +4,7 @@ import os
 import sqlite3
 import subprocess
 
-from conftest import wait_for
+from conftest import back_to_schema_8, wait_for
 
 TEN_CORES = "node1 cores=4 memory=64\nnode2 cores=3 memory=64\nnode3 cores=3 memory=64\n"
 # A job that runs until the test lets it end: `touch stop-<ID>` in its directory.
@@ -267,3 +267,214 @@ def test_someone_outside_the_group_gets_one_clear_line(lab):
     assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith("qpy: ") and "Traceback" not in result.stderr
     assert "Permission denied" in result.stderr or "group" in result.stderr
+
+
+# ---- What the administrator decides: only they can change it (README, "Security") ----------
+
+# bob, a member of the site's group, tries every way he has to change the site: its tables in
+# the shared qpy.db (where sites kept them before site.db), tables of the same names made there
+# to shadow site.db's, site.db itself in place, and site.db replaced or removed and put back
+# changed. argv: the state directory, then the SQL of the change ({p}: the tables' schema).
+# Prints the ways whose change was written.
+FORGE_SITE = r"""
+import os, shutil, sqlite3, sys
+state, statements = sys.argv[1], sys.argv[2:]
+queue, site = os.path.join(state, "qpy.db"), os.path.join(state, "site.db")
+
+
+def change(db, prefix):
+    before = db.total_changes
+    for statement in statements:
+        try:
+            db.execute(statement.replace("{p}", prefix))
+        except sqlite3.Error:
+            pass
+    return db.total_changes > before
+
+
+def in_the_queue():
+    db = sqlite3.connect(queue)
+    with db:
+        if os.path.exists(site):
+            db.execute("ATTACH DATABASE ? AS s", (site,))
+            for table in ("nodes", "allowed_users", "settings"):
+                db.execute("CREATE TABLE IF NOT EXISTS main.%s AS SELECT * FROM s.%s"
+                           % (table, table))
+            db.execute("INSERT OR IGNORE INTO main.meta SELECT * FROM s.settings")
+        return change(db, "main.")
+
+
+def in_place():
+    db = sqlite3.connect("file:%s?mode=rw" % site, uri=True)
+    with db:
+        return change(db, "main.")
+
+
+def changed_copy():
+    copy = "%s/forged.%d" % (state, os.getpid())
+    shutil.copy(site, copy)
+    db = sqlite3.connect(copy)
+    with db:
+        change(db, "main.")
+    db.close()
+    return copy
+
+
+def replaced():
+    os.replace(changed_copy(), site)
+    return True
+
+
+def removed_and_put_back():
+    copy = changed_copy()
+    os.unlink(site)
+    os.replace(copy, site)
+    return True
+
+
+worked = []
+for way in (in_the_queue, in_place, replaced, removed_and_put_back):
+    try:
+        if way():
+            worked.append(way.__name__)
+    except (OSError, sqlite3.Error):
+        pass
+print(" ".join(worked))
+"""
+
+FORGERIES = {
+    "allowed_users": ["INSERT INTO {p}allowed_users (name) VALUES ('carol')"],
+    "address": ["UPDATE {p}nodes SET address = 'node2' WHERE name = 'node1'"],
+    "nodes": ["UPDATE {p}nodes SET cores = 50",
+              "UPDATE {p}nodes SET state = 'up', state_reason = NULL",  # (before site.db)
+              "UPDATE {p}nodes SET drained = NULL"],
+    "rules": ["INSERT OR REPLACE INTO {p}%s (key, value) VALUES ('rules', '%s')" % (
+        table, '{"kind": "explicit", "minimum": 0, "users": {"bob": [6, 0, false]}}')
+        for table in ("meta", "settings")],
+    "settings": ["UPDATE {p}%s SET value = '999' WHERE key = 'kill_grace'" % table
+                 for table in ("meta", "settings")],
+    "switch": ["UPDATE {p}%s SET value = '1' WHERE key = 'dispatch'" % table
+               for table in ("meta", "settings")],
+}
+
+
+def forge(site, kind):
+    result = subprocess.run(["runuser", "-u", "bob", "--", site.python, "-c", FORGE_SITE,
+                             site.state] + FORGERIES[kind], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()
+
+
+def settled_use(site, tick_times=3):
+    """Cores in use once root's ticks have nothing more to start."""
+    for _ in range(tick_times):
+        site.admin("tick")
+        wait_for(lambda: not any(job["status"] == "starting" for job in site.jobs().values()),
+                 what="every claim confirmed")
+    return cores_in_use(site)
+
+
+def test_a_member_cannot_allow_themselves(lab):
+    site = multi_site(lab, users=("alice", "bob"), nodes="node1 cores=2\nnode2 cores=2\n")
+    ways = forge(site, "allowed_users")
+    assert ways == ["in_the_queue"], ways  # (the shared DB takes it: it changes nothing)
+    result = site.run("carol", "sub", "hostname")
+    assert result.returncode == 1 and "user carol is not allowed" in result.stderr
+    site.admin("tick")
+    assert site.jobs() == {}
+    with open(site.state + ".users", "w") as f:
+        f.write("alice\nbob\ncarol\n")
+    site.admin("users", site.state + ".users")
+    site.wait_status(site.submit("carol", "hostname"), "done", tick=True)
+
+
+def test_a_member_cannot_change_a_nodes_address(lab):
+    site = multi_site(lab, users=("alice", "bob"),
+                      nodes="node1 cores=2 attributes=one\nnode2 cores=2 attributes=two\n")
+    assert forge(site, "address") == ["in_the_queue"]
+    job = site.submit("alice", "-a", "one", "hostname")
+    site.wait_status(job, "done", tick=True)
+    assert site.output("alice", job) == "node1\n"  # (the forged address would run it on node2)
+    site.admin("add", "node1", "address=node2", "cores=2", "attributes=one")
+    job = site.submit("alice", "-a", "one", "hostname")
+    site.wait_status(job, "done", tick=True)
+    assert site.output("alice", job) == "node2\n"
+
+
+def test_a_member_cannot_add_cores_or_resume_a_drained_node(lab):
+    site = multi_site(lab, users=("alice", "bob"))  # (ten cores: 4 + 3 + 3)
+    site.admin("drain", "node3", "maintenance")
+    assert forge(site, "nodes") == ["in_the_queue"]
+    jobs = [site.submit("bob", "-m", "1", HOLD) for _ in range(12)]
+    assert settled_use(site) == {"bob": 7}
+    assert {site.jobs()[job]["node"] for job in running(site)} == {"node1", "node2"}
+    site.admin("resume", "node3")
+    assert settled_use(site) == {"bob": 10}
+    for job in jobs:
+        release(site, "bob", job)
+
+
+def test_a_member_cannot_change_the_distribution_rules(lab):
+    site = multi_site(lab, users=("alice", "bob"), nodes="node1 cores=3\nnode2 cores=3\n")
+    site.admin("finish")  # (both queues full before anything starts: the shares decide)
+    jobs = {user: [site.submit(user, "-m", "1", HOLD) for _ in range(6)]
+            for user in ("alice", "bob")}
+    assert forge(site, "rules") == ["in_the_queue"]
+    site.admin("start")
+    assert settled_use(site) == {"alice": 3, "bob": 3}  # even, as the administrator set
+    for user, held in jobs.items():
+        for job in held:
+            release(site, user, job)
+    with open(site.state + ".rules", "w") as f:
+        f.write("explicit\nbob 6+0\nalice 0+0\n")
+    assert "bob" in site.admin("distribute", site.state + ".rules")
+    assert '"bob": [6, 0, false]' in site.admin("variables")
+
+
+def test_a_member_cannot_change_the_settings(lab):
+    site = multi_site(lab, users=("alice", "bob"), nodes="node1 cores=2\n")
+    assert forge(site, "settings") == ["in_the_queue"]
+    for user in ("root", "alice", "bob"):
+        out = site.admin("set", "kill_grace") if user == "root" else site.ok(
+            user, "set", "kill_grace", tool=site.admin_tool)
+        assert out == "kill_grace = 2\n", (user, out)
+    site.admin("set", "kill_grace", "3")
+    assert site.admin("set", "kill_grace") == "kill_grace = 3\n"
+
+
+def test_a_member_cannot_turn_the_site_back_on(lab):
+    site = multi_site(lab, users=("alice", "bob"), nodes="node1 cores=2\n")
+    site.admin("finish")
+    assert forge(site, "switch") == ["in_the_queue"]
+    job = site.submit("alice", "hostname")
+    for _ in range(3):
+        site.admin("tick")
+        site.tick("alice")
+    assert site.jobs()[job]["status"] == "queue"
+    site.admin("start")
+    site.wait_status(job, "done", tick=True)
+
+
+def test_a_site_of_the_former_layout_keeps_what_the_administrator_set(lab):
+    """A site of schema 8 kept its nodes, users, rules and settings in the shared qpy.db, in
+    a directory that was not sticky. Its members are told to wait for the administrator;
+    root's timer tick upgrades it, and everything the administrator set is as it was."""
+    import stat
+    site = multi_site(lab, users=("alice", "bob"), rules="even minimum 1")
+    site.admin("drain", "node3", "maintenance")
+    site.admin("set", "kill_grace", "3")
+    before = [site.admin(*command) for command in (["list"], ["set"])]
+    rules = [line for line in site.admin("variables").splitlines() if line.startswith("rules")]
+    back_to_schema_8(site.state)
+    os.chmod(site.state, 0o2770)
+    result = site.run("alice", "check")
+    assert result.returncode == 1 and "was made by an older qpy: its administrator, root, " \
+        "upgrades it" in result.stderr, result.stderr
+    site.admin("tick")
+    assert [site.admin(*command) for command in (["list"], ["set"])] == before
+    assert rules and rules[0] in site.admin("variables").splitlines()
+    assert "user carol is not allowed" in site.run("carol", "sub", "true").stderr
+    assert stat.S_IMODE(os.stat(site.state).st_mode) == 0o3770
+    found = os.stat(os.path.join(site.state, "site.db"))
+    assert (found.st_uid, stat.S_IMODE(found.st_mode)) == (0, 0o644)
+    site.wait_status(site.submit("alice", "hostname"), "done", tick=True)

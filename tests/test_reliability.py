@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from conftest import QPY, group_members, job_group, qpy_processes, remove_state, wait_for
+from conftest import (QPY, back_to_schema_8, group_members, job_group, qpy_processes,
+                      remove_state, wait_for)
 
 
 def test_a_corrupt_database_is_one_clear_line(site):
@@ -51,13 +52,14 @@ def test_a_newer_database_is_refused(site):
     db = sqlite3.connect(os.path.join(site.state, "qpy.db"))
     db.execute("PRAGMA user_version = 99")
     db.close()
-    assert "has schema 99; this qpy knows only 8: use a newer qpy." in site.fails("check")
+    assert "has schema 99; this qpy knows only 9: use a newer qpy." in site.fails("check")
 
 
 def test_a_schema_7_pool_is_upgraded_to_its_options(site):
     """Schema 7 kept Slurm's settings in columns of their own and the job's Slurm ID in
     slurm_id; 8 keeps a pool's settings as its options and the ID as external_id."""
     site.ok("check")
+    back_to_schema_8(site.state)
     db = sqlite3.connect(os.path.join(site.state, "qpy.db"))
     with db:
         db.execute("ALTER TABLE jobs RENAME COLUMN external_id TO slurm_id")
@@ -73,8 +75,9 @@ def test_a_schema_7_pool_is_upgraded_to_its_options(site):
     db.close()
     assert "hpc" in site.ok("list", admin=True)
     db = sqlite3.connect(os.path.join(site.state, "qpy.db"))
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 8
-    kind, options, max_jobs = db.execute("SELECT kind, options, max_jobs FROM nodes "
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 9
+    db.execute("ATTACH DATABASE ? AS site", (os.path.join(site.state, "site.db"),))
+    kind, options, max_jobs = db.execute("SELECT kind, options, max_jobs FROM site.nodes "
                                          "WHERE name = 'hpc'").fetchone()
     assert (kind, max_jobs) == ("slurm", 4)
     assert {k: v for k, v in json.loads(options).items() if v} == {"partition": "compute",
@@ -85,7 +88,7 @@ def test_a_schema_7_pool_is_upgraded_to_its_options(site):
         "list", admin=True)
 
 
-@pytest.mark.parametrize("start", range(1, 8))
+@pytest.mark.parametrize("start", range(1, 9))
 def test_an_older_database_is_upgraded_in_place_keeping_every_job(site, start):
     """A DB of each earlier schema, with queued, running and ended jobs: made by taking this
     schema back to what schema 1 was, then bringing it up to `start` with qpy's own
@@ -96,6 +99,7 @@ def test_an_older_database_is_upgraded_in_place_keeping_every_job(site, start):
     site.ok("ctrlQueue", "pause")
     jobs = [site.submit("true") for _ in range(3)]
     running = site.submit("true")
+    back_to_schema_8(site.state)
     db = sqlite3.connect(os.path.join(site.state, "qpy.db"))
     with db:  # a job whose runner is gone (its machine rebooted during the upgrade, say)
         db.execute("UPDATE jobs SET status = 'running', node = 'localhost', attempt = 1, "
@@ -122,14 +126,15 @@ def test_an_older_database_is_upgraded_in_place_keeping_every_job(site, start):
     assert sorted(site.jobs()) == [ended] + jobs + [running]
     site.ok("check")
     db = sqlite3.connect(os.path.join(site.state, "qpy.db"))
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 8
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 9
+    db.execute("ATTACH DATABASE ? AS site", (os.path.join(site.state, "site.db"),))
     identity = db.execute("SELECT value FROM meta WHERE key = 'state_id'").fetchone()[0]
     assert re.fullmatch("[0-9a-f]{16}", identity)
     assert open(os.path.join(site.state, "qpy.id")).read() == identity + "\n"
     indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert {"jobs_live_by_spec", "jobs_queued", "jobs_with_dependencies"} <= indexes
     assert "jobs_by_spec" not in indexes
-    assert db.execute("SELECT kind, max_jobs FROM nodes").fetchall() == [("host", None)]
+    assert db.execute("SELECT kind, max_jobs FROM site.nodes").fetchall() == [("host", None)]
     columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
     assert "pgid" not in columns and {"refusal", "external_id"} <= columns
     assert "wanted" in {row[1] for row in db.execute("PRAGMA table_info(users)")}
@@ -380,8 +385,8 @@ def test_a_local_node_down_after_a_killed_launch_comes_back_without_a_timer(site
     site.ok("set", "probe_interval", "2", admin=True)
     db = sqlite3.connect(os.path.join(site.state, "qpy.db"))
     with db:
-        db.execute("UPDATE nodes SET state = 'down', state_reason = ?, probed_at = ?",
-                   ("launch failed: exit status -9", time.time()))
+        db.execute("INSERT INTO node_health (name, state, reason, probed_at) VALUES "
+                   "('localhost', 'down', ?, ?)", ("launch failed: exit status -9", time.time()))
     db.close()
     job = site.submit("true")
 
