@@ -3,10 +3,13 @@
 
 The protocol, which every function below keeps:
 
- 1. All state is one SQLite file, <state>/qpy.db, in journal_mode=DELETE (never WAL: the
-    state directory may be on NFS) with synchronous=FULL. It is created only where no state
-    exists; its identity (meta state_id, also in <state>/qpy.id) is checked at every connect,
-    so a lost or replaced DB is refused instead of silently starting over.
+ 1. All state is one SQLite database, <state>/qpy.db, in journal_mode=DELETE (never WAL: the
+    state directory may be on NFS) with synchronous=FULL, and beside it what only the
+    administrator decides (nodes, allowed users, rules, settings), <state>/site.db: theirs
+    alone, checked to be so and attached read-only by every connection, changed only by
+    renaming a new copy into place. The DB is created only where no state exists; its
+    identity (meta state_id, also in <state>/qpy.id) is checked at every connect, so a lost or
+    replaced DB is refused instead of silently starting over.
  2. Every transaction runs while holding the file lock <state>/qpy.lock (filelock's
     flock; take_lock) and inside BEGIN IMMEDIATE. The lock is held for milliseconds:
     nobody forks, sshes, signals a remote host or waits for anything while holding it.
@@ -4002,7 +4005,7 @@ Examples:
         # at it (or at anybody else's file) is refused by the runner.
         job_file = {"version": JOB_FILE_VERSION, "argv": run_argv, "cwd": cwd,
                     "env": submitted_environment(), "script_copy": copy,
-                    "ids": [ids[0], ids[-1]]}
+                    "ids": [ids[0], ids[-1]], "command": command}
         write_atomically(job_file_path, json.dumps(job_file).encode())
         crash_point("sub:spooled")
         return ids, startable
@@ -4225,6 +4228,7 @@ Examples:
         sys.stderr.write(note + "\n")
     if args["<filter>"]:
         jobs = [job for job in jobs if selected(job, statuses, dirs, ranges)]
+    jobs = with_commands_of_job_files(jobs, user)
     if args["--json"]:
         print(json.dumps([job_record(job, notes.get(job["id"], "")) for job in jobs], indent=1))
         return
@@ -4238,6 +4242,29 @@ Examples:
     if paused:
         out.append("Job submission is paused.\n")
     sys.stdout.write("".join(out))
+
+
+def with_commands_of_job_files(jobs, user):
+    """The jobs, each live one with the command its job file holds, which is what runs: the
+    row is the whole group's to write, the job file in the owner's spool theirs alone (so
+    a command changed in the row by another member shows as what it is not). One read per
+    job file: an array's jobs share theirs."""
+    spool = os.path.join(user_dir(user), "spool")
+    commands = {}  # job file: the command it holds (None: it holds none, an older file)
+    shown = []
+    for job in jobs:
+        if is_live(job) and os.path.dirname(job["spec"]) == spool:
+            if job["spec"] not in commands:
+                try:
+                    with open(job["spec"]) as f:
+                        commands[job["spec"]] = json.load(f).get("command")
+                except (OSError, ValueError, AttributeError):
+                    commands[job["spec"]] = None
+            command = commands[job["spec"]]
+            if command is not None and command != job["command"]:
+                job = dict(job, command=command)
+        shown.append(job)
+    return shown
 
 
 def job_record(job, notes=""):

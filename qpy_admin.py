@@ -27,9 +27,11 @@ The administrator's side of qpy. It works on the state that users' qpy finds: $Q
 the directory named in qpy.site next to qpy.py, else ~/.qpy (a personal queue).
 
 Commands:
-  create <dir>     Make a site: <dir> on the shared filesystem, owned by the group (setgid,
-                   2770), DB and locks 0660. --site-file writes qpy.site next to qpy.py, so
-                   every user of this qpy install finds the site with no set-up.
+  create <dir>     Make a site: <dir> on the shared filesystem, owned by the group (setgid
+                   and sticky, 3770), the queue's DB and locks 0660, the site's settings
+                   (site.db) 0644: only the administrator, who runs create, changes them.
+                   --site-file writes qpy.site next to qpy.py, so every user of this qpy
+                   install finds the site with no set-up.
   nodes [<file>]   Load the nodes file (default <state>/nodes), one node per line:
                      <name> <cores> [M]
                      <name> address=<host> cores=<n> memory=<GB> gpus=<n> attributes=a,b
@@ -68,9 +70,10 @@ Commands:
                    nodes as that user (root usually cannot).
   report --html=<file>  Write a self-contained HTML page about the site (users, nodes,
                    running and queued jobs, recent failures) for a web server or a browser.
-  backup <file>    Copy the DB to <file> while qpy is in use (SQLite's online backup).
-  restore <file>   Replace the DB by a backup (checked first); the current one is kept as
-                   qpy.db.before-restore.
+  backup <file>    Copy the DB to <file>, and the site's settings to <file>.site, while
+                   qpy is in use (SQLite's online backup).
+  restore <file>   Replace the DB (and, from <file>.site, the site's settings) by a backup
+                   (checked first); the current DB is kept as qpy.db.before-restore.
   timer            Print the systemd service and timer that run the tick as root every 15 s,
                    and the equivalent /etc/cron.d line. --install writes the two units to
                    --dir (default /etc/systemd/system).
@@ -354,12 +357,15 @@ def check_site():
                 db.execute("SELECT j.id, j.node FROM jobs j LEFT JOIN nodes n ON n.name = j.node "
                            "WHERE j.status IN ('starting', 'running') AND n.name IS NULL")
                 .fetchall(),
-                db.execute("SELECT id, user, status, spec, attempt FROM jobs").fetchall())
+                db.execute("SELECT id, user, status, spec, attempt, command FROM jobs")
+                .fetchall())
     integrity, homeless, jobs = qpy.atomically(read, write=False)
     problems = []
     if [tuple(row) for row in integrity] != [("ok",)]:
         problems += ["database: %s" % row[0] for row in integrity]
     problems += ["job %d runs on %s, which is no longer a node" % tuple(row) for row in homeless]
+    problems += forged_rows([row for row in jobs if qpy.is_live(row)])
+    problems += not_qpys_schema()
     live = {row["id"]: row["attempt"] for row in jobs if qpy.is_live(row)}
     specs = {row["spec"] for row in jobs if qpy.is_live(row)}
     users = os.path.join(qpy.state_dir(), "users")
@@ -380,6 +386,61 @@ def check_site():
         print(problem)
     print("%s found." % qpy.plural(len(problems), "problem") if problems else "The site is fine.")
     return len(problems)
+
+
+def forged_rows(live_jobs):
+    """Live jobs whose row does not match their job file (another member changed the row:
+    qpy will not run it as it says, but its owner's check would not show why)."""
+    import json
+    import pwd
+    problems = []
+    for job in live_jobs:
+        try:
+            qpy.check_job_file(job, pwd.getpwnam(job["user"]).pw_uid)
+        except KeyError:
+            problems.append("job %d is of %s, who is no user here: a row changed by hand"
+                            % (job["id"], job["user"]))
+            continue
+        except qpy.QpyError as e:
+            problems.append("job %d is %s's, but %s: a row changed by hand (it will not run)"
+                            % (job["id"], job["user"], str(e)[len("refused: "):]))
+            continue
+        try:
+            with open(job["spec"]) as f:
+                job_file = json.load(f)
+        except (OSError, ValueError) as e:
+            if os.geteuid() in (0, pwd.getpwnam(job["user"]).pw_uid):
+                problems.append("job %d: its job file cannot be read: %s" % (job["id"], e))
+            continue
+        first, last = job_file.get("ids", (job["id"], job["id"]))
+        if not first <= job["id"] <= last:
+            problems.append("job %d points at the job file of jobs %d-%d: a row changed by "
+                            "hand (it will not run)" % (job["id"], first, last))
+        elif job_file.get("command", job["command"]) != job["command"]:
+            problems.append("job %d's command in the queue is not its job file's, %r: a row "
+                            "changed by hand (the job file's runs)"
+                            % (job["id"], qpy.shown(job_file["command"])))
+    return problems
+
+
+def not_qpys_schema():
+    """Tables, views, triggers and indexes in the shared DB that qpy did not make (any member
+    can add them: a trigger could undo what qpy writes)."""
+    import sqlite3
+    with open(qpy.shipped_file("schema.sql")) as f:
+        ddl = f.read()
+    scratch = sqlite3.connect(":memory:")
+    scratch.execute("ATTACH DATABASE ':memory:' AS site")
+    for statement in qpy.sql_statements(ddl):
+        scratch.execute(statement)
+    ours = {tuple(row) for row in scratch.execute("SELECT type, name FROM sqlite_master")}
+    found = qpy.atomically(lambda db: [tuple(row) for row in db.execute(
+        "SELECT type, name FROM main.sqlite_master")], write=False)
+    return ["the shared DB holds a %s %s that is not qpy's (a member made it): look at it, "
+            "then drop it (sqlite3 %s 'DROP %s \"%s\"')" % (kind, name, os.path.join(
+                qpy.state_dir(), "qpy.db"), kind.upper(), name)
+            for kind, name in found if (kind, name) not in ours
+            and not name.startswith("sqlite_")]
 
 
 def check_database():
@@ -579,16 +640,7 @@ def backup(target):
 def restore(source):
     import sqlite3
     import stat
-    try:
-        backup_db = sqlite3.connect("file:%s?mode=ro" % source, uri=True)
-        version = backup_db.execute("PRAGMA user_version").fetchone()[0]
-        ok = backup_db.execute("PRAGMA integrity_check").fetchone()[0]
-        backup_db.execute("SELECT COUNT(*) FROM jobs").fetchone()
-    except sqlite3.Error as e:
-        raise qpy.QpyError("%s is not a qpy database: %s" % (source, e))
-    if ok != "ok" or not 0 < version <= qpy.SCHEMA_VERSION:
-        raise qpy.QpyError("%s cannot be restored: integrity %s, schema %d" % (source, ok,
-                                                                             version))
+    backup_db, version = checked_backup(source, "jobs", "a qpy database", 1)
     state = qpy.state_dir()
     if not qpy.is_administrator(state):
         raise qpy.QpyError("Only the site's administrator, %s, can restore it."
@@ -654,20 +706,26 @@ def restore(source):
 def backup_site(source):
     """The site's settings that a backup holds beside it (<file>.site), checked; None if
     there are none."""
-    import sqlite3
     path = source + ".site"
     if not os.path.exists(path):
         return None
+    return checked_backup(path, "nodes", "the site's settings of a qpy backup", 9)[0]
+
+
+def checked_backup(path, table, what, oldest):
+    """A backup file opened read-only, and its schema, once SQLite finds it whole, with the
+    table it must have, of a schema this qpy can restore (QpyError otherwise)."""
+    import sqlite3
     try:
-        site = sqlite3.connect("file:%s?mode=ro" % path, uri=True)
-        ok = site.execute("PRAGMA integrity_check").fetchone()[0]
-        version = site.execute("PRAGMA user_version").fetchone()[0]
-        site.execute("SELECT COUNT(*) FROM nodes").fetchone()
+        db = sqlite3.connect(qpy.sqlite_uri(path, "mode=ro"), uri=True)
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        ok = db.execute("PRAGMA integrity_check").fetchone()[0]
+        db.execute("SELECT COUNT(*) FROM %s" % table).fetchone()
     except sqlite3.Error as e:
-        raise qpy.QpyError("%s is not the site's settings of a qpy backup: %s" % (path, e))
-    if ok != "ok" or not 9 <= version <= qpy.SCHEMA_VERSION:
+        raise qpy.QpyError("%s is not %s: %s" % (path, what, e))
+    if ok != "ok" or not oldest <= version <= qpy.SCHEMA_VERSION:
         raise qpy.QpyError("%s cannot be restored: integrity %s, schema %d" % (path, ok, version))
-    return site
+    return db, version
 
 
 def highest_job_id_in_files(state):

@@ -371,13 +371,17 @@ def test_a_damaged_database_is_one_line_everywhere_and_takes_no_more_writes(site
 def test_restore_brings_a_damaged_state_back_and_never_reuses_an_id(site, tmp_path):
     site.ok("ctrlQueue", "pause")
     first = site.submit("true")
+    site.ok("set", "kill_grace", "4", admin=True)
     backup = str(tmp_path / "backup.db")
     site.ok("backup", backup, admin=True)
+    assert os.path.exists(backup + ".site")  # (the site's settings, beside it)
+    site.ok("set", "kill_grace", "7", admin=True)
     later = site.submit("true")  # after the backup: its job file names it
     damage_pages(os.path.join(site.state, "qpy.db"))
     assert "damaged" in site.fails("check")
     assert "Restored" in site.ok("restore", backup, admin=True)
     assert sorted(site.jobs()) == [first]
+    assert site.ok("set", "kill_grace", admin=True) == "kill_grace = 4\n"
     again = site.submit("true")
     assert again > later  # (job_<ID>.out of the lost job is never overwritten)
     site.ok("ctrlQueue", "continue")

@@ -438,6 +438,10 @@ def test_a_member_cannot_change_the_settings(lab):
         out = site.admin("set", "kill_grace") if user == "root" else site.ok(
             user, "set", "kill_grace", tool=site.admin_tool)
         assert out == "kill_grace = 2\n", (user, out)
+    refused = site.run("bob", "set", "kill_grace", "1", tool=site.admin_tool)
+    assert (refused.returncode, refused.stderr) == (1, "qpy_admin.py: Only the site's "
+                                                    "administrator, root, can change its "
+                                                    "settings.\n")
     site.admin("set", "kill_grace", "3")
     assert site.admin("set", "kill_grace") == "kill_grace = 3\n"
 
@@ -478,3 +482,33 @@ def test_a_site_of_the_former_layout_keeps_what_the_administrator_set(lab):
     found = os.stat(os.path.join(site.state, "site.db"))
     assert (found.st_uid, stat.S_IMODE(found.st_mode)) == (0, 0o644)
     site.wait_status(site.submit("alice", "hostname"), "done", tick=True)
+
+
+def test_rows_changed_by_a_member_show_for_what_they_are(lab):
+    """bob rewrites alice's queued job's command in the shared DB, takes another of her jobs
+    as his, and adds a trigger. What runs is what her job files say; her check shows that,
+    and root's qpy_admin.py check names each change."""
+    site = multi_site(lab, users=("alice", "bob"))
+    site.ok("alice", "ctrlQueue", "pause")
+    first = site.submit("alice", "echo first")
+    second = site.submit("alice", "echo second")
+    script = ("import sqlite3, sys\ndb = sqlite3.connect(sys.argv[1])\nwith db:\n"
+              "    db.execute(\"UPDATE jobs SET command = 'echo changed' WHERE id = %d\")\n"
+              "    db.execute(\"UPDATE jobs SET user = 'bob' WHERE id = %d\")\n"
+              "    db.execute('CREATE TRIGGER undo AFTER UPDATE ON jobs BEGIN SELECT 1; END')\n"
+              % (first, second))
+    result = subprocess.run(["runuser", "-u", "bob", "--", site.python, "-c", script,
+                             os.path.join(site.state, "qpy.db")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    out = site.ok("alice", "check")
+    assert "%d (queue):echo first" % first in out and "echo changed" not in out, out
+    result = subprocess.run([site.python, site.admin_tool, "check"], capture_output=True,
+                            text=True, env={"PATH": "/usr/bin:/bin", "QPY_STATE": site.state})
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "job %d's command in the queue is not its job file's, 'echo first'" % first \
+        in result.stdout, result.stdout
+    assert "job %d is bob's, but the job file is outside" % second in result.stdout
+    assert "a trigger undo that is not qpy's" in result.stdout
+    site.ok("alice", "ctrlQueue", "continue")
+    site.wait_status(first, "done", tick=True)
+    assert site.output("alice", first) == "first\n"
