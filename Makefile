@@ -19,13 +19,15 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m compileall -q qpy.py qpy_admin.py  # byte-code once: qpy starts faster
 	touch $@
 
-# The cluster tests need sshd and iproute2, the Slurm pool tests Slurm and munge; as root,
+# The cluster tests need sshd and iproute2, the Slurm pool tests Slurm and munge, the
+# completion test zsh; as root,
 # install them (elsewhere those tests skip).
 SYSTEM_PACKAGES := openssh-server openssh-client iproute2 util-linux procps chromium \
-	slurm-wlm munge
+	slurm-wlm munge zsh
 system-deps:
 	@if [ "$$(id -u)" = 0 ] && ! [ -x /usr/sbin/sshd -a -x /usr/bin/ssh -a -x /usr/sbin/ip -a \
-	  -x /usr/bin/chromium -a -x /usr/sbin/slurmctld -a -x /usr/sbin/munged ]; then \
+	  -x /usr/bin/chromium -a -x /usr/sbin/slurmctld -a -x /usr/sbin/munged -a \
+	  -x /usr/bin/zsh ]; then \
 	  export DEBIAN_FRONTEND=noninteractive; apt-get update -q && \
 	  apt-get install -y -q --no-install-recommends $(SYSTEM_PACKAGES); fi
 

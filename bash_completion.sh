@@ -3,7 +3,7 @@
 
 _qpy_help() {
     case "$1" in
-        sub)       echo "Submit a job: qpy sub [-n cores] [-m GB] [-a attrs] [-c|-o] <command>" ;;
+        sub)       echo "Submit a job: qpy sub [-n cores] [-m GB] [-g GPUs] [-t time] [-a attrs] [-N name] [--array 1-10] [--after(ok) IDs] [-c|-o] <command>" ;;
         check)     echo "Check the jobs: statuses, directories, IDs or ranges (any of them)" ;;
         kill)      echo "Kill the required jobs: IDs or ranges, queue, running, a directory, all" ;;
         clean)     echo "Remove finished jobs: IDs or ranges, done, failed, killed, undone, all" ;;
@@ -16,6 +16,9 @@ _qpy_help() {
         finish)    echo "Stop starting your queued jobs until qpy restart" ;;
         wait)      echo "Wait until jobs end; exit status 0 if all are done" ;;
         tail)      echo "Follow the output of a job until it ends" ;;
+        hold)      echo "Keep queued jobs from starting: IDs or ranges, a directory, all" ;;
+        release)   echo "Let held jobs start: IDs or ranges, a directory, all" ;;
+        history)   echo "Jobs that ended, cleaned or not: [--since 7d] [--until <date>] [--name <pattern>] [filters]" ;;
         *)         echo "Unknown command: $1" ;;
     esac
 }
@@ -26,6 +29,16 @@ _qpy_ids() {  # the user's own job IDs: one read of the DB, no tick
 
 _qpy_words() {  # the words qpy itself defines: its commands, statuses, config keys...
     "${COMP_WORDS[0]}" _words "$1" 2>/dev/null
+}
+
+_qpy_unused() {  # these words, but not those already on the line (a flag is given once)
+    local word given
+    for word in "$@"; do
+        for given in "${COMP_WORDS[@]:2:$((COMP_CWORD - 2))}"; do
+            [ "$given" = "$word" ] && continue 2
+        done
+        printf '%s ' "$word"
+    done
 }
 
 _qpy() {
@@ -63,10 +76,19 @@ _qpy() {
             else
                 COMPREPLY=($(compgen -c -- "$cur") $(compgen -f -- "$cur"))
             fi ;;
-        check) COMPREPLY=($(compgen -W "$(_qpy_words statuses) --json" -- "$cur")
-                          $(compgen -d -- "$cur")) ;;
-        status) COMPREPLY=($(compgen -W "--json" -- "$cur")) ;;
+        check) COMPREPLY=($(compgen -W "$(_qpy_words statuses) $(_qpy_unused --json) \
+                            $(_qpy_ids all)" -- "$cur") $(compgen -d -- "$cur")) ;;
+        status) COMPREPLY=($(compgen -W "$(_qpy_unused --json)" -- "$cur")) ;;
+        history)
+            case "$prev" in
+                --since|--until|--name|--user) return ;;
+            esac
+            COMPREPLY=($(compgen -W "done failed killed undone $(_qpy_unused --json --since \
+                --until --name --user --all) $(_qpy_ids finished)" -- "$cur") \
+                $(compgen -d -- "$cur")) ;;
         kill)  COMPREPLY=($(compgen -W "all queue running $(_qpy_ids live)" -- "$cur")) ;;
+        hold|release) COMPREPLY=($(compgen -W "all $(_qpy_ids live)" -- "$cur")
+                                 $(compgen -d -- "$cur")) ;;
         clean) COMPREPLY=($(compgen -W "all done failed killed undone $(_qpy_ids finished)" \
                             -- "$cur") $(compgen -d -- "$cur")) ;;
         wait|tail|notes) COMPREPLY=($(compgen -W "$(_qpy_ids all)" -- "$cur")) ;;
@@ -74,8 +96,10 @@ _qpy() {
         ctrlQueue)
             if [ "$COMP_CWORD" -eq 2 ]; then
                 COMPREPLY=($(compgen -W "pause continue jump" -- "$cur"))
+            elif [ "${COMP_WORDS[2]}" = jump ] && [ "$COMP_CWORD" -eq 3 ]; then
+                COMPREPLY=($(compgen -W "$(_qpy_ids live)" -- "$cur"))
             elif [ "${COMP_WORDS[2]}" = jump ] && [ "$COMP_CWORD" -gt 3 ]; then
-                COMPREPLY=($(compgen -W "begin end" -- "$cur"))
+                COMPREPLY=($(compgen -W "begin end $(_qpy_ids live)" -- "$cur"))
             fi ;;
         config)
             if [ "$COMP_CWORD" -eq 2 ]; then

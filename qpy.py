@@ -5,9 +5,9 @@ The protocol, which every function below keeps:
 
  1. All state is one SQLite database, <state>/qpy.db, in journal_mode=DELETE (never WAL: the
     state directory may be on NFS) with synchronous=FULL, and beside it what only the
-    administrator decides (nodes, allowed users, rules, settings), <state>/site.db: theirs
-    alone, checked to be so and attached read-only by every connection, changed only by
-    renaming a new copy into place. The DB is created only where no state exists; its
+    administrator decides (nodes, allowed users, rules, settings), <state>/site/site.db:
+    theirs alone, file and directory, checked to be so and attached read-only by every
+    connection, changed only by renaming a new copy into place. The DB is created only where no state exists; its
     identity (meta state_id, also in <state>/qpy.id) is checked at every connect, so a lost or
     replaced DB is refused instead of silently starting over.
  2. Every transaction runs while holding the file lock <state>/qpy.lock (filelock's
@@ -79,7 +79,7 @@ import sys
 import time
 
 VERSION = "0.1.0"
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 class QpyError(Exception):
@@ -288,10 +288,14 @@ def connect():
     if _db is not None:
         try:  # a DB put in its place (a restore) is reconnected to; (inode, device)
             if same_file(os.stat(os.path.join(state_dir(), "qpy.db")), _db_file):
-                if _site_file is not None and not same_file(
-                        stat_or_none(os.path.join(state_dir(), SITE_DB)), _site_file):
-                    _db.execute("DETACH DATABASE site")  # (the administrator changed it)
-                    attach_site(_db, state_dir())
+                if _site_file is not None and not same_version(
+                        stat_or_none(site_path(state_dir())), _site_file):
+                    detach_site(_db)  # (the administrator changed it)
+                    try:
+                        attach_site(_db, state_dir())
+                    except QpyError:
+                        disconnect()
+                        raise
                 return _db
         except OSError:
             pass
@@ -335,6 +339,8 @@ def connect():
             raise QpyError("The qpy site %s was made by an older qpy: its administrator, %s, "
                            "upgrades it (root's timer tick does, or any qpy_admin.py command "
                            "run by them)." % (state, administrator_name(state)))
+        if is_administrator(state):
+            secure_site(state)
         if version == 0:
             initialise_db(personal=True)
         elif version < SCHEMA_VERSION:
@@ -365,6 +371,12 @@ def connect():
 
 def same_file(a, b):
     return a is not None and b is not None and (a.st_ino, a.st_dev) == (b.st_ino, b.st_dev)
+
+
+def same_version(a, b):
+    """The same file, unchanged (site.db is attached immutable: even an edit by hand in place,
+    not qpy_admin.py's rename, must be noticed)."""
+    return same_file(a, b) and (a.st_mtime_ns, a.st_size) == (b.st_mtime_ns, b.st_size)
 
 
 def stat_or_none(path):
@@ -486,14 +498,16 @@ def disconnect():
 
 # --- The site: what only the administrator decides, in a file only they can change ----------
 #
-# site.db holds the nodes, the allowed users, the distribution rules and the settings (see
-# schema.sql). It belongs to the administrator, the owner of the state directory (or root),
-# and sits in that directory, sticky (a member may not remove or rename what is not theirs).
-# Every connection checks that before it attaches the file read-only; the administrator
-# changes it with atomically(..., site=True), which writes a copy and renames it into place
-# (readers never see a half-changed site, and never meet a journal they cannot roll back).
+# <state>/site/site.db holds the nodes, the allowed users, the distribution rules and the
+# settings (see schema.sql). It and its directory belong to the administrator, the owner of
+# the state directory (or root), and nobody else may write either: no member can change it,
+# nor plant a file beside it (a journal SQLite would roll into it, a copy to be renamed into
+# place). The state directory is sticky, so site/ cannot be renamed away and put back older.
+# Every connection checks all that before it attaches the file, read-only and immutable; the
+# administrator changes it with atomically(..., site=True), which writes a copy there and
+# renames it into place (readers never see a half-changed site).
 
-SITE_DB = "site.db"
+SITE_DIR = "site"
 
 # What the queries call `nodes`: the administrator's settings of each node and what the
 # ticks found of it (node_health). A node the ticks found down is 'down' even if drained.
@@ -507,6 +521,10 @@ NODES_VIEW = """CREATE TEMP VIEW IF NOT EXISTS nodes AS
     FROM site.nodes s LEFT JOIN node_health h ON h.name = s.name"""
 
 _site_file = None  # os.lstat of the site.db attached to this process's connection
+
+
+def site_path(state):
+    return os.path.join(state, SITE_DIR, "site.db")
 
 
 def is_administrator(state):
@@ -524,47 +542,59 @@ def administrator_name(state):
         return "uid %d" % uid
 
 
-def site_distrust(state, found):
-    """Why the site.db found (an lstat, or None) cannot be trusted; None if it can: only
-    the administrator can have made it, and nobody else can change or replace it."""
+def site_distrust(state):
+    """Why <state>/site/site.db cannot be trusted; None if it can: only the administrator can
+    have made it and its directory, and nobody else can change, replace or roll back either."""
     import stat
     directory = os.stat(state)
-    if found is None:
-        return "it is missing"
-    if not stat.S_ISREG(found.st_mode):
-        return "it is not a plain file"
-    if found.st_uid not in (0, directory.st_uid):
-        return "it belongs to uid %d, not to the administrator %s" % (
-            found.st_uid, administrator_name(state))
-    if found.st_mode & 0o022:
-        return "others than its owner may write it (mode %o)" % stat.S_IMODE(found.st_mode)
     if directory.st_mode & 0o022 and not directory.st_mode & stat.S_ISVTX:
         return "members may replace it (the state directory is not sticky: chmod +t %s)" % state
+    for path, is_kind, kind in ((os.path.join(state, SITE_DIR), stat.S_ISDIR, "directory"),
+                                (site_path(state), stat.S_ISREG, "file")):
+        found = stat_or_none(path)
+        if found is None:
+            return "%s is missing" % path
+        if not is_kind(found.st_mode):
+            return "%s is not a plain %s" % (path, kind)
+        if found.st_uid not in (0, directory.st_uid):
+            return "%s belongs to uid %d, not to the administrator %s" % (
+                path, found.st_uid, administrator_name(state))
+        if found.st_mode & 0o022:
+            return "others than its owner may write %s (mode %o)" % (
+                path, stat.S_IMODE(found.st_mode))
     return None
 
 
-def attach_site(db, state):
-    """Attach <state>/site.db read-only as `site`, once it is found to be the
-    administrator's. The administrator's own connection first mends what it can: the
-    sticky bit of a site made by an older qpy, a site.db that a crash left as site.db.new."""
-    global _site_file
+def secure_site(state):
+    """The administrator's connection first mends what it can, before anything reads or
+    upgrades the site: the state directory made sticky and site/ made (a site of an older
+    qpy), the site.db a crash left as its committed copy put in place."""
     import stat
-    path = os.path.join(state, SITE_DB)
-    found = stat_or_none(path)
-    if site_distrust(state, found) and is_administrator(state):
-        directory = os.stat(state)
-        if directory.st_mode & 0o022 and not directory.st_mode & stat.S_ISVTX:
-            os.chmod(state, stat.S_IMODE(directory.st_mode) | stat.S_ISVTX)
-        new = path + ".new"
-        if found is None and site_distrust(state, stat_or_none(new)) is None:
-            os.replace(new, path)  # (committed with the queue, not yet renamed: a crash)
-        found = stat_or_none(path)
-    problem = site_distrust(state, found)
+    directory = os.stat(state)
+    if directory.st_mode & 0o022 and not directory.st_mode & stat.S_ISVTX:
+        os.chmod(state, stat.S_IMODE(directory.st_mode) | stat.S_ISVTX)
+    folder = os.path.join(state, SITE_DIR)
+    if not os.path.lexists(folder):
+        os.mkdir(folder, 0o755)
+        os.chmod(folder, 0o755)
+    path = site_path(state)
+    if not os.path.lexists(path) and os.path.exists(path + ".new"):
+        sqlite3.connect(path + ".new").close()  # (SQLite settles its journal, if any)
+        os.replace(path + ".new", path)
+
+
+def attach_site(db, state):
+    """Attach <state>/site/site.db as `site`, read-only and immutable (it is only ever
+    replaced, never written), once it is found to be the administrator's alone."""
+    global _site_file
+    path = site_path(state)
+    problem = site_distrust(state)
     if problem:
         raise QpyError("The site's settings %s cannot be trusted: %s. Nothing was done: the "
                        "administrator, %s, repairs it (qpy_admin.py doctor says how)."
                        % (path, problem, administrator_name(state)))
-    db.execute("ATTACH DATABASE ? AS site", (sqlite_uri(path, "mode=ro"),))
+    found = os.lstat(path)
+    db.execute("ATTACH DATABASE ? AS site", (sqlite_uri(path, "mode=ro&immutable=1"),))
     version = db.execute("PRAGMA site.user_version").fetchone()[0]
     if version > SCHEMA_VERSION:
         db.execute("DETACH DATABASE site")
@@ -574,38 +604,58 @@ def attach_site(db, state):
     _site_file = found
 
 
+def detach_site(db):
+    global _site_file
+    if any(row[1] == "site" for row in db.execute("PRAGMA database_list")):
+        db.execute("DETACH DATABASE site")
+    _site_file = None
+
+
 def begin_site_change(db):
     """Before a transaction that changes the site: its copy, attached for writing in place
-    of site.db. Only the administrator may."""
+    of site.db. Only the administrator may; a site.db is made anew only for a DB that has
+    none yet (a new state, or one of before schema 9)."""
     state = state_dir()
     if not is_administrator(state):
         raise QpyError("Only the site's administrator, %s, can change its settings."
                        % administrator_name(state))
-    path = os.path.join(state, SITE_DB)
+    path = site_path(state)
+    if os.path.lexists(path):
+        problem = site_distrust(state)
+        if problem:
+            raise QpyError("The site's settings %s cannot be trusted: %s." % (path, problem))
+    elif db.execute("PRAGMA main.user_version").fetchone()[0] >= 9:
+        raise QpyError("The site's settings %s are missing: restore them with qpy_admin.py "
+                       "restore <file> (a backup and its <file>.site)." % path)
     copy = path + ".new"
-    remove_quietly(copy, copy + "-journal")
-    create_file(copy, 0o644)
-    if os.path.exists(path):  # (a plain copy is whole: site.db is only ever renamed into place)
-        with open(path, "rb") as source, open(copy, "wb") as target:
-            target.write(source.read())
-            target.flush()
-            os.fsync(target.fileno())
-    global _site_file
-    if _site_file is not None:
-        db.execute("DETACH DATABASE site")
-        _site_file = None
-    db.execute("ATTACH DATABASE ? AS site", (sqlite_uri(copy),))
+    remove_quietly(copy + "-journal")
+    fd = create_new_file(copy, 0o644)
+    try:
+        if os.path.exists(path):  # (a plain copy is whole: site.db is only ever replaced)
+            with open(path, "rb") as source:
+                os.write(fd, source.read())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    detach_site(db)
+    try:
+        db.execute("ATTACH DATABASE ? AS site", (sqlite_uri(copy),))
+    except BaseException:
+        remove_quietly(copy)
+        if os.path.exists(path):
+            attach_site(db, state)
+        raise
     return copy
 
 
 def end_site_change(db, copy, committed):
     """After it: the copy takes site.db's place (committed), or goes; the site is attached
-    read-only again. Returns None (no copy left)."""
-    db.execute("DETACH DATABASE site")
-    path = os.path.join(state_dir(), SITE_DB)
+    read-only again."""
+    detach_site(db)
+    path = site_path(state_dir())
     if committed:
         os.replace(copy, path)
-        fd = os.open(state_dir(), os.O_RDONLY)
+        fd = os.open(os.path.dirname(path), os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
@@ -614,13 +664,25 @@ def end_site_change(db, copy, committed):
         remove_quietly(copy, copy + "-journal")
     if os.path.exists(path):
         attach_site(db, state_dir())
-    return None
 
 
 def setting(db, key):
     """One of the site's settings (site.settings), as a number."""
     return float(db.execute("SELECT value FROM site.settings WHERE key = ?",
                             (key,)).fetchone()[0])
+
+
+def create_new_file(path, mode):
+    """Make `path` anew with exactly this mode, never through a file or a link put there
+    (O_EXCL, O_NOFOLLOW): an open descriptor. QpyError if one is put back meanwhile."""
+    remove_quietly(path)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    except FileExistsError:
+        raise QpyError("%s was made again while qpy was making it: is somebody racing the "
+                       "administrator?" % path)
+    os.fchmod(fd, mode)
+    return fd
 
 
 def create_file(path, mode, group=None):
@@ -662,6 +724,7 @@ def create_site(state, group):
     for name in ("qpy.db", "qpy.lock", "tick.lock"):
         create_file(os.path.join(state, name), 0o660, gid)
     os.environ["QPY_STATE"] = state
+    secure_site(state)
     disconnect()
     _db = open_db(os.path.join(state, "qpy.db"))
     _db_file = os.stat(os.path.join(state, "qpy.db"))
@@ -766,6 +829,26 @@ MIGRATIONS = {
         "WHERE state = 'down' OR lost IS NOT NULL",
         "DROP TABLE nodes",
         "DROP TABLE allowed_users"],
+    # a bare qpy wait covers what ended since the last; ended jobs are kept in the history
+    9: ["ALTER TABLE jobs ADD COLUMN waited INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE jobs ADD COLUMN held INTEGER NOT NULL DEFAULT 0",
+        "CREATE INDEX jobs_held ON jobs (position) WHERE status = 'queue' AND held = 1",
+        "UPDATE jobs SET waited = 1 WHERE status IN ('done', 'failed', 'killed', 'undone')",
+        "CREATE TABLE history (id INTEGER PRIMARY KEY, user TEXT NOT NULL, name TEXT, "
+        "status TEXT NOT NULL, reason TEXT, command TEXT NOT NULL, cwd TEXT NOT NULL, node TEXT, "
+        "external_id TEXT, n_cores INTEGER NOT NULL, mem REAL NOT NULL, gpus INTEGER NOT NULL, "
+        "gpu_ids TEXT, attributes TEXT NOT NULL, time_limit REAL, dependencies TEXT, "
+        "array_of INTEGER, array_index INTEGER, array_limit INTEGER, requeue INTEGER NOT NULL, "
+        "attempt INTEGER NOT NULL, queued_at REAL NOT NULL, started_at REAL, "
+        "ended_at REAL NOT NULL, exit_code INTEGER, signal INTEGER, max_rss INTEGER, "
+        "cpu_time REAL)",
+        "INSERT INTO history SELECT id, user, name, status, reason, command, cwd, node, "
+        "external_id, n_cores, mem, gpus, gpu_ids, attributes, time_limit, dependencies, "
+        "array_of, array_index, array_limit, requeue, attempt, queued_at, started_at, "
+        "COALESCE(ended_at, queued_at), exit_code, signal, max_rss, cpu_time FROM jobs "
+        "WHERE status IN ('done', 'failed', 'killed', 'undone')",
+        "CREATE INDEX history_by_user ON history (user, ended_at)",
+        "CREATE INDEX history_by_end ON history (ended_at)"],
 }
 
 
@@ -779,6 +862,12 @@ def upgrade_db(path):
 
     def upgrade(db):
         version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version < 9 and os.stat(state_dir()).st_mode & 0o077:  # (a site: from where any
+            # member could have written them)
+            after_commit(log_event, "upgrade: the site's nodes, allowed users, rules and "
+                         "settings moved from qpy.db to %s, where only the administrator can "
+                         "change them; they were in qpy.db, which any member could write: "
+                         "check them (qpy_admin.py list, variables)" % site_path(state_dir()))
         while version < SCHEMA_VERSION:
             for statement in MIGRATIONS[version]:
                 db.execute(statement)
@@ -884,7 +973,8 @@ def atomically(fn, write=True, site=False):
                     db.execute("ROLLBACK")
                 raise
             if site_copy is not None:
-                site_copy = end_site_change(db, site_copy, committed=True)
+                copy, site_copy = site_copy, None
+                end_site_change(db, copy, committed=True)
             effects = _after_commit[:]
             release()
             release = None
@@ -904,10 +994,13 @@ def atomically(fn, write=True, site=False):
             raise damaged_database(e)
         finally:
             _after_commit[:] = outer
-            if site_copy is not None:  # (not committed: the site stays as it was)
-                end_site_change(db, site_copy, committed=False)
-            if release is not None:
-                release()
+            try:
+                if site_copy is not None:  # (not committed: the site stays as it was)
+                    copy, site_copy = site_copy, None
+                    end_site_change(db, copy, committed=False)
+            finally:
+                if release is not None:
+                    release()
         time.sleep(delay)
         delay *= 2
 
@@ -1005,13 +1098,27 @@ def site_counts(db):
 
 def move(db, job, leaving, status, **columns):
     """The one UPDATE of a job's status: from one of `leaving`, at the attempt the caller saw
-    (job["attempt"]), to `status`, setting these columns. Did it happen?"""
+    (job["attempt"]), to `status`, setting these columns. Did it happen? A job that ends
+    leaves its accounting record in the history, in the same transaction."""
     sets = "".join(", %s = ?" % column for column in columns)
     cursor = db.execute(
         "UPDATE jobs SET status = ?%s WHERE id = ? AND attempt = ? AND status IN (%s)"
         % (sets, ",".join("?" * len(leaving))),
         (status, *columns.values(), job["id"], job["attempt"], *leaving))
+    if cursor.rowcount == 1 and status in FINISHED:
+        db.execute("INSERT OR REPLACE INTO history (%s) SELECT %s FROM jobs WHERE id = ?"
+                   % (HISTORY_SQL, HISTORY_SQL), (job["id"],))
     return cursor.rowcount == 1
+
+
+# What the history keeps of an ended job (schema.sql: history): what `qpy history` and
+# `check --json` show of it.
+HISTORY_COLUMNS = ("id", "user", "name", "status", "reason", "command", "cwd", "node",
+                   "external_id", "n_cores", "mem", "gpus", "gpu_ids", "attributes",
+                   "time_limit", "dependencies", "array_of", "array_index", "array_limit",
+                   "requeue", "attempt", "queued_at", "started_at", "ended_at", "exit_code",
+                   "signal", "max_rss", "cpu_time")
+HISTORY_SQL = ", ".join(HISTORY_COLUMNS)
 
 
 def claim(db, job, node, gpu_ids, now):
@@ -1335,6 +1442,13 @@ def format_span(seconds):
     return "None" if seconds is None else str(timedelta(seconds=int(seconds)))
 
 
+def format_memory(kb):
+    """A peak memory in KB as users read it: MB, or KB below one (a tiny job's sample)."""
+    if kb is None:
+        return "None"
+    return "%d KB" % kb if kb < 1024 else "%.1f MB" % (kb / 1024)
+
+
 def run_time(job, now):
     """%R: time in the queue while queued, running time while running, else start to end."""
     status = user_status(job)
@@ -1370,7 +1484,7 @@ def job_fields(job, now, notes=""):
         "g": lambda: job["gpu_ids"] or "None",
         "J": lambda: job["name"] or "",
         "L": lambda: format_span(job["time_limit"]),
-        "M": lambda: "None" if job["max_rss"] is None else "%.1f MB" % (job["max_rss"] / 1024),
+        "M": lambda: format_memory(job["max_rss"]),
         "U": lambda: format_span(job["cpu_time"]),
         "i": lambda: "None" if job["array_index"] is None else str(job["array_index"]),
         "a": lambda: job["attributes"],
@@ -2322,6 +2436,7 @@ def plan(db):
                for row in db.execute("SELECT * FROM users WHERE paused OR finished")}
     shares = compute_shares(load_rules(db), share_holders(db), shared_cores(nodes))
     unmet, dropped = unmet_dependencies(db)
+    unmet.update(held_jobs(db))
     live, left_out = jobs_to_schedule(db)
     live = [job for job in live if job["id"] not in dropped]
     now = time.time()
@@ -2442,6 +2557,12 @@ def waiting_counts(db, blocked_users, unmet):
     return {user: count for user, count in counts.items() if user not in blocked_users}
 
 
+def held_jobs(db):
+    """{job id: why it waits} of the queued jobs that qpy hold keeps back."""
+    return {job_id: "held (qpy release %d)" % job_id for (job_id,) in db.execute(
+        "SELECT id FROM jobs WHERE status = 'queue' AND held = 1")}
+
+
 def unmet_dependencies(db):
     """({job id: why}, {job id}): queued jobs whose dependencies are not met yet, and those
     whose dependencies can no longer be met, which become undone with the reason at once."""
@@ -2458,8 +2579,9 @@ def unmet_dependencies(db):
             dropped.add(job["id"])
             continue
         for kind, other in dependencies:
-            row = db.execute("SELECT status FROM jobs WHERE id = ?", (other,)).fetchone()
-            status = row[0] if row else None
+            row = db.execute("SELECT status FROM jobs WHERE id = ?", (other,)).fetchone() or \
+                db.execute("SELECT status FROM history WHERE id = ?", (other,)).fetchone()
+            status = row[0] if row else None  # (None: not even in the history: pruned)
             if status in DEPENDENCY_MET[kind]:
                 continue
             if status in FINISHED or (status is None and kind != "after"):
@@ -2597,9 +2719,17 @@ def live_jobs(db, me=ROOT, statuses=LIVE):
         () if me is ROOT else (me,)).fetchall()
 
 
-# A job's row with what the engine needs of its node (None when the node was removed).
-JOB_WITH_NODE = ("SELECT j.*, n.kind, n.address, n.options "
-                 "FROM jobs j LEFT JOIN nodes n ON n.name = j.node")
+# A job's row with what the engine needs of its node (None when the node was removed). The
+# job's columns are named: a column a member added to the shared jobs table (`kind`,
+# `address`...) must not stand in for the node's, which sqlite3.Row would take first.
+JOB_COLUMNS = ("id", "user", "status", "command", "cwd", "spec", "n_cores", "mem", "gpus",
+               "gpu_ids", "attributes", "position", "node", "external_id", "refusal", "attempt",
+               "queued_at", "claimed_at", "started_at", "ended_at", "runner_pid", "runner_boot",
+               "kill_requested", "requeue", "name", "time_limit", "dependencies", "array_of",
+               "array_index", "array_limit", "exit_code", "signal", "reason", "max_rss",
+               "cpu_time", "waited", "held")
+JOB_WITH_NODE = ("SELECT %s, n.kind, n.address, n.options FROM jobs j LEFT JOIN nodes n ON "
+                 "n.name = j.node" % ", ".join("j." + column for column in JOB_COLUMNS))
 
 
 def job_row(db, job_id):
@@ -3976,7 +4106,8 @@ Examples:
         if why:
             raise QpyError("Job rejected: %s." % why)
         for kind, job_id in request["dependencies"]:
-            if not db.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone():
+            if not db.execute("SELECT 1 FROM jobs WHERE id = ? UNION ALL SELECT 1 FROM "
+                              "history WHERE id = ?", (job_id, job_id)).fetchone():
                 raise QpyError("Job rejected: --%s names job %d, which does not exist."
                                % (kind, job_id))
         job_file_path = os.path.join(user_dir(user), "spool", token + ".job")
@@ -4188,13 +4319,19 @@ def user_jobs(db, user, statuses=None):
 
 
 def cmd_check(args):
-    """Usage: qpy check [--json] [<filter>...]
+    """Usage: qpy check [--json | --long] [<filter>...]
 
 List your jobs: all of them, or those matching any filter (a status, a directory, job IDs or
-ranges such as 100-120 130-135,137). The layout is the checkFMT pattern (qpy config).
-With --json, a JSON list with every field of each job (see the README).
+ranges such as 100-120 130-135,137). The layout is the checkFMT pattern (qpy config);
+-l (--long) gives a table instead, as squeue -l: ID, name, status, node, elapsed time, exit
+and reason. With --json, a JSON list with every field of each job (see the README). Filters that match
+none of your jobs: exit status 1, as for kill and clean.
 
 Statuses: queue running done failed killed undone.
+
+Options:
+  -l, --long  A table, as squeue -l.
+  --json      JSON, every field.
 
 Examples:
   qpy check running
@@ -4228,9 +4365,14 @@ Examples:
         sys.stderr.write(note + "\n")
     if args["<filter>"]:
         jobs = [job for job in jobs if selected(job, statuses, dirs, ranges)]
+        if not jobs:  # (as kill and clean, and grep: a selection that matches nothing)
+            raise atomically(lambda db: nothing_to_do(db, user, ranges, "check"), write=False)
     jobs = with_commands_of_job_files(jobs, user)
     if args["--json"]:
         print(json.dumps([job_record(job, notes.get(job["id"], "")) for job in jobs], indent=1))
+        return
+    if args["--long"]:
+        sys.stdout.write(long_layout(jobs, time.time()))
         return
     coloured = (config["colour"] and sys.stdout.isatty() and "NO_COLOR" not in os.environ)
     scheme = dict(STATUS_COLOURS, **dict(zip(STATUS_COLOURS, config["coloursScheme"])))
@@ -4242,6 +4384,20 @@ Examples:
     if paused:
         out.append("Job submission is paused.\n")
     sys.stdout.write("".join(out))
+
+
+def long_layout(jobs, now):
+    """`check -l`: one line per job, in columns, as squeue -l."""
+    lines = ["%6s %-12s %-7s %-12s %9s %-7s %s\n" % ("ID", "NAME", "STATUS", "NODE", "ELAPSED",
+                                                     "EXIT", "REASON")]
+    for job in jobs:
+        status = user_status(job)
+        lines.append("%6d %-12s %-7s %-12s %9s %-7s %s\n" % (
+            job["id"], shown(job["name"] or "-", 12), status,
+            shown(job["node"] or "-", 12) if status != "queue" else "-",
+            format_span(run_time(job, now)) if run_time(job, now) is not None else "-",
+            exit_text(job) if exit_text(job) != "None" else "-", job["reason"] or ""))
+    return "".join(lines)
 
 
 def with_commands_of_job_files(jobs, user):
@@ -4267,6 +4423,85 @@ def with_commands_of_job_files(jobs, user):
     return shown
 
 
+def cmd_history(args):
+    """Usage: qpy history [--json] [--since=<when>] [--until=<when>] [--name=<pattern>]
+                    [--user=<user> | --all] [<filter>...]
+
+List your jobs that ended, cleaned or not (as Slurm's sacct), in the order they ended: ID,
+name, status, exit, node, cores, start, elapsed time, memory peak, CPU time and command.
+Filters as for check (any one matches): done, failed, killed, undone, a directory, job IDs
+or ranges. --since and --until take a date (2026-11-30), a date and time (2026-11-30 14:00)
+or a time ago (30m, 12h, 7d): the job's end counts. --name: its name (qpy sub -N), with * and
+? as in the shell. The site's administrator may give --user or --all. With --json, a JSON
+list of the jobs, as check --json gives them. Nothing matched: exit status 1.
+
+Examples:
+  qpy history --since 7d failed
+  qpy history --json --since 2026-11-01 --until 2026-12-01
+"""
+    statuses, dirs, ranges = selection(args["<filter>"], FINISHED, "history")
+    since, until = parse_when(args["--since"]), parse_when(args["--until"])
+    user = args["--user"] or user_name()
+    if (args["--all"] or user != user_name()) and not is_administrator(state_dir()):
+        raise QpyError("Only the site's administrator, %s, sees other users' history (leave "
+                       "out --user and --all)." % administrator_name(state_dir()))
+    where, params = [], []
+    if not args["--all"]:
+        where.append("user = ?")
+        params.append(user)
+    for clause, value in (("ended_at >= ?", since), ("ended_at < ?", until),
+                          ("name GLOB ?", args["--name"])):
+        if value is not None:
+            where.append(clause)
+            params.append(value)
+    any_of = ["status = ?"] * len(statuses) + ["cwd = ?"] * len(dirs) + \
+        ["id BETWEEN ? AND ?"] * len(ranges)
+    if any_of:
+        where.append("(%s)" % " OR ".join(any_of))
+        params += sorted(statuses) + sorted(dirs) + [end for pair in ranges for end in pair]
+    jobs = atomically(lambda db: db.execute(
+        "SELECT * FROM history%s ORDER BY ended_at, id" % (
+            " WHERE " + " AND ".join(where) if where else ""), params).fetchall(), write=False)
+    if not jobs and (where != ["user = ?"]):
+        raise QpyError("No job in the history matches.")
+    if args["--json"]:
+        print(json.dumps([job_record(job) for job in jobs], indent=1))
+        return
+    lines = ["%6s %-12s %-7s %-7s %-12s %5s %-19s %9s %9s %9s  %s" % (
+        "ID", "NAME", "STATUS", "EXIT", "NODE", "CORES", "START", "ELAPSED", "MEMORY", "CPU",
+        "COMMAND")]
+    for job in jobs:
+        lines.append("%6d %-12s %-7s %-7s %-12s %5d %-19s %9s %9s %9s  %s" % (
+            job["id"], shown(job["name"] or "-", 12), job["status"],
+            exit_text(job) if exit_text(job) != "None" else "-", shown(job["node"] or "-", 12),
+            job["n_cores"], format_time(job["started_at"]) if job["started_at"] else "-",
+            format_span(run_time(job, None)) if job["started_at"] else "-",
+            format_memory(job["max_rss"]) if job["max_rss"] else "-",
+            format_span(job["cpu_time"]) if job["cpu_time"] is not None else "-",
+            shown(job["command"], 60)))
+    print("\n".join(lines))
+
+
+def parse_when(text):
+    """A point in time for --since and --until (None: not given): a date, a date and time,
+    or a time ago (30m, 12h, 7d, 2w)."""
+    if text is None:
+        return None
+    from datetime import datetime
+    ago = re.fullmatch(r"(\d{1,7})([smhdw])", text.strip())
+    if ago:
+        return time.time() - int(ago.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400,
+                                                  "w": 604800}[ago.group(2)]
+    for layout in ("%Y-%m-%d", "%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M",
+                   "%Y-%m-%dT%H:%M:%S"):
+        try:
+            return datetime.strptime(text.strip(), layout).timestamp()
+        except ValueError:
+            continue
+    raise QpyError("A time for --since or --until is a date (2026-11-30), a date and time "
+                   "(2026-11-30 14:00) or a time ago (30m, 12h, 7d), not %r." % shown(text))
+
+
 def job_record(job, notes=""):
     """One job for `check --json`: a stable schema (times in Unix seconds, null when unset)."""
     return {
@@ -4287,12 +4522,58 @@ def job_record(job, notes=""):
     }
 
 
+def cmd_hold(args):
+    """Usage: qpy hold <jobs>...
+
+Keep queued jobs from starting until qpy release, as Slurm's scontrol hold does: job IDs or
+ranges, a directory, or all (your queued jobs). A job that runs already goes on. The manual's
+ctrlQueue pause holds the whole queue.
+
+Example:
+  qpy hold 12-14
+"""
+    hold_or_release(args["<jobs>"], True)
+
+
+def cmd_release(args):
+    """Usage: qpy release <jobs>...
+
+Let jobs that qpy hold kept back start again: job IDs or ranges, a directory, or all.
+
+Example:
+  qpy release all
+"""
+    hold_or_release(args["<jobs>"], False)
+
+
+def hold_or_release(words, hold):
+    statuses, dirs, ranges = selection(words, ("all",), "hold" if hold else "release")
+    user = user_name()
+
+    def mark(db):
+        ids = [job["id"] for job in user_jobs(db, user, ("queue",))
+               if selected(job, statuses, dirs, ranges) and job["held"] != hold]
+        if not ids:
+            raise nothing_to_do(db, user, ranges, "hold" if hold else "release")
+        db.execute("UPDATE jobs SET held = ?, reason = ? WHERE status = 'queue' AND id IN "
+                   "(SELECT value FROM json_each(?))",
+                   (int(hold), None, json.dumps(ids)))
+        if not hold:
+            request_tick(db, user)
+        return len(ids)
+    count = atomically(mark)
+    print("%s %s." % (plural(count, "job"), "held" if hold else "released"))
+    if not hold:
+        start_tick()
+
+
 def cmd_wait(args):
     """Usage: qpy wait [<jobs>...]
 
-Wait until these jobs (IDs or ranges; by default all your queued and running jobs) have ended.
-The exit status is 0 if they are all done, 1 if any failed, was killed or undone. Works from
-a job script too (a job never waits for itself).
+Wait until these jobs (IDs or ranges) have ended. Without IDs: all your queued and running
+jobs, and those that ended since a wait last reported them (so a job that failed before the
+wait began counts too). The exit status is 0 if they all ended done, 1 if any failed, was
+killed or undone. Works from a job script too (a job never waits for itself).
 
 Example:
   qpy sub ./simulate.sh && qpy wait && ./analyse.sh
@@ -4303,7 +4584,8 @@ Example:
 
     def chosen(db):
         if not ranges:
-            rows = user_jobs(db, user, LIVE)
+            rows = db.execute("SELECT id FROM jobs WHERE user = ? AND (waited = 0 OR "
+                              + LIVE_SQL + ") ORDER BY position, id", (user,)).fetchall()
         else:
             rows = [row for lo, hi in ranges for row in db.execute(
                 "SELECT id FROM jobs WHERE id BETWEEN ? AND ? AND user = ?", (lo, hi, user))]
@@ -4312,6 +4594,9 @@ Example:
         return [row[0] for row in rows if str(row[0]) != me]
 
     ended = wait_until_ended(atomically(chosen, write=False))
+    atomically(lambda db: db.execute(  # (reported: the next bare wait does not cover them)
+        "UPDATE jobs SET waited = 1 WHERE id IN (SELECT value FROM json_each(?))",
+        (json.dumps(list(ended)),)))
     counts = {}
     for job in ended.values():
         counts[job["status"]] = counts.get(job["status"], 0) + 1
@@ -4322,11 +4607,14 @@ Example:
 
 def wait_until_ended(ids):
     """Wait, reading the DB less and less often (up to every 2 s), until these jobs have
-    ended (or were cleaned meanwhile); {id: its row as a dict, or {'status': 'cleaned'}}."""
+    ended; {id: its row as a dict}: from the history for a job cleaned meanwhile, or
+    {'status': 'cleaned'} for one that is not there either (pruned)."""
     def rows(db):
-        found = {row["id"]: dict(row) for row in db.execute(
-            "SELECT id, status, exit_code, signal FROM jobs WHERE id IN (SELECT value FROM "
-            "json_each(?))", (json.dumps(ids),))} if ids else {}
+        found = {}
+        for table in ("history", "jobs"):  # (the live row wins)
+            found.update((row["id"], dict(row)) for row in db.execute(
+                "SELECT id, status, exit_code, signal FROM %s WHERE id IN (SELECT value FROM "
+                "json_each(?))" % table, (json.dumps(ids),)))
         return {job_id: found.get(job_id, {"status": "cleaned"}) for job_id in ids}
     delay = 0.1
     while True:
@@ -4350,10 +4638,14 @@ def ids_of(words):
 
 
 def cmd_tail(args):
-    """Usage: qpy tail <job>
+    """Usage: qpy tail [-e] <job>
 
-Print the job's standard output as it grows (like tail -f) until the job ends; the exit status
-is then 0 if it is done, 1 otherwise.
+Print the job's standard output as it grows (like tail -f), from the start and until the job
+ends, waiting for a queued job to start; -e: its standard error too (on stderr). The exit
+status is then 0 if it is done, 1 otherwise.
+
+Options:
+  -e, --stderr  Follow job_<ID>.err as well.
 """
     if not args["<job>"].isdigit():
         raise QpyError("Give a job ID to tail, not %r." % args["<job>"])
@@ -4366,20 +4658,22 @@ is then 0 if it is done, 1 otherwise.
             raise nothing_to_do(db, user, [(job_id, job_id)], "tail")
         return job
     job = atomically(read, write=False)
-    path = os.path.join(job["cwd"], "job_%d.out" % job_id)
-    offset = 0
+    followed = {"out": sys.stdout} if not args["--stderr"] else {"out": sys.stdout,
+                                                                  "err": sys.stderr}
+    offsets = dict.fromkeys(followed, 0)
     while True:
         ended = job["status"] in FINISHED
-        try:
-            with open(path, "rb") as f:
-                f.seek(offset)
-                chunk = f.read()
-        except FileNotFoundError:
-            chunk = b""
-        if chunk:
-            sys.stdout.buffer.write(chunk)
-            sys.stdout.flush()
-            offset += len(chunk)
+        for kind, stream in followed.items():
+            try:
+                with open(os.path.join(job["cwd"], "job_%d.%s" % (job_id, kind)), "rb") as f:
+                    f.seek(offsets[kind])
+                    chunk = f.read()
+            except FileNotFoundError:
+                chunk = b""
+            if chunk:
+                stream.buffer.write(chunk)
+                stream.flush()
+                offsets[kind] += len(chunk)
         if ended:
             return 0 if job["status"] == "done" else 1
         time.sleep(0.2)
@@ -4841,6 +5135,9 @@ COMMANDS = {
     "notes": (cmd_notes, "Adds and reads notes. Arguments: ID and the note"),
     "wait": (cmd_wait, "Waits until jobs end. Arguments: optional: the jobs id"),
     "tail": (cmd_tail, "Follows the output of a job. Arguments: the job id"),
+    "history": (cmd_history, "Lists the jobs that ended, cleaned or not. Arguments: filters"),
+    "hold": (cmd_hold, "Keeps queued jobs from starting. Arguments: the jobs id"),
+    "release": (cmd_release, "Lets held jobs start. Arguments: the jobs id"),
 }
 
 

@@ -19,6 +19,7 @@
   qpy_admin.py check
   qpy_admin.py doctor [--as=<user>]
   qpy_admin.py report --html=<file>
+  qpy_admin.py prune <days>
   qpy_admin.py backup <file>
   qpy_admin.py restore <file>
   qpy_admin.py (-h | --help)
@@ -70,6 +71,8 @@ Commands:
                    nodes as that user (root usually cannot).
   report --html=<file>  Write a self-contained HTML page about the site (users, nodes,
                    running and queued jobs, recent failures) for a web server or a browser.
+  prune <days>     Remove from the history (qpy history) the jobs that ended more than <days>
+                   days ago.
   backup <file>    Copy the DB to <file>, and the site's settings to <file>.site, while
                    qpy is in use (SQLite's online backup).
   restore <file>   Replace the DB (and, from <file>.site, the site's settings) by a backup
@@ -424,8 +427,9 @@ def forged_rows(live_jobs):
 
 
 def not_qpys_schema():
-    """Tables, views, triggers and indexes in the shared DB that qpy did not make (any member
-    can add them: a trigger could undo what qpy writes)."""
+    """Tables, views, triggers and indexes in the shared DB that qpy did not make, and tables
+    whose columns or keys are not schema.sql's (any member can change the schema: a trigger
+    could undo what qpy writes, a table made anew without its key take rows twice)."""
     import sqlite3
     with open(qpy.shipped_file("schema.sql")) as f:
         ddl = f.read()
@@ -433,14 +437,34 @@ def not_qpys_schema():
     scratch.execute("ATTACH DATABASE ':memory:' AS site")
     for statement in qpy.sql_statements(ddl):
         scratch.execute(statement)
-    ours = {tuple(row) for row in scratch.execute("SELECT type, name FROM sqlite_master")}
-    found = qpy.atomically(lambda db: [tuple(row) for row in db.execute(
-        "SELECT type, name FROM main.sqlite_master")], write=False)
-    return ["the shared DB holds a %s %s that is not qpy's (a member made it): look at it, "
-            "then drop it (sqlite3 %s 'DROP %s \"%s\"')" % (kind, name, os.path.join(
-                qpy.state_dir(), "qpy.db"), kind.upper(), name)
-            for kind, name in found if (kind, name) not in ours
-            and not name.startswith("sqlite_")]
+    ours, theirs = schema_of(scratch), qpy.atomically(schema_of, write=False)
+    db_path = os.path.join(qpy.state_dir(), "qpy.db")
+    problems = []
+    for (kind, name), shape in sorted(theirs.items()):
+        if name.startswith("sqlite_"):
+            continue
+        if (kind, name) not in ours:
+            problems.append("the shared DB holds a %s %s that is not qpy's (a member made it): "
+                            "look at it, then drop it (sqlite3 %s 'DROP %s \"%s\"')"
+                            % (kind, name, db_path, kind.upper(), name))
+        elif shape != ours[(kind, name)]:
+            problems.append("the shared DB's %s %s is not as qpy made it (a member changed it: "
+                            "columns or keys %s, qpy's %s): restore a backup"
+                            % (kind, name, shape, ours[(kind, name)]))
+    return problems
+
+
+def schema_of(db):
+    """{(type, name): its shape} of a DB's main schema: a table's columns and keys (its
+    text would differ between a new DB and an upgraded one), an index's table."""
+    found = {}
+    for kind, name, table in db.execute("SELECT type, name, tbl_name FROM main.sqlite_master"):
+        if kind == "table":
+            found[(kind, name)] = sorted((row[1], row[5]) for row in db.execute(
+                "PRAGMA main.table_info(\"%s\")" % name.replace('"', '""')))
+        else:
+            found[(kind, name)] = table
+    return found
 
 
 def check_database():
@@ -489,11 +513,10 @@ def doctor(as_user):
     personal = state == os.path.join(os.path.expanduser("~"), ".qpy")
     report(personal or mode & 0o3070 == 0o3070, "state directory %s (mode %o)" % (state, mode),
            "make it group-writable, setgid and sticky: chmod 3770 %s" % state)
-    site_db = os.path.join(state, qpy.SITE_DB)
-    distrust = qpy.site_distrust(state, qpy.stat_or_none(site_db))
+    distrust = qpy.site_distrust(state)
     report(distrust is None, "site settings %s belong to the administrator, %s" % (
-        site_db, qpy.administrator_name(state)), "%s: move it aside, and as the administrator "
-        "load the site again (qpy_admin.py nodes, users, distribute, set), or restore a backup"
+        qpy.site_path(state), qpy.administrator_name(state)), "%s: as the administrator, put "
+        "it right, or move it aside and restore a backup (qpy_admin.py restore <file>)"
         % distrust)
     for name in ("qpy.db", "qpy.lock", "tick.lock"):
         path = os.path.join(state, name)
@@ -608,6 +631,24 @@ def report(path):
     print("Report written to %s." % path)
 
 
+def prune(days):
+    """The history without the jobs that ended more than `days` days ago."""
+    try:
+        age = float(days)
+    except ValueError:
+        age = -1.0
+    if not 0 <= age <= 100000:
+        raise qpy.QpyError("prune takes a number of days (at most 100000), not %r."
+                           % qpy.shown(days))
+    state = qpy.state_dir()
+    if not qpy.is_administrator(state):
+        raise qpy.QpyError("Only the site's administrator, %s, prunes the history."
+                           % qpy.administrator_name(state))
+    removed = qpy.atomically(lambda db: db.execute(
+        "DELETE FROM history WHERE ended_at < ?", (time.time() - age * 86400,)).rowcount)
+    print("%s removed from the history." % qpy.plural(removed, "job"))
+
+
 def backup(target):
     """The queue to <file>, the site's settings to <file>.site, in one read transaction."""
     import sqlite3
@@ -633,7 +674,7 @@ def backup(target):
         for out in outs:
             out.close()
     print("Backed up %s to %s and %s to %s." % (os.path.join(qpy.state_dir(), "qpy.db"), target,
-                                                os.path.join(qpy.state_dir(), qpy.SITE_DB),
+                                                qpy.site_path(qpy.state_dir()),
                                                 targets[1]))
 
 
@@ -654,8 +695,15 @@ def restore(source):
         raise qpy.QpyError("Waited %g s for the qpy lock, held by %s." % (
             qpy.lock_timeout(), qpy.lock_holder(os.path.join(state, "qpy.lock"))))
     try:
+        if site_backup is not None:  # (a backup of schema 8 has them in its DB instead)
+            qpy.secure_site(state)
+            site_restoring = qpy.site_path(state) + ".restoring"
+            os.close(qpy.create_new_file(site_restoring, 0o644))
+            copy = sqlite3.connect(site_restoring)
+            site_backup.backup(copy)
+            copy.close()
         restoring = live + ".restoring"
-        qpy.remove_quietly(restoring)
+        os.close(qpy.create_new_file(restoring, 0o660))
         copy = sqlite3.connect(restoring)
         backup_db.backup(copy)
         # IDs are never reused: above the highest the state's files show, if the backup is older
@@ -682,16 +730,11 @@ def restore(source):
             os.replace(live, live + ".before-restore")
             if os.path.exists(live + "-journal"):  # (a hot journal is the old file's)
                 os.replace(live + "-journal", live + ".before-restore-journal")
-        else:
-            os.chmod(restoring, 0o660)
-        if site_backup is not None:  # (schema 8's: in the DB, made into site.db when upgraded)
-            site_restoring = os.path.join(state, qpy.SITE_DB + ".restoring")
-            qpy.remove_quietly(site_restoring)
-            qpy.create_file(site_restoring, 0o644)
-            copy = sqlite3.connect(site_restoring)
-            site_backup.backup(copy)
-            copy.close()
-            os.replace(site_restoring, os.path.join(state, qpy.SITE_DB))
+        if site_backup is not None:  # (the one in place is kept beside it)
+            site = qpy.site_path(state)
+            if os.path.exists(site):
+                os.replace(site, site + ".before-restore")
+            os.replace(site_restoring, site)
         os.replace(restoring, live)
         if identity:  # restored on purpose: this state is the backup's now
             qpy.write_identity(state, identity[0])
@@ -699,8 +742,9 @@ def restore(source):
     finally:
         release()
     print("Restored %s from %s (the previous DB is %s.before-restore)%s." % (
-        live, source, live, "" if site_backup is not None or version < 9 else
-        "; the site's settings are kept (no %s.site)" % source))
+        live, source, live, "" if version < 9 else "; the site's settings are kept (no %s.site)"
+        % source if site_backup is None else "; the site's settings from %s.site (the previous "
+        "ones are %s.before-restore)" % (source, qpy.site_path(state))))
 
 
 def backup_site(source):
@@ -818,6 +862,7 @@ COMMANDS = {
     "check": lambda a: 1 if check_site() else 0,
     "doctor": lambda a: 1 if doctor(a["--as"]) else 0,
     "report": lambda a: report(a["--html"]),
+    "prune": lambda a: prune(a["<days>"]),
     "backup": lambda a: backup(a["<file>"]),
     "restore": lambda a: restore(a["<file>"]),
 }

@@ -7,14 +7,15 @@
 -- The schema version is PRAGMA user_version (set at the end of this file).
 
 -- Two files, so that only the administrator can change how the site is set up:
---   <state>/site.db  the site: nodes and pools, allowed users, distribution rules, settings and
---                    the finish/start switch. Owned by the administrator (the owner of the
---                    state directory, or root), mode 0644 in a sticky directory: everyone else
---                    reads it, nobody else can change or replace it. Everyone ATTACHes it
---                    read-only as `site`; qpy_admin.py changes it by writing a copy and renaming
---                    it into place (so it never has a journal a reader would have to roll back).
+--   <state>/site/site.db  the site: nodes and pools, allowed users, distribution rules,
+--                    settings and the finish/start switch. It (0644) and site/ (0755) belong to
+--                    the administrator (the owner of the state directory, or root), in a
+--                    sticky directory: everyone else reads it, nobody else can change, replace
+--                    or plant anything beside it. Everyone ATTACHes it read-only and immutable
+--                    as `site`; qpy_admin.py changes it by writing a copy and renaming it into
+--                    place (so it never has a journal).
 --   <state>/qpy.db   the queue, shared by the group: jobs, users, what the ticks found.
--- A connection checks site.db's owner and mode before it attaches it (qpy.py attach_site).
+-- A connection checks site.db and site/ before it attaches it (qpy.py attach_site).
 -- (A queue made anew beside a site.db keeps that site: IF NOT EXISTS, OR IGNORE.)
 
 -- The site's settings (qpy_admin.py set, start, finish, distribute).
@@ -158,7 +159,11 @@ CREATE TABLE jobs (
     signal      INTEGER,                  -- terminating signal, if any
     reason      TEXT,                     -- why it failed or did not run
     max_rss     INTEGER,                  -- KB
-    cpu_time    REAL                      -- seconds, user + system
+    cpu_time    REAL,                     -- seconds, user + system
+    waited      INTEGER NOT NULL DEFAULT 0,  -- ended and reported by a qpy wait: a bare
+                                          -- qpy wait covers the live jobs and the ended
+                                          -- ones not yet waited for
+    held        INTEGER NOT NULL DEFAULT 0  -- qpy hold: queued, not started until qpy release
 );
 
 -- The tick and 'check running' look only at live jobs: never scan the history.
@@ -168,6 +173,8 @@ CREATE INDEX jobs_by_user ON jobs (user, position);
 -- each pass checks the dependencies of the queued jobs that have some, and only those
 CREATE INDEX jobs_with_dependencies ON jobs (position)
     WHERE status = 'queue' AND dependencies IS NOT NULL;
+-- each pass notes why held jobs wait (and counts them out of the fair share's queues)
+CREATE INDEX jobs_held ON jobs (position) WHERE status = 'queue' AND held = 1;
 -- the jobs of an array share one job file: it goes when the last of them has ended
 CREATE INDEX jobs_live_by_spec ON jobs (spec) WHERE status IN ('queue', 'starting', 'running');
 
@@ -179,4 +186,40 @@ CREATE TABLE notes (
 );
 CREATE INDEX notes_by_job ON notes (job_id);
 
-PRAGMA user_version = 9;
+-- The accounting record of every job that ended, written by the status change that ends it
+-- (qpy.py move: the columns of HISTORY_COLUMNS, copied from its row) and kept after
+-- 'qpy clean' until 'qpy_admin.py prune': what 'qpy history' lists (Slurm's sacct).
+CREATE TABLE history (
+    id          INTEGER PRIMARY KEY,      -- the job's ID
+    user        TEXT NOT NULL,
+    name        TEXT,
+    status      TEXT NOT NULL,            -- done, failed, killed or undone
+    reason      TEXT,
+    command     TEXT NOT NULL,
+    cwd         TEXT NOT NULL,
+    node        TEXT,
+    external_id TEXT,
+    n_cores     INTEGER NOT NULL,
+    mem         REAL NOT NULL,
+    gpus        INTEGER NOT NULL,
+    gpu_ids     TEXT,
+    attributes  TEXT NOT NULL,
+    time_limit  REAL,
+    dependencies TEXT,
+    array_of    INTEGER,
+    array_index INTEGER,
+    array_limit INTEGER,
+    requeue     INTEGER NOT NULL,
+    attempt     INTEGER NOT NULL,
+    queued_at   REAL NOT NULL,
+    started_at  REAL,
+    ended_at    REAL NOT NULL,
+    exit_code   INTEGER,
+    signal      INTEGER,
+    max_rss     INTEGER,
+    cpu_time    REAL
+);
+CREATE INDEX history_by_user ON history (user, ended_at);
+CREATE INDEX history_by_end ON history (ended_at);
+
+PRAGMA user_version = 10;

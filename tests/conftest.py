@@ -62,7 +62,7 @@ def read_db(state, query, params=()):
     db = sqlite3.connect("file:%s?mode=ro" % path, uri=True, timeout=30)
     db.row_factory = sqlite3.Row
     try:
-        site = os.path.join(state, "site.db")
+        site = os.path.join(state, "site", "site.db")
         if os.path.exists(site):  # (its nodes as qpy sees them: qpy.NODES_VIEW)
             import qpy
             db.execute("ATTACH DATABASE ? AS site", ("file:%s?mode=ro" % site,))
@@ -74,14 +74,37 @@ def read_db(state, query, params=()):
         db.close()
 
 
+def back_to_schema_9(state):
+    """Take a state of schema 10 back to 9: no history, no waited or held flags."""
+    db = sqlite3.connect(os.path.join(state, "qpy.db"))
+    with db:
+        db.execute("DROP TABLE history")
+        db.execute("DROP INDEX jobs_held")
+        # (SQLite 3.40's DROP COLUMN fails on this commented table, "incomplete input": the
+        # comments go first, which changes nothing else)
+        sql = db.execute("SELECT sql FROM sqlite_master WHERE name = 'jobs'").fetchone()[0]
+        db.execute("PRAGMA writable_schema = ON")
+        db.execute("UPDATE sqlite_master SET sql = ? WHERE name = 'jobs'",
+                   (re.sub(r"--[^\n]*", "", sql),))
+        db.execute("PRAGMA writable_schema = OFF")
+    db.close()
+    db = sqlite3.connect(os.path.join(state, "qpy.db"))
+    with db:
+        db.execute("ALTER TABLE jobs DROP COLUMN waited")
+        db.execute("ALTER TABLE jobs DROP COLUMN held")
+    db.execute("PRAGMA user_version = 9")
+    db.close()
+
+
 def back_to_schema_8(state):
-    """Take a state of schema 9 back to schema 8, whose one file held the site too: its
+    """Take a state of schema 10 back to schema 8, whose one file held the site too: its
     nodes (with what the ticks found of them) and allowed_users as tables, its settings in
     meta."""
     import qpy
+    back_to_schema_9(state)
     nodes_8 = [statement for statement in qpy.MIGRATIONS[7] if "CREATE TABLE" in statement][0]
     db = sqlite3.connect(os.path.join(state, "qpy.db"))
-    db.execute("ATTACH DATABASE ? AS site", (os.path.join(state, "site.db"),))
+    db.execute("ATTACH DATABASE ? AS site", (os.path.join(state, "site", "site.db"),))
     with db:
         db.execute(nodes_8.replace("nodes_7", "nodes"))
         db.execute("INSERT INTO nodes SELECT s.name, kind, address, cores, mem, gpus, attributes, "
@@ -96,7 +119,8 @@ def back_to_schema_8(state):
     db.execute("DETACH DATABASE site")
     db.execute("PRAGMA user_version = 8")
     db.close()
-    os.unlink(os.path.join(state, "site.db"))
+    os.unlink(os.path.join(state, "site", "site.db"))
+    os.rmdir(os.path.join(state, "site"))
 
 
 def read_jobs(state):

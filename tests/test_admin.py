@@ -26,11 +26,12 @@ def test_create_makes_a_group_site(site, tmp_path):
     directory = str(tmp_path / "site")
     out = site.ok("create", directory, admin=True)
     assert "Site created in %s." % directory in out and "QPY_STATE=%s" % directory in out
-    assert stat.S_IMODE(os.stat(directory).st_mode) == 0o3770  # (sticky: see site.db)
+    assert stat.S_IMODE(os.stat(directory).st_mode) == 0o3770  # (sticky: see site/)
     assert stat.S_IMODE(os.stat(os.path.join(directory, "users")).st_mode) == 0o3770
     for name in ("qpy.db", "qpy.lock", "tick.lock"):
         assert stat.S_IMODE(os.stat(os.path.join(directory, name)).st_mode) == 0o660
-    assert stat.S_IMODE(os.stat(os.path.join(directory, "site.db")).st_mode) == 0o644
+    assert stat.S_IMODE(os.stat(os.path.join(directory, "site")).st_mode) == 0o755
+    assert stat.S_IMODE(os.stat(os.path.join(directory, "site", "site.db")).st_mode) == 0o644
     env = {"QPY_STATE": directory}
     assert site.ok("list", admin=True, env=env) == "No nodes.\n"
     assert "no nodes" in site.fails("sub", "true", env=env)
@@ -196,12 +197,12 @@ def test_a_site_db_others_could_change_is_not_used(site):
     """site.db must be the administrator's alone: one that others may write is refused by
     every command (one line), and doctor says so, until its mode is right again."""
     site.ok("restart")
-    path = os.path.join(site.state, "site.db")
+    path = os.path.join(site.state, "site", "site.db")
     os.chmod(path, 0o666)
     before = site.dump()
     err = site.fails("sub", "true")
-    assert "site's settings %s cannot be trusted: others than its owner may write it (mode " \
-        "666)" % path in err, err
+    assert "site's settings %s cannot be trusted: others than its owner may write %s (mode " \
+        "666)" % (path, path) in err, err
     assert site.dump() == before
     result = site.run("doctor", admin=True)
     assert result.returncode == 1 and "PROBLEM  site settings %s" % path in result.stdout
@@ -215,7 +216,7 @@ def test_a_node_address_is_checked_where_ssh_is_run(site, tmp_path):
     import sqlite3
     site.ok("restart")
     marker = tmp_path / "proxied"
-    db = sqlite3.connect(os.path.join(site.state, "site.db"))
+    db = sqlite3.connect(os.path.join(site.state, "site", "site.db"))
     with db:
         db.execute("UPDATE nodes SET drained = 'not here'")
         db.execute("INSERT INTO nodes (name, address, cores) VALUES ('evil', ?, 2)",

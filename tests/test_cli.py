@@ -86,7 +86,8 @@ def test_check_filters_are_or_ed(site):
     assert listed(".") == ids
     assert listed("%d-%d" % (ids[0], ids[1]), "%d-%d,%d" % (ids[3], ids[3], ids[5])) == \
         [ids[0], ids[1], ids[3], ids[5]]
-    assert listed("running") == []
+    assert site.fails("check", "running") == "qpy: Nothing to do: required jobs not found.\n"
+    assert site.fails("check", "99999") == "qpy: Nothing to do: required jobs not found.\n"
     assert listed("queue") == ids + [there]
     assert listed("done", other) == [there]
     assert site.ok("check", "queue").endswith("Job submission is paused.\n")
@@ -466,6 +467,29 @@ def test_completion_script_offers_commands_and_help(tmp_path):
         text=True).stdout
 
 
+def test_completion_loads_in_zsh(tmp_path):
+    """zsh runs bash completions through bashcompinit, with sh's arrays (compgen -F): the
+    same functions must work there. zsh filters the words itself."""
+    import shutil
+    if shutil.which("zsh") is None:
+        pytest.skip("needs zsh (make system-deps installs it)")
+    script = os.path.join(os.path.dirname(os.path.dirname(__file__)), "bash_completion.sh")
+    probe = ("autoload -U +X compinit && compinit -u -D; autoload -U +X bashcompinit && "
+             "bashcompinit; source %s; complete -p | grep -c _qpy; "
+             "f() { emulate -L sh; COMP_WORDS=(\"$@\"); COMP_CWORD=$(( $# - 1 )); _qpy; "
+             "printf '%%s\\n' \"${COMPREPLY[@]}\"; }; f @ARGS@" % script)
+    env = dict(os.environ, PATH=commands_on_path(tmp_path), HOME=str(tmp_path))
+    run = lambda words: subprocess.run(["zsh", "-f", "-c", probe.replace("@ARGS@", words)],
+                                       env=env, capture_output=True, text=True)
+    result = run("qpy c")
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    lines = result.stdout.split()
+    assert lines[0] == "3" and {"check", "clean", "history"} <= set(lines[1:]), lines
+    assert "running" in run("qpy check r").stdout.split()
+    assert run("qpy status --json ''").stdout.split() == ["3"]  # (--json given: nothing)
+    assert "Submit a job" in run("qpy sub '?' ''").stdout
+
+
 def test_completion_offers_the_users_own_job_ids(site):
     site.ok("ctrlQueue", "pause")
     queued = site.submit("true")
@@ -476,6 +500,15 @@ def test_completion_offers_the_users_own_job_ids(site):
                                        capture_output=True, text=True).stdout.split()
     assert str(queued) in run("kill ''")
     assert str(queued) not in run("clean ''")  # not finished
+    assert str(queued) in run("check ''")
+    at = lambda words, cword: subprocess.run(
+        ["bash", "-c", probe.replace("COMP_CWORD=2", "COMP_CWORD=%d" % cword)
+         % (script, words)],
+        env=env, capture_output=True, text=True).stdout.split()
+    assert at("ctrlQueue jump ''", 3) == [str(queued)]
+    assert at("ctrlQueue jump %d ''" % queued, 4) == ["begin", "end", str(queued)]
+    assert at("status ''", 2) == ["--json"] and at("status --json ''", 3) == []
+    assert "--since" in at("history --json ''", 3) and "--json" not in at("history --json ''", 3)
     admin = subprocess.run(["bash", "-c", "source %s; COMP_WORDS=(qpy-admin dr); COMP_CWORD=1; "
                             "_qpy_admin; echo ${COMPREPLY[@]}" % script], capture_output=True,
                            text=True, env=env).stdout.split()

@@ -42,6 +42,21 @@ def test_the_status_groups_are_those_of_the_schema():
     assert list(qpy.STATUS_COLOURS)[:5] == ["queue", "running", "done", "killed", "undone"]
 
 
+def test_the_named_columns_are_those_of_the_schema():
+    """JOB_COLUMNS (the job part of JOB_WITH_NODE) and HISTORY_COLUMNS name every column of
+    their tables, as schema.sql makes them and as the migrations bring an old DB to."""
+    import sqlite3
+    import qpy
+    db = sqlite3.connect(":memory:")
+    db.execute("ATTACH DATABASE ':memory:' AS site")
+    with open(os.path.join(REPO, "schema.sql")) as f:
+        for statement in qpy.sql_statements(f.read()):
+            db.execute(statement)
+    columns = lambda table: tuple(row[1] for row in db.execute("PRAGMA table_info(%s)" % table))
+    assert columns("jobs") == qpy.JOB_COLUMNS
+    assert columns("history") == qpy.HISTORY_COLUMNS
+
+
 def test_the_queries_of_live_jobs_use_the_partial_index(site, monkeypatch):
     """Every statement qpy runs with the live-jobs condition is planned on a live index (never
     a walk of the history), traced while the real functions run."""

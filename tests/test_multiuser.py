@@ -273,13 +273,17 @@ def test_someone_outside_the_group_gets_one_clear_line(lab):
 
 # bob, a member of the site's group, tries every way he has to change the site: its tables in
 # the shared qpy.db (where sites kept them before site.db), tables of the same names made there
-# to shadow site.db's, site.db itself in place, and site.db replaced or removed and put back
-# changed. argv: the state directory, then the SQL of the change ({p}: the tables' schema).
-# Prints the ways whose change was written.
+# to shadow site.db's, site.db itself in place, site.db replaced or removed and put back
+# changed, and files planted beside it for the administrator's next change to pick up (a hot
+# journal SQLite would roll into the copy, the copy itself, a link in its place).
+# argv: the state directory, then the SQL of the change ({p}: the tables' schema). Prints the
+# ways whose change was written.
 FORGE_SITE = r"""
 import os, shutil, sqlite3, sys
 state, statements = sys.argv[1], sys.argv[2:]
-queue, site = os.path.join(state, "qpy.db"), os.path.join(state, "site.db")
+queue = os.path.join(state, "qpy.db")
+folder = os.path.join(state, "site")
+site = os.path.join(folder, "site.db")
 
 
 def change(db, prefix):
@@ -310,8 +314,8 @@ def in_place():
         return change(db, "main.")
 
 
-def changed_copy():
-    copy = "%s/forged.%d" % (state, os.getpid())
+def changed_copy(where):
+    copy = os.path.join(where, "forged.%d" % os.getpid())
     shutil.copy(site, copy)
     db = sqlite3.connect(copy)
     with db:
@@ -321,19 +325,38 @@ def changed_copy():
 
 
 def replaced():
-    os.replace(changed_copy(), site)
+    os.replace(changed_copy(state), site)
     return True
 
 
 def removed_and_put_back():
-    copy = changed_copy()
+    copy = changed_copy(state)
     os.unlink(site)
     os.replace(copy, site)
     return True
 
 
+def planted_beside():
+    for name in ("site.db.new", "site.db.new-journal", "site.db-journal"):
+        open(os.path.join(folder, name), "w").close()
+    return True
+
+
+def linked_beside():
+    os.symlink(changed_copy(state), os.path.join(folder, "site.db.new"))
+    return True
+
+
+def folder_replaced():
+    os.rename(folder, folder + ".old")
+    os.mkdir(folder)
+    shutil.copy(changed_copy(state), site)
+    return True
+
+
 worked = []
-for way in (in_the_queue, in_place, replaced, removed_and_put_back):
+for way in (in_the_queue, in_place, replaced, removed_and_put_back, planted_beside,
+            linked_beside, folder_replaced):
     try:
         if way():
             worked.append(way.__name__)
@@ -344,7 +367,10 @@ print(" ".join(worked))
 
 FORGERIES = {
     "allowed_users": ["INSERT INTO {p}allowed_users (name) VALUES ('carol')"],
-    "address": ["UPDATE {p}nodes SET address = 'node2' WHERE name = 'node1'"],
+    "address": ["UPDATE {p}nodes SET address = 'node2' WHERE name = 'node1'",
+                # (and a column of the jobs table that would stand in for the node's)
+                "ALTER TABLE {p}jobs ADD COLUMN address TEXT",
+                "UPDATE {p}jobs SET address = 'node2'"],
     "nodes": ["UPDATE {p}nodes SET cores = 50",
               "UPDATE {p}nodes SET state = 'up', state_reason = NULL",  # (before site.db)
               "UPDATE {p}nodes SET drained = NULL"],
@@ -391,8 +417,10 @@ def test_a_member_cannot_allow_themselves(lab):
 def test_a_member_cannot_change_a_nodes_address(lab):
     site = multi_site(lab, users=("alice", "bob"),
                       nodes="node1 cores=2 attributes=one\nnode2 cores=2 attributes=two\n")
-    assert forge(site, "address") == ["in_the_queue"]
+    site.admin("finish")
     job = site.submit("alice", "-a", "one", "hostname")
+    assert forge(site, "address") == ["in_the_queue"]
+    site.admin("start")
     site.wait_status(job, "done", tick=True)
     assert site.output("alice", job) == "node1\n"  # (the forged address would run it on node2)
     site.admin("add", "node1", "address=node2", "cores=2", "attributes=one")
@@ -479,7 +507,7 @@ def test_a_site_of_the_former_layout_keeps_what_the_administrator_set(lab):
     assert rules and rules[0] in site.admin("variables").splitlines()
     assert "user carol is not allowed" in site.run("carol", "sub", "true").stderr
     assert stat.S_IMODE(os.stat(site.state).st_mode) == 0o3770
-    found = os.stat(os.path.join(site.state, "site.db"))
+    found = os.stat(os.path.join(site.state, "site", "site.db"))
     assert (found.st_uid, stat.S_IMODE(found.st_mode)) == (0, 0o644)
     site.wait_status(site.submit("alice", "hostname"), "done", tick=True)
 

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from conftest import (QPY, back_to_schema_8, group_members, job_group, qpy_processes,
-                      remove_state, wait_for)
+from conftest import (QPY, back_to_schema_8, back_to_schema_9, group_members, job_group,
+                      qpy_processes, remove_state, wait_for)
 
 
 def test_a_corrupt_database_is_one_clear_line(site):
@@ -52,7 +52,7 @@ def test_a_newer_database_is_refused(site):
     db = sqlite3.connect(os.path.join(site.state, "qpy.db"))
     db.execute("PRAGMA user_version = 99")
     db.close()
-    assert "has schema 99; this qpy knows only 9: use a newer qpy." in site.fails("check")
+    assert "has schema 99; this qpy knows only 10: use a newer qpy." in site.fails("check")
 
 
 def test_a_schema_7_pool_is_upgraded_to_its_options(site):
@@ -75,8 +75,8 @@ def test_a_schema_7_pool_is_upgraded_to_its_options(site):
     db.close()
     assert "hpc" in site.ok("list", admin=True)
     db = sqlite3.connect(os.path.join(site.state, "qpy.db"))
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 9
-    db.execute("ATTACH DATABASE ? AS site", (os.path.join(site.state, "site.db"),))
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 10
+    db.execute("ATTACH DATABASE ? AS site", (os.path.join(site.state, "site", "site.db"),))
     kind, options, max_jobs = db.execute("SELECT kind, options, max_jobs FROM site.nodes "
                                          "WHERE name = 'hpc'").fetchone()
     assert (kind, max_jobs) == ("slurm", 4)
@@ -88,7 +88,7 @@ def test_a_schema_7_pool_is_upgraded_to_its_options(site):
         "list", admin=True)
 
 
-@pytest.mark.parametrize("start", range(1, 9))
+@pytest.mark.parametrize("start", range(1, 10))
 def test_an_older_database_is_upgraded_in_place_keeping_every_job(site, start):
     """A DB of each earlier schema, with queued, running and ended jobs: made by taking this
     schema back to what schema 1 was, then bringing it up to `start` with qpy's own
@@ -99,26 +99,28 @@ def test_an_older_database_is_upgraded_in_place_keeping_every_job(site, start):
     site.ok("ctrlQueue", "pause")
     jobs = [site.submit("true") for _ in range(3)]
     running = site.submit("true")
-    back_to_schema_8(site.state)
+    (back_to_schema_9 if start == 9 else back_to_schema_8)(site.state)
     db = sqlite3.connect(os.path.join(site.state, "qpy.db"))
     with db:  # a job whose runner is gone (its machine rebooted during the upgrade, say)
         db.execute("UPDATE jobs SET status = 'running', node = 'localhost', attempt = 1, "
                    "started_at = 1, runner_pid = 1, runner_boot = 'x' WHERE id = ?", (running,))
-    with db:  # what schema 1 was: no index on job files, no Slurm pools
-        db.execute("DROP INDEX jobs_live_by_spec")
-        db.execute("DROP INDEX jobs_queued")
-        db.execute("DROP INDEX jobs_with_dependencies")
-        for table, column in (("nodes", "kind"), ("nodes", "max_jobs"), ("nodes", "options"),
-                              ("jobs", "external_id"), ("jobs", "refusal"), ("users", "wanted")):
-            db.execute("ALTER TABLE %s DROP COLUMN %s" % (table, column))
-        db.execute("ALTER TABLE jobs ADD COLUMN pgid INTEGER")  # (in the marker since 4)
-        if start < 6:  # (an identity since 6: migration 5 makes it)
-            db.execute("DELETE FROM meta WHERE key = 'state_id'")
-        for version in range(1, start):
-            for statement in qpy.MIGRATIONS[version]:
-                db.execute(statement)
-        if start == 3:  # one commit of schema 3 lacked it: every tick failed (no such index)
+    if start < 9:  # what schema 1 was: no index on job files, no Slurm pools
+        with db:
+            db.execute("DROP INDEX jobs_live_by_spec")
             db.execute("DROP INDEX jobs_queued")
+            db.execute("DROP INDEX jobs_with_dependencies")
+            for table, column in (("nodes", "kind"), ("nodes", "max_jobs"),
+                                  ("nodes", "options"), ("jobs", "external_id"),
+                                  ("jobs", "refusal"), ("users", "wanted")):
+                db.execute("ALTER TABLE %s DROP COLUMN %s" % (table, column))
+            db.execute("ALTER TABLE jobs ADD COLUMN pgid INTEGER")  # (in the marker since 4)
+            if start < 6:  # (an identity since 6: migration 5 makes it)
+                db.execute("DELETE FROM meta WHERE key = 'state_id'")
+            for version in range(1, start):
+                for statement in qpy.MIGRATIONS[version]:
+                    db.execute(statement)
+            if start == 3:  # one commit of schema 3 lacked it: every tick failed (no such index)
+                db.execute("DROP INDEX jobs_queued")
     db.execute("PRAGMA user_version = %d" % start)
     db.close()
     if start < 6:
@@ -126,8 +128,9 @@ def test_an_older_database_is_upgraded_in_place_keeping_every_job(site, start):
     assert sorted(site.jobs()) == [ended] + jobs + [running]
     site.ok("check")
     db = sqlite3.connect(os.path.join(site.state, "qpy.db"))
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 9
-    db.execute("ATTACH DATABASE ? AS site", (os.path.join(site.state, "site.db"),))
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 10
+    db.execute("ATTACH DATABASE ? AS site", (os.path.join(site.state, "site", "site.db"),))
+    assert (ended, "done") in db.execute("SELECT id, status FROM history").fetchall()
     identity = db.execute("SELECT value FROM meta WHERE key = 'state_id'").fetchone()[0]
     assert re.fullmatch("[0-9a-f]{16}", identity)
     assert open(os.path.join(site.state, "qpy.id")).read() == identity + "\n"

@@ -1,0 +1,117 @@
+"""What Slurm and pueue users reach for: qpy history (sacct) of what ended, cleaned or not; a
+bare qpy wait that counts the jobs that ended before it began; hold and release (scontrol);
+check -l (squeue -l)."""
+import json
+import os
+import sqlite3
+import time
+
+import pytest
+
+
+def test_a_bare_wait_counts_a_job_that_failed_before_it_began(site):
+    """`qpy sub false && qpy wait && ./plot.sh` must not run plot.sh: the job has failed by
+    the time wait looks. A job a wait reported is not covered by the next bare wait."""
+    failed = site.submit("false")
+    site.wait_status(failed, "failed")
+    result = site.run("wait")
+    assert (result.returncode, result.stdout) == (1, "1 job ended: 1 failed.\n"), result
+    assert site.ok("wait") == "0 jobs ended.\n"
+    done = site.submit("true")
+    site.wait_status(done, "done")
+    assert site.ok("wait") == "1 job ended: 1 done.\n"
+
+
+def test_history_keeps_the_jobs_that_clean_removes(site):
+    other = os.path.join(site.work, "other")
+    os.makedirs(other)
+    done = site.submit("-N", "warmup", "true")
+    failed = site.submit("exit 3", cwd=other)
+    for job, status in ((done, "done"), (failed, "failed")):
+        site.wait_status(job, status)
+    site.ok("ctrlQueue", "pause")
+    undone = site.submit("true")
+    site.ok("kill", str(undone))
+    site.ok("clean", "all")
+    assert site.ok("check") == "Job submission is paused.\n"
+    lines = site.ok("history").splitlines()
+    assert lines[0].split() == ["ID", "NAME", "STATUS", "EXIT", "NODE", "CORES", "START",
+                                "ELAPSED", "MEMORY", "CPU", "COMMAND"]
+    assert [line.split()[:4] for line in lines[1:]] == [
+        [str(done), "warmup", "done", "0"], [str(failed), "-", "failed", "3"],
+        [str(undone), "-", "undone", "-"]]
+    ids = lambda *args: [record["id"] for record in json.loads(site.ok("history", "--json",
+                                                                       *args))]
+    assert ids("failed") == [failed]
+    assert ids("failed", "undone") == [failed, undone]  # (any filter matches, as in check)
+    assert ids(other) == [failed]
+    assert ids("--name=warm*") == [done]
+    assert ids("--since=1h") == [done, failed, undone]
+    assert ids("%d-%d" % (done, failed)) == [done, failed]
+    assert ids("--since", time.strftime("%Y-%m-%d"), "done") == [done]
+    (record,) = json.loads(site.ok("history", "--json", str(failed)))
+    assert (record["status"], record["exit_code"], record["directory"]) == ("failed", 3, other)
+    assert site.fails("history", "--until=2000-01-01") == "qpy: No job in the history matches.\n"
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--since=yesterday"], "A time for --since or --until is a date (2026-11-30)"),
+    (["--until", "2026-13-45"], "not '2026-13-45'"),
+    (["running"], "Range with wrong format or invalid status: running"),
+    (["--name"], "--name requires argument"),
+])
+def test_bad_history_options_are_one_line(site, args, says):
+    site.ok("restart")
+    assert says in site.fails("history", *args)
+
+
+def test_a_dependency_on_a_cleaned_job_is_judged_by_its_history(site):
+    first = site.submit("true")
+    site.wait_status(first, "done")
+    site.ok("clean", "all")
+    after = site.submit("--afterok", str(first), "true")
+    assert site.wait_status(after, "done")
+
+
+def test_prune_removes_what_ended_long_ago(site):
+    old, new = site.submit("true"), site.submit("true")
+    for job in (old, new):
+        site.wait_status(job, "done")
+    db = sqlite3.connect(os.path.join(site.state, "qpy.db"))
+    with db:
+        db.execute("UPDATE history SET ended_at = ended_at - 40 * 86400 WHERE id = ?", (old,))
+    db.close()
+    assert site.ok("prune", "30", admin=True) == "1 job removed from the history.\n"
+    assert [r["id"] for r in json.loads(site.ok("history", "--json"))] == [new]
+    result = site.run("prune", "soon", admin=True)
+    assert (result.returncode, result.stderr) == (
+        1, "qpy_admin.py: prune takes a number of days (at most 100000), not 'soon'.\n")
+
+
+def test_check_long_is_a_table_as_squeue_l(site):
+    failed = site.submit("-N", "broken", "exit 4")
+    site.wait_status(failed, "failed")
+    site.ok("ctrlQueue", "pause")
+    queued = site.submit("true")
+    lines = site.ok("check", "-l").splitlines()
+    assert lines[0].split() == ["ID", "NAME", "STATUS", "NODE", "ELAPSED", "EXIT", "REASON"]
+    assert lines[1].split() == [str(failed), "broken", "failed", "localhost", "0:00:00", "4",
+                                "exit", "code", "4"]
+    assert lines[2].split()[:4] == [str(queued), "-", "queue", "-"]
+    assert site.ok("check", "--long", "failed").splitlines()[1:] == lines[1:2]
+    assert site.fails("check", "-l", "--json").startswith("qpy: ")
+
+
+def test_hold_keeps_a_queued_job_back_until_release(site):
+    site.ok("ctrlQueue", "pause")
+    first, second = site.submit("true"), site.submit("true")
+    assert site.ok("hold", str(first)) == "1 job held.\n"
+    assert site.fails("hold", str(first)) == "qpy: Nothing to do: required jobs not found.\n"
+    site.ok("ctrlQueue", "continue")
+    site.wait_status(second, "done")
+    assert site.status(first) == "queue"
+    assert site.jobs()[first]["reason"] == "held (qpy release %d)" % first
+    assert site.ok("release", "all") == "1 job released.\n"
+    site.wait_status(first, "done")
+    assert site.fails("release", "all") == "qpy: Nothing to do: required jobs not found.\n"
+    assert "Range with wrong format or invalid status: running" in site.fails("hold", "running")
