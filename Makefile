@@ -34,15 +34,23 @@ system-deps:
 test: venv system-deps
 	$(PY) -m pytest -q tests
 
-# A personal queue in .demo/ (not your ~/.qpy): submit, watch, read the output.
+# A personal queue in .demo/ (not your ~/.qpy): submit, watch, wait, read the output and the
+# history. Each command is shown as a user types it, then run.
 demo: venv
 	@rm -rf $(DEMO) && mkdir -p $(DEMO)/work
 	@cd $(DEMO)/work && export QPY_STATE=$(DEMO)/state PATH=$(CURDIR)/$(VENV)/bin:$$PATH && \
-	  set -x && qpy sub hostname && qpy sub -n 1 'sleep 1; echo slept one second' && \
-	  qpy sub sh -c 'echo job $$QPY_JOB_ID on $$QPY_NODE with $$QPY_N_CORES core' && \
-	  qpy check && \
-	  while [ -n "$$(qpy check queue running)" ]; do sleep 0.2; done && \
-	  qpy check && cat job_1.out job_2.out job_3.out && qpy status
+	  run() { printf '\n$$ %s\n' "$$1"; sh -c "$$1"; } && \
+	  run "qpy sub hostname" && \
+	  run "qpy sub -N nap 'sleep 1; echo slept one second'" && \
+	  run "qpy sub -N oops 'echo trying; exit 3'" && \
+	  run "qpy sub -N after --afterok 2 'echo after the nap'" && \
+	  run "qpy check -l" && \
+	  { run "qpy wait" || echo "(exit status $$?: not every job ended done)"; } && \
+	  run "qpy check -l" && \
+	  run "cat job_1.out job_2.out job_4.out" && \
+	  run "qpy clean all" && \
+	  run "qpy history" && \
+	  run "qpy status"
 
 clean:
 	rm -rf $(VENV) $(DEMO)

@@ -18,13 +18,14 @@ The protocol, which every function below keeps:
  3. `qpy sub` inserts a job ('queue') and bumps the submitter's wake-up (users.wanted) in one
     transaction, then forks a detached tick (unless that user's is running) and returns. It
     never waits for a launch. What frees cores for anybody bumps meta.tick_wanted.
- 4. One tick decides at a time per user (<state>/tick.<user>.lock; root's, which starts
-    anybody's jobs as their owners, tick.lock), taken without blocking, held only for the
-    pass's one transaction (take the wake-ups, reconcile, claim): it is released before the
-    launches (ssh, sbatch), and the slow questions of a pass (probing down nodes, following
-    the pools, asking the nodes of late runners) are asked after them, by one watch per user
-    at a time (watch.<user>.lock): no tick waits on ssh or a pool with its lock held. A tick
-    that finds the lock held leaves; the holder loops until no wake-up it can act on is
+ 4. One tick decides at a time per user (<state>/users/<user>/tick.lock; root's, which
+    starts anybody's jobs as their owners, <state>/tick.lock), taken without blocking, held
+    only for the pass's one transaction (take the wake-ups, reconcile, claim): it is released
+    before the launches (ssh, sbatch), and the slow questions of a pass (probing down nodes,
+    following the pools, asking the nodes of late runners) are asked after them, by one watch
+    per user at a time (users/<user>/watch.lock, root's watch.lock): no tick waits on ssh or
+    a pool with its lock held. No lock is ever opened through a link. A tick that finds the
+    lock held leaves; the holder loops until no wake-up it can act on is
     left, so no request is ever lost and nobody waits for a tick. A user's tick takes
     meta.tick_wanted and its own wake-up, and hands on (bumps users.wanted of) the other users
     whose jobs it found able to start: a wake-up is taken only by a tick that can act on it.
@@ -101,13 +102,21 @@ def whole_numbers(words):
 # Paths
 # --------------------------------------------------------------------------------------------
 
+SHIPPED_IN = (HERE,  # a checkout
+              # pip's data files: <prefix>/share/qpy, qpy.py being in
+              # <prefix>/lib/pythonX.Y/site-packages (a venv, /usr/local, ~/.local for --user)
+              os.path.normpath(os.path.join(HERE, "..", "..", "..", "share", "qpy")),
+              os.path.join(sys.prefix, "share", "qpy"))
+
+
 def shipped_file(name):
-    """A file that comes with qpy (schema.sql, README.md): next to qpy.py in a checkout,
-    in <prefix>/share/qpy when installed by pip."""
-    for folder in (HERE, os.path.join(sys.prefix, "share", "qpy")):
+    """A file that comes with qpy (schema.sql, README.md), wherever pip put it
+    (SHIPPED_IN). QpyError if it is nowhere: the install is broken."""
+    for folder in SHIPPED_IN:
         if os.path.exists(os.path.join(folder, name)):
             return os.path.join(folder, name)
-    return os.path.join(HERE, name)
+    raise QpyError("%s, which comes with qpy, is not in its install (looked in %s): install "
+                   "qpy again." % (name, ", ".join(dict.fromkeys(SHIPPED_IN))))
 
 
 _state_dirs = {}  # ($QPY_STATE, $HOME): the state directory, found once per process
@@ -134,6 +143,33 @@ def find_state_dir(explicit):
     return os.path.join(os.path.expanduser("~"), ".qpy")
 
 
+def admin_command():
+    """The administrator's command as this install names it: pip's qpy-admin beside pip's
+    qpy, or the checkout's qpy_admin.py (which qpy's messages name)."""
+    invoked = os.path.basename(sys.argv[0]) if sys.argv else ""
+    return "qpy-admin" if invoked in ("qpy", "qpy-admin") else "qpy_admin.py"
+
+
+class AdminNamed:
+    """sys.stdout or sys.stderr, with qpy's messages naming the administrator's command as
+    the user has it (admin_command): they say qpy_admin.py."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text):
+        return self.stream.write(text.replace("qpy_admin.py", "qpy-admin"))
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+def name_the_admin_command():
+    """At the start of qpy's and qpy-admin's main: messages say what the user would type."""
+    if admin_command() == "qpy-admin" and not isinstance(sys.stdout, AdminNamed):
+        sys.stdout, sys.stderr = AdminNamed(sys.stdout), AdminNamed(sys.stderr)
+
+
 def user_name():
     import pwd
     return pwd.getpwuid(os.getuid()).pw_name
@@ -146,18 +182,43 @@ def user_dir(user):
 
 def ensure_user_dirs(user):
     connect()  # creates the state directory first, with its own modes
-    if not os.path.isdir(user_dir(user)):
+    if not os.path.lexists(user_dir(user)):
         os.makedirs(user_dir(user), mode=0o700, exist_ok=True)
         os.chmod(user_dir(user), 0o700)  # the umask must not open it to the group
+    if not own_directory(user_dir(user)):
+        raise QpyError("%s is not your directory (a link, or another user's): qpy will not "
+                       "use it; the administrator moves it aside." % user_dir(user))
     for sub in ("spool", "scripts", "run"):
         os.makedirs(os.path.join(user_dir(user), sub), mode=0o700, exist_ok=True)
 
 
-def write_atomically(path, data):
-    """Write, fsync, rename: readers see the old file or the whole new one."""
-    tmp = "%s.tmp%d" % (path, os.getpid())
+def own_directory(path):
+    """A directory of this process's user, not a link to one."""
+    import stat
+    found = stat_or_none(path)
+    return found is not None and stat.S_ISDIR(found.st_mode) and found.st_uid == os.geteuid()
+
+
+def create_new_file(path, mode):
+    """Make `path` anew with exactly this mode, never through a file or a link put there
+    (O_EXCL, O_NOFOLLOW): an open descriptor. QpyError if one is put back meanwhile."""
+    remove_quietly(path)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    except FileExistsError:
+        raise QpyError("%s was made again while qpy was making it: is somebody racing the "
+                       "administrator?" % path)
+    os.fchmod(fd, mode)
+    return fd
+
+
+def write_atomically(path, data, mode=0o600):
+    """Write, fsync, rename: readers see the old file or the whole new one. The file is made
+    anew under a name of its own, never through a link or file put there beforehand (in the
+    shared state directory a member could plant one)."""
+    tmp = "%s.tmp%d.%s" % (path, os.getpid(), os.urandom(4).hex())
+    try:
+        fd = create_new_file(tmp, mode)
         try:
             os.write(fd, data)
             os.fsync(fd)
@@ -213,15 +274,17 @@ def log_event(text):
     step and the job it was at. Never raises: the log must not add a failure of its own."""
     try:
         path = log_path()
-        if not os.path.isdir(os.path.dirname(path)):  # (never make a state that is gone)
+        if not os.path.lexists(os.path.dirname(path)):  # (never make a state that is gone)
             os.mkdir(os.path.dirname(path), 0o700)
+        if not own_directory(os.path.dirname(path)):
+            return  # (another's, or a link: nothing is written through it)
         try:
             if os.path.getsize(path) > LOG_LIMIT:
                 os.replace(path, path + ".1")
         except OSError:
             pass
         where = "".join(" %s %s" % (key, value) for key, value in _context.items() if value)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
             os.write(fd, ("%s pid %d%s: %s\n" % (time.strftime("%Y-%m-%d %H:%M:%S"),
                                                   os.getpid(), where, text)).encode())
@@ -326,6 +389,7 @@ def connect():
             if os.path.exists(state) and not os.path.isdir(state):
                 raise QpyError("The qpy state %s is a file, not a directory: check QPY_STATE."
                                % state)
+            shipped_file("schema.sql")  # (a broken install makes no state it cannot fill)
             create_personal_state(state)
         _db = open_db(path)
         _db_file = os.stat(path)
@@ -341,8 +405,14 @@ def connect():
                            "run by them)." % (state, administrator_name(state)))
         if is_administrator(state):
             secure_site(state)
-        if version == 0:
-            initialise_db(personal=True)
+        if version < 9 and os.path.lexists(site_path(state)):
+            disconnect()  # (only restore takes a site back to a DB's of before schema 9)
+            raise QpyError("The qpy database %s says it is of schema %d, older than the site "
+                           "beside it: a member may have changed it. Nothing was done; the "
+                           "administrator restores a backup (qpy_admin.py restore <file>)."
+                           % (path, version))
+        if version == 0:  # (a private directory's is personal: this machine is its node)
+            initialise_db(personal=not os.stat(state).st_mode & 0o077)
         elif version < SCHEMA_VERSION:
             upgrade_db(path)
         try:
@@ -376,7 +446,8 @@ def same_file(a, b):
 def same_version(a, b):
     """The same file, unchanged (site.db is attached immutable: even an edit by hand in place,
     not qpy_admin.py's rename, must be noticed)."""
-    return same_file(a, b) and (a.st_mtime_ns, a.st_size) == (b.st_mtime_ns, b.st_size)
+    return same_file(a, b) and (a.st_mtime_ns, a.st_ctime_ns, a.st_size) == \
+        (b.st_mtime_ns, b.st_ctime_ns, b.st_size)  # (ctime: a chmod, a chown too)
 
 
 def stat_or_none(path):
@@ -414,9 +485,8 @@ def state_replaced():
 
 def write_identity(state, identity):
     try:
-        write_atomically(os.path.join(state, "qpy.id"), (identity + "\n").encode())
-        os.chmod(os.path.join(state, "qpy.id"), 0o644)
-    except OSError:
+        write_atomically(os.path.join(state, "qpy.id"), (identity + "\n").encode(), 0o644)
+    except (OSError, QpyError):
         pass  # (another member's state: its owner's next command writes it)
 
 
@@ -542,15 +612,18 @@ def administrator_name(state):
         return "uid %d" % uid
 
 
-def site_distrust(state):
+def site_distrust(state, file_too=True):
     """Why <state>/site/site.db cannot be trusted; None if it can: only the administrator can
-    have made it and its directory, and nobody else can change, replace or roll back either."""
+    have made it and its directory, and nobody else can change, replace or roll back either
+    (file_too=False: the directory only)."""
     import stat
     directory = os.stat(state)
     if directory.st_mode & 0o022 and not directory.st_mode & stat.S_ISVTX:
         return "members may replace it (the state directory is not sticky: chmod +t %s)" % state
-    for path, is_kind, kind in ((os.path.join(state, SITE_DIR), stat.S_ISDIR, "directory"),
-                                (site_path(state), stat.S_ISREG, "file")):
+    checks = [(os.path.join(state, SITE_DIR), stat.S_ISDIR, "directory")]
+    if file_too:
+        checks.append((site_path(state), stat.S_ISREG, "file"))
+    for path, is_kind, kind in checks:
         found = stat_or_none(path)
         if found is None:
             return "%s is missing" % path
@@ -565,21 +638,52 @@ def site_distrust(state):
     return None
 
 
+# The administrator's files in the state directory (made by create_site): in a site that was
+# not sticky (before schema 9) a member may have put a link or a file of theirs at one of
+# these names, for root to open, chmod or write through.
+ADMIN_FILES = ("qpy.lock", "tick.lock", "watch.lock", "qpy.id")
+
+
 def secure_site(state):
     """The administrator's connection first mends what it can, before anything reads or
-    upgrades the site: the state directory made sticky and site/ made (a site of an older
-    qpy), the site.db a crash left as its committed copy put in place."""
+    upgrades the site: the state directory made sticky; whatever a member put where the
+    administrator's site/, lock files, identity or own users/ directory belong moved aside
+    (kept, named .moved-aside.<time>, for the administrator to look at); site/ made; the
+    site.db a crash left as its committed copy put in place."""
+    import pwd
     import stat
     directory = os.stat(state)
     if directory.st_mode & 0o022 and not directory.st_mode & stat.S_ISVTX:
         os.chmod(state, stat.S_IMODE(directory.st_mode) | stat.S_ISVTX)
+    admins = (0, directory.st_uid)
+    found = stat_or_none(os.path.join(state, "qpy.db"))
+    if found is not None and not (stat.S_ISREG(found.st_mode) and found.st_uid in admins):
+        raise QpyError("The qpy database %s is not the administrator's file (a link, or a "
+                       "member's): nothing was done; put the right one back, or restore a "
+                       "backup (qpy_admin.py restore <file>)." % os.path.join(state, "qpy.db"))
+    mine = os.path.join(state, "users", pwd.getpwuid(os.geteuid()).pw_name)
+    # (path, what it must be, whose, the write bits nobody else may have)
+    expected = [(os.path.join(state, SITE_DIR), stat.S_ISDIR, admins, 0o022),
+                (mine, stat.S_ISDIR, (os.geteuid(),), 0o077)] + \
+        [(os.path.join(state, name), stat.S_ISREG, admins, 0o002) for name in ADMIN_FILES]
+    for path, is_kind, owners, forbidden in expected:
+        found = stat_or_none(path)
+        if found is not None and not (is_kind(found.st_mode) and found.st_uid in owners
+                                      and not found.st_mode & forbidden):
+            aside = "%s.moved-aside.%d" % (path, time.time_ns())
+            os.rename(path, aside)
+            log_event("moved %s aside to %s: it was not the administrator's" % (path, aside))
     folder = os.path.join(state, SITE_DIR)
     if not os.path.lexists(folder):
         os.mkdir(folder, 0o755)
         os.chmod(folder, 0o755)
     path = site_path(state)
     if not os.path.lexists(path) and os.path.exists(path + ".new"):
-        sqlite3.connect(path + ".new").close()  # (SQLite settles its journal, if any)
+        copy = sqlite3.connect(path + ".new")  # (a read settles a journal it left, if any)
+        try:
+            copy.execute("PRAGMA user_version").fetchone()
+        finally:
+            copy.close()
         os.replace(path + ".new", path)
 
 
@@ -620,11 +724,10 @@ def begin_site_change(db):
         raise QpyError("Only the site's administrator, %s, can change its settings."
                        % administrator_name(state))
     path = site_path(state)
-    if os.path.lexists(path):
-        problem = site_distrust(state)
-        if problem:
-            raise QpyError("The site's settings %s cannot be trusted: %s." % (path, problem))
-    elif db.execute("PRAGMA main.user_version").fetchone()[0] >= 9:
+    problem = site_distrust(state, file_too=os.path.lexists(path))
+    if problem:
+        raise QpyError("The site's settings %s cannot be trusted: %s." % (path, problem))
+    if not os.path.lexists(path) and db.execute("PRAGMA main.user_version").fetchone()[0] >= 9:
         raise QpyError("The site's settings %s are missing: restore them with qpy_admin.py "
                        "restore <file> (a backup and its <file>.site)." % path)
     copy = path + ".new"
@@ -672,19 +775,6 @@ def setting(db, key):
                             (key,)).fetchone()[0])
 
 
-def create_new_file(path, mode):
-    """Make `path` anew with exactly this mode, never through a file or a link put there
-    (O_EXCL, O_NOFOLLOW): an open descriptor. QpyError if one is put back meanwhile."""
-    remove_quietly(path)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-    except FileExistsError:
-        raise QpyError("%s was made again while qpy was making it: is somebody racing the "
-                       "administrator?" % path)
-    os.fchmod(fd, mode)
-    return fd
-
-
 def create_file(path, mode, group=None):
     """Create a file with exactly this mode (SQLite and the umask would choose their own)."""
     try:
@@ -721,7 +811,7 @@ def create_site(state, group):
     os.makedirs(users, exist_ok=True)
     os.chown(users, -1, gid)
     os.chmod(users, 0o3770)
-    for name in ("qpy.db", "qpy.lock", "tick.lock"):
+    for name in ("qpy.db", "qpy.lock", "tick.lock", "watch.lock"):  # (root's: see ADMIN_FILES)
         create_file(os.path.join(state, name), 0o660, gid)
     os.environ["QPY_STATE"] = state
     secure_site(state)
@@ -832,6 +922,7 @@ MIGRATIONS = {
     # a bare qpy wait covers what ended since the last; ended jobs are kept in the history
     9: ["ALTER TABLE jobs ADD COLUMN waited INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE jobs ADD COLUMN held INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE jobs ADD COLUMN outputs TEXT",
         "CREATE INDEX jobs_held ON jobs (position) WHERE status = 'queue' AND held = 1",
         "UPDATE jobs SET waited = 1 WHERE status IN ('done', 'failed', 'killed', 'undone')",
         "CREATE TABLE history (id INTEGER PRIMARY KEY, user TEXT NOT NULL, name TEXT, "
@@ -906,12 +997,21 @@ def take_lock(name, timeout):
     FileLock's tries costs some 0.7 ms of CPU (16 waiters spun a core). qpy tries again every
     0.2 ms for BRIEF_WAIT, then after pauses growing to LONGEST_PAUSE: a try costs 5 us."""
     import fcntl
+    import stat
     path = os.path.join(state_dir(), name)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o660)
     try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o660)
+    except OSError as e:
+        if os.path.islink(path):
+            raise QpyError("The lock %s is a link, which qpy never follows: the administrator "
+                           "removes it." % path)
+        raise QpyError("Cannot open the lock %s: %s" % (path, e.strerror))
+    found = os.fstat(fd)
+    if not stat.S_ISREG(found.st_mode):
+        os.close(fd)
+        raise QpyError("The lock %s is not a plain file: the administrator removes it." % path)
+    if found.st_uid == os.geteuid():  # (another's was given its mode when it was made)
         os.fchmod(fd, 0o660)  # as FileLock does: the umask must not close it to the group
-    except PermissionError:
-        pass  # another member's file: its mode was set when it was made
     start = time.monotonic()
     pause = 0.0002
     try:
@@ -972,9 +1072,13 @@ def atomically(fn, write=True, site=False):
                 if db.in_transaction:
                     db.execute("ROLLBACK")
                 raise
-            if site_copy is not None:
+            if site_copy is not None:  # (committed: whatever fails now, fn is not run again)
                 copy, site_copy = site_copy, None
-                end_site_change(db, copy, committed=True)
+                try:
+                    end_site_change(db, copy, committed=True)
+                except (OSError, sqlite3.Error) as e:
+                    raise QpyError("The queue's part of the change was committed, but then the "
+                                   "site's settings failed: %s; see qpy_admin.py doctor." % e)
             effects = _after_commit[:]
             release()
             release = None
@@ -2276,8 +2380,12 @@ def take_wakeups(db, me):
 def lock_name(kind, me):
     """One tick ('tick') and one watch ('watch') at a time per user, and root's apart: a
     user's tick slowed by an unreachable node never keeps another user's, or root's, from
-    starting their jobs."""
-    return "%s.lock" % kind if me is ROOT else "%s.%s.lock" % (kind, me)
+    starting their jobs. A user's locks are in their own directory (nobody else can plant
+    anything there), root's in the state directory (made by create)."""
+    if me is ROOT:
+        return "%s.lock" % kind
+    ensure_user_dirs(me)
+    return os.path.join("users", me, "%s.lock" % kind)
 
 
 def ticking_user():
@@ -2727,7 +2835,7 @@ JOB_COLUMNS = ("id", "user", "status", "command", "cwd", "spec", "n_cores", "mem
                "queued_at", "claimed_at", "started_at", "ended_at", "runner_pid", "runner_boot",
                "kill_requested", "requeue", "name", "time_limit", "dependencies", "array_of",
                "array_index", "array_limit", "exit_code", "signal", "reason", "max_rss",
-               "cpu_time", "waited", "held")
+               "cpu_time", "waited", "held", "outputs")
 JOB_WITH_NODE = ("SELECT %s, n.kind, n.address, n.options FROM jobs j LEFT JOIN nodes n ON "
                  "n.name = j.node" % ", ".join("j." + column for column in JOB_COLUMNS))
 
@@ -3657,7 +3765,8 @@ def start_command(job, job_file):
     argv = job_file["argv"] if len(job_file["argv"]) > 1 else \
         ["/bin/sh", "-c", job_file["argv"][0]]
     env = job_environment(job_file, job, job["node"])
-    out, err = (os.path.join(job_file["cwd"], "job_%d.%s" % (job["id"], kind))
+    # (from the job file, the owner's: a row changed by a member must not aim them elsewhere)
+    out, err = (output_path(job, kind, job_file.get("outputs"), job_file["cwd"])
                 for kind in ("out", "err"))
     marker = os.open(run_file(job, "started"), os.O_WRONLY | os.O_APPEND)
     try:
@@ -4047,6 +4156,11 @@ Options:
   --afternotok IDS      Start after these jobs have ended without being done.
   --array RANGE         One job per index (1-100 or 1-9,20, and %K for at most K running at
                         once: 1-100%5); each gets QPY_ARRAY_INDEX.
+  -D DIR, --chdir DIR   Run in DIR (and write the output there), not in this directory.
+  --output PATH         Standard output to PATH, not job_<ID>.out (relative to the job's
+                        directory; %j its ID, %a its array index, %A its array's first ID,
+                        %x its name, %u your user name, %% a %), as sbatch's.
+  --error PATH          Standard error to PATH likewise, not job_<ID>.err.
   -c, --copyScript      Run a copy of the script, so it can be edited meanwhile.
   -o, --originalScript  Run the script itself (overrides copyScripts true).
   --requeue             If the job's node is lost, queue the job again (instead of failed):
@@ -4075,8 +4189,13 @@ Examples:
         argv = argv[1:]
     if not argv or not argv[0].strip():
         raise QpyError("Job rejected: give the command to run, e.g. qpy sub hostname")
-    cwd = working_directory()
+    cwd = job_directory(args["--chdir"])
+    outputs = output_patterns(args)
     script = find_script(argv, cwd)
+    if args["--originalScript"] and not script and looks_like_an_output_file(argv, cwd):
+        raise QpyError("Job rejected: -o is the manual's --originalScript, so %r was taken "
+                       "for the command; Slurm's output file is --output=%s here."
+                       % (shown(argv[0].split()[0]), shown(argv[0].split()[0])))
     request = submission_request(args, script)
     command = argv[0] if len(argv) == 1 else shlex.join(argv)
     user = user_name()
@@ -4116,13 +4235,13 @@ Examples:
         for index in indices:
             cursor = db.execute(
                 "INSERT INTO jobs (user, command, cwd, spec, n_cores, mem, gpus, attributes, "
-                "requeue, name, time_limit, dependencies, array_index, array_limit, position, "
-                "queued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
+                "requeue, name, time_limit, dependencies, array_index, array_limit, outputs, "
+                "position, queued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
                 (user, command, cwd, job_file_path, job["n_cores"], job["mem"], job["gpus"],
                  job["attributes"], int(args["--requeue"]), args["--name"],
                  request.get("time"),
                  json.dumps(request["dependencies"]) if request["dependencies"] else None, index,
-                 limit, time.time()))
+                 limit, json.dumps(outputs) if outputs else None, time.time()))
             ids.append(cursor.lastrowid)
         db.execute("UPDATE jobs SET position = id, array_of = CASE WHEN array_index IS NULL "
                    "THEN NULL ELSE ? END WHERE id BETWEEN ? AND ?", (ids[0], ids[0], ids[-1]))
@@ -4136,7 +4255,7 @@ Examples:
         # at it (or at anybody else's file) is refused by the runner.
         job_file = {"version": JOB_FILE_VERSION, "argv": run_argv, "cwd": cwd,
                     "env": submitted_environment(), "script_copy": copy,
-                    "ids": [ids[0], ids[-1]], "command": command}
+                    "ids": [ids[0], ids[-1]], "command": command, "outputs": outputs}
         write_atomically(job_file_path, json.dumps(job_file).encode())
         crash_point("sub:spooled")
         return ids, startable
@@ -4212,6 +4331,58 @@ def submission_request(args, script):
                                         for job_id in range(lo, hi + 1)]
     request["array"] = parse_array(args["--array"]) if args["--array"] else ([None], None)
     return request
+
+
+def job_directory(chdir):
+    """Where a job runs: --chdir (relative to this directory), else this directory."""
+    if chdir is None:
+        return working_directory()
+    path = os.path.normpath(os.path.join(working_directory(), chdir))
+    if not os.path.isdir(path):
+        raise QpyError("Job rejected due to its options: --chdir %s is not a directory."
+                       % shown(chdir))
+    return path
+
+
+OUTPUT_KEYS = {"j": "id", "a": "array_index", "A": "array_of", "x": "name", "u": "user"}
+
+
+def output_patterns(args):
+    """{'out': pattern, 'err': pattern} of --output and --error (those given), checked."""
+    patterns = {}
+    for kind, option in (("out", "--output"), ("err", "--error")):
+        pattern = args[option]
+        if pattern is None:
+            continue
+        if not pattern or len(pattern) > 1024 or "\0" in pattern or \
+                re.search(r"%[^%" + "".join(OUTPUT_KEYS) + "]|%$", pattern.replace("%%", "")):
+            raise QpyError("Job rejected due to its options: %s %r: a path, with %%j %%a %%A "
+                           "%%x %%u or %%%% for the job's ID, array index, array, name, user "
+                           "or a %%." % (option, shown(pattern)))
+        patterns[kind] = pattern
+    return patterns
+
+
+def output_path(job, kind, patterns, cwd):
+    """Where a job's standard output ('out') or error ('err') goes: its --output or --error
+    pattern, else job_<ID>.out or .err; relative to its directory."""
+    pattern = (patterns or {}).get(kind) or "job_%j." + kind
+    def value(match):
+        if match.group(1) == "%":
+            return "%"
+        found = job[OUTPUT_KEYS[match.group(1)]] if OUTPUT_KEYS[match.group(1)] in job.keys() \
+            else None
+        return str(found if found is not None else job["id"] if match.group(1) == "A" else "")
+    return os.path.join(cwd, re.sub(r"%([%" + "".join(OUTPUT_KEYS) + "])", value, pattern))
+
+
+def looks_like_an_output_file(argv, cwd):
+    """Slurm's -o out.txt typed here: the first word names no command or file, and has the
+    look of an output file."""
+    import shutil
+    first = argv[0].split()[0] if argv[0].split() else ""
+    return bool(re.search(r"\.(out|err|txt|log)$|%j", first)) and not shutil.which(first) \
+        and not os.path.exists(os.path.join(cwd, first))
 
 
 def parse_array(text):
@@ -4652,20 +4823,24 @@ Options:
     job_id, user = int(args["<job>"]), user_name()
 
     def read(db):
-        job = db.execute("SELECT id, status, cwd FROM jobs WHERE id = ? AND user = ?",
-                         (job_id, user)).fetchone()
+        job = db.execute("SELECT id, status, cwd, outputs, array_index, array_of, name, user "
+                         "FROM jobs WHERE id = ? AND user = ?", (job_id, user)).fetchone()
         if job is None:
             raise nothing_to_do(db, user, [(job_id, job_id)], "tail")
         return job
     job = atomically(read, write=False)
     followed = {"out": sys.stdout} if not args["--stderr"] else {"out": sys.stdout,
                                                                   "err": sys.stderr}
+    try:  # (the row's: it only says which of the user's own files to read)
+        patterns = json.loads(job["outputs"]) if job["outputs"] else None
+    except ValueError:
+        patterns = None
     offsets = dict.fromkeys(followed, 0)
     while True:
         ended = job["status"] in FINISHED
         for kind, stream in followed.items():
             try:
-                with open(os.path.join(job["cwd"], "job_%d.%s" % (job_id, kind)), "rb") as f:
+                with open(output_path(job, kind, patterns, job["cwd"]), "rb") as f:
                     f.seek(offsets[kind])
                     chunk = f.read()
             except FileNotFoundError:
@@ -5239,6 +5414,7 @@ def parse_args(name, argv):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    name_the_admin_command()
     if not argv:
         sys.stdout.write(usage_text())
         return 1

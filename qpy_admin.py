@@ -316,7 +316,7 @@ def timer_units():
     """The periodic tick, for systemd and for cron, for this install and this site: each tick
     lingers until just before the next, so that a wake-up waits a quarter of a second, not a
     period."""
-    tick = "%s %s tick" % (sys.executable, os.path.join(qpy.HERE, "qpy_admin.py"))
+    tick = tick_command()
     state = qpy.state_dir()
     service = ("[Unit]\nDescription=qpy tick: harvest ended jobs, start queued ones\n\n"
                "[Service]\nType=oneshot\nEnvironment=QPY_STATE=%s\nExecStart=%s --linger=14\n"
@@ -326,8 +326,20 @@ def timer_units():
     timer = ("[Unit]\nDescription=Run the qpy tick every 15 seconds\n\n"
              "[Timer]\nOnBootSec=30\nOnUnitActiveSec=15\nAccuracySec=1\n\n"
              "[Install]\nWantedBy=timers.target\n")
-    cron = "* * * * * root QPY_STATE=%s %s --linger=58 >/dev/null 2>&1\n" % (state, tick)
+    cron = "* * * * * root QPY_STATE=%s %s --linger=58\n" % (state, tick)  # (cron mails errors)
     return {"qpy-tick.service": service, "qpy-tick.timer": timer}, cron
+
+
+def tick_command():
+    """How the timer runs the tick: by the qpy-admin of this install (pip's, the path it was
+    called by, or beside this Python: it stays right when Python's own paths change), else by
+    this checkout's qpy_admin.py with this Python."""
+    if os.path.basename(sys.argv[0]) == "qpy-admin":
+        return os.path.abspath(sys.argv[0]) + " tick"
+    installed = os.path.join(os.path.dirname(sys.executable), "qpy-admin")
+    if os.access(installed, os.X_OK):
+        return installed + " tick"
+    return "%s %s tick" % (sys.executable, os.path.join(qpy.HERE, "qpy_admin.py"))
 
 
 def timer(install, directory):
@@ -518,10 +530,14 @@ def doctor(as_user):
         qpy.site_path(state), qpy.administrator_name(state)), "%s: as the administrator, put "
         "it right, or move it aside and restore a backup (qpy_admin.py restore <file>)"
         % distrust)
-    for name in ("qpy.db", "qpy.lock", "tick.lock"):
+    for name in ("qpy.db", "qpy.lock", "tick.lock", "watch.lock"):
         path = os.path.join(state, name)
-        if os.path.exists(path):
-            file_mode = stat.S_IMODE(os.stat(path).st_mode)
+        found = qpy.stat_or_none(path)
+        if found is not None:
+            file_mode = stat.S_IMODE(found.st_mode)
+            report(stat.S_ISREG(found.st_mode) and found.st_uid in (0, os.stat(state).st_uid),
+                   "%s is the administrator's file" % name, "a link or a member's: move it "
+                   "aside (the administrator's next command does)")
             report(file_mode == 0o660, "%s (mode %o)" % (name, file_mode), "chmod 660 " + path)
     integrity = qpy.atomically(lambda db: db.execute("PRAGMA integrity_check").fetchone()[0],
                                write=False)
@@ -695,8 +711,8 @@ def restore(source):
         raise qpy.QpyError("Waited %g s for the qpy lock, held by %s." % (
             qpy.lock_timeout(), qpy.lock_holder(os.path.join(state, "qpy.lock"))))
     try:
+        qpy.secure_site(state)  # (site/ is the administrator's before anything goes there)
         if site_backup is not None:  # (a backup of schema 8 has them in its DB instead)
-            qpy.secure_site(state)
             site_restoring = qpy.site_path(state) + ".restoring"
             os.close(qpy.create_new_file(site_restoring, 0o644))
             copy = sqlite3.connect(site_restoring)
@@ -730,10 +746,10 @@ def restore(source):
             os.replace(live, live + ".before-restore")
             if os.path.exists(live + "-journal"):  # (a hot journal is the old file's)
                 os.replace(live + "-journal", live + ".before-restore-journal")
-        if site_backup is not None:  # (the one in place is kept beside it)
-            site = qpy.site_path(state)
-            if os.path.exists(site):
-                os.replace(site, site + ".before-restore")
+        site = qpy.site_path(state)
+        if (site_backup is not None or version < 9) and os.path.exists(site):
+            os.replace(site, site + ".before-restore")  # (schema 8's: its upgrade makes it anew)
+        if site_backup is not None:
             os.replace(site_restoring, site)
         os.replace(restoring, live)
         if identity:  # restored on purpose: this state is the backup's now
@@ -742,9 +758,9 @@ def restore(source):
     finally:
         release()
     print("Restored %s from %s (the previous DB is %s.before-restore)%s." % (
-        live, source, live, "" if version < 9 else "; the site's settings are kept (no %s.site)"
-        % source if site_backup is None else "; the site's settings from %s.site (the previous "
-        "ones are %s.before-restore)" % (source, qpy.site_path(state))))
+        live, source, live, "; the site's settings are kept (no %s.site)" % source
+        if site_backup is None and version >= 9 else "; the site's settings from the backup "
+        "(the previous ones are %s.before-restore)" % qpy.site_path(state)))
 
 
 def backup_site(source):
@@ -871,6 +887,7 @@ COMMANDS = {
 def main(argv=None):
     import docopt
     argv = sys.argv[1:] if argv is None else argv
+    qpy.name_the_admin_command()
     if argv[:1] in (["-h"], ["--help"]):
         sys.stdout.write(__doc__)
         return 0

@@ -163,7 +163,8 @@ CREATE TABLE jobs (
     waited      INTEGER NOT NULL DEFAULT 0,  -- ended and reported by a qpy wait: a bare
                                           -- qpy wait covers the live jobs and the ended
                                           -- ones not yet waited for
-    held        INTEGER NOT NULL DEFAULT 0  -- qpy hold: queued, not started until qpy release
+    held        INTEGER NOT NULL DEFAULT 0,  -- qpy hold: queued, not started until released
+    outputs     TEXT                      -- sub --output/--error: JSON {out, err: pattern}
 );
 
 -- The tick and 'check running' look only at live jobs: never scan the history.

@@ -90,8 +90,10 @@ def back_to_schema_9(state):
     db.close()
     db = sqlite3.connect(os.path.join(state, "qpy.db"))
     with db:
-        db.execute("ALTER TABLE jobs DROP COLUMN waited")
-        db.execute("ALTER TABLE jobs DROP COLUMN held")
+        columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+        for column in ("waited", "held", "outputs"):
+            if column in columns:  # (all of them since schema 10)
+                db.execute("ALTER TABLE jobs DROP COLUMN %s" % column)
     db.execute("PRAGMA user_version = 9")
     db.close()
 

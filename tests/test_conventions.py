@@ -115,3 +115,39 @@ def test_hold_keeps_a_queued_job_back_until_release(site):
     site.wait_status(first, "done")
     assert site.fails("release", "all") == "qpy: Nothing to do: required jobs not found.\n"
     assert "Range with wrong format or invalid status: running" in site.fails("hold", "running")
+
+
+def test_output_error_and_chdir_as_sbatch_has_them(site):
+    there = os.path.join(site.work, "there")
+    os.makedirs(there)
+    job = site.submit("-N", "sim", "--chdir", "there", "--output", "logs-%x.%j.txt",
+                      "--error", "%j.errors", "echo out; echo err >&2; pwd")
+    site.wait_status(job, "done")
+    with open(os.path.join(there, "logs-sim.%d.txt" % job)) as f:
+        assert f.read() == "out\n%s\n" % there
+    with open(os.path.join(there, "%d.errors" % job)) as f:
+        assert f.read() == "err\n"
+    assert not os.path.exists(os.path.join(site.work, "job_%d.out" % job))
+    result = site.run("tail", "-e", str(job))  # (it finds them where they are)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "out\n%s\n" % there, "err\n")
+    array = site.ok("sub", "--parsable", "--array", "1-2", "--output", "a%A_%a.out",
+                    "echo $QPY_ARRAY_INDEX").strip()
+    first = int(array.split("-")[0])
+    for index, job_id in ((1, first), (2, first + 1)):
+        site.wait_status(job_id, "done")
+        assert site.read("a%d_%d.out" % (first, index)) == "%d\n" % index
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--output", "x%q.out", "true"], "--output 'x%q.out': a path, with %j %a %A %x %u or %%"),
+    (["--error", "", "true"], "--error '': a path"),
+    (["--chdir", "no/such/dir", "true"], "--chdir no/such/dir is not a directory."),
+    (["-o", "out.txt", "./run.sh"], "-o is the manual's --originalScript, so 'out.txt' was "
+                                    "taken for the command; Slurm's output file is "
+                                    "--output=out.txt here."),
+])
+def test_bad_output_options_are_refused_with_what_to_type(site, args, says):
+    site.ok("restart")
+    before = site.dump()
+    assert says in site.fails("sub", *args)
+    assert site.dump() == before

@@ -540,3 +540,84 @@ def test_rows_changed_by_a_member_show_for_what_they_are(lab):
     site.ok("alice", "ctrlQueue", "continue")
     site.wait_status(first, "done", tick=True)
     assert site.output("alice", first) == "first\n"
+
+
+def test_what_a_member_planted_in_a_former_site_is_moved_aside_not_followed(lab):
+    """Before schema 9 the state directory was not sticky: bob could have put links and
+    files of his where root's tick goes next (its lock, its users/ directory, site/). The
+    upgrade moves them aside and follows none; a root-only file stays as it was."""
+    import stat
+    site = multi_site(lab, users=("alice", "bob"))
+    site.admin("set", "kill_grace", "3")
+    back_to_schema_8(site.state)
+    os.chmod(site.state, 0o2770)
+    secret_dir = os.path.join(os.path.dirname(site.state), "root-only-" + os.path.basename(
+        site.state))
+    os.makedirs(secret_dir, mode=0o700)
+    secret = os.path.join(secret_dir, "secret")
+    with open(secret, "w") as f:
+        f.write("root's\n")
+    os.chmod(secret, 0o640)
+    bobs = os.path.join(site.workdir("bob"), "bobs-site")
+    plant = ("import os, sys\nstate, secret, bobs = sys.argv[1:]\n"
+             "os.remove(os.path.join(state, 'watch.lock')) if os.path.lexists("
+             "os.path.join(state, 'watch.lock')) else None\n"
+             "os.symlink(secret, os.path.join(state, 'watch.lock'))\n"
+             "os.mkdir(bobs)\nos.symlink(bobs, os.path.join(state, 'site'))\n"
+             "os.mkdir(os.path.join(state, 'users', 'root'))\n"
+             "os.symlink(secret, os.path.join(state, 'users', 'root', 'errors.log'))\n")
+    result = subprocess.run(["runuser", "-u", "bob", "--", site.python, "-c", plant,
+                             site.state, secret, bobs], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    site.admin("tick")  # (root's timer tick: it upgrades)
+    assert os.listdir(bobs) == []  # nothing of root's went into bob's directory
+    with open(secret) as f:
+        assert f.read() == "root's\n"
+    assert stat.S_IMODE(os.stat(secret).st_mode) == 0o640
+    folder = os.lstat(os.path.join(site.state, "site"))
+    assert stat.S_ISDIR(folder.st_mode) and folder.st_uid == 0
+    assert os.lstat(os.path.join(site.state, "users", "root")).st_uid == 0
+    aside = [name for name in os.listdir(site.state) if ".moved-aside." in name]
+    assert sorted(name.split(".moved-aside.")[0] for name in aside) == ["site", "watch.lock"]
+    assert site.admin("set", "kill_grace") == "kill_grace = 3\n"
+    site.wait_status(site.submit("alice", "hostname"), "done", tick=True)
+
+
+def test_a_queue_made_to_look_older_than_its_site_is_refused(lab):
+    """bob sets qpy.db's schema back to 8 and writes the site's tables of schema 8 there, with
+    his own node and settings, for root's tick to 'upgrade' into site.db. It refuses."""
+    site = multi_site(lab, users=("alice", "bob"), nodes="node1 cores=2\n")
+    site.admin("set", "kill_grace", "3")
+
+    script = ("import re, sqlite3, sys\ndb = sqlite3.connect(sys.argv[1])\nwith db:\n"
+              # (schema 10 taken back to 8, as back_to_schema_8 does it, but as bob)
+              "    db.execute('DROP TABLE history')\n    db.execute('DROP INDEX jobs_held')\n"
+              "    db.execute('DROP TABLE node_health')\n"
+              "    sql = db.execute(\"SELECT sql FROM sqlite_master WHERE name = 'jobs'\")"
+              ".fetchone()[0]\n    db.execute('PRAGMA writable_schema = ON')\n"
+              "    db.execute(\"UPDATE sqlite_master SET sql = ? WHERE name = 'jobs'\", "
+              "(re.sub('--[^\\\\n]*', '', sql),))\n"
+              "db.close()\ndb = sqlite3.connect(sys.argv[1])\nwith db:\n"
+              "    for column in ('waited', 'held', 'outputs'):\n"
+              "        if column in [row[1] for row in db.execute('PRAGMA table_info(jobs)')]:\n"
+              "            db.execute('ALTER TABLE jobs DROP COLUMN %s' % column)\n"
+              "    db.execute(\"CREATE TABLE nodes (name TEXT, kind TEXT, address TEXT, cores "
+              "INTEGER, mem REAL, gpus INTEGER, attributes TEXT, pref_multicore INTEGER, state "
+              "TEXT, state_reason TEXT, probed_at REAL, position INTEGER, max_jobs INTEGER, "
+              "options TEXT, lost TEXT)\")\n"
+              "    db.execute(\"INSERT INTO nodes VALUES ('evil', 'host', 'bob@evil', 64, NULL, 0, "
+              "'', 0, 'up', NULL, NULL, 0, NULL, NULL, NULL)\")\n"
+              "    db.execute('CREATE TABLE allowed_users (name TEXT)')\n"
+              "    db.execute(\"INSERT INTO meta VALUES ('kill_grace', '99999')\")\n"
+              "db.execute('PRAGMA user_version = 8')\n")
+    result = subprocess.run(["runuser", "-u", "bob", "--", site.python, "-c", script,
+                             os.path.join(site.state, "qpy.db")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    refused = subprocess.run([site.python, site.admin_tool, "tick"], capture_output=True,
+                             text=True, env={"PATH": "/usr/bin:/bin", "QPY_STATE": site.state})
+    assert refused.returncode == 1 and "older than the site beside it" in refused.stderr
+    db = sqlite3.connect("file:%s?mode=ro" % os.path.join(site.state, "site", "site.db"),
+                         uri=True)
+    assert db.execute("SELECT value FROM settings WHERE key = 'kill_grace'").fetchone() == ("3",)
+    assert db.execute("SELECT name FROM nodes").fetchall() == [("node1",)]
+    db.close()
