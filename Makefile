@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 DEMO   := $(CURDIR)/.demo
 
-.PHONY: all venv system-deps test demo bench install uninstall clean
+.PHONY: all venv system-deps snakemake test demo bench install uninstall clean
 
 all: venv
 
@@ -31,8 +31,17 @@ system-deps:
 	  export DEBIAN_FRONTEND=noninteractive; apt-get update -q && \
 	  apt-get install -y -q --no-install-recommends $(SYSTEM_PACKAGES); fi
 
-test: venv system-deps
+test: venv system-deps snakemake
 	$(PY) -m pytest -q tests
+
+# Snakemake for the test of contrib/snakemake, in a venv of its own (it brings many packages).
+SNAKEMAKE := .venv-snakemake
+snakemake: $(SNAKEMAKE)/.installed
+$(SNAKEMAKE)/.installed:
+	$(PYTHON) -m venv $(SNAKEMAKE)
+	$(SNAKEMAKE)/bin/pip install --quiet --disable-pip-version-check 'snakemake>=8' \
+	  snakemake-executor-plugin-cluster-generic
+	touch $@
 
 # A personal queue in .demo/ (not your ~/.qpy): submit, watch, wait, read the output and the
 # history. Each command is shown as a user types it, then run.
@@ -53,7 +62,7 @@ demo: venv
 	  run "qpy status"
 
 clean:
-	rm -rf $(VENV) $(DEMO)
+	rm -rf $(VENV) $(DEMO) $(SNAKEMAKE)
 
 # Performance figures beside baselines measured in the same run (task-spooler from apt as root).
 bench: venv
@@ -71,6 +80,7 @@ install:
 	mkdir -p $(PREFIX)/bin $(PREFIX)/share/qpy
 	ln -sf ../venv/bin/qpy $(PREFIX)/bin/qpy
 	ln -sf ../venv/bin/qpy-admin $(PREFIX)/bin/qpy-admin
+	ln -sf ../venv/bin/qpy-kill $(PREFIX)/bin/qpy-kill
 	cp bash_completion.sh README.md $(PREFIX)/share/qpy/
 	if [ -n "$(SITE)" ]; then $(PREFIX)/venv/bin/python -I -c \
 	  'import qpy, os, sys; open(os.path.join(qpy.HERE, "qpy.site"), "w").write(sys.argv[1] + "\n")' \
@@ -79,5 +89,6 @@ install:
 	@echo "Installed in $(PREFIX): users add $(PREFIX)/bin to PATH and source $(PREFIX)/share/qpy/bash_completion.sh"
 
 uninstall:
-	rm -rf $(PREFIX)/venv $(PREFIX)/bin/qpy $(PREFIX)/bin/qpy-admin $(PREFIX)/share/qpy
+	rm -rf $(PREFIX)/venv $(PREFIX)/bin/qpy $(PREFIX)/bin/qpy-admin $(PREFIX)/bin/qpy-kill \
+	  $(PREFIX)/share/qpy
 	-rmdir $(PREFIX)/bin $(PREFIX)/share $(PREFIX) 2>/dev/null

@@ -538,11 +538,16 @@ def damaged_database(error):
 
 
 def refuse_writes_if_damaged():
+    path = os.path.join(state_dir(), DAMAGE_MARK)
     try:
-        with open(os.path.join(state_dir(), DAMAGE_MARK)) as f:
-            found = f.read().strip()
-    except OSError:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
         return
+    except OSError:  # (a link: a member's; it is a mark all the same, but its text is not read)
+        found = "a mark that is not a plain file"
+    else:
+        with os.fdopen(fd) as f:
+            found = shown(f.read(512).strip().split("\n")[0], 200)
     raise QpyError("The qpy database %s was found damaged (%s): nothing is changed until "
                    "qpy_admin.py check finds it whole, or qpy_admin.py restore <file> puts a "
                    "backup in its place." % (os.path.join(state_dir(), "qpy.db"), found))
@@ -620,6 +625,18 @@ def site_distrust(state, file_too=True):
     directory = os.stat(state)
     if directory.st_mode & 0o022 and not directory.st_mode & stat.S_ISVTX:
         return "members may replace it (the state directory is not sticky: chmod +t %s)" % state
+    above = os.path.dirname(os.path.realpath(state))
+    while True:  # (whoever may rename the state directory may put one of theirs in its place)
+        found = os.stat(above)
+        if found.st_uid not in (0, directory.st_uid) or (
+                found.st_mode & 0o022 and not found.st_mode & stat.S_ISVTX):
+            return ("others than the administrator may replace the state directory: %s above "
+                    "it is %s (make it root's or the administrator's, not writable by others)"
+                    % (above, "uid %d's" % found.st_uid if found.st_uid not in
+                       (0, directory.st_uid) else "writable by others"))
+        if above == os.path.dirname(above):
+            break
+        above = os.path.dirname(above)
     checks = [(os.path.join(state, SITE_DIR), stat.S_ISDIR, "directory")]
     if file_too:
         checks.append((site_path(state), stat.S_ISREG, "file"))
@@ -1247,7 +1264,7 @@ def return_to_queue(db, job, reason, refusal=None, leaving=("starting",)):
     if not move(db, job, leaving, "queue", node=None, reason=reason, runner_pid=None,
                 external_id=None, refusal=refusal, gpu_ids=None, started_at=None):
         return False
-    after_commit(remove_run_files, job)
+    after_commit(as_owner, job["user"], remove_run_files, job)
     request_tick(db)
     return True
 
@@ -1289,20 +1306,57 @@ def discard_job_files(db, job, run_files=True):
     """After the commit, remove an ended job's run files, and its job file and script copy,
     which the jobs of an array share: those go with the last of them."""
     if run_files:
-        after_commit(remove_run_files, job)
+        after_commit(as_owner, job["user"], remove_run_files, job)
     if db.execute("SELECT 1 FROM jobs WHERE " + LIVE_SQL + " AND spec = ? AND id != ? LIMIT 1",
                   (job["spec"], job["id"])).fetchone():
         return
-    after_commit(remove_job_file, job["spec"])
+    after_commit(as_owner, job["user"], remove_job_file, job["user"], job["spec"])
 
 
-def remove_job_file(path):
+def remove_job_file(user, path):
+    """A job file and the script copy it names, each only if it is in the user's own spool
+    or scripts folder: the row that named it is the group's to write."""
+    if not in_own_folder(user, "spool", path):
+        return
     try:
         with open(path) as f:
             copied = json.load(f).get("script_copy")
     except (OSError, ValueError, AttributeError):
         copied = None
-    remove_quietly(path, *([copied] if isinstance(copied, str) else []))
+    remove_quietly(path, *([copied] if isinstance(copied, str) and
+                           in_own_folder(user, "scripts", copied) else []))
+
+
+def in_own_folder(user, folder, path):
+    """Is `path` a file right in users/<user>/<folder>/ (no link on the way)?"""
+    base = os.path.join(user_dir(user), folder)
+    return os.path.dirname(os.path.normpath(path)) == base and \
+        os.path.realpath(path) == os.path.join(os.path.realpath(base), os.path.basename(path))
+
+
+def as_owner(user, fn, *args):
+    """Do fn(*args), a change of files in a user's own directory, as that user: root never
+    removes or moves a file there itself (its owner may have put a link on the way, another
+    member a path of theirs in the row). Root forks and becomes the user, who must exist; the
+    child touches no connection and leaves with os._exit."""
+    if os.geteuid() != 0:
+        return fn(*args)
+    import pwd
+    try:
+        owner = pwd.getpwnam(user)
+    except (KeyError, TypeError):
+        return None
+    if owner.pw_uid == 0:
+        return fn(*args)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            become(owner)
+            fn(*args)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    return None
 
 
 # --- Run files: what a runner keeps beside a job's row, each file of one attempt ------------
@@ -1369,18 +1423,23 @@ def stale_run_files(user, live_attempts):
 
 
 def quarantine(job, path, why):
-    """A run file that cannot be read is moved aside (users/<user>/quarantine/), for
-    qpy_admin.py check to report, and the job is decided as if it were absent."""
+    """A run file that cannot be read is moved aside (users/<user>/quarantine/), by its
+    owner, for qpy_admin.py check to report, and the job is decided as if it were absent."""
+    as_owner(job["user"], move_to_quarantine, job, path, why)
+
+
+def move_to_quarantine(job, path, why):
     folder = os.path.join(user_dir(job["user"]), "quarantine")
     try:
-        if not os.path.isdir(folder):
+        if not os.path.lexists(folder):
             os.mkdir(folder, 0o700)
-            if os.geteuid() == 0:  # (root's tick: the folder is the user's, to look into)
-                os.chown(folder, os.stat(user_dir(job["user"])).st_uid, -1)
+        if not own_directory(folder) or not in_own_folder(job["user"], "run", path):
+            raise OSError("not the user's own folder")
         target = os.path.join(folder, "%s.%d" % (os.path.basename(path), time.time_ns()))
         os.rename(path, target)
     except OSError:
-        remove_quietly(path)
+        if in_own_folder(job["user"], "run", path):
+            remove_quietly(path)
         target = "(removed)"
     log_event("job %d: %s is unreadable (%s): moved to %s" % (job["id"], path, why, target))
 
@@ -3179,7 +3238,8 @@ def qpy_on_node(*args):
     """The command line that runs this qpy on a node (same Python, same files: the install
     is on the shared filesystem). It imports qpy rather than running qpy.py as a script, so
     that Python uses the compiled byte-code instead of compiling qpy.py at every start."""
-    return ["env", "QPY_STATE=" + state_dir(), sys.executable, "-c",
+    return ["env", "QPY_STATE=" + state_dir(), sys.executable, "-I", "-c",  # (-I: nothing of
+            # the working directory, which a forged row's cwd may name, is ever imported)
             "import sys; sys.path.insert(0, %r); import qpy; sys.exit(qpy.main())" % HERE] \
         + [str(arg) for arg in args]
 
@@ -3221,6 +3281,12 @@ def run_all(commands, timeout):
     import tempfile
     started = []
     for argv, owner, sockets in commands:
+        found = stat_or_none(sockets) if sockets else None
+        if found is not None and (found.st_uid != (owner.pw_uid if owner else os.getuid())
+                                  or found.st_mode & 0o077 or os.path.islink(sockets)):
+            started.append((OSError("ssh's control directory %s is not the user's alone: "
+                                    "remove it" % sockets), None, None))
+            continue
         out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
 
         def prepare(owner=owner, sockets=sockets):
@@ -3228,12 +3294,15 @@ def run_all(commands, timeout):
                 become(owner)
             if sockets:
                 os.makedirs(sockets, mode=0o700, exist_ok=True)
+                if not own_directory(sockets) or os.lstat(sockets).st_mode & 0o077:
+                    os._exit(255)  # (made by another meanwhile: ssh must not trust it)
         env = dict(os.environ)
         if owner:
             env.update(HOME=owner.pw_dir, USER=owner.pw_name, LOGNAME=owner.pw_name)
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                    start_new_session=True, preexec_fn=prepare, env=env)
+                                    start_new_session=True, preexec_fn=prepare, env=env,
+                                    cwd="/")
         except (OSError, subprocess.SubprocessError) as e:
             proc = e
         started.append((proc, out, err))
@@ -3583,6 +3652,9 @@ def sbatch_command(job):
     options = node_options(job)
     argv = ["sbatch", "--parsable", "--job-name=qpy_%d" % job["id"],
             "--partition=" + options["partition"], "--ntasks=1",
+            # (the row's cwd, which any member can write, shows as the job's WorkDir: the
+            # batch runs nothing from there, python -I, and the runner takes the job's
+            # directory from its job file)
             "--cpus-per-task=%d" % job["n_cores"], "--chdir=" + job["cwd"],
             "--output=" + run_file(job, "batch")]
     if job["mem"] > 0:
@@ -4490,19 +4562,21 @@ def user_jobs(db, user, statuses=None):
 
 
 def cmd_check(args):
-    """Usage: qpy check [--json | --long] [<filter>...]
+    """Usage: qpy check [--json | --long | --format=<pattern>] [<filter>...]
 
 List your jobs: all of them, or those matching any filter (a status, a directory, job IDs or
-ranges such as 100-120 130-135,137). The layout is the checkFMT pattern (qpy config);
--l (--long) gives a table instead, as squeue -l: ID, name, status, node, elapsed time, exit
-and reason. With --json, a JSON list with every field of each job (see the README). Filters that match
-none of your jobs: exit status 1, as for kill and clean.
+ranges such as 100-120 130-135,137). The layout is the checkFMT pattern (qpy config), or
+the one of --format for this command only (as squeue -o); a table with -l (--long), as
+squeue -l: ID, name, status, node, elapsed time, exit and reason; a JSON list with every
+field of each job with --json (see the README). Filters that match none of your jobs: exit
+status 1, as for kill and clean.
 
 Statuses: queue running done failed killed undone.
 
 Options:
-  -l, --long  A table, as squeue -l.
-  --json      JSON, every field.
+  -l, --long            A table, as squeue -l.
+  --format=<pattern>    A checkFMT pattern for this command, e.g. '%j %s\\n'.
+  --json                JSON, every field.
 
 Examples:
   qpy check running
@@ -4529,6 +4603,8 @@ Examples:
         return jobs, config, bool(paused and paused["paused"]), notes, tick_overdue(db, jobs)
 
     jobs, config, paused, notes, overdue = atomically(read, write=False)
+    if args["--format"] is not None:
+        config = dict(config, checkFMT=decode_escapes(args["--format"]))
     if overdue:
         start_tick()
     note = errors_note(user)
@@ -4928,10 +5004,20 @@ def signal_jobs(jobs):
         start_tick()
 
 
+def is_a_runner(pid):
+    """Is process `pid` a qpy runner (named so by runner()), not any other process of the
+    user, which a row changed by another member could name?"""
+    try:
+        with open("/proc/%d/comm" % pid) as f:
+            return f.read().strip() == "qpy-runner"
+    except OSError:
+        return False
+
+
 def signal_runner(job):
     """On the job's node: SIGTERM its runner, which stops the job and records it. If the runner
     is gone, stop what is left of the job; return False then."""
-    if process_alive(job["runner_pid"], job["runner_boot"]):
+    if process_alive(job["runner_pid"], job["runner_boot"]) and is_a_runner(job["runner_pid"]):
         os.kill(job["runner_pid"], signal.SIGTERM)
         return True
     stop_orphans(job)
@@ -5465,6 +5551,12 @@ def main(argv=None):
             e, sqlite3.OperationalError) else damaged_database(e)))
         return 1
     return status or 0
+
+
+def kill_main():
+    """`qpy-kill <jobs>...`: qpy kill under a program name of its own, for tools that take one
+    program to cancel jobs with (Snakemake's cluster-generic cancel-cmd, as scancel)."""
+    return main(["kill"] + sys.argv[1:])
 
 
 def filesystem_failure(error):

@@ -297,15 +297,8 @@ def dispatch(on):
 
 def tick(linger):
     """One tick; with --linger, then wake-ups answered for that many seconds more."""
-    seconds = 0.0
-    if linger is not None:
-        try:
-            seconds = float(linger)
-        except ValueError:
-            seconds = -1.0
-        if not 0 <= seconds <= 3600:
-            raise qpy.QpyError("--linger takes a number of seconds (at most 3600), not %r."
-                               % linger)
+    seconds = 0.0 if linger is None else number_in(
+        linger, 3600, "--linger takes a number of seconds (at most 3600), not %r.")
     start = time.monotonic()  # (the linger ends that long after the tick began: before the next)
     qpy.tick()
     if seconds:
@@ -647,15 +640,20 @@ def report(path):
     print("Report written to %s." % path)
 
 
+def number_in(text, most, refusal):
+    """A number typed, from 0 to `most`; else QpyError(refusal naming what was typed)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= most:
+        raise qpy.QpyError(refusal % qpy.shown(text))
+    return value
+
+
 def prune(days):
     """The history without the jobs that ended more than `days` days ago."""
-    try:
-        age = float(days)
-    except ValueError:
-        age = -1.0
-    if not 0 <= age <= 100000:
-        raise qpy.QpyError("prune takes a number of days (at most 100000), not %r."
-                           % qpy.shown(days))
+    age = number_in(days, 100000, "prune takes a number of days (at most 100000), not %r.")
     state = qpy.state_dir()
     if not qpy.is_administrator(state):
         raise qpy.QpyError("Only the site's administrator, %s, prunes the history."
@@ -669,9 +667,15 @@ def backup(target):
     """The queue to <file>, the site's settings to <file>.site, in one read transaction."""
     import sqlite3
     targets = (target, target + ".site")
-    for path in targets:
-        if os.path.exists(path):
+    for made, path in enumerate(targets):  # (made anew: never written through a link)
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+        except FileExistsError:
+            qpy.remove_quietly(*targets[:made])
             raise qpy.QpyError("%s exists: give a new file name." % path)
+        except OSError as e:
+            qpy.remove_quietly(*targets[:made])
+            raise qpy.QpyError("Cannot write the backup %s: %s." % (path, e.strerror))
     try:
         outs = [sqlite3.connect(path) for path in targets]
     except sqlite3.Error as e:

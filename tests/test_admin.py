@@ -265,3 +265,45 @@ def test_html_report_renders_in_a_browser(site, tmp_path):
     assert "<td>%d</td>" % waiting in dom and "queue paused" in dom
     assert "<td>%d</td>" % failed in dom and "exit code 3" in dom
     assert "<td>localhost</td>" in dom
+
+
+def test_qpys_own_commands_import_nothing_from_their_working_directory(site, tmp_path):
+    """A forged row's cwd becomes the working directory of qpy's own commands (a Slurm batch
+    job's --chdir): a json.py planted there must not be imported by them."""
+    import subprocess
+    import qpy
+    planted = tmp_path / "planted"
+    planted.mkdir()
+    (planted / "json.py").write_text("open(%r, 'w').close()\n" % str(tmp_path / "imported"))
+    result = subprocess.run(qpy.qpy_on_node("_words", "statuses"), cwd=str(planted),
+                            capture_output=True, text=True, env=site.env)
+    assert result.returncode == 0 and "queue" in result.stdout, result.stderr
+    assert not (tmp_path / "imported").exists()
+
+
+def test_a_state_whose_parent_others_may_write_is_not_trusted(site, tmp_path):
+    parent = tmp_path / "open"
+    parent.mkdir()
+    os.chmod(str(parent), 0o777)  # (anybody could rename the state and put theirs there)
+    err = site.fails("sub", "true", env={"QPY_STATE": str(parent / "state")})
+    assert "others than the administrator may replace the state directory: %s" % parent in err
+    os.chmod(str(parent), 0o1777)  # sticky, as /tmp: nobody renames what is not theirs
+    site.ok("check", env={"QPY_STATE": str(parent / "state")})
+
+
+def test_a_damage_mark_that_is_a_link_is_not_read(site, tmp_path):
+    site.ok("restart")
+    secret = tmp_path / "secret"
+    secret.write_text("SECRET-LINE\n")
+    os.symlink(str(secret), os.path.join(site.state, "qpy.damaged"))
+    err = site.fails("sub", "true")
+    assert "a mark that is not a plain file" in err and "SECRET" not in err
+
+
+def test_backup_never_writes_through_a_link(site, tmp_path):
+    site.ok("restart")
+    target = tmp_path / "made-through-the-link"
+    os.symlink(str(target), str(tmp_path / "b.db.site"))  # (dangling: os.path.exists is False)
+    assert "b.db.site exists: give a new file name." in admin_fails(
+        site, "backup", str(tmp_path / "b.db"))
+    assert not target.exists() and not (tmp_path / "b.db").exists()

@@ -38,6 +38,9 @@ def test_make_install_gives_every_user_qpy_and_the_site(tmp_path):
              and open(os.path.join(home, "job_1.out")).read() == "installed\n", what="the job")
     assert "## For users" in subprocess.run([qpy, "tutorial"], env=env, capture_output=True,
                                             text=True).stdout
+    kill = subprocess.run([os.path.join(prefix, "bin", "qpy-kill"), "999"], env=env,
+                          capture_output=True, text=True)  # (qpy kill, for Snakemake)
+    assert kill.stderr == "qpy: Nothing to do: required jobs not found.\n"
     subprocess.run(["make", "-s", "-C", REPO, "uninstall", "PREFIX=" + prefix], check=True,
                    capture_output=True, env=env)
     assert not os.path.exists(prefix)

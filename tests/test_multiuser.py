@@ -621,3 +621,41 @@ def test_a_queue_made_to_look_older_than_its_site_is_refused(lab):
     assert db.execute("SELECT value FROM settings WHERE key = 'kill_grace'").fetchone() == ("3",)
     assert db.execute("SELECT name FROM nodes").fetchall() == [("node1",)]
     db.close()
+
+
+def test_root_removes_and_moves_no_file_a_forged_row_names(lab):
+    """bob forges a running job of alice's whose job file is a root-only file and a file of
+    alice's, and makes his own quarantine folder a link to a root-only directory with a bad
+    exit record to go there. Root's tick ends the jobs; every one of those files stays."""
+    site = multi_site(lab, users=("alice", "bob"), nodes="node1 cores=2\n")
+    keep = os.path.join(os.path.dirname(site.state), "root-only-" + os.path.basename(site.state))
+    os.makedirs(keep, mode=0o700)
+    precious, thesis = os.path.join(keep, "precious"), os.path.join(site.workdir("alice"),
+                                                                     "thesis.tex")
+    for path in (precious, thesis):
+        with open(path, "w") as f:
+            f.write("keep me\n")
+    site.ok("alice", "ctrlQueue", "pause")
+    bobs = site.submit("bob", "true")
+    site.ok("bob", "ctrlQueue", "pause")
+    forge = ("import os, sqlite3, sys, time\nstate, precious, thesis, keep, job = sys.argv[1:]\n"
+             "db = sqlite3.connect(os.path.join(state, 'qpy.db'))\nwith db:\n"
+             "    for spec in (precious, thesis):\n"
+             "        db.execute(\"INSERT INTO jobs (user, status, command, cwd, spec, n_cores, "
+             "mem, position, queued_at, node, attempt, started_at, runner_pid, runner_boot) "
+             "VALUES ('alice', 'running', 'x', '/tmp', ?, 1, 0.1, 0, 0, 'node1', 1, 1, 1, 'x')\""
+             ", (spec,))\n"
+             "    db.execute(\"UPDATE jobs SET status = 'running', node = 'node1', attempt = 1, "
+             "started_at = 1, runner_pid = 1, runner_boot = 'x' WHERE id = ?\", (int(job),))\n"
+             "run = os.path.join(state, 'users', 'bob', 'run')\n"
+             "open(os.path.join(run, '%s.1.exit' % job), 'w').write('garbage')\n"
+             "os.symlink(keep, os.path.join(state, 'users', 'bob', 'quarantine'))\n")
+    result = subprocess.run(["runuser", "-u", "bob", "--", site.python, "-c", forge, site.state,
+                             precious, thesis, keep, str(bobs)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    for _ in range(3):
+        site.admin("tick")
+    for path in (precious, thesis):
+        with open(path) as f:
+            assert f.read() == "keep me\n", path
+    assert os.listdir(keep) == ["precious"]  # (bob's bad record did not land there)

@@ -411,6 +411,7 @@ def test_a_pool_line_is_read_and_listed(site):
                    "--time=4", "--qos=short", "--constraint=avx2", "--exclusive",
                    "--chdir=/home/alice/w", "--job-name=qpy_7", "--signal=B:USR1@120"):
         assert option in argv, (option, argv)
+    assert " -I -c " in argv[-1]  # (nothing imported from that directory, which a row names)
     assert argv[-2] == "--wrap" and argv[-1].startswith("trap '' USR1; exec env QPY_STATE=")
     assert argv[-1].endswith("_slurm 7 1")
     # a job without a time limit gets the pool's time=, when it has one
