@@ -7,9 +7,9 @@ The protocol, which every function below keeps:
     state directory may be on NFS) with synchronous=FULL, and beside it what only the
     administrator decides (nodes, allowed users, rules, settings), <state>/site/site.db:
     theirs alone, file and directory, checked to be so and attached read-only by every
-    connection, changed only by renaming a new copy into place. The DB is created only where no state exists; its
-    identity (meta state_id, also in <state>/qpy.id) is checked at every connect, so a lost or
-    replaced DB is refused instead of silently starting over.
+    connection, changed only by renaming a new copy into place. The DB is created only where
+    no state exists; its identity (meta state_id, also in <state>/qpy.id) is checked at every
+    connect, so a lost or replaced DB is refused instead of silently starting over.
  2. Every transaction runs while holding the file lock <state>/qpy.lock (filelock's
     flock; take_lock) and inside BEGIN IMMEDIATE. The lock is held for milliseconds:
     nobody forks, sshes, signals a remote host or waits for anything while holding it.
@@ -403,8 +403,8 @@ def connect():
             raise QpyError("The qpy site %s was made by an older qpy: its administrator, %s, "
                            "upgrades it (root's timer tick does, or any qpy_admin.py command "
                            "run by them)." % (state, administrator_name(state)))
-        if is_administrator(state):
-            secure_site(state)
+        if is_administrator(state) and (version < SCHEMA_VERSION or site_distrust(state)):
+            secure_site(state)  # (only then: not at every command)
         if version < 9 and os.path.lexists(site_path(state)):
             disconnect()  # (only restore takes a site back to a DB's of before schema 9)
             raise QpyError("The qpy database %s says it is of schema %d, older than the site "
@@ -658,7 +658,8 @@ def site_distrust(state, file_too=True):
 # The administrator's files in the state directory (made by create_site): in a site that was
 # not sticky (before schema 9) a member may have put a link or a file of theirs at one of
 # these names, for root to open, chmod or write through.
-ADMIN_FILES = ("qpy.lock", "tick.lock", "watch.lock", "qpy.id")
+ROOT_LOCKS = ("qpy.lock", "tick.lock", "watch.lock")  # (a user's are in users/<user>/)
+ADMIN_FILES = ROOT_LOCKS + ("qpy.id",)
 
 
 def secure_site(state):
@@ -694,6 +695,9 @@ def secure_site(state):
     if not os.path.lexists(folder):
         os.mkdir(folder, 0o755)
         os.chmod(folder, 0o755)
+    if directory.st_mode & 0o070:  # (a site: its lock files made now, none can be planted)
+        for name in ROOT_LOCKS:
+            create_file(os.path.join(state, name), 0o660)
     path = site_path(state)
     if not os.path.lexists(path) and os.path.exists(path + ".new"):
         copy = sqlite3.connect(path + ".new")  # (a read settles a journal it left, if any)
@@ -828,7 +832,7 @@ def create_site(state, group):
     os.makedirs(users, exist_ok=True)
     os.chown(users, -1, gid)
     os.chmod(users, 0o3770)
-    for name in ("qpy.db", "qpy.lock", "tick.lock", "watch.lock"):  # (root's: see ADMIN_FILES)
+    for name in ("qpy.db",) + ROOT_LOCKS:
         create_file(os.path.join(state, name), 0o660, gid)
     os.environ["QPY_STATE"] = state
     secure_site(state)
@@ -4652,11 +4656,10 @@ def with_commands_of_job_files(jobs, user):
     row is the whole group's to write, the job file in the owner's spool theirs alone (so
     a command changed in the row by another member shows as what it is not). One read per
     job file: an array's jobs share theirs."""
-    spool = os.path.join(user_dir(user), "spool")
     commands = {}  # job file: the command it holds (None: it holds none, an older file)
     shown = []
     for job in jobs:
-        if is_live(job) and os.path.dirname(job["spec"]) == spool:
+        if is_live(job) and in_own_folder(user, "spool", job["spec"]):
             if job["spec"] not in commands:
                 try:
                     with open(job["spec"]) as f:

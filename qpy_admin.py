@@ -30,7 +30,7 @@ the directory named in qpy.site next to qpy.py, else ~/.qpy (a personal queue).
 Commands:
   create <dir>     Make a site: <dir> on the shared filesystem, owned by the group (setgid
                    and sticky, 3770), the queue's DB and locks 0660, the site's settings
-                   (site.db) 0644: only the administrator, who runs create, changes them.
+                   (site/site.db) 0644: only the administrator, who runs create, changes them.
                    --site-file writes qpy.site next to qpy.py, so every user of this qpy
                    install finds the site with no set-up.
   nodes [<file>]   Load the nodes file (default <state>/nodes), one node per line:
