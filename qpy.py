@@ -7,7 +7,9 @@ The protocol, which every function below keeps:
     state directory may be on NFS) with synchronous=FULL, and beside it what only the
     administrator decides (nodes, allowed users, rules, settings), <state>/site/site.db:
     theirs alone, file and directory, checked to be so and attached read-only by every
-    connection, changed only by renaming a new copy into place. The DB is created only where
+    connection, changed only by renaming a new copy into place once the transaction that
+    wrote both has committed (a copy a crash left is put in place or removed under the lock
+    by the administrator's next connection, settle_site_copy). The DB is created only where
     no state exists; its identity (meta state_id, also in <state>/qpy.id) is checked at every
     connect, so a lost or replaced DB is refused instead of silently starting over.
  2. Every transaction runs while holding the file lock <state>/qpy.lock (filelock's
@@ -230,6 +232,15 @@ def write_atomically(path, data, mode=0o600):
         raise
 
 
+def fsync_directory(path):
+    """Make a rename in this directory durable (the renamed file's own data is already)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def remove_quietly(*paths):
     for path in paths:
         try:
@@ -403,8 +414,18 @@ def connect():
             raise QpyError("The qpy site %s was made by an older qpy: its administrator, %s, "
                            "upgrades it (root's timer tick does, or any qpy_admin.py command "
                            "run by them)." % (state, administrator_name(state)))
-        if is_administrator(state) and (version < SCHEMA_VERSION or site_distrust(state)):
-            secure_site(state)  # (only then: not at every command)
+        if is_administrator(state):
+            if version < SCHEMA_VERSION or site_distrust(state):
+                secure_site(state)  # (only then: not at every command)
+            if os.path.lexists(site_path(state) + ".new"):
+                release = take_lock("qpy.lock", lock_timeout())
+                if release is None:
+                    disconnect()
+                    raise lock_wait_failed("qpy.lock")
+                try:
+                    settle_site_copy(state)
+                finally:
+                    release()
         if version < 9 and os.path.lexists(site_path(state)):
             disconnect()  # (only restore takes a site back to a DB's of before schema 9)
             raise QpyError("The qpy database %s says it is of schema %d, older than the site "
@@ -666,8 +687,7 @@ def secure_site(state):
     """The administrator's connection first mends what it can, before anything reads or
     upgrades the site: the state directory made sticky; whatever a member put where the
     administrator's site/, lock files, identity or own users/ directory belong moved aside
-    (kept, named .moved-aside.<time>, for the administrator to look at); site/ made; the
-    site.db a crash left as its committed copy put in place."""
+    (kept, named .moved-aside.<time>, for the administrator to look at); site/ made."""
     import pwd
     import stat
     directory = os.stat(state)
@@ -698,14 +718,35 @@ def secure_site(state):
     if directory.st_mode & 0o070:  # (a site: its lock files made now, none can be planted)
         for name in ROOT_LOCKS:
             create_file(os.path.join(state, name), 0o660)
+
+
+def settle_site_copy(state):
+    """Under qpy.lock, before the site is attached or changed: what a site change killed on
+    its way left of its copy (site.db.new). Killed between the commit and the rename, the
+    copy is committed with the queue's part of the change: it takes site.db's place. Killed
+    before the commit, SQLite rolls the copy back when it is read (its journal is hot while
+    the transaction's super-journal beside qpy.db is there) to site.db's very bytes (nothing,
+    for a new site): it goes."""
     path = site_path(state)
-    if not os.path.lexists(path) and os.path.exists(path + ".new"):
-        copy = sqlite3.connect(path + ".new")  # (a read settles a journal it left, if any)
-        try:
-            copy.execute("PRAGMA user_version").fetchone()
-        finally:
-            copy.close()
-        os.replace(path + ".new", path)
+    copy = path + ".new"
+    settled = sqlite3.connect(sqlite_uri(copy), uri=True)
+    try:
+        version = settled.execute("PRAGMA user_version").fetchone()[0]
+    finally:
+        settled.close()
+    with open(copy, "rb") as f:
+        copied = f.read()
+    try:
+        with open(path, "rb") as f:
+            current = f.read()
+    except FileNotFoundError:
+        current = b""
+    if version >= 9 and copied != current:
+        os.replace(copy, path)
+        fsync_directory(os.path.dirname(path))
+        log_event("put the committed copy of a site change killed on its way in place: %s"
+                  % path)
+    remove_quietly(copy, copy + "-journal")
 
 
 def attach_site(db, state):
@@ -748,11 +789,12 @@ def begin_site_change(db):
     problem = site_distrust(state, file_too=os.path.lexists(path))
     if problem:
         raise QpyError("The site's settings %s cannot be trusted: %s." % (path, problem))
+    if os.path.lexists(path + ".new"):
+        settle_site_copy(state)
     if not os.path.lexists(path) and db.execute("PRAGMA main.user_version").fetchone()[0] >= 9:
         raise QpyError("The site's settings %s are missing: restore them with qpy_admin.py "
                        "restore <file> (a backup and its <file>.site)." % path)
     copy = path + ".new"
-    remove_quietly(copy + "-journal")
     fd = create_new_file(copy, 0o644)
     try:
         if os.path.exists(path):  # (a plain copy is whole: site.db is only ever replaced)
@@ -779,11 +821,7 @@ def end_site_change(db, copy, committed):
     path = site_path(state_dir())
     if committed:
         os.replace(copy, path)
-        fd = os.open(os.path.dirname(path), os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_directory(os.path.dirname(path))
     else:
         remove_quietly(copy, copy + "-journal")
     if os.path.exists(path):
@@ -1054,6 +1092,12 @@ def take_lock(name, timeout):
     return None
 
 
+def lock_wait_failed(name):
+    path = os.path.join(state_dir(), name)
+    return QpyError("Waited %g s for the qpy lock %s, held by %s (QPY_LOCK_TIMEOUT sets the "
+                    "wait)." % (lock_timeout(), path, lock_holder(path)))
+
+
 _after_commit = []  # what the transaction in progress does to files once it has committed
 
 
@@ -1074,9 +1118,7 @@ def atomically(fn, write=True, site=False):
     for attempt in range(8):
         release = take_lock("qpy.lock", lock_timeout())
         if release is None:
-            path = os.path.join(state_dir(), "qpy.lock")
-            raise QpyError("Waited %g s for the qpy lock %s, held by %s (QPY_LOCK_TIMEOUT "
-                           "sets the wait)." % (lock_timeout(), path, lock_holder(path)))
+            raise lock_wait_failed("qpy.lock")
         outer = _after_commit[:]  # (a transaction never runs inside another: kept for safety)
         del _after_commit[:]
         site_copy = None
@@ -1088,6 +1130,8 @@ def atomically(fn, write=True, site=False):
             db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
                 result = fn(db)
+                if site_copy is not None:
+                    crash_point("site:changing")
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
@@ -1095,6 +1139,7 @@ def atomically(fn, write=True, site=False):
                 raise
             if site_copy is not None:  # (committed: whatever fails now, fn is not run again)
                 copy, site_copy = site_copy, None
+                crash_point("site:committed")
                 try:
                     end_site_change(db, copy, committed=True)
                 except (OSError, sqlite3.Error) as e:

@@ -7,6 +7,8 @@ import signal
 import subprocess
 import time
 
+import pytest
+
 
 from conftest import QPY, group_members, qpy_processes, read_jobs, wait_for
 
@@ -369,3 +371,56 @@ def test_a_relative_qpy_state_keeps_its_meaning_in_runners(site):
     wait_for(lambda: site.ok("check", env=env).count("(done)") == 2, what="both jobs done")
     assert {first, second} == set(read_jobs(os.path.join(site.work, "relative-state")))
     assert not os.path.exists("/relative-state")
+
+
+@pytest.mark.parametrize("point", ["site:changing", "site:committed"])
+def test_the_first_command_killed_while_it_makes_the_queue_leaves_one_to_use(site, point):
+    """The first command makes the queue and the site together (qpy.db and a copy of
+    site.db that takes site.db's place once both have committed): killed before the commit
+    or before the rename, the next command finds a queue it can use, never a "changed by a
+    member" refusal (seen once in CI, in the random kills above)."""
+    env, token = crash_env(site, point)
+    assert site.run("check", env=env).returncode == -signal.SIGKILL
+    assert not os.path.exists(token)
+    job = site.submit("true")
+    assert site.wait_status(job, "done")["node"] == "localhost"
+    assert "localhost" in site.ok("status")
+
+
+@pytest.mark.parametrize("point, kept", [("site:changing", False), ("site:committed", True)])
+def test_a_site_change_killed_before_it_is_in_place_is_whole_or_not_at_all(site, point, kept):
+    """The administrator's change killed between the commit and site.db's rename is kept
+    (the queue's part of it is committed too); killed before the commit, it is not; either
+    way the next change goes through."""
+    site.ok("restart")
+    env, token = crash_env(site, point)
+    assert site.run("set", "heartbeat", "7", admin=True, env=env).returncode == -signal.SIGKILL
+    assert not os.path.exists(token)
+    assert site.ok("set", "heartbeat", admin=True) == "heartbeat = %s\n" % (
+        "7" if kept else "30")
+    assert site.ok("set", "node_timeout", "99", admin=True) == "node_timeout set to 99.\n"
+    assert site.ok("set", "heartbeat", admin=True) == "heartbeat = %s\n" % ("7" if kept else "30")
+    job = site.submit("true")
+    site.wait_status(job, "done")
+
+
+def test_random_kills_of_the_administrators_changes_leave_a_site_that_works(site):
+    """SIGKILL `qpy_admin.py set` at random moments: each change is there whole or not at
+    all, and the site goes on (the next change, a job)."""
+    from conftest import QPY_ADMIN
+    rng = random.Random(2)
+    site.ok("restart")
+    tried = set()
+    for value in range(40, 70):
+        p = subprocess.Popen(QPY_ADMIN + ["set", "heartbeat", str(value)], cwd=site.work,
+                             env=site.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0, 0.1))
+        p.kill()
+        p.wait()
+        tried.add(value)
+    value = int(site.ok("set", "heartbeat", admin=True).split()[-1])
+    assert value == 30 or value in tried
+    assert not os.path.exists(os.path.join(site.state, "site", "site.db.new"))
+    assert site.ok("set", "heartbeat", "31", admin=True) == "heartbeat set to 31.\n"
+    job = site.submit("true")
+    site.wait_status(job, "done")
