@@ -18,6 +18,7 @@ _qpy_help() {
         tail)      echo "Follow the output of a job until it ends" ;;
         hold)      echo "Keep queued jobs from starting: IDs or ranges, a directory, all" ;;
         release)   echo "Let held jobs start: IDs or ranges, a directory, all" ;;
+        rerun)     echo "Submit ended jobs again: IDs or ranges, done, failed, killed, undone, a directory, all [--parsable]" ;;
         history)   echo "Jobs that ended, cleaned or not: [--since 7d] [--until <date>] [--name <pattern>] [filters]" ;;
         *)         echo "Unknown command: $1" ;;
     esac
@@ -91,6 +92,8 @@ _qpy() {
                                  $(compgen -d -- "$cur")) ;;
         clean) COMPREPLY=($(compgen -W "all done failed killed undone $(_qpy_ids finished)" \
                             -- "$cur") $(compgen -d -- "$cur")) ;;
+        rerun) COMPREPLY=($(compgen -W "all done failed killed undone $(_qpy_unused --parsable) \
+                            $(_qpy_ids finished)" -- "$cur") $(compgen -d -- "$cur")) ;;
         wait|tail|notes) COMPREPLY=($(compgen -W "$(_qpy_ids all)" -- "$cur")) ;;
         tutorial) COMPREPLY=($(compgen -W "$(_qpy_words commands)" -- "$cur")) ;;
         ctrlQueue)

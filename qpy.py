@@ -1329,7 +1329,8 @@ def finish(db, job, record, run_files=True):
                 signal=record.get("signal"), reason=reason, ended_at=record["ended_at"],
                 max_rss=record.get("max_rss"), cpu_time=record.get("cpu_time")):
         return False
-    discard_job_files(db, job, run_files)
+    if run_files:
+        discard_run_files(job)
     return True
 
 
@@ -1337,7 +1338,7 @@ def undo(db, job, reason):
     """A queued (or claimed, not yet started) job that will never run: undone."""
     if not move(db, job, ("queue", "starting"), "undone", ended_at=time.time(), reason=reason):
         return False
-    discard_job_files(db, job)
+    discard_run_files(job)
     request_tick(db)
     return True
 
@@ -1351,15 +1352,19 @@ def fail_claim(db, job, reason):
     return True
 
 
-def discard_job_files(db, job, run_files=True):
-    """After the commit, remove an ended job's run files, and its job file and script copy,
-    which the jobs of an array share: those go with the last of them."""
-    if run_files:
-        after_commit(as_owner, job["user"], remove_run_files, job)
-    if db.execute("SELECT 1 FROM jobs WHERE " + LIVE_SQL + " AND spec = ? AND id != ? LIMIT 1",
-                  (job["spec"], job["id"])).fetchone():
-        return
-    after_commit(as_owner, job["user"], remove_job_file, job["user"], job["spec"])
+def discard_run_files(job):
+    """After the commit, remove an ended job's run files. Its job file and script copy stay
+    until qpy clean removes the job (qpy rerun runs them again): forget_job_files."""
+    after_commit(as_owner, job["user"], remove_run_files, job)
+
+
+def forget_job_files(db, user, specs):
+    """Inside qpy clean's transaction, once the rows are gone: after the commit, remove the
+    job files (and the script copies they name) that no row of the user names any more: an
+    array's jobs share one, which goes with the last of them."""
+    kept = {row[0] for row in db.execute("SELECT spec FROM jobs WHERE user = ?", (user,))}
+    for spec in sorted(set(specs) - kept):
+        after_commit(as_owner, user, remove_job_file, user, spec)
 
 
 def remove_job_file(user, path):
@@ -3798,7 +3803,7 @@ def slurm_fate(db, job, slurm_state):
             return_to_queue(db, job, "requeued: " + reason, leaving=(job["status"],))
         elif job["status"] == "starting":
             if fail_claim(db, job, reason):
-                discard_job_files(db, job)
+                discard_run_files(job)
         else:
             end_lost_job(db, job, reason, may_requeue=state in SLURM_REQUEUABLE)
     elif job["status"] == "starting":
@@ -4330,15 +4335,7 @@ Examples:
         run_argv = substitute_script(argv, script, copy)
 
     def insert(db):
-        allowed = [row[0] for row in db.execute("SELECT name FROM site.allowed_users")]
-        if allowed and user not in allowed:
-            raise QpyError("Job rejected: user %s is not allowed to use this qpy site (the "
-                           "administrator adds users to allowed_users)." % user)
-        owner = ensure_user(db, user)
-        config = load_config(db, user)
-        nodes = db.execute("SELECT * FROM nodes").fetchall()
-        if not nodes:
-            raise QpyError("Job rejected: this qpy site has no nodes; ask the administrator.")
+        owner, config, nodes = admit_submitter(db, user)
         job = {"n_cores": request.get("cores", 1), "gpus": request.get("gpus", 0),
                "mem": request.get("mem", min(5.0, max(node_memory(node) for node in nodes))),
                "attributes": combine_attributes(request.get("attributes", ""), config)}
@@ -4350,34 +4347,15 @@ Examples:
                               "history WHERE id = ?", (job_id, job_id)).fetchone():
                 raise QpyError("Job rejected: --%s names job %d, which does not exist."
                                % (kind, job_id))
-        job_file_path = os.path.join(user_dir(user), "spool", token + ".job")
         indices, limit = request["array"]
-        ids = []
-        for index in indices:
-            cursor = db.execute(
-                "INSERT INTO jobs (user, command, cwd, spec, n_cores, mem, gpus, attributes, "
-                "requeue, name, time_limit, dependencies, array_index, array_limit, outputs, "
-                "position, queued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
-                (user, command, cwd, job_file_path, job["n_cores"], job["mem"], job["gpus"],
-                 job["attributes"], int(args["--requeue"]), args["--name"],
-                 request.get("time"),
-                 json.dumps(request["dependencies"]) if request["dependencies"] else None, index,
-                 limit, json.dumps(outputs) if outputs else None, time.time()))
-            ids.append(cursor.lastrowid)
-        db.execute("UPDATE jobs SET position = id, array_of = CASE WHEN array_index IS NULL "
-                   "THEN NULL ELSE ? END WHERE id BETWEEN ? AND ?", (ids[0], ids[0], ids[-1]))
-        startable = not (owner["paused"] or owner["finished"]) and setting(db, "dispatch")
-        if startable:
-            request_tick(db, user)
-        elif owner["paused"] or owner["finished"]:  # no tick: ctrlQueue continue asks for one
-            db.execute("UPDATE jobs SET reason = ? WHERE id BETWEEN ? AND ?", (
-                "queue paused" if owner["paused"] else "qpy finish", ids[0], ids[-1]))
-        # The job file names the IDs it is for: a row forged into the shared DB that points
-        # at it (or at anybody else's file) is refused by the runner.
-        job_file = {"version": JOB_FILE_VERSION, "argv": run_argv, "cwd": cwd,
-                    "env": submitted_environment(), "script_copy": copy,
-                    "ids": [ids[0], ids[-1]], "command": command, "outputs": outputs}
-        write_atomically(job_file_path, json.dumps(job_file).encode())
+        job.update(command=command, cwd=cwd, requeue=int(args["--requeue"]),
+                   name=args["--name"], time_limit=request.get("time"), array_limit=limit,
+                   dependencies=json.dumps(request["dependencies"])
+                   if request["dependencies"] else None,
+                   outputs=json.dumps(outputs) if outputs else None)
+        ids, startable = enqueue(db, owner, job, indices, token, {
+            "argv": run_argv, "cwd": cwd, "env": submitted_environment(),
+            "script_copy": copy, "command": command, "outputs": outputs})
         crash_point("sub:spooled")
         return ids, startable
 
@@ -4401,6 +4379,50 @@ Examples:
     if args["--wait"]:
         return exit_status_of(wait_until_ended(ids).values())
     return 0
+
+
+def admit_submitter(db, user):
+    """Inside a submission's transaction: the submitter's users row, their config and the
+    site's nodes, once they may submit here."""
+    allowed = [row[0] for row in db.execute("SELECT name FROM site.allowed_users")]
+    if allowed and user not in allowed:
+        raise QpyError("Job rejected: user %s is not allowed to use this qpy site (the "
+                       "administrator adds users to allowed_users)." % user)
+    owner = ensure_user(db, user)
+    nodes = db.execute("SELECT * FROM nodes").fetchall()
+    if not nodes:
+        raise QpyError("Job rejected: this qpy site has no nodes; ask the administrator.")
+    return owner, load_config(db, user), nodes
+
+
+def enqueue(db, owner, job, indices, token, job_file):
+    """Inside a submission's transaction: queue the job (a dict of its jobs columns) once for
+    each array index (None: no array) at the end of the queue, write its job file
+    users/<user>/spool/<token>.job, which names the IDs it is for, and ask for a tick if it
+    can start. Returns (IDs, whether it can start)."""
+    user = owner["name"]
+    path = os.path.join(user_dir(user), "spool", token + ".job")
+    columns = sorted(job)
+    ids = []
+    for index in indices:
+        cursor = db.execute(
+            "INSERT INTO jobs (user, spec, array_index, position, queued_at, %s) VALUES "
+            "(?, ?, ?, 0, ?, %s)" % (", ".join(columns), ", ".join("?" * len(columns))),
+            [user, path, index, time.time()] + [job[column] for column in columns])
+        ids.append(cursor.lastrowid)
+    db.execute("UPDATE jobs SET position = id, array_of = CASE WHEN array_index IS NULL "
+               "THEN NULL ELSE ? END WHERE id BETWEEN ? AND ?", (ids[0], ids[0], ids[-1]))
+    startable = not (owner["paused"] or owner["finished"]) and setting(db, "dispatch")
+    if startable:
+        request_tick(db, user)
+    elif owner["paused"] or owner["finished"]:  # no tick: ctrlQueue continue asks for one
+        db.execute("UPDATE jobs SET reason = ? WHERE id BETWEEN ? AND ?", (
+            "queue paused" if owner["paused"] else "qpy finish", ids[0], ids[-1]))
+    # The job file names the IDs it is for: a row forged into the shared DB that points at
+    # it (or at anybody else's file) is refused by the runner.
+    job_file = dict(job_file, version=JOB_FILE_VERSION, ids=[ids[0], ids[-1]])
+    write_atomically(path, json.dumps(job_file).encode())
+    return ids, startable
 
 
 def exit_status_of(ended):
@@ -4862,6 +4884,97 @@ def hold_or_release(words, hold):
         start_tick()
 
 
+def cmd_rerun(args):
+    """Usage: qpy rerun [--parsable] <jobs>...
+
+Submit ended jobs again, each as a new job at the end of your queue with the command,
+directory, environment and requests it had (cores, memory, GPUs, node attributes, time
+limit, name, output paths, --requeue), as pueue restart does: job IDs or ranges, a status
+(done, failed, killed, undone), a directory, or all. The jobs a job waited for (--after...)
+are not waited for again. The originals stay as they ended. A job can be run again until qpy
+clean removes it (its job file, which holds its command, is kept until then).
+
+Options:
+  --parsable  Print only the new jobs' IDs, one per line.
+
+Examples:
+  qpy rerun 12
+  qpy rerun failed
+"""
+    import shlex
+    statuses, dirs, ranges = selection(args["<jobs>"], FINISHED + ("all",), "rerun")
+    user = user_name()
+    ensure_user_dirs(user)
+
+    def ended_jobs(db):
+        jobs = [job for job in user_jobs(db, user, FINISHED)
+                if selected(job, statuses, dirs, ranges)]
+        if not jobs:
+            raise not_to_rerun(db, user, ranges)
+        return sorted(jobs, key=lambda job: job["id"])
+    jobs = atomically(ended_jobs, write=False)
+    # Each job's own file, never its row, says what it ran (the row is the group's to write),
+    # read and its script copied again before the transaction, as sub does.
+    runs, copies = [], []
+    try:
+        for number, job in enumerate(jobs):
+            try:
+                job_file = read_job_file(job)
+            except QpyError as e:
+                raise QpyError("Job %d cannot be run again: %s (it ended before qpy kept "
+                               "the command of ended jobs?)." % (job["id"], e))
+            token = "%d-%d-%d" % (time.time_ns(), os.getpid(), number)
+            argv, old_copy = list(job_file["argv"]), job_file.get("script_copy")
+            if old_copy:
+                copies.append(copy_script(user, token, old_copy))
+                argv = [word.replace(old_copy, copies[-1]) for word in argv]
+            runs.append((job, token, dict(job_file, argv=argv, script_copy=old_copy and
+                                          copies[-1])))
+
+        def insert(db):
+            owner, _, nodes = admit_submitter(db, user)
+            received = []
+            for job, token, job_file in runs:
+                again = {column: job[column] for column in (
+                    "n_cores", "mem", "gpus", "attributes", "requeue", "name", "time_limit",
+                    "array_limit")}
+                why = unsatisfiable_reason(again, nodes)
+                if why:
+                    raise QpyError("Job %d cannot be run again: %s." % (job["id"], why))
+                outputs = job_file.get("outputs")
+                again.update(command=job_file.get("command") or shlex.join(job_file["argv"]),
+                             cwd=job_file["cwd"], array_limit=None,
+                             outputs=json.dumps(outputs) if outputs else None)
+                ids, startable = enqueue(db, owner, again, [job["array_index"]], token,
+                                         job_file)
+                received.append((ids[0], job["id"]))
+            return received, startable
+        received, startable = atomically(insert)
+    except BaseException:
+        remove_quietly(*copies)
+        raise
+    for new, old in received:
+        print(new if args["--parsable"] else "Job %d received: a rerun of job %d." % (new, old))
+    if startable:
+        start_tick()
+
+
+def not_to_rerun(db, user, ranges):
+    """The error for a rerun that selected no ended job: say why for a job named alone."""
+    for lo, hi in ranges:
+        if lo != hi:
+            continue
+        row = db.execute("SELECT status FROM jobs WHERE id = ? AND user = ?",
+                         (lo, user)).fetchone()
+        if row is not None:
+            return QpyError("Job %d has not ended: qpy rerun runs ended jobs again (qpy kill "
+                            "%d first to stop it)." % (lo, lo))
+        if db.execute("SELECT 1 FROM history WHERE id = ? AND user = ?", (lo, user)).fetchone():
+            return QpyError("You have no ended job %d in the queue (a cleaned job's command is "
+                            "not kept: qpy history %d shows what it was)." % (lo, lo))
+    return nothing_to_do(db, user, ranges, "rerun")
+
+
 def cmd_wait(args):
     """Usage: qpy wait [<jobs>...]
 
@@ -5088,14 +5201,15 @@ Examples:
     user = user_name()
 
     def remove(db):
-        ids = [job["id"] for job in
-               user_jobs(db, user, FINISHED)
-               if selected(job, statuses, dirs, ranges)]
-        if not ids:
+        jobs = [job for job in user_jobs(db, user, FINISHED)
+                if selected(job, statuses, dirs, ranges)]
+        if not jobs:
             raise nothing_to_do(db, user, ranges, "clean")
+        ids = [job["id"] for job in jobs]
         for job_id in ids:
             db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
             db.execute("DELETE FROM notes WHERE job_id = ?", (job_id,))
+        forget_job_files(db, user, [job["spec"] for job in jobs])
         after_commit(remove_batch_outputs, user, ids)
         return len(ids)
 
@@ -5447,6 +5561,7 @@ COMMANDS = {
     "history": (cmd_history, "Lists the jobs that ended, cleaned or not. Arguments: filters"),
     "hold": (cmd_hold, "Keeps queued jobs from starting. Arguments: the jobs id"),
     "release": (cmd_release, "Lets held jobs start. Arguments: the jobs id"),
+    "rerun": (cmd_rerun, "Submits ended jobs again. Arguments: the jobs id"),
 }
 
 

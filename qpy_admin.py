@@ -375,7 +375,7 @@ def check_site():
     problems += forged_rows([row for row in jobs if qpy.is_live(row)])
     problems += not_qpys_schema()
     live = {row["id"]: row["attempt"] for row in jobs if qpy.is_live(row)}
-    specs = {row["spec"] for row in jobs if qpy.is_live(row)}
+    specs = {row["spec"] for row in jobs}  # (an ended job's stays until clean: qpy rerun)
     users = os.path.join(qpy.state_dir(), "users")
     for user in sorted(os.listdir(users)) if os.path.isdir(users) else []:
         problems += ["%s: a record of a job that is not running (qpy restart, as %s, removes "
@@ -388,7 +388,7 @@ def check_site():
         spool = os.path.join(users, user, "spool")
         for name in sorted(os.listdir(spool)) if os.path.isdir(spool) else []:
             if os.path.join(spool, name) not in specs:
-                problems.append("%s/%s: a job file of no queued or running job (qpy restart, as "
+                problems.append("%s/%s: a job file of no job in the queue (qpy restart, as "
                                 "%s, removes it)" % (spool, name, user))
     for problem in problems:
         print(problem)

@@ -317,9 +317,10 @@ def test_copy_script(site):
     assert site.read("job_%d.out" % copied) == "original\n"
     assert site.read("job_%d.out" % plain) == "edited\n"
     me = pwd.getpwuid(os.getuid()).pw_name
-    # the copies go once each end is committed (after it: an after-commit effect)
-    wait_for(lambda: os.listdir(os.path.join(site.state, "users", me, "scripts")) == [],
-             what="the script copies to be removed")
+    scripts = os.path.join(site.state, "users", me, "scripts")
+    assert len(os.listdir(scripts)) == 1  # (kept for qpy rerun until clean)
+    site.ok("clean", "all")
+    assert os.listdir(scripts) == []
 
 
 def test_notes(site):
@@ -500,6 +501,7 @@ def test_completion_offers_the_users_own_job_ids(site):
                                        capture_output=True, text=True).stdout.split()
     assert str(queued) in run("kill ''")
     assert str(queued) not in run("clean ''")  # not finished
+    assert "--parsable" in run("rerun ''") and str(queued) not in run("rerun ''")
     assert str(queued) in run("check ''")
     at = lambda words, cword: subprocess.run(
         ["bash", "-c", probe.replace("COMP_CWORD=2", "COMP_CWORD=%d" % cword)

@@ -151,3 +151,76 @@ def test_bad_output_options_are_refused_with_what_to_type(site, args, says):
     before = site.dump()
     assert says in site.fails("sub", *args)
     assert site.dump() == before
+
+
+def test_rerun_submits_ended_jobs_again_as_they_were(site):
+    """pueue restart / Slurm requeue: the same command, directory, environment and requests
+    as a new job; the original stays as it ended."""
+    there = os.path.join(site.work, "there")
+    os.makedirs(there)
+    failed = site.submit("-n", "2", "-N", "sim", "--chdir", "there", "--output", "%x.%j.out",
+                         "echo $GREETING $QPY_ARRAY_INDEX; exit 4",
+                         env={"GREETING": "hello"})
+    site.wait_status(failed, "failed")
+    out = site.ok("rerun", str(failed), env={"GREETING": "changed"})
+    assert out.startswith("Job ") and out.endswith(" received: a rerun of job %d.\n" % failed)
+    again = int(out.split()[1])
+    job = site.wait_status(again, "failed")
+    assert (job["command"], job["cwd"], job["n_cores"], job["name"], job["exit_code"]) == (
+        "echo $GREETING $QPY_ARRAY_INDEX; exit 4", there, 2, "sim", 4)
+    with open(os.path.join(there, "sim.%d.out" % again)) as f:
+        assert f.read() == "hello\n"
+    assert site.status(failed) == "failed"
+    array = site.ok("sub", "--parsable", "--array", "3-4", "echo $QPY_ARRAY_INDEX").strip()
+    first = int(array.split("-")[0])
+    site.wait_status(first + 1, "done")
+    reruns = site.ok("rerun", "--parsable", str(first + 1), str(first)).split()
+    assert len(reruns) == 2
+    for job_id, index in zip(map(int, reruns), (3, 4)):  # (in the order of their IDs)
+        site.wait_status(job_id, "done")
+        assert site.read("job_%d.out" % job_id) == "%d\n" % index
+
+
+def test_rerun_keeps_the_job_file_until_clean_and_runs_a_script_as_it_was(site):
+    script = os.path.join(site.work, "run.sh")
+    with open(script, "w") as f:
+        f.write("#!/bin/sh\necho first version\n")
+    os.chmod(script, 0o755)
+    job = site.submit("-c", "./run.sh")  # (a copy of the script runs)
+    site.wait_status(job, "done")
+    with open(script, "w") as f:
+        f.write("#!/bin/sh\necho second version\n")
+    again = int(site.ok("rerun", "--parsable", str(job)))
+    site.wait_status(again, "done")
+    assert site.read("job_%d.out" % again) == "first version\n"
+    user = os.listdir(os.path.join(site.state, "users"))[0]
+    spool = os.path.join(site.state, "users", user, "spool")
+    scripts = os.path.join(site.state, "users", user, "scripts")
+    assert len(os.listdir(spool)) == 2 and len(os.listdir(scripts)) == 2
+    assert site.ok("clean", str(job)) == "1 finished job removed.\n"
+    assert len(os.listdir(spool)) == 1 and len(os.listdir(scripts)) == 1
+    third = int(site.ok("rerun", "--parsable", str(again)))  # (its own copy, still there)
+    site.wait_status(third, "done")
+    assert site.read("job_%d.out" % third) == "first version\n"
+    site.ok("clean", "all")
+    assert os.listdir(spool) == [] and os.listdir(scripts) == []
+    assert "The site is fine." in site.ok("check", admin=True)
+
+
+def test_rerun_refuses_what_it_cannot_run_again(site):
+    site.ok("ctrlQueue", "pause")
+    queued = site.submit("true")
+    assert site.fails("rerun", str(queued)) == (
+        "qpy: Job %d has not ended: qpy rerun runs ended jobs again (qpy kill %d first to "
+        "stop it).\n" % (queued, queued))
+    site.ok("ctrlQueue", "continue")
+    site.wait_status(queued, "done")
+    site.ok("clean", str(queued))
+    assert site.fails("rerun", str(queued)) == (
+        "qpy: You have no ended job %d in the queue (a cleaned job's command is not kept: qpy "
+        "history %d shows what it was).\n" % (queued, queued))
+    assert "Range with wrong format or invalid status: running" in site.fails("rerun", "running")
+    assert site.fails("rerun") .startswith("qpy: ")
+    before = site.dump()
+    assert site.fails("rerun", "all") == "qpy: Nothing to do: required jobs not found.\n"
+    assert site.dump() == before

@@ -542,6 +542,25 @@ def test_rows_changed_by_a_member_show_for_what_they_are(lab):
     assert site.output("alice", first) == "first\n"
 
 
+def test_a_rerun_runs_what_the_owners_job_file_says_not_the_row(lab):
+    """bob rewrites the command and directory of alice's ended job in the shared DB: her
+    qpy rerun runs her own command, in her own directory, as her."""
+    site = multi_site(lab, users=("alice", "bob"))
+    job = site.submit("alice", "echo mine; id -un")
+    site.wait_status(job, "done", tick=True)
+    script = ("import sqlite3, sys\ndb = sqlite3.connect(sys.argv[1])\nwith db:\n"
+              "    db.execute(\"UPDATE jobs SET command = 'touch /tmp/pwned-by-bob', cwd = '/tmp'"
+              " WHERE id = %d\")\n" % job)
+    result = subprocess.run(["runuser", "-u", "bob", "--", site.python, "-c", script,
+                             os.path.join(site.state, "qpy.db")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    again = int(site.ok("alice", "rerun", "--parsable", str(job)))
+    record = site.wait_status(again, "done", tick=True)
+    assert (record["command"], record["cwd"]) == ("echo mine; id -un", site.workdir("alice"))
+    assert site.output("alice", again) == "mine\nalice\n"
+    assert not os.path.exists("/tmp/pwned-by-bob")
+
+
 def test_what_a_member_planted_in_a_former_site_is_moved_aside_not_followed(lab):
     """Before schema 9 the state directory was not sticky: bob could have put links and
     files of his where root's tick goes next (its lock, its users/ directory, site/). The

@@ -361,7 +361,7 @@ def test_backup_check_and_restore(site, tmp_path):
                          "spool")
     open(os.path.join(spool, "stray.job"), "w").close()
     result = site.run("check", admin=True)
-    assert result.returncode == 1 and "stray.job: a job file of no queued" in result.stdout
+    assert result.returncode == 1 and "stray.job: a job file of no job in the queue" in result.stdout
 
 
 def has_open(pid, name):
