@@ -2341,9 +2341,7 @@ def schedule(nodes, live_jobs, blocked_users, shares=None, unmet=None, queue_cou
     refusals: {job id: {"node", "why"}} for jobs a Slurm pool refused lately (not placed there).
     Returns ([(job id, node name)], {job id: why it waits}). A job that does not fit is passed
     over so that smaller jobs behind it can start (backfilling)."""
-    free = free_resources(nodes, live_jobs)
-    total = shared_cores(nodes)
-    unmet, refusals = unmet or {}, refusals or {}
+    unmet = unmet or {}
     used, queued, array_running = {}, {}, {}
     up = {node["name"] for node in nodes if node["state"] == "up"}
     for job in live_jobs:
@@ -2356,26 +2354,52 @@ def schedule(nodes, live_jobs, blocked_users, shares=None, unmet=None, queue_cou
                 used[job["user"]] = used.get(job["user"], 0) + job["n_cores"]
             if job["array_of"] is not None:
                 array_running[job["array_of"]] = array_running.get(job["array_of"], 0) + 1
-    if queue_counts is not None:
-        queued = dict(queue_counts)
+    counts = {"total": shared_cores(nodes), "used": used, "array_running": array_running,
+              "queued": queued if queue_counts is None else dict(queue_counts)}
+    return schedule_counted(nodes, free_resources(nodes, live_jobs), counts,
+                            [job for job in live_jobs if job["status"] == "queue"],
+                            blocked_users, shares, unmet, refusals)
+
+
+def schedule_counted(nodes, free, counts, waiting, blocked_users, shares, unmet, refusals):
+    """schedule's decisions, from what it counted of the live jobs: free (free_resources of
+    these nodes), counts {"total": cores shared out, "used": {user: cores in use on the nodes
+    that are up}, "queued": {user: queued jobs that may start}, "array_running": {first ID of
+    an array: its jobs running or claimed}} and the waiting jobs in queue order. The counts
+    are changed as jobs are placed. nodes may be fewer than the counts are of: a job is
+    placed only on these (the runner's quick pass, quick_plan)."""
+    total, used, queued = counts["total"], counts["used"], counts["queued"]
+    array_running = counts["array_running"]
+    unmet, refusals = unmet or {}, refusals or {}
     placements, pending = [], {}
-    waiting = [job for job in live_jobs if job["status"] == "queue"]
+    # What place_one answered for a job that it did not place holds for every job of the same
+    # user and request until the next placement changes the counts (a queue of alike jobs is
+    # decided once, not once per job); why no node could take a request holds for the pass.
+    declined, no_node = {}, {}
     while True:  # until a pass places nothing: a placement may make another job admissible
         before = len(placements)
         for job in in_fair_order(waiting, shares, used):
             limit = job["array_limit"]
+            refusal = refusals.get(job["id"])
+            alike = (job["user"], job["n_cores"], job["mem"], job["gpus"], job["attributes"])
             if job["id"] in unmet:
                 where, why = None, unmet[job["id"]]
             elif limit and array_running.get(job["array_of"], 0) >= limit:
                 where, why = None, "array limit: %d running" % limit
+            elif alike in declined and refusal is None:
+                where, why = None, declined[alike]
             else:
                 try:
                     where, why = place_one(job, nodes, free, total, used, queued,
-                                           blocked_users, shares, refusals.get(job["id"]))
+                                           blocked_users, shares, refusal, no_node)
                 except QpyError as e:  # (a job stored before today's limits, a forged row)
                     where, why = None, "its request cannot be used: %s" % e
                 if where and job["array_of"] is not None:
                     array_running[job["array_of"]] = array_running.get(job["array_of"], 0) + 1
+                if where:
+                    declined.clear()
+                elif refusal is None:
+                    declined[alike] = why
             if where:
                 placements.append((job["id"], where))
                 pending.pop(job["id"], None)
@@ -2391,27 +2415,40 @@ def in_fair_order(waiting, shares, used):
     """The queued jobs in the order a pass considers them: with a fair share, next a job of
     the user furthest below their share at that moment (`used` grows as jobs are placed), in
     their queue order, ties to whoever queued first; without one, queue order."""
+    import collections
+    import heapq
     if shares is None:
         yield from waiting
         return
     queues = {}  # user: [(place in the queue, job)...], in queue order
     for index, job in enumerate(waiting):
-        queues.setdefault(job["user"], []).append((index, job))
-    while queues:
-        user = max(queues, key=lambda u: (sum(shares.get(u, (0, 0))) - used.get(u, 0),
-                                          -queues[u][0][0]))
-        yield queues[user].pop(0)[1]
-        if not queues[user]:
-            del queues[user]
+        queues.setdefault(job["user"], collections.deque()).append((index, job))
+
+    def turn(user):  # (a heap's least first: the furthest below their share, then who is first)
+        return (used.get(user, 0) - sum(shares.get(user, (0, 0))), queues[user][0][0], user)
+    turns = [turn(user) for user in queues]
+    heapq.heapify(turns)
+    while turns:  # (only the user just served can have changed: their job may have been placed)
+        user = heapq.heappop(turns)[2]
+        yield queues[user].popleft()[1]
+        if queues[user]:
+            heapq.heappush(turns, turn(user))
 
 
-def place_one(job, nodes, free, total, used, queued, blocked_users, shares, refusal):
+def place_one(job, nodes, free, total, used, queued, blocked_users, shares, refusal,
+              no_node=None):
     """Place one queued job if its user's share and the nodes allow it, updating the counts.
-    Returns (node name, None), or (None, why it waits)."""
+    Returns (node name, None), or (None, why it waits). no_node: the pass's answers of
+    why_no_node, by request (they do not change while the pass goes on)."""
     user = job["user"]
     if user in blocked_users:
         return None, blocked_users[user]
-    why = why_no_node(job, nodes, refusal)
+    no_node = {} if no_node is None else no_node
+    request = (job["n_cores"], job["mem"], job["gpus"], job["attributes"],
+               refusal and (refusal["node"], refusal["why"]))
+    if request not in no_node:
+        no_node[request] = why_no_node(job, nodes, refusal)
+    why = no_node[request]
     if why.startswith("waiting for a node"):  # (no node that could run it is there to use:
         return None, why                      # that, not the share, is why it waits)
     if shares is not None:
@@ -2652,28 +2689,85 @@ def plan(db):
     (jobs further back in a queue were not looked at)}. None while dispatch is off."""
     if not setting(db, "dispatch"):
         return None
+    nodes, blocked, shares, unmet, dropped = pass_conditions(db)
+    running, (queued, read) = running_jobs(db), queue_fronts(db, QUEUE_DEPTH)
+    live = running + [job for job in queued if job["id"] not in dropped]
+    placements, pending = schedule(nodes, live, blocked, shares, unmet,
+                                   waiting_counts(db, blocked, unmet, QUEUE_DEPTH, read),
+                                   refusals_of(live))
+    return {"placements": placements, "pending": pending, "nodes": nodes, "live": live,
+            "jobs": {job["id"]: job for job in live},
+            "left_out": any(count > QUEUE_DEPTH for count in read.values()),
+            "kinds": {node["name"]: node["kind"] for node in nodes}}
+
+
+# How many queued jobs of each user the runner's quick pass looks at (as Slurm's quick
+# scheduling at each job end, beside its deeper backfill pass: here a tick's, QUEUE_DEPTH).
+QUICK_DEPTH = 5
+
+
+def quick_plan(db, node_name):
+    """The runner's pass at its job's end, when no other node has a free core, so that no job
+    can start but on its node: as plan's, for that node alone, from what SQLite counts of the
+    running jobs (not every running job read) and the first QUICK_DEPTH queued jobs of each
+    user. It writes no pending reasons (a tick's pass does). None where it does not apply
+    (dispatch is off, the node is not up, cores are free elsewhere): plan decides then."""
+    if not setting(db, "dispatch"):
+        return None
+    nodes, blocked, shares, unmet, dropped = pass_conditions(db)
+    here = [node for node in nodes if node["name"] == node_name and node["state"] == "up"]
+    in_use = dict(db.execute("SELECT node, SUM(n_cores) FROM jobs WHERE " + LIVE_SQL +
+                             " AND status IN ('starting', 'running') GROUP BY node"))
+    if not here or any(node["cores"] > in_use.get(node["name"], 0) for node in nodes
+                       if node["state"] == "up" and node["name"] != node_name):
+        return None
+    running = db.execute("SELECT " + RUNNING_COLUMNS + " FROM jobs WHERE " + LIVE_SQL +
+                         " AND status IN ('starting', 'running') AND node = ?",
+                         (node_name,)).fetchall()
+    queued, read = queue_fronts(db, QUICK_DEPTH)
+    queued = [job for job in queued if job["id"] not in dropped]
+    counts = {"total": shared_cores(nodes),
+              "used": dict(db.execute(  # (shares are of the cores of the nodes that are up)
+                  "SELECT user, SUM(n_cores) FROM jobs WHERE " + LIVE_SQL + " AND status IN "
+                  "('starting', 'running') AND node IN (SELECT name FROM nodes WHERE state = "
+                  "'up') GROUP BY user")),
+              "array_running": dict(db.execute(
+                  "SELECT array_of, COUNT(*) FROM jobs WHERE " + LIVE_SQL + " AND status IN "
+                  "('starting', 'running') AND array_of IS NOT NULL GROUP BY array_of")),
+              "queued": waiting_counts(db, blocked, unmet, QUICK_DEPTH, read)}
+    placements, _ = schedule_counted(here, free_resources(here, running), counts, queued,
+                                     blocked, shares, unmet, refusals_of(queued))
+    return {"placements": placements, "pending": {}, "nodes": nodes, "live": running + queued,
+            "jobs": {job["id"]: job for job in queued},
+            "left_out": any(count > QUICK_DEPTH for count in read.values()),
+            "kinds": {node["name"]: node["kind"] for node in nodes}}
+
+
+def pass_conditions(db):
+    """What a scheduling pass reads besides the jobs: the nodes, the users whose queue is
+    blocked ({user: why}), the shares, the queued jobs that may not start yet ({job id:
+    why}: dependencies, hold) and those whose dependencies can never be met (undone now)."""
     nodes = db.execute("SELECT * FROM nodes ORDER BY position, name").fetchall()
     blocked = {row["name"]: "queue paused" if row["paused"] else "qpy finish"
                for row in db.execute("SELECT * FROM users WHERE paused OR finished")}
     shares = compute_shares(load_rules(db), share_holders(db), shared_cores(nodes))
     unmet, dropped = unmet_dependencies(db)
     unmet.update(held_jobs(db))
-    live, left_out = jobs_to_schedule(db)
-    live = [job for job in live if job["id"] not in dropped]
+    return nodes, blocked, shares, unmet, dropped
+
+
+def refusals_of(jobs):
+    """{job id: refusal} of the jobs a pool refused lately: not offered to it again yet."""
     now = time.time()
-    refusals = {}  # the pools that refused a job lately are not offered it again yet
-    for job in live:
+    refusals = {}
+    for job in jobs:
         try:
             refusal = job["refusal"] and json.loads(job["refusal"])
             if refusal and refusal["until"] > now:
                 refusals[job["id"]] = refusal
         except (ValueError, TypeError, KeyError):
             pass  # (a refusal that cannot be read is none: the pool is asked again)
-    placements, pending = schedule(nodes, live, blocked, shares, unmet,
-                                   waiting_counts(db, blocked, unmet), refusals)
-    return {"placements": placements, "pending": pending, "nodes": nodes, "live": live,
-            "jobs": {job["id"]: job for job in live}, "left_out": left_out,
-            "kinds": {node["name"]: node["kind"] for node in nodes}}
+    return refusals
 
 
 def own_placements(db, me, planned):
@@ -2725,17 +2819,20 @@ def claim_jobs(db, me):
 
 
 def claim_next_job(db, me, node, user):
-    """Inside a runner's end-of-job transaction: plan, and claim just the next job of this
-    node and user, which the runner then runs itself (no new process, no ssh); ask for a
-    tick if other jobs could start too. The claim, or None."""
-    planned = plan(db)
+    """Inside a runner's end-of-job transaction: plan (a quick pass for this node alone when
+    the rest of the cluster is full: the lock is held for a millisecond or two, not for a pass
+    over every live job), and claim just the next job of this node and user, which the runner
+    then runs itself (no new process, no ssh); ask for a tick if other jobs could start too.
+    The claim, or None."""
+    quick = quick_plan(db, node)
+    planned = quick or plan(db)
     if planned is None:
         return None
     own = own_placements(db, me, planned)
     mine = [(job_id, name) for job_id, name in own
             if (name, planned["jobs"][job_id]["user"]) == (node, user)][:1]
-    if len(own) > len(mine):
-        request_tick(db)
+    if len(own) > len(mine) or (quick and quick["left_out"] and not mine):
+        request_tick(db)  # (others could start; or a tick's deeper look finds one here)
     claims = claim_placed(db, planned, mine)
     return claims[0] if claims else None
 
@@ -2749,33 +2846,66 @@ DEPENDENCY_MET = {"after": FINISHED, "afterok": ("done",),
 QUEUE_DEPTH = 50
 
 
-def jobs_to_schedule(db):
-    """The running and claimed jobs, and the first QUEUE_DEPTH queued jobs of each user, in
-    queue order (read through the indexes of live jobs: never the history); and whether some
-    queued jobs were left out."""
-    jobs = db.execute("SELECT * FROM jobs WHERE " + LIVE_SQL + " AND status IN "
-                      "('starting', 'running')").fetchall()
-    queued, left_out = [], False
-    for (user,) in db.execute("SELECT DISTINCT user FROM jobs WHERE status = 'queue'").fetchall():
+# What the scheduler reads of a running or claimed job (all of a queued one: it may be claimed)
+RUNNING_COLUMNS = "id, user, status, node, n_cores, mem, gpus, gpu_ids, array_of, refusal, reason"
+
+
+def running_jobs(db):
+    """The running and claimed jobs, as the scheduler reads them (through the index of live
+    jobs: never the history)."""
+    return db.execute("SELECT " + RUNNING_COLUMNS + " FROM jobs WHERE " + LIVE_SQL +
+                      " AND status IN ('starting', 'running')").fetchall()
+
+
+def queue_fronts(db, depth):
+    """The first `depth` queued jobs of each user, in queue order (never the rest of a long
+    queue); and {user: how many of their queued jobs were read}, one more than `depth` where
+    more are queued (so some were left out)."""
+    queued, read = [], {}
+    for user in queued_users(db):
         # (named: without it SQLite may walk the user's whole history through jobs_by_user)
         front = db.execute("SELECT * FROM jobs INDEXED BY jobs_queued WHERE status = 'queue' "
                            "AND user = ? ORDER BY position, id LIMIT ?",
-                           (user, QUEUE_DEPTH + 1)).fetchall()
-        left_out = left_out or len(front) > QUEUE_DEPTH
-        queued += front[:QUEUE_DEPTH]
-    return jobs + sorted(queued, key=lambda job: (job["position"], job["id"])), left_out
+                           (user, depth + 1)).fetchall()
+        if front:
+            read[user] = len(front)
+        queued += front[:depth]
+    return sorted(queued, key=lambda job: (job["position"], job["id"])), read
 
 
-def waiting_counts(db, blocked_users, unmet):
-    """{user: how many of their queued jobs may start}: who wants cores, for the fair share
-    (all of the queue, not only what jobs_to_schedule read)."""
-    counts = dict(db.execute("SELECT user, COUNT(*) FROM jobs WHERE status = 'queue' "
-                             "GROUP BY user").fetchall())
+def queued_users(db):
+    """The users with queued jobs (whether or not they have a users row: a row a member
+    wrote must be decided, and refused, not left waiting), found by one jump per user along
+    the index of queued jobs, not by a walk over the whole queue."""
+    return [row[0] for row in db.execute(
+        "WITH RECURSIVE queued(user) AS (SELECT MIN(user) FROM jobs INDEXED BY jobs_queued "
+        "WHERE status = 'queue' UNION ALL SELECT (SELECT MIN(user) FROM jobs INDEXED BY "
+        "jobs_queued WHERE status = 'queue' AND user > queued.user) FROM queued WHERE "
+        "queued.user IS NOT NULL) SELECT user FROM queued WHERE user IS NOT NULL")]
+
+
+def waiting_counts(db, blocked_users, unmet, depth, read):
+    """{user: how many of their queued jobs may start}: who wants cores, for the fair share,
+    counted up to depth + 1 only. A pass places at most `depth` jobs of a user (it looks at
+    no more), so any count above that decides as the true one would: for a user with no
+    unmet job it is how many queue_fronts read (`read`); for the others the count goes on
+    past their unmet jobs, so it costs what they cost, never the whole queue."""
+    unmet_of = {}
     if unmet:
         for (user,) in db.execute("SELECT user FROM jobs WHERE id IN (SELECT value FROM "
                                   "json_each(?))", (json.dumps(list(unmet)),)):
-            counts[user] -= 1
-    return {user: count for user, count in counts.items() if user not in blocked_users}
+            unmet_of[user] = unmet_of.get(user, 0) + 1
+    counts = {}
+    for user, found in read.items():
+        if user in blocked_users:
+            continue
+        if unmet_of.get(user):
+            (found,) = db.execute(
+                "SELECT COUNT(*) FROM (SELECT 1 FROM jobs INDEXED BY jobs_queued WHERE status "
+                "= 'queue' AND user = ? LIMIT ?)", (user, depth + 1 + unmet_of[user])).fetchone()
+        if found - unmet_of.get(user, 0) > 0:
+            counts[user] = min(found - unmet_of.get(user, 0), depth + 1)
+    return counts
 
 
 def held_jobs(db):
@@ -5250,7 +5380,33 @@ all; down or drained), as the original qpy did. With --json, the same as a JSON 
     out.append(double)
     out.append("There are %d out of a total of %d cores being used.\n"
                % (report["cores_used"], report["cores"]))
+    out += core_bars(report["nodes"], sys.stdout.isatty() and "NO_COLOR" not in os.environ)
     sys.stdout.write("".join(out))
+
+
+BAR_WIDTH = 40
+STATE_COLOURS = {"up": "green", "drained": "yellow", "down": "red"}
+
+
+def core_bars(nodes, coloured):
+    """The picture of `qpy status` (and of the status page): a bar of used cores per node,
+    '#' used and '.' free, coloured by the node's state on a terminal."""
+    if not nodes:
+        return []
+    width = max(len(node["name"]) for node in nodes)
+    lines = ["\nCores in use:\n"]
+    for node in nodes:
+        used = min(BAR_WIDTH, round(BAR_WIDTH * node["cores_used"] / node["cores"])
+                   if node["cores"] else 0)
+        if node["cores_used"] and not used:
+            used = 1  # (a core in use always shows)
+        bar = "#" * used
+        if coloured:
+            bar = colour(bar, STATE_COLOURS.get(node["state"], "white"))
+        state = "" if node["state"] == "up" else "  " + node["state"]
+        lines.append("  %-*s [%s%s] %d/%d%s\n" % (width, node["name"], bar, "." * (BAR_WIDTH - used),
+                                                 node["cores_used"], node["cores"], state))
+    return lines
 
 
 def pool_note(node):

@@ -12,6 +12,10 @@ a job for an idle node starts within 1 s of `qpy sub` (alone, beside another use
 on ssh, with a node unreachable); a freed core goes to a queued job of the same or another user
 within 1 s; a crashed node's job is reported within node_timeout + ssh_timeout + one tick period; a healed
 node takes a job within probe_interval + one tick period.
+Issue 21 (the lab's scale): B9b the CPU that 16 commands waiting for qpy.lock use together,
+per second of waiting; B10b a scheduling pass with the cluster full at the lab point (30 nodes
+x 32 cores, 20 users, 100k queued; built by lab_box) against 100 queued, and its growth;
+B10a the rate of job ends on 2 local slots with that site full, against an empty site.
 """
 import json
 import os
@@ -477,6 +481,149 @@ def b9(trials=7):
     return rows
 
 
+def lab_box(nodes, cores, users, queued, local_slots=0):
+    """A personal qpy shaped like a lab's site (issue 21): `nodes` nodes of `cores` cores,
+    every core busy with a running job of one of `users` users, `queued` jobs queued among
+    them. Nodes are loaded by qpy_admin.py; jobs and users are inserted straight into the DB
+    (the setup, not what is measured). The nodes' addresses are never contacted: only the
+    scheduling pass is measured, in-process, nothing is launched. local_slots: this machine
+    is a node too, with that many cores, for real jobs; the others' jobs ask for the
+    attribute 'lab' that it lacks."""
+    box = Sandbox()
+    box.run("restart")
+    path = os.path.join(box.root, "nodes")
+    with open(path, "w") as f:
+        if local_slots:
+            f.write("localhost cores=%d memory=16\n" % local_slots)
+        f.writelines("node%d address=10.255.%d.%d cores=%d memory=256 attributes=lab\n"
+                     % (n, n // 250, n % 250 + 1, cores) for n in range(1, nodes + 1))
+    box.run("nodes", path, admin=True)
+    names = ["user%02d" % u for u in range(users)]
+    now = time.time()
+    db = box.db()
+    with db:
+        db.executemany("INSERT OR IGNORE INTO users (name) VALUES (?)", [(u,) for u in names])
+        db.executemany(
+            "INSERT INTO jobs (user, status, command, cwd, spec, n_cores, mem, position, "
+            "queued_at, claimed_at, started_at, node, attempt) VALUES (?, 'running', 'true', "
+            "'/tmp', 'x', 1, 1, 0, ?, ?, ?, ?, 1)",
+            [(names[k % users], now, now, now, "node%d" % (k // cores + 1))
+             for k in range(nodes * cores)])
+        db.executemany("INSERT INTO jobs (user, command, cwd, spec, n_cores, mem, position, "
+                       "queued_at, attributes) VALUES (?, 'true', '/tmp', 'x', 1, 1, 0, ?, 'lab')",
+                       [(names[k % users], now) for k in range(queued)])
+        db.execute("UPDATE jobs SET position = id")
+    db.close()
+    return box
+
+
+PASS_TIMER = """
+import os, statistics, sys, time
+sys.path.insert(0, %r)
+import qpy
+qpy.connect()
+times = []
+for _ in range(%d):
+    start = time.perf_counter()
+    qpy.atomically(qpy.plan, write=False)  # (the lock is held for the whole transaction)
+    times.append(time.perf_counter() - start)
+print(statistics.median(times) * 1000)
+"""
+
+
+def pass_ms(box, runs=9):
+    """The median time a scheduling pass holds the lock (plan in its transaction)."""
+    out = subprocess.run([PYTHON, "-c", PASS_TIMER % (REPO, runs)], env=box.env, cwd=box.root,
+                         capture_output=True, text=True, check=True).stdout
+    return float(out)
+
+
+def b10a(jobs=300):
+    """A job's end at the lab's scale: 2 slots of this machine run `true` jobs while the
+    lab-shaped site (29 nodes x 32 cores busy, 20 users, 10,000 queued) is full, against the
+    same on a site of this machine alone: each end stores the job and starts the next in one
+    transaction (the runner's quick pass, for its node alone)."""
+    rates = []
+    for box in (lab_box(29, 32, 20, 10000, local_slots=2), lab_box(0, 0, 1, 0, local_slots=2)):
+        try:
+            box.run("ctrlQueue", "pause")
+            box.run("sub", "--array", "1-%d" % jobs, "-m", "0.1", "true")
+            start = time.perf_counter()
+            box.run("ctrlQueue", "continue")
+            deadline = time.time() + 600
+            db = box.db()
+            while time.time() < deadline and db.execute(
+                    "SELECT COUNT(*) FROM jobs WHERE status = 'done' AND node = 'localhost'"
+            ).fetchone()[0] < jobs:
+                time.sleep(0.05)
+            db.close()
+            rates.append(jobs / (time.perf_counter() - start))
+        finally:
+            box.close()
+    return row("B10a job ends/s, 2 slots, lab-shaped site", rates[0], rates[1], "jobs/s",
+               "same, empty site", 0.8, higher_is_better=True)
+
+
+def b10b():
+    """The scheduling pass with the cluster full: at the lab point (30 nodes x 32 cores, 20
+    users, 100k queued) against the same pass with 100 queued; and its growth in nodes and
+    users (at 10k queued), printed."""
+    figures = {}
+    for shape in ((30, 32, 20, 100), (30, 32, 20, 100000), (1, 32, 20, 10000),
+                  (30, 32, 20, 10000), (30, 32, 1, 10000)):
+        box = lab_box(*shape)
+        try:
+            figures[shape] = pass_ms(box)
+        finally:
+            box.close()
+    for shape, ms in figures.items():
+        print("  B10b pass, %d nodes x %d cores, %d users, %d queued: %.1f ms" % (shape + (ms,)))
+    return row("B10b full pass, lab point, 100k queued", figures[(30, 32, 20, 100000)],
+               figures[(30, 32, 20, 100)], "ms", "same, 100 queued", None, absolute=10)
+
+
+def cpu_seconds(processes):
+    """The CPU time (user + system) these live processes have used so far."""
+    total = 0
+    for p in processes:
+        try:
+            with open("/proc/%d/stat" % p.pid) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except OSError:
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def b9b(waiters=16, held=2.0):
+    """Waiting costs nothing (issue 21): the CPU that 16 `qpy check` use together per second
+    while qpy.lock is held by another process, counted from /proc over the hold only (their
+    start is not waiting), against 16 processes that only sleep."""
+    import fcntl
+    box = Sandbox()
+    try:
+        box.run("restart")
+        fd = os.open(os.path.join(box.state, "qpy.lock"), os.O_RDWR)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        figures = []
+        for command in (QPY + ["check"], [PYTHON, "-c", "import time; time.sleep(%g)"
+                                          % (held + 3)]):
+            processes = [subprocess.Popen(command, cwd=box.root, env=box.env,
+                                          stdout=subprocess.DEVNULL) for _ in range(waiters)]
+            time.sleep(1.0)  # (started, and waiting)
+            before = cpu_seconds(processes)
+            time.sleep(held)
+            figures.append((cpu_seconds(processes) - before) / held * 1000)
+            if command[:len(QPY)] == QPY:
+                os.close(fd)  # (the checks go on and end)
+            for p in processes:
+                p.wait()
+        return row("B9b CPU of 16 commands waiting for the lock", figures[0], figures[1],
+                   "ms/s", "16 sleeping processes", None, absolute=50)
+    finally:
+        box.close()
+
+
 def row(figure, value, baseline, unit, baseline_name, target_ratio, higher_is_better=False,
         absolute=None):
     """One line of the table: the figure, its baseline, the ratio, and whether the target
@@ -509,7 +656,7 @@ def main():
     first = b1()
     rows.append(first)
     for bench in (b2a, lambda: b2b(first["qpy"]), b3, b4, lambda: b5(first["qpy"]), b6, b7,
-                  b8, b9):
+                  b8, b9, b9b, b10a, b10b):
         result = bench()
         rows += result if isinstance(result, list) else [result]
     number = lambda v: "-" if v is None else ("%.3g" % v)

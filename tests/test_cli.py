@@ -531,3 +531,32 @@ def test_completion_offers_the_users_own_job_ids(site):
                                "COMP_CWORD=2; _qpy_admin; echo ${COMPREPLY[@]}" % script],
                               capture_output=True, text=True, env=env).stdout.split()
     assert settings == ["node_timeout"]
+
+
+def test_status_draws_a_bar_of_used_cores_per_node_coloured_only_on_a_terminal(site):
+    cores = os.cpu_count()
+    job = site.submit("sleep 30")
+    site.wait_status(job, "running")
+    bar = [line for line in site.ok("status").splitlines() if line.startswith("  localhost ")]
+    filled = max(1, round(40 * 1 / cores))
+    assert bar == ["  localhost [%s%s] 1/%d" % ("#" * filled, "." * (40 - filled), cores)], bar
+
+    def on_a_terminal(env):
+        pid, fd = pty.fork()
+        if pid == 0:
+            os.chdir(site.work)
+            os.execve(QPY[0], QPY + ["status"], {**site.env, **env})
+        out = b""
+        while True:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        os.waitpid(pid, 0)
+        return out.decode()
+    assert "\x1b[32m#" in on_a_terminal({})  # (up: green)
+    assert "\x1b[" not in on_a_terminal({"NO_COLOR": "1"})
+    site.ok("kill", str(job))

@@ -424,3 +424,67 @@ def test_random_kills_of_the_administrators_changes_leave_a_site_that_works(site
     assert site.ok("set", "heartbeat", "31", admin=True) == "heartbeat set to 31.\n"
     job = site.submit("true")
     site.wait_status(job, "done")
+
+
+def test_the_runners_quick_pass_places_as_a_whole_pass_does(tmp_path, monkeypatch):
+    """When no other node has a free core, the runner's quick pass for its node (quick_plan:
+    SQLite's sums of the running jobs, the first QUICK_DEPTH queued jobs of each user) places
+    what a tick's pass over the whole site (plan) places, in the same order: random states,
+    queues no deeper than the quick pass looks."""
+    import qpy
+    monkeypatch.setenv("QPY_STATE", str(tmp_path / "state"))
+    qpy.disconnect()
+    rng = random.Random(3)
+    users = ("alice", "bob", "carol")
+    placed = 0
+    try:
+        qpy.atomically(lambda db: db.executemany("INSERT OR IGNORE INTO users (name) VALUES (?)",
+                                                 [(user,) for user in users]))
+        for trial in range(60):
+            cores = [rng.randint(1, 6) for _ in range(3)]
+
+            def site_of(db):
+                db.execute("DELETE FROM site.nodes")
+                for index, count in enumerate(cores):
+                    db.execute("INSERT INTO site.nodes (name, address, cores, mem, attributes, "
+                               "position) VALUES (?, ?, ?, 16, ?, ?)",
+                               ("n%d" % index, "10.254.0.%d" % (index + 1), count,
+                                rng.choice(["", "big"]), index))
+                rules = rng.choice([None, '{"kind": "even", "minimum": 1, "users": {}}'])
+                db.execute("DELETE FROM site.settings WHERE key = 'rules'")
+                if rules:
+                    db.execute("INSERT INTO site.settings VALUES ('rules', ?)", (rules,))
+            qpy.atomically(site_of, site=True)
+
+            def jobs_of(db):
+                db.execute("DELETE FROM jobs")
+                db.execute("UPDATE users SET paused = ?", (0,))
+                if rng.random() < 0.2:
+                    db.execute("UPDATE users SET paused = 1 WHERE name = ?", (rng.choice(users),))
+                for index, count in enumerate(cores):  # n0 keeps some free; n1, n2 are full
+                    busy = rng.randint(0, count - 1) if index == 0 else count
+                    for _ in range(busy):
+                        db.execute("INSERT INTO jobs (user, status, command, cwd, spec, n_cores, "
+                                   "mem, position, queued_at, node, attempt) VALUES (?, "
+                                   "'running', 'true', '/', '/none', 1, 1, 0, 0, ?, 1)",
+                                   (rng.choice(users), "n%d" % index))
+                for user in users:
+                    for _ in range(rng.randint(0, qpy.QUICK_DEPTH)):
+                        db.execute("INSERT INTO jobs (user, command, cwd, spec, n_cores, mem, "
+                                   "attributes, held, position, queued_at) VALUES (?, 'true', "
+                                   "'/', '/none', ?, ?, ?, ?, 0, 0)",
+                                   (user, rng.choice([1, 1, 2]), rng.choice([1, 4, 20]),
+                                    rng.choice(["", "", "big"]), int(rng.random() < 0.1)))
+                db.execute("UPDATE jobs SET position = id")
+            qpy.atomically(jobs_of)
+            quick = qpy.atomically(lambda db: qpy.quick_plan(db, "n0"), write=False)
+            whole = qpy.atomically(qpy.plan, write=False)
+            assert quick is not None
+            assert quick["placements"] == whole["placements"], trial
+            placed += bool(whole["placements"])
+        assert placed >= 20  # (most states place something: the comparison means something)
+        # cores free elsewhere: the quick pass does not apply
+        qpy.atomically(lambda db: db.execute("DELETE FROM jobs WHERE node = 'n1'"))
+        assert qpy.atomically(lambda db: qpy.quick_plan(db, "n0"), write=False) is None
+    finally:
+        qpy.disconnect()
