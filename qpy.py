@@ -50,8 +50,9 @@ The protocol, which every function below keeps:
     (its node was taken for lost, the state replaced) stops its command and records nothing
     (in a replaced state it touches no file, not even its heartbeat). The transaction
     that stores the end also claims and confirms the next job that can start on the same
-    node for the same user, which the runner then runs itself (no new runner, no launch);
-    it ticks if other jobs could start too.
+    node for the same user, which the runner then runs itself (no new runner, no launch),
+    deciding for that node alone when no other node has a free core (quick_plan); it ticks
+    if other jobs could start too.
  7. A tick harvests exit records the database missed, and ends jobs whose runner is gone:
     on this machine by the runner's pid, on other hosts by asking the node over ssh (the
     watch, outside the locks) about runners whose heartbeat is older than node_timeout. A
