@@ -141,6 +141,7 @@ _qpy_admin() {
         set) [ "$COMP_CWORD" -eq 2 ] && COMPREPLY=($(compgen -W "$(_qpy_words settings)" \
                 -- "$cur")) ;;
         timer) COMPREPLY=($(compgen -W "--install --dir=" -- "$cur")) ;;
+        report) COMPREPLY=($(compgen -W "--html= --refresh=" -- "$cur")) ;;
         add) if [ "$COMP_CWORD" -ge 3 ]; then  # a node's settings, as in the nodes file
                  # (the keys are qpy's: the qpy next to this qpy-admin knows them)
                  COMPREPLY=($(compgen -W "$("$(dirname "${COMP_WORDS[0]}")/qpy" _words \
