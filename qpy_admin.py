@@ -11,11 +11,11 @@
   qpy_admin.py resume <node>
   qpy_admin.py status
   qpy_admin.py variables
-  qpy_admin.py tick [--linger=<seconds>]
+  qpy_admin.py tick [--linger=<seconds>] [--report=<file> [--report-every=<seconds>]]
   qpy_admin.py start
   qpy_admin.py finish
   qpy_admin.py set [<key> [<value>]]
-  qpy_admin.py timer [--install] [--dir=<dir>]
+  qpy_admin.py timer [--install] [--dir=<dir>] [--report=<file> [--report-every=<seconds>]]
   qpy_admin.py check
   qpy_admin.py doctor [--as=<user>]
   qpy_admin.py report --html=<file> [--refresh=<seconds>]
@@ -61,6 +61,9 @@ Commands:
                    are live, stay that long answering wake-ups within a quarter of a second
                    (cores one user's job freed for another's, which only root's tick starts);
                    the timer's units pass the timer's period less a second.
+                   --report=<file>: then write the status page there (as report --html),
+                   if it was last written --report-every seconds ago (default 60) or more:
+                   the page reloads itself as often.
   start, finish    Allow or stop the start of any job on the site (running jobs go on).
   set [<key> [<value>]]  Show the site settings (or one), or change one (seconds).
   check            Check the site: the DB's integrity, exit records and job files nobody
@@ -82,7 +85,8 @@ Commands:
                    (checked first); the current DB is kept as qpy.db.before-restore.
   timer            Print the systemd service and timer that run the tick as root every 15 s,
                    and the equivalent /etc/cron.d line. --install writes the two units to
-                   --dir (default /etc/systemd/system).
+                   --dir (default /etc/systemd/system). --report=<file>: the tick writes the
+                   status page there too, at every tick or every --report-every seconds.
 """
 import math
 import os
@@ -299,32 +303,101 @@ def dispatch(on):
         qpy.tick()
 
 
-def tick(linger):
-    """One tick; with --linger, then wake-ups answered for that many seconds more."""
+def tick(linger, report_path=None, report_every=None):
+    """One tick; then the status page, if asked for and due; with --linger, then wake-ups
+    answered for that many seconds more. A page that cannot be written is said at the end:
+    the linger goes on without it."""
     seconds = 0.0 if linger is None else number_in(
         linger, 3600, "--linger takes a number of seconds (at most 3600), not %r.")
+    every = page_interval(report_path, report_every, REPORT_EVERY)
     start = time.monotonic()  # (the linger ends that long after the tick began: before the next)
     qpy.tick()
+    failure = None
+    if report_path is not None and status_page_due(report_path, every):
+        try:
+            write_status_page(report_path, every)
+            note_status_page(report_path, every)
+        except qpy.QpyError as e:
+            failure = e
     if seconds:
         qpy.linger(seconds - (time.monotonic() - start))
+    if failure is not None:
+        raise failure
 
 
-def timer_units():
+REPORT_EVERY = 60  # seconds: how often a tick told --report writes the page, by default
+# A tick this much early still writes the page when due: the timer's accuracy (1 s), and the
+# last page's time to be written, must not make it skip a period.
+REPORT_SLACK = 5
+
+
+def page_interval(report_path, report_every, default):
+    """The seconds between two pages that --report-every asks for (`default` without it)."""
+    if report_every is None:
+        return default
+    if report_path is None:
+        raise qpy.QpyError("--report-every is how often the page of --report=<file> is "
+                           "written: give --report too.")
+    return whole_number(report_every, 1, 86400, "--report-every takes a whole number of "
+                        "seconds from 1 to 86400, not %r.")
+
+
+def status_page_due(path, every):
+    """Is the page that the timer's ticks write at `path` due: none there yet, or `every`
+    seconds old?"""
+    last = last_status_page()
+    return (last is None or last["file"] != path or not os.path.exists(path)
+            or time.time() - last["at"] >= every - REPORT_SLACK)
+
+
+def last_status_page():
+    """{file, at, every} of the status page the timer's ticks last wrote, or None (meta's
+    'status_page'; doctor reports it)."""
+    import json
+    row = qpy.atomically(lambda db: db.execute(
+        "SELECT value FROM meta WHERE key = 'status_page'").fetchone(), write=False)
+    if row is None:
+        return None
+    try:
+        page = json.loads(row[0])
+        return {"file": str(page["file"]), "at": float(page["at"]), "every": int(page["every"])}
+    except (ValueError, TypeError, KeyError):  # (a member's row: as if none, until the next)
+        return None
+
+
+def note_status_page(path, every):
+    import json
+    qpy.atomically(lambda db: db.execute(
+        "INSERT OR REPLACE INTO meta (key, value) VALUES ('status_page', ?)",
+        (json.dumps({"file": path, "at": time.time(), "every": every}),)))
+
+
+def timer_units(page=None):
     """The periodic tick, for systemd and for cron, for this install and this site: each tick
     lingers until just before the next, so that a wake-up waits a quarter of a second, not a
-    period."""
+    period. page: (file, seconds or None): each tick writes the status page there too, every
+    that many seconds (at most once a tick: every tick without them)."""
     tick = tick_command()
     state = qpy.state_dir()
     service = ("[Unit]\nDescription=qpy tick: harvest ended jobs, start queued ones\n\n"
-               "[Service]\nType=oneshot\nEnvironment=QPY_STATE=%s\nExecStart=%s --linger=14\n"
+               "[Service]\nType=oneshot\nEnvironment=QPY_STATE=%s\nExecStart=%s --linger=14%s\n"
                # the runners a tick forks on this machine outlive it: not stopped with it
                "KillMode=process\n"
-               % (state, tick))
+               % (state, tick, page_options(page, 15)))
     timer = ("[Unit]\nDescription=Run the qpy tick every 15 seconds\n\n"
              "[Timer]\nOnBootSec=30\nOnUnitActiveSec=15\nAccuracySec=1\n\n"
              "[Install]\nWantedBy=timers.target\n")
-    cron = "* * * * * root QPY_STATE=%s %s --linger=58\n" % (state, tick)  # (cron mails errors)
+    cron = "* * * * * root QPY_STATE=%s %s --linger=58%s\n" % (  # (cron mails errors)
+        state, tick, page_options(page, 60))
     return {"qpy-tick.service": service, "qpy-tick.timer": timer}, cron
+
+
+def page_options(page, period):
+    """The tick's options that write the status page, for a timer of this period (s)."""
+    if page is None:
+        return ""
+    path, every = page
+    return " --report=%s --report-every=%d" % (path, max(every or period, period))
 
 
 def tick_command():
@@ -339,8 +412,10 @@ def tick_command():
     return "%s %s tick" % (sys.executable, os.path.join(qpy.HERE, "qpy_admin.py"))
 
 
-def timer(install, directory):
-    units, cron = timer_units()
+def timer(install, directory, report_path, report_every):
+    every = page_interval(report_path, report_every, None)
+    units, cron = timer_units(None if report_path is None else
+                              (page_path(report_path), every))
     if install:
         directory = directory or "/etc/systemd/system"
         try:
@@ -355,6 +430,22 @@ def timer(install, directory):
     for name, text in units.items():
         print("# %s\n%s" % (name, text))
     print("# or, without systemd, /etc/cron.d/qpy (every minute):\n%s" % cron, end="")
+
+
+def page_path(path):
+    """The status page's file as the units name it: absolute (the tick runs in /), of
+    characters that the units and the cron line take as they are, in a directory."""
+    import re
+    path = os.path.abspath(path)
+    if not re.fullmatch(r"[A-Za-z0-9/._+,:@=~-]+", path):
+        raise qpy.QpyError("--report takes a file name of letters, digits and /._+,:@=~- "
+                           "(the units and the cron line take it as it is), not %r."
+                           % qpy.shown(path))
+    if not os.path.isdir(os.path.dirname(path)) or os.path.isdir(path):
+        raise qpy.QpyError("--report=%s: %s." % (qpy.shown(path), "a directory, not a file" if
+                           os.path.isdir(path) else "no directory %s to write the page in"
+                           % qpy.shown(os.path.dirname(path))))
+    return path
 
 
 def check_site():
@@ -545,6 +636,7 @@ def doctor(as_user):
     report(age is not None and age < 300, "last tick %s" % (
         "never" if age is None else "%d s ago" % age),
         "install the periodic tick: qpy_admin.py timer --install")
+    doctor_status_page(report)
     users = os.path.join(state, "users")
     for log in sorted(os.path.join(users, name, "errors.log") for name in os.listdir(users)):
         if os.access(log, os.R_OK):  # (root reads every user's, a user only their own)
@@ -587,6 +679,22 @@ def doctor(as_user):
     print("%s." % ("%s found" % qpy.plural(len(problems), "problem") if problems
                    else "Everything looks right"))
     return len(problems)
+
+
+def doctor_status_page(report):
+    """doctor's line on the status page of the timer's ticks: when it was last written."""
+    page = last_status_page()
+    if page is None:
+        report(True, "status page: not written by the timer (qpy_admin.py timer "
+               "--report=<file>)")
+        return
+    age = qpy.format_span(max(time.time() - page["at"], 0))
+    exists = os.path.isfile(page["file"])
+    report(exists and time.time() - page["at"] <= 2 * page["every"] + 60,
+           "status page %s %s %s ago (every %d s)" % (
+               page["file"], "written" if exists else "gone, last written", age, page["every"]),
+           "the timer's ticks are not writing it: see the last tick above, and their errors "
+           "(journalctl -u qpy-tick.service, or cron's mail)")
 
 
 # ---- The status page (report): what runs now, who used what, at a glance ---------------------
@@ -1469,11 +1577,11 @@ COMMANDS = {
     "resume": lambda a: drain(a["<node>"], None),
     "status": lambda a: qpy.cmd_status({}),
     "variables": lambda a: variables(),
-    "tick": lambda a: tick(a["--linger"]),
+    "tick": lambda a: tick(a["--linger"], a["--report"], a["--report-every"]),
     "start": lambda a: dispatch(True),
     "finish": lambda a: dispatch(False),
     "set": lambda a: settings(a["<key>"], a["<value>"]),
-    "timer": lambda a: timer(a["--install"], a["--dir"]),
+    "timer": lambda a: timer(a["--install"], a["--dir"], a["--report"], a["--report-every"]),
     "check": lambda a: 1 if check_site() else 0,
     "doctor": lambda a: 1 if doctor(a["--as"]) else 0,
     "report": lambda a: report(a["--html"], a["--refresh"]),

@@ -1,5 +1,5 @@
-"""The status page (qpy_admin.py report --html), looked at the way its readers see it:
-rendered by headless Chromium, to the DOM and to screenshots."""
+"""The status page (qpy_admin.py report --html, and the timer's ticks that write it), looked at
+the way its readers see it: rendered by headless Chromium, to the DOM and to screenshots."""
 import os
 import re
 import shutil
@@ -234,6 +234,58 @@ def test_a_slurm_pool_and_a_node_down(site, tmp_path):
         "failed: ssh: connect to host gpu…</span>" % reason in text
 
 
+def test_the_timer_writes_the_page_and_doctor_says_when(site, tmp_path):
+    site.ok("restart")
+    page = str(tmp_path / "status.html")
+    out = site.ok("timer", "--report=" + page, admin=True)
+    service = re.search(r"ExecStart=.* tick (--linger.*)\n", out).group(1)
+    assert service == "--linger=14 --report=%s --report-every=15" % page  # every tick
+    assert " tick --linger=58 --report=%s --report-every=60\n" % page in out  # cron's minute
+    out = site.ok("timer", "--report=" + page, "--report-every=120", admin=True)
+    assert "--report-every=120\n" in out and out.count("--report-every=120") == 2
+    units = tmp_path / "units"
+    units.mkdir()
+    site.ok("timer", "--install", "--dir", str(units), "--report=" + page, admin=True)
+    assert "--report=%s --report-every=15\n" % page in (units / "qpy-tick.service").read_text()
+
+    assert "ok       status page: not written by the timer" in site.ok("doctor", admin=True)
+    # the tick as the service runs it (by this checkout's qpy_admin.py, not the install's)
+    site.ok("tick", *service.split(), admin=True)
+    assert "http-equiv='refresh' content='15'" in open(page).read()
+    assert re.search(r"ok +status page %s written 0:00:\d\d ago \(every 15 s\)" % page,
+                     site.ok("doctor", admin=True))
+    with open(page, "w") as f:
+        f.write("the page before")
+    site.ok("tick", "--report=" + page, "--report-every=86400", admin=True)
+    assert open(page).read() == "the page before"  # not due yet: left as it is
+    note_written(site, time.time() - 2 * 86400)
+    site.ok("tick", "--report=" + page, "--report-every=86400", admin=True)
+    assert "<!DOCTYPE html>" in open(page).read()  # due: written again
+
+    note_written(site, time.time() - 3600)
+    os.unlink(page)
+    result = site.run("doctor", admin=True)
+    assert result.returncode == 1
+    assert re.search(r"PROBLEM +status page %s gone, last written 1:00:\d\d ago \(every 86400 "
+                     r"s\): the timer's ticks are not writing it" % page, result.stdout)
+    site.ok("tick", "--report=" + page, "--report-every=86400", admin=True)
+    assert os.path.exists(page)  # (a page gone is written again at once)
+    note_written(site, time.time() - 3 * 86400)
+    assert "PROBLEM  status page %s written 3 days" % page in site.run("doctor",
+                                                                       admin=True).stdout
+
+
+def note_written(site, at):
+    """Make the timer's last page older than it is (the tests do not wait for it to age)."""
+    import json
+    db = sqlite3.connect(os.path.join(site.state, "qpy.db"), timeout=30)
+    with db:
+        row = db.execute("SELECT value FROM meta WHERE key = 'status_page'").fetchone()
+        db.execute("UPDATE meta SET value = ? WHERE key = 'status_page'",
+                   (json.dumps({**json.loads(row[0]), "at": at}),))
+    db.close()
+
+
 def admin_fails(site, *args):
     result = site.run(*args, admin=True)
     assert result.returncode == 1 and result.stderr.count("\n") == 1, result
@@ -248,6 +300,20 @@ def admin_fails(site, *args):
     (["report", "--html=PAGE", "--refresh=1.5"], "--refresh takes a whole number"),
     (["report", "--html=/nonexistent/page.html"], "Cannot write the report "
      "/nonexistent/page.html: No such file or directory."),
+    (["timer", "--report=/tmp/a page.html"], "--report takes a file name of letters, digits "
+     "and /._+,:@=~- (the units and the cron line take it as it is), not '/tmp/a page.html'."),
+    (["timer", "--report=/tmp/50%.html"], "--report takes a file name of letters"),
+    (["timer", "--report=/nonexistent/page.html"], "--report=/nonexistent/page.html: no "
+     "directory /nonexistent to write the page in."),
+    (["timer", "--report=/tmp"], "--report=/tmp: a directory, not a file."),
+    (["timer", "--report=PAGE", "--report-every=-5"], "--report-every takes a whole number of "
+     "seconds from 1 to 86400, not '-5'."),
+    (["timer", "--report-every=60"], "--report-every is how often the page of --report=<file> "
+     "is written: give --report too."),
+    (["tick", "--report=PAGE", "--report-every=never"], "--report-every takes a whole number"),
+    (["tick", "--report-every=60"], "give --report too"),
+    (["tick", "--report=/nonexistent/page.html"], "Cannot write the report "
+     "/nonexistent/page.html: No such file or directory."),
 ])
 def test_bad_report_options_are_one_line(site, tmp_path, args, refusal):
     site.ok("restart")
@@ -255,9 +321,11 @@ def test_bad_report_options_are_one_line(site, tmp_path, args, refusal):
     before = site.dump()
     assert refusal in admin_fails(site, *[arg.replace("PAGE", page) for arg in args])
     assert not os.path.exists(page)
-    assert site.dump() == before
+    if args[0] != "tick":  # (a tick does its work before it writes the page)
+        assert site.dump() == before
 
 
-@pytest.mark.parametrize("args", [["report", "--refresh=5"], ["report", "--html"]])
+@pytest.mark.parametrize("args", [["report", "--refresh=5"], ["report", "--html"],
+                                  ["timer", "--report"], ["tick", "--report"]])
 def test_report_options_without_their_values(site, args):
     assert "wrong arguments" in admin_fails(site, *args)
