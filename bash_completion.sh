@@ -140,7 +140,8 @@ _qpy_admin() {
     case "${COMP_WORDS[1]}" in
         set) [ "$COMP_CWORD" -eq 2 ] && COMPREPLY=($(compgen -W "$(_qpy_words settings)" \
                 -- "$cur")) ;;
-        timer) COMPREPLY=($(compgen -W "--install --dir=" -- "$cur")) ;;
+        timer) COMPREPLY=($(compgen -W "--install --dir= --report= --report-every=" -- "$cur")) ;;
+        report) COMPREPLY=($(compgen -W "--html= --refresh=" -- "$cur")) ;;
         add) if [ "$COMP_CWORD" -ge 3 ]; then  # a node's settings, as in the nodes file
                  # (the keys are qpy's: the qpy next to this qpy-admin knows them)
                  COMPREPLY=($(compgen -W "$("$(dirname "${COMP_WORDS[0]}")/qpy" _words \

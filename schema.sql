@@ -72,6 +72,8 @@ PRAGMA site.user_version = 9;
 --                   takes it on, handing on to users.wanted what it cannot start itself
 --   last_tick       when the last tick pass ran (qpy_admin.py doctor reports it)
 --   tick_passes     how many tick passes ran so far
+--   status_page     the status page the timer's tick last wrote, JSON {file, at, every}
+--                   (qpy_admin.py tick --report; doctor says how old it is)
 --   state_id        this state's identity, made with the DB and kept in <state>/qpy.id too:
 --                   a DB lost or replaced is refused, and nothing of another state (an exit
 --                   record, a runner) is ever taken for this one's

@@ -16,6 +16,7 @@ Issue 21 (the lab's scale): B9b the CPU that 16 commands waiting for qpy.lock us
 per second of waiting; B10b a scheduling pass with the cluster full at the lab point (30 nodes
 x 32 cores, 20 users, 100k queued; built by lab_box) against 100 queued, and its growth;
 B10a the rate of job ends on 2 local slots with that site full, against an empty site.
+Issue 20: B12 the status page with 100k jobs in the history, and its longest hold of the lock.
 """
 import json
 import os
@@ -624,6 +625,68 @@ def b9b(waiters=16, held=2.0):
         box.close()
 
 
+def b12_status_page(jobs=100000):
+    """Issue 20: `qpy_admin.py report --html` with 100k jobs in the history, against one
+    GROUP BY of that history by a bare Python with the same interpreter (so: how many passes
+    over it the page costs); and the longest the page holds the lock (what a `qpy sub` may
+    wait for it), against the transaction of `qpy status`. The history is inserted straight
+    into the sandbox's qpy.db, as qpy.move writes it (in the order jobs end): 20 users, 1 to
+    16 cores, waits and runs of minutes to hours, all ended in the last 30 days, so that every
+    row is in the charts' windows; 10 jobs run and 100 wait (rows too: no tick runs)."""
+    import random
+    box = Sandbox()
+    try:
+        box.run("restart")
+        box.run("ctrlQueue", "pause")
+        random.seed(20)
+        now = time.time()
+        ends = sorted(now - random.random() * 30 * 86400 for _ in range(jobs))
+        rows = []
+        for number, end in enumerate(ends, 1):
+            run, wait = random.expovariate(1 / 1800), random.expovariate(1 / 600)
+            rows.append((number, "user%d" % random.randrange(20), random.choice((1, 2, 4, 16)),
+                         end - run - wait, end - run, end))
+        db = box.db()
+        with db:
+            db.executemany(
+                "INSERT INTO history (id, user, status, command, cwd, node, n_cores, mem, gpus, "
+                "attributes, requeue, attempt, queued_at, started_at, ended_at, exit_code) "
+                "VALUES (?, ?, 'done', 'true', '/', 'localhost', ?, 1, 0, '', 0, 1, ?, ?, ?, 0)",
+                rows)
+            db.executemany(
+                "INSERT INTO jobs (id, user, status, command, cwd, spec, n_cores, mem, position, "
+                "node, queued_at, started_at, reason) VALUES (?, ?, ?, 'sleep 600', '/', 'x', 1, "
+                "1, ?, ?, ?, ?, ?)",
+                [(jobs + n, "user%d" % (n % 20), "running" if n < 10 else "queue", n,
+                  "localhost" if n < 10 else None, now - 900, now - 600 if n < 10 else None,
+                  None if n < 10 else "queue paused") for n in range(110)])
+        db.close()
+        page = os.path.join(box.root, "status.html")
+        report = median_seconds(ADMIN + ["report", "--html=" + page], 5, box.env, box.root)
+        one_pass = median_seconds([PYTHON, "-c", "import sqlite3, sys; sqlite3.connect(sys.argv[1]"
+                                   ").execute('SELECT user, SUM(n_cores * (ended_at - started_at)"
+                                   ") FROM history GROUP BY user').fetchall()",
+                                   os.path.join(box.state, "qpy.db")], 5)
+        # the longest transaction of the page, and that of `qpy status`, in one process
+        holds = subprocess.run([PYTHON, "-c", (
+            "import sys, time; sys.path.insert(0, %r); import qpy, qpy_admin\n"
+            "longest, atomically = [0.0], qpy.atomically\n"
+            "def timed(*args, **kw):\n"
+            "    start = time.perf_counter(); result = atomically(*args, **kw)\n"
+            "    longest[0] = max(longest[0], time.perf_counter() - start); return result\n"
+            "qpy.atomically = timed; qpy_admin.write_status_page(sys.argv[1], 0)\n"
+            "page, longest[0] = longest[0], 0.0\n"
+            "qpy.atomically(qpy.site_report, write=False); print(page, longest[0])"
+            ) % REPO, page], env=box.env, cwd=box.root, capture_output=True, text=True,
+            check=True).stdout.split()
+        return [row("B12 status page, 100k jobs in history", report * 1000, one_pass * 1000,
+                    "ms", "one GROUP BY of the history", 5),
+                row("B12 ... its longest hold of the lock", float(holds[0]) * 1000,
+                    float(holds[1]) * 1000, "ms", "qpy status's transaction", None,
+                    absolute=50)]
+    finally:
+        box.close()
+
 def row(figure, value, baseline, unit, baseline_name, target_ratio, higher_is_better=False,
         absolute=None):
     """One line of the table: the figure, its baseline, the ratio, and whether the target
@@ -659,6 +722,7 @@ def main():
                   b8, b9, b9b, b10a, b10b):
         result = bench()
         rows += result if isinstance(result, list) else [result]
+    rows += b12_status_page()
     number = lambda v: "-" if v is None else ("%.3g" % v)
     print("%-42s %9s %9s %-7s %7s  %-10s %s" % ("figure", "qpy", "baseline", "unit", "ratio",
                                                  "target", "met"))

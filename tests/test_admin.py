@@ -231,42 +231,6 @@ def test_a_node_address_is_checked_where_ssh_is_run(site, tmp_path):
     assert "evil down (launch failed: refused to ssh to" in site.jobs()[job]["reason"]
 
 
-def test_html_report_renders_in_a_browser(site, tmp_path):
-    import shutil
-    import subprocess
-    site.ok("ctrlQueue", "pause")
-    queued = site.submit("-N", "<b>not bold</b>", "true")
-    failed = site.submit("exit 3")
-    site.ok("ctrlQueue", "continue")
-    wait_for(lambda: site.jobs()[failed]["status"] == "failed" and
-             site.jobs()[queued]["status"] == "done", what="the jobs")
-    site.ok("ctrlQueue", "pause")
-    waiting = site.submit("sleep 1")
-    wait_for(lambda: site.jobs()[waiting]["reason"] == "queue paused", what="its reason")
-    site.ok("add", "hpc", "type=slurm", "partition=p", "cores=8", "max_jobs=4", admin=True)
-    page = str(tmp_path / "report.html")
-    assert site.ok("report", "--html=" + page, admin=True) == "Report written to %s.\n" % page
-    text = open(page).read()
-    assert "<b>not bold</b>" not in text  # everything from users is escaped
-    # a Slurm pool as `qpy status` shows it; its memory, not known, as status shows it too
-    assert "<td>hpc (Slurm: 0 of 4 jobs)</td><td>up</td><td>0</td><td>8</td><td>-</td>" \
-        "<td>?</td>" in text
-    browser = shutil.which("chromium")
-    if browser is None:
-        import pytest
-        pytest.skip("no chromium to render the page (make system-deps installs it as root)")
-    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu",
-                          "--disable-quic", "--no-first-run", "--disable-background-networking",
-                          "--disable-component-update", "--disable-sync",
-                          "--user-data-dir=" + str(tmp_path / "profile"), "--dump-dom",
-                          "file://" + page], capture_output=True, text=True, timeout=120).stdout
-    for heading in ("Users", "Nodes", "Running", "Queued", "Recent failures (7 days)"):
-        assert "<h2>%s</h2>" % heading in dom
-    assert "<td>%d</td>" % waiting in dom and "queue paused" in dom
-    assert "<td>%d</td>" % failed in dom and "exit code 3" in dom
-    assert "<td>localhost</td>" in dom
-
-
 def test_qpys_own_commands_import_nothing_from_their_working_directory(site, tmp_path):
     """A forged row's cwd becomes the working directory of qpy's own commands (a Slurm batch
     job's --chdir): a json.py planted there must not be imported by them."""
