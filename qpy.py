@@ -733,6 +733,8 @@ def settle_site_copy(state):
     settled = sqlite3.connect(sqlite_uri(copy), uri=True)
     try:
         version = settled.execute("PRAGMA user_version").fetchone()[0]
+    except sqlite3.DatabaseError:  # (killed while it was copied: never committed, so no site)
+        version = 0
     finally:
         settled.close()
     with open(copy, "rb") as f:

@@ -488,3 +488,14 @@ def test_the_runners_quick_pass_places_as_a_whole_pass_does(tmp_path, monkeypatc
         assert qpy.atomically(lambda db: qpy.quick_plan(db, "n0"), write=False) is None
     finally:
         qpy.disconnect()
+
+
+def test_a_site_copy_killed_while_it_was_written_is_removed_not_taken_for_damage(site):
+    """A copy of site.db cut short (the administrator's change killed while copying, before
+    anything was committed) is no site and no damage: it goes (seen in the random kills)."""
+    site.ok("restart")
+    with open(os.path.join(site.state, "site", "site.db.new"), "wb") as f:
+        f.write(b"SQLite format 3\x00" + b"\x07" * 100)
+    assert site.ok("set", "heartbeat", admin=True) == "heartbeat = 30\n"
+    assert not os.path.exists(os.path.join(site.state, "site", "site.db.new"))
+    assert site.ok("set", "heartbeat", "9", admin=True) == "heartbeat set to 9.\n"
