@@ -2687,20 +2687,27 @@ def watch(me):
 
 def plan(db):
     """Inside a transaction: the reads of a scheduling pass and the pure scheduler's answer,
-    for every user's jobs (so the fair share holds): {"placements": [(job id, node)],
-    "pending": {job id: why it waits}, "jobs": {job id: row}, "nodes", "live", "left_out"
-    (jobs further back in a queue were not looked at)}. None while dispatch is off."""
+    for every user's jobs (so the fair share holds), as planned_pass says. None while
+    dispatch is off."""
     if not setting(db, "dispatch"):
         return None
-    nodes, blocked, shares, unmet, dropped = pass_conditions(db)
+    nodes, blocked, shares, unmet = pass_conditions(db)
     running, (queued, read) = running_jobs(db), queue_fronts(db, QUEUE_DEPTH)
-    live = running + [job for job in queued if job["id"] not in dropped]
+    live = running + queued
     placements, pending = schedule(nodes, live, blocked, shares, unmet,
                                    waiting_counts(db, blocked, unmet, QUEUE_DEPTH, read),
                                    refusals_of(live))
-    return {"placements": placements, "pending": pending, "nodes": nodes, "live": live,
-            "jobs": {job["id"]: job for job in live},
-            "left_out": any(count > QUEUE_DEPTH for count in read.values()),
+    return planned_pass(placements, pending, nodes, running, queued, read, QUEUE_DEPTH)
+
+
+def planned_pass(placements, pending, nodes, running, queued, read, depth):
+    """What plan and quick_plan return: {"placements": [(job id, node)], "pending": {job id:
+    why it waits}, "jobs": {job id: row} of the queued jobs looked at, "nodes", "live" (the
+    running and queued rows read), "left_out" (jobs further back in a queue were not looked
+    at), "kinds": {node: kind}}."""
+    return {"placements": placements, "pending": pending, "nodes": nodes,
+            "live": running + queued, "jobs": {job["id"]: job for job in queued},
+            "left_out": any(count > depth for count in read.values()),
             "kinds": {node["name"]: node["kind"] for node in nodes}}
 
 
@@ -2717,7 +2724,7 @@ def quick_plan(db, node_name):
     (dispatch is off, the node is not up, cores are free elsewhere): plan decides then."""
     if not setting(db, "dispatch"):
         return None
-    nodes, blocked, shares, unmet, dropped = pass_conditions(db)
+    nodes, blocked, shares, unmet = pass_conditions(db)
     here = [node for node in nodes if node["name"] == node_name and node["state"] == "up"]
     in_use = dict(db.execute("SELECT node, SUM(n_cores) FROM jobs WHERE " + LIVE_SQL +
                              " AND status IN ('starting', 'running') GROUP BY node"))
@@ -2728,7 +2735,6 @@ def quick_plan(db, node_name):
                          " AND status IN ('starting', 'running') AND node = ?",
                          (node_name,)).fetchall()
     queued, read = queue_fronts(db, QUICK_DEPTH)
-    queued = [job for job in queued if job["id"] not in dropped]
     counts = {"total": shared_cores(nodes),
               "used": dict(db.execute(  # (shares are of the cores of the nodes that are up)
                   "SELECT user, SUM(n_cores) FROM jobs WHERE " + LIVE_SQL + " AND status IN "
@@ -2740,23 +2746,21 @@ def quick_plan(db, node_name):
               "queued": waiting_counts(db, blocked, unmet, QUICK_DEPTH, read)}
     placements, _ = schedule_counted(here, free_resources(here, running), counts, queued,
                                      blocked, shares, unmet, refusals_of(queued))
-    return {"placements": placements, "pending": {}, "nodes": nodes, "live": running + queued,
-            "jobs": {job["id"]: job for job in queued},
-            "left_out": any(count > QUICK_DEPTH for count in read.values()),
-            "kinds": {node["name"]: node["kind"] for node in nodes}}
+    return planned_pass(placements, {}, nodes, running, queued, read, QUICK_DEPTH)
 
 
 def pass_conditions(db):
-    """What a scheduling pass reads besides the jobs: the nodes, the users whose queue is
-    blocked ({user: why}), the shares, the queued jobs that may not start yet ({job id:
-    why}: dependencies, hold) and those whose dependencies can never be met (undone now)."""
+    """What a scheduling pass reads besides the jobs, first (it undoes the queued jobs whose
+    dependencies can never be met): the nodes, the users whose queue is blocked ({user:
+    why}), the shares, and the queued jobs that may not start yet ({job id: why}:
+    dependencies, hold)."""
     nodes = db.execute("SELECT * FROM nodes ORDER BY position, name").fetchall()
     blocked = {row["name"]: "queue paused" if row["paused"] else "qpy finish"
                for row in db.execute("SELECT * FROM users WHERE paused OR finished")}
     shares = compute_shares(load_rules(db), share_holders(db), shared_cores(nodes))
-    unmet, dropped = unmet_dependencies(db)
+    unmet = unmet_dependencies(db)
     unmet.update(held_jobs(db))
-    return nodes, blocked, shares, unmet, dropped
+    return nodes, blocked, shares, unmet
 
 
 def refusals_of(jobs):
@@ -2918,9 +2922,10 @@ def held_jobs(db):
 
 
 def unmet_dependencies(db):
-    """({job id: why}, {job id}): queued jobs whose dependencies are not met yet, and those
-    whose dependencies can no longer be met, which become undone with the reason at once."""
-    unmet, dropped = {}, set()
+    """{job id: why}: queued jobs whose dependencies are not met yet. Those whose
+    dependencies can no longer be met become undone with the reason at once (so the pass,
+    which reads the queue after this, in the same transaction, no longer sees them)."""
+    unmet = {}
     for job in db.execute("SELECT * FROM jobs WHERE status = 'queue' AND dependencies "
                           "IS NOT NULL").fetchall():
         try:
@@ -2930,7 +2935,6 @@ def unmet_dependencies(db):
             dependencies = None
         if not dependencies:  # (one garbled row must not stop every tick)
             undo(db, job, "its dependencies cannot be read: %s" % shown(job["dependencies"]))
-            dropped.add(job["id"])
             continue
         for kind, other in dependencies:
             row = db.execute("SELECT status FROM jobs WHERE id = ?", (other,)).fetchone() or \
@@ -2942,12 +2946,11 @@ def unmet_dependencies(db):
                 # its own dependents follow in the next pass (undo asks for one)
                 undo(db, job, "dependency never satisfied: job %d %s"
                      % (other, status or "was cleaned"))
-                dropped.add(job["id"])
                 break
             if status is not None:
                 unmet[job["id"]] = "waiting for job %d (%s)" % (other, kind)
                 break
-    return unmet, dropped
+    return unmet
 
 
 def gpus_in_use(live_jobs):

@@ -210,12 +210,12 @@ def test_config_shows_and_sets_every_keyword(site):
     assert site.ok("config", "colour", "default") == "colour restored to the default value: True.\n"
 
 
-def run_in_terminal(site, *args):
+def run_in_terminal(site, *args, env=None):
     """Run qpy with its stdout on a pseudo-terminal; return what it wrote."""
     pid, fd = pty.fork()
     if pid == 0:
         os.chdir(site.work)
-        os.execve(QPY[0], QPY + list(args), site.env)
+        os.execve(QPY[0], QPY + list(args), {**site.env, **(env or {})})
     out = b""
     while True:
         try:
@@ -540,23 +540,6 @@ def test_status_draws_a_bar_of_used_cores_per_node_coloured_only_on_a_terminal(s
     bar = [line for line in site.ok("status").splitlines() if line.startswith("  localhost ")]
     filled = max(1, round(40 * 1 / cores))
     assert bar == ["  localhost [%s%s] 1/%d" % ("#" * filled, "." * (40 - filled), cores)], bar
-
-    def on_a_terminal(env):
-        pid, fd = pty.fork()
-        if pid == 0:
-            os.chdir(site.work)
-            os.execve(QPY[0], QPY + ["status"], {**site.env, **env})
-        out = b""
-        while True:
-            try:
-                chunk = os.read(fd, 4096)
-            except OSError:
-                break
-            if not chunk:
-                break
-            out += chunk
-        os.waitpid(pid, 0)
-        return out.decode()
-    assert "\x1b[32m#" in on_a_terminal({})  # (up: green)
-    assert "\x1b[" not in on_a_terminal({"NO_COLOR": "1"})
+    assert "\x1b[32m#" in run_in_terminal(site, "status")  # (up: green)
+    assert "\x1b[" not in run_in_terminal(site, "status", env={"NO_COLOR": "1"})
     site.ok("kill", str(job))
