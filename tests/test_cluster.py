@@ -1,7 +1,6 @@
 """qpy on compute nodes over ssh: the emulated cluster of tests/cluster.py (network namespaces,
 one sshd per node, real users). Skipped where root, sshd or namespaces are missing."""
 import os
-import subprocess
 
 import pytest
 
@@ -238,9 +237,7 @@ def test_doctor_checks_the_site_end_to_end(lab):
     assert out.endswith("Everything looks right.\n"), out
     site.cluster.crash("node2")
     try:
-        result = subprocess.run([site.python, site.admin_tool, "doctor", "--as", "alice"],
-                                env={"PATH": "/usr/bin:/bin", "QPY_STATE": site.state},
-                                capture_output=True, text=True, timeout=120)
+        result = site.admin_run("doctor", "--as", "alice")
         assert result.returncode == 1
         assert "PROBLEM  node node2 (node2) by ssh" in result.stdout
         assert "1 problem found." in result.stdout
