@@ -243,3 +243,26 @@ def test_doctor_checks_the_site_end_to_end(lab):
         assert "1 problem found." in result.stdout
     finally:
         site.cluster.boot("node2")
+
+
+def test_a_run_whose_process_died_is_a_leftover_and_a_live_ones_is_not(tmp_path):
+    """tests/runs.py: which runs' directories the next run's up removes (no root needed)."""
+    import subprocess
+    import runs
+    prefix = str(tmp_path / "run-")
+    live = subprocess.Popen(["sleep", "300"])
+    try:
+        runs.claim(prefix + "a1", live.pid)
+        runs.claim(prefix + "b2", os.getpid())
+        os.mkdir(prefix + "c3")  # (died before it wrote its owner)
+        os.mkdir(prefix + "d4")  # (its PID is another process's now)
+        with open(os.path.join(prefix + "d4", "owner"), "w") as f:
+            f.write("%d 1 %s\n" % (os.getpid(), runs.boot()))
+        os.mkdir(prefix + "not-a-run")
+        assert sorted(runs.runs_of(prefix)) == ["a1", "b2", "c3", "d4"]
+        assert runs.leftovers(prefix) == [prefix + "c3", prefix + "d4"]
+        assert runs.owner(prefix + "a1") == live.pid
+    finally:
+        live.kill()
+        live.wait()
+    assert runs.leftovers(prefix) == [prefix + "a1", prefix + "c3", prefix + "d4"]
