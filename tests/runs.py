@@ -52,10 +52,12 @@ def taken(run):
 
 
 def process_start(pid):
-    """When process pid started (clock ticks since boot), None if there is no such process."""
+    """When process pid started (clock ticks since boot), None if there is no such process
+    (or only its zombie)."""
     try:
         with open("/proc/%d/stat" % pid) as f:
-            return f.read().rpartition(")")[2].split()[19]
+            fields = f.read().rpartition(")")[2].split()
+        return None if fields[0] in ("Z", "X") else fields[19]
     except (OSError, IndexError):
         return None
 

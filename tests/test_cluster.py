@@ -262,7 +262,9 @@ def test_a_run_whose_process_died_is_a_leftover_and_a_live_ones_is_not(tmp_path)
         assert sorted(runs.runs_of(prefix)) == ["a1", "b2", "c3", "d4"]
         assert runs.leftovers(prefix) == [prefix + "c3", prefix + "d4"]
         assert runs.owner(prefix + "a1") == live.pid
+        live.kill()  # (its zombie, not waited for yet, is as dead)
+        wait_for(lambda: runs.leftovers(prefix) == [prefix + "a1", prefix + "c3", prefix + "d4"],
+                 what="a1 to be a leftover")
     finally:
         live.kill()
         live.wait()
-    assert runs.leftovers(prefix) == [prefix + "a1", prefix + "c3", prefix + "d4"]
