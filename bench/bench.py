@@ -167,14 +167,15 @@ def b6():
         with open(nodes, "w") as f:
             f.write("".join("%s cores=20 memory=64\n" % name for name in cluster.NODES))
         admin("nodes", nodes)
-        home = os.path.join(cluster.DIR, "home", "alice")
-        as_alice = ["runuser", "-u", "alice", "--", "env", "-i", "HOME=" + home, "USER=alice",
+        alice = cluster.real("alice")  # (the run's alice: tests/cluster.py names its users)
+        home = os.path.join(cluster.DIR, "home", alice)
+        as_alice = ["runuser", "-u", alice, "--", "env", "-i", "HOME=" + home, "USER=" + alice,
                     "PATH=/usr/bin:/bin", "QPY_STATE=" + state]
         # the baseline: one ssh round trip through a master connection, as qpy makes them
         sys.path.insert(0, REPO)
         import qpy
         import pwd
-        ssh, sockets = qpy.ssh_command("node1", ["true"], 10, pwd.getpwnam("alice").pw_uid)
+        ssh, sockets = qpy.ssh_command("node1", ["true"], 10, pwd.getpwnam(alice).pw_uid)
         subprocess.run(as_alice + ["sh", "-c", "mkdir -p -m 700 %s" % sockets], check=True)
         round_trip = median_seconds(as_alice + ssh, 10, cwd=home)
         start = time.perf_counter()
@@ -349,6 +350,7 @@ class LabSite:
                                 stdout=subprocess.DEVNULL, start_new_session=True)
 
     def user(self, user, *args):
+        user = self.cluster.real(user)  # (the run's alice or bob: tests/cluster.py names them)
         home = os.path.join(self.cluster.DIR, "home", user)
         return subprocess.run(["runuser", "-u", user, "--", "env", "-i", "HOME=" + home,
                                "USER=" + user, "PATH=/usr/bin:/bin", "QPY_STATE=" + self.state,

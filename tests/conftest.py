@@ -298,7 +298,12 @@ def cluster():
 
 
 class Lab:
-    """A qpy site on the emulated cluster: created by root, used by real users over ssh."""
+    """A qpy site on the emulated cluster: created by root, used by real users over ssh.
+
+    The tests name the users alice, bob and carol (and the group qpylab), the cluster's run
+    names them alice_<run>...: the Lab takes a user in its logical name, runs as the real one,
+    and gives back what it read (output, the jobs' user) in logical names again (cluster.real
+    and cluster.logical, the one mapping). Paths are the real ones."""
 
     def __init__(self, cluster, name, nodes_file):
         self.cluster = cluster
@@ -307,7 +312,7 @@ class Lab:
         self.qpy = os.path.join(cluster.DIR, "qpy", "qpy.py")
         self.admin_tool = os.path.join(cluster.DIR, "qpy", "qpy_admin.py")
         os.makedirs(os.path.dirname(self.state), exist_ok=True)
-        self.admin("create", self.state, "--group", cluster.GROUP)
+        self.admin("create", self.state, "--group", "qpylab")
         path = os.path.join(cluster.DIR, "sites", name + ".nodes")
         with open(path, "w") as f:
             f.write(nodes_file)
@@ -316,25 +321,47 @@ class Lab:
                            ("ssh_timeout", "2"), ("kill_grace", "2")):
             self.admin("set", key, value)
 
+    def real(self, text):
+        """A user's real name (or a text's: a script, a file of users or rules)."""
+        return self.cluster.real(text)
+
+    def logical(self, text):
+        return self.cluster.logical(text)
+
+    def words(self, args):
+        """Arguments, those that are a logical name in the real name."""
+        return [self.cluster.NAMES.get(arg, arg) for arg in args]
+
+    def mapped(self, result):
+        result.stdout, result.stderr = self.logical(result.stdout), self.logical(result.stderr)
+        return result
+
+    def write(self, name, text):
+        """The file <state>.<name> beside the site (its users, its rules), in real names."""
+        with open(self.state + "." + name, "w") as f:
+            f.write(self.real(text))
+        return self.state + "." + name
+
     def home(self, user):
-        return os.path.join(self.cluster.DIR, "home", user)
+        return os.path.join(self.cluster.DIR, "home", self.real(user))
 
     def workdir(self, user):
         path = os.path.join(self.home(user), os.path.basename(self.state))
         if not os.path.isdir(path):
-            subprocess.run(["runuser", "-u", user, "--", "mkdir", "-p", path], check=True)
+            subprocess.run(["runuser", "-u", self.real(user), "--", "mkdir", "-p", path],
+                           check=True)
         return path
 
     def env(self, user):
-        return {"HOME": self.home(user), "USER": user, "LOGNAME": user, "PATH": "/usr/bin:/bin",
-                "QPY_STATE": self.state, "LANG": "C.UTF-8"}
+        return {"HOME": self.home(user), "USER": self.real(user), "LOGNAME": self.real(user),
+                "PATH": "/usr/bin:/bin", "QPY_STATE": self.state, "LANG": "C.UTF-8"}
 
     def run(self, user, *args, tool=None, env=None):
-        command = ["runuser", "-u", user, "--", "env", "-i"] + \
+        command = ["runuser", "-u", self.real(user), "--", "env", "-i"] + \
             ["%s=%s" % item for item in {**self.env(user), **(env or {})}.items()] + \
-            [self.python, tool or self.qpy] + list(args)
-        return subprocess.run(command, cwd=self.workdir(user), capture_output=True, text=True,
-                              timeout=120)
+            [self.python, tool or self.qpy] + self.words(args)
+        return self.mapped(subprocess.run(command, cwd=self.workdir(user), capture_output=True,
+                                          text=True, timeout=120))
 
     def ok(self, user, *args, **kw):
         result = self.run(user, *args, **kw)
@@ -348,16 +375,21 @@ class Lab:
     def tick(self, user="alice"):
         self.ok(user, "tick", tool=self.admin_tool)
 
+    def admin_run(self, *args, env=None):
+        """qpy_admin.py as root, whatever its exit status."""
+        return self.mapped(subprocess.run([self.python, self.admin_tool] + self.words(args),
+                                          env={"PATH": "/usr/bin:/bin", "QPY_STATE": self.state,
+                                               **(env or {})},
+                                          capture_output=True, text=True, timeout=120))
+
     def admin(self, *args, env=None):
-        result = subprocess.run([self.python, self.admin_tool] + list(args),
-                                env={"PATH": "/usr/bin:/bin", "QPY_STATE": self.state,
-                                     **(env or {})},
-                                capture_output=True, text=True, timeout=120)
+        result = self.admin_run(*args, env=env)
         assert result.returncode == 0, (args, result.stdout, result.stderr)
         return result.stdout
 
     def jobs(self):
-        return read_jobs(self.state)
+        return {job_id: dict(job, user=self.logical(job["user"] or ""))
+                for job_id, job in read_jobs(self.state).items()}
 
     def node_state(self, name):
         return read_db(self.state, "SELECT state FROM nodes WHERE name = ?", (name,))[0]["state"]
@@ -371,12 +403,12 @@ class Lab:
         return self.jobs()[job_id]
 
     def output(self, user, job_id, kind="out"):
-        """A job's output file ('' until it exists)."""
+        """A job's output file ('' until it exists), in logical names."""
         path = os.path.join(self.workdir(user), "job_%d.%s" % (job_id, kind))
         if not os.path.exists(path):
             return ""
         with open(path) as f:
-            return f.read()
+            return self.logical(f.read())
 
     def stop_all(self):
         for job in self.jobs().values():

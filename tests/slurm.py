@@ -1,12 +1,18 @@
 """A private single-node Slurm on this machine, for the tests of qpy's Slurm pools.
 
 Debian's slurm-wlm and munge, run as root with every file under DIR (a munge daemon with its
-own socket, slurmctld and slurmd on their own ports): nothing in /etc is read or changed except
-the munge key, which is copied. Clients find it through SLURM_CONF=DIR/slurm.conf. Jobs run as
-the user who submitted them. Needs root and the packages (`make test` installs them as root).
+own socket and key, slurmctld and slurmd on their own ports): nothing in /etc is read or
+changed. Clients find it through SLURM_CONF=DIR/slurm.conf. Jobs run as the user who submitted
+them. Needs root and the packages (`make test` installs them as root).
 
-    python tests/slurm.py up | down
+It is named from the run (tests/runs.py), so that two runs at once each have their own: the
+directory /tmp/qpy-slurm-<run> (state, spool, logs, munge), the cluster name qpys<run>, and two
+ports that no other run holds and nothing listens on. A run whose process died without its
+`down` is removed by the next run's `up` (or by `clean`).
+
+    python tests/slurm.py up [RUN] | down RUN | clean
 """
+import hashlib
 import os
 import shutil
 import signal
@@ -15,10 +21,19 @@ import subprocess
 import sys
 import time
 
-DIR = "/tmp/qpy-slurm"
-CONF = os.path.join(DIR, "slurm.conf")
+import runs
+
+PREFIX = "/tmp/qpy-slurm-"  # + the run: its directory
 PARTITION = "compute"
 DAEMONS = ("munged", "slurmctld", "slurmd")
+TAKEN_PORTS = {16917, 16918}  # (those of tests/slurm.py before runs had names)
+
+
+def use(run):
+    global RUN, DIR, CONF, CLUSTER
+    RUN, DIR = run, PREFIX + run
+    CONF = os.path.join(DIR, "slurm.conf")
+    CLUSTER = "qpys" + run
 
 
 def why_unavailable():
@@ -28,8 +43,6 @@ def why_unavailable():
     for program in ("/usr/sbin/slurmctld", "/usr/sbin/slurmd", "/usr/sbin/munged"):
         if not os.path.exists(program):
             return "needs %s (apt-get install slurm-wlm munge)" % program
-    if not os.path.exists("/etc/munge/munge.key"):
-        return "needs the munge key /etc/munge/munge.key"
     return None
 
 
@@ -43,13 +56,40 @@ def slurm(*args, check=True, timeout=60):
                           timeout=timeout, stdin=subprocess.DEVNULL)
 
 
-def write_conf(cpus, memory_mb):
+def free_ports():
+    """Two ports in a row, from a place drawn from the run, that no other run's Slurm has and
+    nothing listens on (take the lock first)."""
+    taken = set(TAKEN_PORTS)
+    for path in runs.runs_of(PREFIX).values():
+        try:
+            with open(os.path.join(path, "ports")) as f:
+                taken.update(int(port) for port in f.read().split())
+        except (OSError, ValueError):
+            pass
+    candidates = list(range(17000, 32000, 2))
+    start = int(hashlib.sha1(RUN.encode()).hexdigest(), 16) % len(candidates)
+    for port in candidates[start:] + candidates[:start]:
+        if not {port, port + 1} & taken and bindable(port) and bindable(port + 1):
+            return port, port + 1
+    raise RuntimeError("Slurm: no free ports in 17000-31999")
+
+
+def bindable(port):
+    with socket.socket() as probe:
+        try:
+            probe.bind(("0.0.0.0", port))
+            return True
+        except OSError:
+            return False
+
+
+def write_conf(cpus, memory_mb, ports):
     host = socket.gethostname().split(".")[0]
     settings = """
-        ClusterName=qpytest
+        ClusterName={cluster}
         SlurmctldHost={host}(127.0.0.1)
-        SlurmctldPort=16917
-        SlurmdPort=16918
+        SlurmctldPort={ports[0]}
+        SlurmdPort={ports[1]}
         AuthType=auth/munge
         CredType=cred/munge
         AuthInfo=socket={dir}/munge/munge.sock
@@ -78,7 +118,8 @@ def write_conf(cpus, memory_mb):
         KillWait=5
         NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory} State=UNKNOWN
         PartitionName={partition} Nodes={host} Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:20
-    """.format(host=host, dir=DIR, cpus=cpus, memory=memory_mb, partition=PARTITION)
+    """.format(cluster=CLUSTER, host=host, ports=ports, dir=DIR, cpus=cpus, memory=memory_mb,
+               partition=PARTITION)
     with open(CONF, "w") as f:
         f.write("\n".join(line.strip() for line in settings.strip().splitlines()) + "\n")
 
@@ -91,14 +132,26 @@ def start_daemon(name, argv):
         f.write(str(proc.pid))
 
 
-def stop_daemon(name):
-    path = os.path.join(DIR, name + ".pid")
+def stop_daemon(name, directory=None):
+    """Stop a daemon of this run (of the run in `directory`), if its PID is still its."""
+    directory = directory or DIR
+    path = os.path.join(directory, name + ".pid")
     try:
         with open(path) as f:
             pid = int(f.read())
     except (OSError, ValueError):
         return
     os.remove(path)
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0]:
+            return  # (our child, ended)
+    except ChildProcessError:  # not our child (a dead run's): is that PID still the daemon's?
+        try:
+            with open("/proc/%d/cmdline" % pid, "rb") as f:
+                if (directory + "/").encode() not in f.read():
+                    return
+        except OSError:
+            return
     for sig, tries in ((signal.SIGTERM, 100), (signal.SIGKILL, 50)):
         try:
             os.kill(pid, sig)
@@ -141,17 +194,38 @@ def node_idle():
     return states and all(state in ("idle", "mix", "alloc") for state in states)
 
 
-def up():
-    down()
+def up(owner=None):
+    """Start the run's Slurm, belonging to process `owner` (this one by default). The leftovers
+    of dead runs go first."""
+    with runs.locked():  # (one run at a time chooses its ports, and holds them once it returns)
+        for leftover in runs.leftovers(PREFIX):
+            remove(leftover)
+        if runs.owner(DIR) == os.getpid():
+            down()  # (this process's earlier Slurm)
+        elif os.path.exists(DIR):
+            raise RuntimeError("Slurm: run %s is in use by process %s" % (RUN, runs.owner(DIR)))
+        runs.claim(DIR, owner or os.getpid())
+        try:
+            return start()
+        except BaseException:
+            down()
+            raise
+
+
+def start():
+    ports = free_ports()
+    with open(os.path.join(DIR, "ports"), "w") as f:
+        f.write("%d %d\n" % ports)
     for sub in ("munge", "state", "spool", "log"):
         os.makedirs(os.path.join(DIR, sub))
-    os.chmod(DIR, 0o755)
     os.chmod(os.path.join(DIR, "munge"), 0o711)
-    shutil.copy("/etc/munge/munge.key", os.path.join(DIR, "munge", "munge.key"))
-    os.chmod(os.path.join(DIR, "munge", "munge.key"), 0o600)
+    key = os.open(os.path.join(DIR, "munge", "munge.key"), os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+                  0o600)
+    os.write(key, os.urandom(128))  # (this Slurm's own: nobody else's credentials pass)
+    os.close(key)
     with open("/proc/meminfo") as f:
         memory_mb = int(f.readline().split()[1]) // 1024 // 2
-    write_conf(os.cpu_count() or 1, memory_mb)
+    write_conf(os.cpu_count() or 1, memory_mb, ports)
     socket_path = os.path.join(DIR, "munge", "munge.sock")
     start_daemon("munged", ["/usr/sbin/munged", "-F", "--force", "--socket=" + socket_path,
                             "--key-file=%s/munge/munge.key" % DIR,
@@ -163,21 +237,35 @@ def up():
     start_controller()
     start_daemon("slurmd", ["/usr/sbin/slurmd", "-D", "-f", CONF])
     wait(node_idle, "the node idle")
-    return {"conf": CONF, "partition": PARTITION, "cpus": os.cpu_count() or 1,
-            "memory_mb": memory_mb}
+    return {"run": RUN, "conf": CONF, "partition": PARTITION, "cpus": os.cpu_count() or 1,
+            "memory_mb": memory_mb, "ports": ports}
 
 
 def down():
-    for name in reversed(DAEMONS):
-        stop_daemon(name)
-    shutil.rmtree(DIR, ignore_errors=True)
+    remove(DIR)
 
+
+def remove(directory):
+    """Stop a run's daemons and remove its directory."""
+    for name in reversed(DAEMONS):
+        stop_daemon(name, directory)
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+use(runs.current())
 
 if __name__ == "__main__":
-    command = sys.argv[1] if len(sys.argv) > 1 else ""
+    command, run = (sys.argv[1:] + ["", ""])[:2]
+    if run:
+        use(run)
     if command == "up":
-        print(up())
-    elif command == "down":
+        print(up(owner=os.getppid()))  # (kept while the shell that asked lives)
+    elif command == "down" and run:
         down()
+    elif command == "clean":
+        with runs.locked():
+            for leftover in runs.leftovers(PREFIX):
+                remove(leftover)
+                print("removed", leftover)
     else:
-        sys.exit("usage: python tests/slurm.py up | down")
+        sys.exit(__doc__)

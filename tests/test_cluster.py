@@ -1,7 +1,6 @@
 """qpy on compute nodes over ssh: the emulated cluster of tests/cluster.py (network namespaces,
 one sshd per node, real users). Skipped where root, sshd or namespaces are missing."""
 import os
-import subprocess
 
 import pytest
 
@@ -238,11 +237,34 @@ def test_doctor_checks_the_site_end_to_end(lab):
     assert out.endswith("Everything looks right.\n"), out
     site.cluster.crash("node2")
     try:
-        result = subprocess.run([site.python, site.admin_tool, "doctor", "--as", "alice"],
-                                env={"PATH": "/usr/bin:/bin", "QPY_STATE": site.state},
-                                capture_output=True, text=True, timeout=120)
+        result = site.admin_run("doctor", "--as", "alice")
         assert result.returncode == 1
         assert "PROBLEM  node node2 (node2) by ssh" in result.stdout
         assert "1 problem found." in result.stdout
     finally:
         site.cluster.boot("node2")
+
+
+def test_a_run_whose_process_died_is_a_leftover_and_a_live_ones_is_not(tmp_path):
+    """tests/runs.py: which runs' directories the next run's up removes (no root needed)."""
+    import subprocess
+    import runs
+    prefix = str(tmp_path / "run-")
+    live = subprocess.Popen(["sleep", "300"])
+    try:
+        runs.claim(prefix + "a1", live.pid)
+        runs.claim(prefix + "b2", os.getpid())
+        os.mkdir(prefix + "c3")  # (died before it wrote its owner)
+        os.mkdir(prefix + "d4")  # (its PID is another process's now)
+        with open(os.path.join(prefix + "d4", "owner"), "w") as f:
+            f.write("%d 1 %s\n" % (os.getpid(), runs.boot()))
+        os.mkdir(prefix + "not-a-run")
+        assert sorted(runs.runs_of(prefix)) == ["a1", "b2", "c3", "d4"]
+        assert runs.leftovers(prefix) == [prefix + "c3", prefix + "d4"]
+        assert runs.owner(prefix + "a1") == live.pid
+        live.kill()  # (its zombie, not waited for yet, is as dead)
+        wait_for(lambda: runs.leftovers(prefix) == [prefix + "a1", prefix + "c3", prefix + "d4"],
+                 what="a1 to be a leftover")
+    finally:
+        live.kill()
+        live.wait()

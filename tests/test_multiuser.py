@@ -13,13 +13,8 @@ HOLD = "while [ ! -e stop-$QPY_JOB_ID ]; do sleep 0.1; done; id -un"
 
 def multi_site(lab, users=("alice", "bob"), rules="even", nodes=TEN_CORES):
     site = lab(nodes)
-    path = site.state + ".users"
-    with open(path, "w") as f:
-        f.write("\n".join(users) + "\n")
-    site.admin("users", path)
-    with open(site.state + ".rules", "w") as f:
-        f.write(rules + "\n")
-    site.admin("distribute", site.state + ".rules")
+    site.admin("users", site.write("users", "\n".join(users) + "\n"))
+    site.admin("distribute", site.write("rules", rules + "\n"))
     return site
 
 
@@ -83,9 +78,7 @@ def test_shares_of_the_manuals_rules(lab):
     assert "Cores distributed (10 in all, on the nodes that are up):" in out
     assert "alice                minimum   2  extra   3" in out
     assert "bob                  minimum   2  extra   3" in out
-    with open(site.state + ".rules", "w") as f:
-        f.write("explicit minimum 1\nalice=4\nbob 1+50%\n")
-    out = site.admin("distribute", site.state + ".rules")
+    out = site.admin("distribute", site.write("rules", "explicit minimum 1\nalice=4\nbob 1+50%\n"))
     assert "alice                minimum   1  extra   4" in out
     assert "bob                  minimum   1  extra   4" in out  # 4 = 50% of 8, +0 left over
 
@@ -170,7 +163,7 @@ def test_users_cannot_touch_each_others_jobs(lab):
     assert site.jobs()[job]["status"] == "running" and site.jobs()[done]["status"] == "done"
     site.ok("bob", "ctrlQueue", "continue")
     # the operating system agrees: bob cannot read alice's job files
-    spool = os.path.join(site.state, "users", "alice")
+    spool = os.path.join(site.state, "users", site.real("alice"))
     result = site.run("bob", "sub", "cat %s/spool/*" % spool)
     peek = int(result.stdout.split()[1])
     site.wait_status(peek, "failed")
@@ -196,7 +189,7 @@ def test_root_tick_refuses_a_job_whose_files_are_not_its_owners(lab):
     job = site.submit("alice", "id -un > whoami")
     db = sqlite3.connect(os.path.join(site.state, "qpy.db"))
     with db:
-        db.execute("UPDATE jobs SET user = 'bob' WHERE id = ?", (job,))
+        db.execute("UPDATE jobs SET user = ? WHERE id = ?", (site.real("bob"), job))
     db.close()
     site.admin("tick")
     record = site.wait_status(job, "failed", tick=True)
@@ -228,7 +221,8 @@ def test_rows_forged_by_bob_never_run_anything_as_alice(lab):
         f.write('{"argv": ["sh", "-c", "touch %s/pwned"], "cwd": "/tmp", "env": {}, '
                 '"ids": [1, 99]}' % site.workdir("bob"))
     os.chmod(bob_file, 0o644)
-    result = subprocess.run(["runuser", "-u", "bob", "--", site.python, "-c", FORGE,
+    result = subprocess.run(["runuser", "-u", site.real("bob"), "--", site.python, "-c",
+                             site.real(FORGE),
                              os.path.join(site.state, "qpy.db"), alice_file, bob_file],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -254,8 +248,9 @@ def test_a_job_runs_with_its_owners_uid_and_groups_on_the_node(lab):
     wait_for(lambda: site.output("alice", job).count("\n") >= 2, what="the job's output")
     name, groups = site.output("alice", job).splitlines()[:2]
     assert name == "alice" and "qpylab" in groups.split()
-    result = site.cluster.node_exec(node, "root", "ps", "-o", "user=,args=", "-C", "sleep")
-    assert "alice    sleep 30" in result.stdout
+    result = site.cluster.node_exec(node, "root", "ps", "-o", "user:32=,args=", "-C", "sleep")
+    assert ["alice", "sleep", "30"] in [line.split() for line in site.logical(result.stdout)
+                                        .splitlines()]
     site.ok("alice", "kill", str(job))
 
 
@@ -385,8 +380,10 @@ FORGERIES = {
 
 
 def forge(site, kind):
-    result = subprocess.run(["runuser", "-u", "bob", "--", site.python, "-c", FORGE_SITE,
-                             site.state] + FORGERIES[kind], capture_output=True, text=True)
+    result = subprocess.run(["runuser", "-u", site.real("bob"), "--", site.python, "-c",
+                             FORGE_SITE, site.state] + [site.real(statement) for statement in
+                                                        FORGERIES[kind]],
+                            capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     return result.stdout.split()
 
@@ -408,9 +405,7 @@ def test_a_member_cannot_allow_themselves(lab):
     assert result.returncode == 1 and "user carol is not allowed" in result.stderr
     site.admin("tick")
     assert site.jobs() == {}
-    with open(site.state + ".users", "w") as f:
-        f.write("alice\nbob\ncarol\n")
-    site.admin("users", site.state + ".users")
+    site.admin("users", site.write("users", "alice\nbob\ncarol\n"))
     site.wait_status(site.submit("carol", "hostname"), "done", tick=True)
 
 
@@ -453,9 +448,7 @@ def test_a_member_cannot_change_the_distribution_rules(lab):
     for user, held in jobs.items():
         for job in held:
             release(site, user, job)
-    with open(site.state + ".rules", "w") as f:
-        f.write("explicit\nbob 6+0\nalice 0+0\n")
-    assert "bob" in site.admin("distribute", site.state + ".rules")
+    assert "bob" in site.admin("distribute", site.write("rules", "explicit\nbob 6+0\nalice 0+0\n"))
     assert '"bob": [6, 0, false]' in site.admin("variables")
 
 
@@ -525,13 +518,13 @@ def test_rows_changed_by_a_member_show_for_what_they_are(lab):
               "    db.execute(\"UPDATE jobs SET user = 'bob' WHERE id = %d\")\n"
               "    db.execute('CREATE TRIGGER undo AFTER UPDATE ON jobs BEGIN SELECT 1; END')\n"
               % (first, second))
-    result = subprocess.run(["runuser", "-u", "bob", "--", site.python, "-c", script,
+    result = subprocess.run(["runuser", "-u", site.real("bob"), "--", site.python, "-c",
+                             site.real(script),
                              os.path.join(site.state, "qpy.db")], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     out = site.ok("alice", "check")
     assert "%d (queue):echo first" % first in out and "echo changed" not in out, out
-    result = subprocess.run([site.python, site.admin_tool, "check"], capture_output=True,
-                            text=True, env={"PATH": "/usr/bin:/bin", "QPY_STATE": site.state})
+    result = site.admin_run("check")
     assert result.returncode == 1, result.stdout + result.stderr
     assert "job %d's command in the queue is not its job file's, 'echo first'" % first \
         in result.stdout, result.stdout
@@ -551,7 +544,7 @@ def test_a_rerun_runs_what_the_owners_job_file_says_not_the_row(lab):
     script = ("import sqlite3, sys\ndb = sqlite3.connect(sys.argv[1])\nwith db:\n"
               "    db.execute(\"UPDATE jobs SET command = 'touch /tmp/pwned-by-bob', cwd = '/tmp'"
               " WHERE id = %d\")\n" % job)
-    result = subprocess.run(["runuser", "-u", "bob", "--", site.python, "-c", script,
+    result = subprocess.run(["runuser", "-u", site.real("bob"), "--", site.python, "-c", script,
                              os.path.join(site.state, "qpy.db")], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     again = int(site.ok("alice", "rerun", "--parsable", str(job)))
@@ -585,7 +578,7 @@ def test_what_a_member_planted_in_a_former_site_is_moved_aside_not_followed(lab)
              "os.mkdir(bobs)\nos.symlink(bobs, os.path.join(state, 'site'))\n"
              "os.mkdir(os.path.join(state, 'users', 'root'))\n"
              "os.symlink(secret, os.path.join(state, 'users', 'root', 'errors.log'))\n")
-    result = subprocess.run(["runuser", "-u", "bob", "--", site.python, "-c", plant,
+    result = subprocess.run(["runuser", "-u", site.real("bob"), "--", site.python, "-c", plant,
                              site.state, secret, bobs], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     site.admin("tick")  # (root's timer tick: it upgrades)
@@ -629,7 +622,7 @@ def test_a_queue_made_to_look_older_than_its_site_is_refused(lab):
               "    db.execute('CREATE TABLE allowed_users (name TEXT)')\n"
               "    db.execute(\"INSERT INTO meta VALUES ('kill_grace', '99999')\")\n"
               "db.execute('PRAGMA user_version = 8')\n")
-    result = subprocess.run(["runuser", "-u", "bob", "--", site.python, "-c", script,
+    result = subprocess.run(["runuser", "-u", site.real("bob"), "--", site.python, "-c", script,
                              os.path.join(site.state, "qpy.db")], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     refused = subprocess.run([site.python, site.admin_tool, "tick"], capture_output=True,
@@ -669,8 +662,9 @@ def test_root_removes_and_moves_no_file_a_forged_row_names(lab):
              "run = os.path.join(state, 'users', 'bob', 'run')\n"
              "open(os.path.join(run, '%s.1.exit' % job), 'w').write('garbage')\n"
              "os.symlink(keep, os.path.join(state, 'users', 'bob', 'quarantine'))\n")
-    result = subprocess.run(["runuser", "-u", "bob", "--", site.python, "-c", forge, site.state,
-                             precious, thesis, keep, str(bobs)], capture_output=True, text=True)
+    result = subprocess.run(["runuser", "-u", site.real("bob"), "--", site.python, "-c",
+                             site.real(forge), site.state, precious, thesis, keep, str(bobs)],
+                            capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     for _ in range(3):
         site.admin("tick")

@@ -53,7 +53,7 @@ def test_a_requeue_job_across_a_crash_and_reboot_runs_once_more_never_beside_its
                       % (log, log))
     assert site.wait_status(job, "running")["node"] == "node1"
     wait_for(lambda: runs_log(site), what="the first run to begin")
-    run = os.path.join(site.state, "users", "alice", "run")
+    run = os.path.join(site.state, "users", site.real("alice"), "run")
     wait_for(lambda: glob.glob(os.path.join(run, "%d.*hb" % job)), what="its first heartbeat")
     site.admin("resume", "node2")
     site.admin("resume", "node3")
@@ -168,7 +168,7 @@ def test_what_a_lost_job_left_on_a_partitioned_node_is_stopped_when_it_answers(l
         site.cluster.heal("node1")
     # the first tick to find it answering dies before it stops them: the next one does
     token = os.path.join(site.workdir("alice"), "crash-token")
-    subprocess.run(["runuser", "-u", "alice", "--", "touch", token], check=True)
+    subprocess.run(["runuser", "-u", site.real("alice"), "--", "touch", token], check=True)
     wait_for(lambda: site.run("alice", "tick", tool=site.admin_tool, env={
         "QPY_CRASH_AT": "watch:leftovers@" + token}) and not os.path.exists(token),
         timeout=60, what="a tick to die on its way to stop the leftovers")

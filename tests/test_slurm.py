@@ -369,7 +369,8 @@ def test_a_user_job_is_handed_to_slurm_as_its_owner(lab, slurm):
     site.admin("start", env=env)  # root's tick hands it to Slurm, as alice
     job = site.wait_status(job_id, "done", timeout=90)
     assert site.output("alice", job_id).strip() == "alice"
-    assert squeue("--states=all", "--format=%u", "--jobs=" + job["external_id"]).strip() == "alice"
+    owner = squeue("--states=all", "--format=%u", "--jobs=" + job["external_id"]).strip()
+    assert site.logical(owner) == "alice"
     assert "alice" in site.ok("alice", "check", env=env)
 
 

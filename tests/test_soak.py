@@ -30,9 +30,7 @@ def check_invariants(rows, logs):
 
 def test_soak_two_users_eight_submitters_three_nodes(lab):
     site = lab()
-    with open(site.state + ".users", "w") as f:
-        f.write("alice\nbob\n")
-    site.admin("users", site.state + ".users")
+    site.admin("users", site.write("users", "alice\nbob\n"))
     site.admin("set", "heartbeat", "5")
     site.admin("set", "node_timeout", "120")
     per_submitter = SOAK_JOBS // 8
