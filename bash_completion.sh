@@ -3,7 +3,7 @@
 
 _qpy_help() {
     case "$1" in
-        sub)       echo "Submit a job: qpy sub [-n cores] [-m GB] [-g GPUs] [-t time] [-a attrs] [-N name] [--array 1-10] [--after(ok) IDs] [-c|-o] <command>" ;;
+        sub)       echo "Submit a job: qpy sub [-n cores] [-m GB] [-g GPUs] [-t time] [-a attrs] [-N name] [--array 1-10] [--after(ok) IDs] [-c|-o] <command>, or --file <one command per line>" ;;
         check)     echo "Check the jobs: statuses, directories, IDs or ranges (any of them)" ;;
         kill)      echo "Kill the required jobs: IDs or ranges, queue, running, a directory, all" ;;
         clean)     echo "Remove finished jobs: IDs or ranges, done, failed, killed, undone, all" ;;
@@ -62,14 +62,18 @@ _qpy() {
     case "$cmd" in
         sub)
             # options come before the command; after it, complete file names
-            local i valued="-n -m -a -g -t -N --cores --mem --node_attr --gpus --time --name --after --afterok --afternotok --array"
+            local i valued="-n -m -a -g -t -N --cores --mem --node_attr --gpus --time --name --after --afterok --afternotok --array -D --chdir --output --error --file"
             for ((i = 2; i < COMP_CWORD; i++)); do
                 if [[ "${COMP_WORDS[i]}" != -* ]] && [[ " $valued " != *" ${COMP_WORDS[i-1]} "* ]]; then
                     COMPREPLY=($(compgen -f -- "$cur"))
                     return
                 fi
             done
-            if [[ " $valued " == *" $prev "* ]]; then
+            if [[ "$prev" == --file || "$prev" == --output || "$prev" == --error ]]; then
+                COMPREPLY=($(compgen -f -- "$cur"))
+            elif [[ "$prev" == -D || "$prev" == --chdir ]]; then
+                COMPREPLY=($(compgen -d -- "$cur"))
+            elif [[ " $valued " == *" $prev "* ]]; then
                 return
             elif [[ "$cur" == -* ]]; then
                 COMPREPLY=($(compgen -W "$valued -c -o --copyScript --originalScript --requeue \

@@ -3,9 +3,10 @@
 
 The protocol, which every function below keeps:
 
- 1. All state is one SQLite database, <state>/qpy.db, in journal_mode=DELETE (never WAL: the
-    state directory may be on NFS) with synchronous=FULL, and beside it what only the
-    administrator decides (nodes, allowed users, rules, settings), <state>/site/site.db:
+ 1. All state is one SQLite database, <state>/qpy.db, in journal_mode=PERSIST (a rollback
+    journal kept between transactions; never WAL: the state directory may be on NFS) with
+    synchronous=FULL, and beside it what only the administrator decides (nodes, allowed
+    users, rules, settings), <state>/site/site.db:
     theirs alone, file and directory, checked to be so and attached read-only by every
     connection, changed only by renaming a new copy into place once the transaction that
     wrote both has committed (a copy a crash left is put in place or removed under the lock
@@ -17,6 +18,9 @@ The protocol, which every function below keeps:
     nobody forks, sshes, signals a remote host or waits for anything while holding it.
     A transaction may be run again (atomically retries): what it does to files (removing
     run and job files) is asked for with after_commit and done once it has committed.
+    Reads take the lock too, and a long one goes in pages (read_in_pages: rows that no
+    longer change, each page its own transaction): reading outside the lock would not spare
+    the writers, whose commit waits in SQLite's busy handler for every reader's shared lock.
  3. `qpy sub` inserts a job ('queue') and bumps the submitter's wake-up (users.wanted) in one
     transaction, then forks a detached tick (unless that user's is running) and returns. It
     never waits for a launch. What frees cores for anybody bumps meta.tick_wanted.
@@ -526,6 +530,15 @@ def open_db(path):
         db = sqlite3.connect(sqlite_uri(path), uri=True, isolation_level=None,
                              timeout=lock_timeout())
         db.row_factory = sqlite3.Row
+        if not keep_journal(db):
+            db.close()
+            settle_hot_journal(path)
+            db = sqlite3.connect(sqlite_uri(path), uri=True, isolation_level=None,
+                                 timeout=lock_timeout())
+            db.row_factory = sqlite3.Row
+            if not keep_journal(db):
+                raise QpyError("The journal %s-journal, a crashed transaction's, could not be "
+                               "rolled back: the administrator runs qpy_admin.py check." % path)
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA trusted_schema=OFF")  # (what members add to the shared DB is theirs)
         db.execute("PRAGMA user_version").fetchone()
@@ -534,6 +547,60 @@ def open_db(path):
         raise QpyError(database_failure(e, path))
     except sqlite3.DatabaseError as e:
         raise damaged_database(e)
+
+
+JOURNAL_MAGIC = bytes.fromhex("d9d505f920a163d7")  # a hot journal's first bytes
+
+
+def keep_journal(db):
+    """Put the DB in journal_mode=PERSIST, its first statement: the journal is kept between
+    transactions and its header zeroed at each commit, instead of created and removed by each
+    (one file creation less per commit, and in a sticky site directory nobody has to remove
+    another member's file). Still a rollback journal: no shared memory, safe on NFS; the
+    attached site keeps DELETE. False if SQLite, reading the DB to run it, rolled back a hot
+    journal a crash left but was refused its removal (SQLITE_IOERR_DELETE: in its default
+    mode still, it removes a journal it has rolled back, and in a sticky directory only the
+    journal's owner and the administrator may): see settle_hot_journal."""
+    try:
+        db.execute("PRAGMA main.journal_mode=PERSIST")
+        return True
+    except sqlite3.OperationalError as e:
+        if getattr(e, "sqlite_errorname", None) != "SQLITE_IOERR_DELETE":
+            raise
+        return False
+
+
+def settle_hot_journal(path):
+    """Roll back the hot journal of the DB `path` again, now under qpy.lock, and end the
+    rollback as PERSIST does, by zeroing the journal's header, where its removal is refused.
+    SQLite refuses the removal only once the rollback is done and the DB synced; under the lock
+    no writer can have made a new journal since (readers make none), so the journal zeroed is
+    the one rolled back. Without this, every member's command would roll it back and fail
+    again until its owner or the administrator came by."""
+    release = take_lock("qpy.lock", lock_timeout())
+    if release is None:
+        raise lock_wait_failed("qpy.lock")
+    try:
+        db = sqlite3.connect(sqlite_uri(path), uri=True, isolation_level=None,
+                             timeout=lock_timeout())
+        try:
+            if keep_journal(db):
+                return  # (its owner or the administrator rolled it back meanwhile)
+        finally:
+            db.close()
+        fd = os.open(path + "-journal", os.O_RDWR | os.O_NOFOLLOW)
+        try:
+            if os.read(fd, len(JOURNAL_MAGIC)) == JOURNAL_MAGIC:
+                os.pwrite(fd, bytes(28), 0)  # (SQLite's own zeroJournalHdr: 28 bytes)
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise QpyError("The journal %s-journal, a crashed transaction's, could not be rolled "
+                       "back (%s): its owner or the administrator runs qpy check." % (
+                           path, e.strerror))
+    finally:
+        release()
 
 
 # A command that finds the DB damaged leaves this mark beside it: from then on nothing is
@@ -1178,6 +1245,32 @@ def atomically(fn, write=True, site=False):
         delay *= 2
 
 
+# Rows a long read takes per hold of the lock: some 10 ms of it.
+READ_PAGE = 2000
+
+
+def read_in_pages(table, where, params, order):
+    """The rows of `table` that match `where` (SQL, with `params`), in the order of the
+    columns `order` (unique together: the last is id), READ_PAGE at a time, each page a read
+    transaction of its own under qpy.lock that starts after the last row of the page before.
+    For rows that no longer change (jobs that ended, the history): a reader then holds the
+    lock for a page, never for the whole history, and still sees each row that was there
+    throughout exactly once (a page is one snapshot; a row does not move between them)."""
+    columns = ", ".join(order)
+    query = "SELECT * FROM %s WHERE (%s)%%s ORDER BY %s LIMIT %d" % (
+        table, where or "1", columns, READ_PAGE)
+    after = " AND (%s) > (%s)" % (columns, ", ".join("?" * len(order)))
+    rows, last = [], None
+    while True:
+        page = atomically(lambda db: db.execute(
+            query % (after if last else ""), list(params) + (last or [])).fetchall(),
+            write=False)
+        rows += page
+        if len(page) < READ_PAGE:
+            return rows
+        last = [page[-1][column] for column in order]
+
+
 DB_HINTS = {
     "attempt to write a readonly database": " (are you in the site's group? the DB and its "
                                             "directory must be writable by it)",
@@ -1691,46 +1784,59 @@ def exit_text(job):
     return "None" if job["exit_code"] is None else str(job["exit_code"])
 
 
-def job_fields(job, now, notes=""):
-    """The checkFMT keys of one job (each computed only when the pattern asks for it)."""
-    return {
-        "j": lambda: str(job["id"]),
-        "s": lambda: user_status(job),
-        "c": lambda: job["command"],
-        "d": lambda: job["cwd"],
-        "n": lambda: str(job["node"]) if user_status(job) != "queue" else "None",
-        "N": lambda: str(job["n_cores"]),
-        "m": lambda: str(float(job["mem"])),
-        "g": lambda: job["gpu_ids"] or "None",
-        "J": lambda: job["name"] or "",
-        "L": lambda: format_span(job["time_limit"]),
-        "M": lambda: format_memory(job["max_rss"]),
-        "U": lambda: format_span(job["cpu_time"]),
-        "i": lambda: "None" if job["array_index"] is None else str(job["array_index"]),
-        "a": lambda: job["attributes"],
-        "A": lambda: (job["node"] if user_status(job) != "queue" and job["node"]
-                      else "[%s]" % job["attributes"]),
-        "R": lambda: format_span(run_time(job, now)),
-        "Q": lambda: format_time(job["queued_at"]),
-        "S": lambda: format_time(job["started_at"]),
-        "E": lambda: format_time(job["ended_at"]),
-        "x": lambda: exit_text(job),
-        "r": lambda: job["reason"] or "",
-        "K": lambda: notes,
-        "I": lambda: job["external_id"] or "None",
-    }
+# The checkFMT keys: each a function of (job, now, its notes), computed only when the
+# pattern asks for it.
+FIELDS = {
+    "j": lambda job, now, notes: str(job["id"]),
+    "s": lambda job, now, notes: user_status(job),
+    "c": lambda job, now, notes: job["command"],
+    "d": lambda job, now, notes: job["cwd"],
+    "n": lambda job, now, notes: str(job["node"]) if user_status(job) != "queue" else "None",
+    "N": lambda job, now, notes: str(job["n_cores"]),
+    "m": lambda job, now, notes: str(float(job["mem"])),
+    "g": lambda job, now, notes: job["gpu_ids"] or "None",
+    "J": lambda job, now, notes: job["name"] or "",
+    "L": lambda job, now, notes: format_span(job["time_limit"]),
+    "M": lambda job, now, notes: format_memory(job["max_rss"]),
+    "U": lambda job, now, notes: format_span(job["cpu_time"]),
+    "i": lambda job, now, notes: "None" if job["array_index"] is None
+    else str(job["array_index"]),
+    "a": lambda job, now, notes: job["attributes"],
+    "A": lambda job, now, notes: (job["node"] if user_status(job) != "queue" and job["node"]
+                                  else "[%s]" % job["attributes"]),
+    "R": lambda job, now, notes: format_span(run_time(job, now)),
+    "Q": lambda job, now, notes: format_time(job["queued_at"]),
+    "S": lambda job, now, notes: format_time(job["started_at"]),
+    "E": lambda job, now, notes: format_time(job["ended_at"]),
+    "x": lambda job, now, notes: exit_text(job),
+    "r": lambda job, now, notes: job["reason"] or "",
+    "K": lambda job, now, notes: notes,
+    "I": lambda job, now, notes: job["external_id"] or "None",
+}
+
+
+@functools.lru_cache(maxsize=8)
+def format_pieces(pattern):
+    """A checkFMT pattern cut once into its text and its keys: [(text, field or None)], each
+    %<key> read in one pass (so a '%d' inside the command stays); %% is a %, an unknown
+    %<char> stays as it is."""
+    pieces, text = [], []
+    parts = re.split(r"%(.)", pattern, flags=re.S)
+    for number, part in enumerate(parts):
+        if number % 2 == 0:
+            text.append(part)
+        elif part in FIELDS:
+            pieces.append(("".join(text), FIELDS[part]))
+            text = []
+        else:
+            text.append("%" if part == "%" else "%" + part)
+    return pieces + [("".join(text), None)]
 
 
 def format_job(pattern, job, now, notes=""):
-    """Replace every %<key> of the pattern in one pass (so a '%d' inside the command stays)."""
-    fields = job_fields(job, now, notes)
-
-    def one(m):
-        key = m.group(1)
-        if key == "%":
-            return "%"
-        return fields[key]() if key in fields else m.group(0)
-    return re.sub(r"%(.)", one, pattern, flags=re.S)
+    """One job in a checkFMT pattern."""
+    return "".join(text + field(job, now, notes) if field else text
+                   for text, field in format_pieces(pattern))
 
 
 def decode_escapes(text):
@@ -4121,8 +4227,23 @@ def confirm(db, job_id, attempt):
         job_file, settings
 
 
-# The job file's format: 2 names the job IDs it is for ("ids"); 1, before that, did not.
-JOB_FILE_VERSION = 2
+# The job file's format: 2 names the job IDs it is for ("ids"); 1, before that, did not; 3
+# may hold one command for each of its jobs ("commands": qpy sub --file) instead of "argv".
+JOB_FILE_VERSION = 3
+
+
+def job_file_for(job_file, job_id):
+    """What a job file says for one of the jobs it is for (of a file of commands, that job's
+    line as its argv and command)."""
+    if "commands" not in job_file:
+        return job_file
+    number = job_id - job_file["ids"][0]
+    if number < 0:
+        raise IndexError(number)
+    view = dict(job_file, argv=[job_file["commands"][number]],
+                command=job_file["commands"][number])
+    del view["commands"]
+    return view
 
 
 def read_job_file(job):
@@ -4138,11 +4259,13 @@ def read_job_file(job):
             raise QpyError("job file %s is of version %s, written by a newer qpy"
                            % (job["spec"], version))
         first, last = job_file["ids"] if version >= 2 else (job["id"], job["id"])
+        if not first <= job["id"] <= last:
+            raise QpyError("refused: the job file %s is not for job %d"
+                           % (job["spec"], job["id"]))
+        job_file = job_file_for(job_file, job["id"])
         job_file["argv"], job_file["cwd"], job_file["env"]  # (what every version has)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+    except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
         raise QpyError("job file unreadable: %s" % e)
-    if not first <= job["id"] <= last:
-        raise QpyError("refused: the job file %s is not for job %d" % (job["spec"], job["id"]))
     return job_file
 
 
@@ -4399,10 +4522,16 @@ def signal_group(pgid, sig):
 
 def cmd_sub(args):
     """Usage: qpy sub [options] <command>...
+       qpy sub [options] --file PATH
 
 Submit <command> (with its arguments) to your queue. It runs in this directory, with this
 environment; its output goes to job_<ID>.out and job_<ID>.err here. Options go before the
 command: everything after the command is the command's.
+
+With --file, submit one job for each line of PATH (- for standard input), run by the shell
+as a one-word command is; blank lines and lines starting with # are skipped. All take the
+same options, and are queued in one transaction: many jobs at once are far quicker so than
+a loop of qpy sub.
 
 Options:
   -n N, --cores N       Number of cores [#QPY n_cores; default 1].
@@ -4432,6 +4561,7 @@ Options:
   --wait                Wait until the job (every job of an array) has ended, and exit with
                         its status, as sbatch --wait: 0 if done, else its exit code (the
                         highest of an array's), 128+N if a signal N ended it, 1 otherwise.
+  --file PATH           One job for each line of PATH (- : standard input), see above.
   -h, --help            Show this help.
 
 Examples:
@@ -4441,6 +4571,7 @@ Examples:
   qpy sub --array 1-100%10 -t 30 ./analyse.sh      (100 jobs, 10 at a time, 30 minutes each)
   qpy sub --afterok 12 ./plot.sh
   qpy sub --wait ./simulate.sh && ./analyse.sh
+  qpy sub -n 2 --file commands.txt                  (one job for each line)
 """
     import shlex
     if args["--help"]:
@@ -4449,11 +4580,19 @@ Examples:
     argv = args["<command>"]
     if argv and argv[0] == "--":
         argv = argv[1:]
+    commands = None
+    if args["--file"] is not None:
+        for option in ("--array", "--copyScript", "--originalScript"):
+            if args[option]:
+                raise QpyError("Job rejected due to its options: %s does not go with --file "
+                               "(each line is a command for the shell)." % option)
+        commands = command_lines(args["--file"])
+        argv = [commands[0]]
     if not argv or not argv[0].strip():
         raise QpyError("Job rejected: give the command to run, e.g. qpy sub hostname")
     cwd = job_directory(args["--chdir"])
     outputs = output_patterns(args)
-    script = find_script(argv, cwd)
+    script = find_script(argv, cwd) if commands is None else None
     if args["--originalScript"] and not script and looks_like_an_output_file(argv, cwd):
         raise QpyError("Job rejected: -o is the manual's --originalScript, so %r was taken "
                        "for the command; Slurm's output file is --output=%s here."
@@ -4489,9 +4628,12 @@ Examples:
                    dependencies=json.dumps(request["dependencies"])
                    if request["dependencies"] else None,
                    outputs=json.dumps(outputs) if outputs else None)
-        ids, startable = enqueue(db, owner, job, indices, token, {
-            "argv": run_argv, "cwd": cwd, "env": submitted_environment(),
-            "script_copy": copy, "command": command, "outputs": outputs})
+        job_file = {"cwd": cwd, "env": submitted_environment(), "outputs": outputs}
+        if commands:
+            indices = [None] * len(commands)
+        else:
+            job_file.update(argv=run_argv, script_copy=copy, command=command)
+        ids, startable = enqueue(db, owner, job, indices, token, job_file, commands)
         crash_point("sub:spooled")
         return ids, startable
 
@@ -4517,6 +4659,43 @@ Examples:
     return 0
 
 
+MAX_COMMANDS_FILE = 64 << 20  # bytes read from a --file at most
+
+
+def command_lines(path):
+    """The commands of `qpy sub --file PATH`: its lines but blank and # lines; at most
+    MAX_ARRAY of them, from at most MAX_COMMANDS_FILE bytes. QpyError names a bad one."""
+    name = "standard input" if path == "-" else path
+    try:
+        if path == "-":
+            data = sys.stdin.buffer.read(MAX_COMMANDS_FILE + 1)
+        else:
+            with open(path, "rb") as f:
+                data = f.read(MAX_COMMANDS_FILE + 1)
+    except OSError as e:
+        raise QpyError("Job rejected: cannot read %s: %s." % (name, e.strerror or e))
+    if len(data) > MAX_COMMANDS_FILE:
+        raise QpyError("Job rejected: %s is longer than %d MB; split it." % (
+            name, MAX_COMMANDS_FILE >> 20))
+    commands = []
+    for number, line in enumerate(data.split(b"\n"), 1):
+        line = line.rstrip(b"\r")
+        try:
+            text = line.decode()
+        except UnicodeDecodeError:
+            raise QpyError("Job rejected: line %d of %s is not UTF-8 text." % (number, name))
+        if "\0" in text:
+            raise QpyError("Job rejected: line %d of %s holds a NUL byte." % (number, name))
+        if text.strip() and not text.lstrip().startswith("#"):
+            commands.append(text)
+    if not commands:
+        raise QpyError("Job rejected: %s holds no command (only blank and # lines)." % name)
+    if len(commands) > MAX_ARRAY:
+        raise QpyError("Job rejected: %s holds %d commands, more than %d at once; split it."
+                       % (name, len(commands), MAX_ARRAY))
+    return commands
+
+
 def admit_submitter(db, user):
     """Inside a submission's transaction: the submitter's users row, their config and the
     site's nodes, once they may submit here."""
@@ -4531,21 +4710,23 @@ def admit_submitter(db, user):
     return owner, load_config(db, user), nodes
 
 
-def enqueue(db, owner, job, indices, token, job_file):
+def enqueue(db, owner, job, indices, token, job_file, commands=None):
     """Inside a submission's transaction: queue the job (a dict of its jobs columns) once for
-    each array index (None: no array) at the end of the queue, write its job file
+    each array index (None: no array), or once for each of `commands` (qpy sub --file: the
+    job's command that one), at the end of the queue, write its job file
     users/<user>/spool/<token>.job, which names the IDs it is for, and ask for a tick if it
     can start. Returns (IDs, whether it can start)."""
     user = owner["name"]
     path = os.path.join(user_dir(user), "spool", token + ".job")
-    columns = sorted(job)
+    columns = sorted(set(job) - {"command"})
+    insert = "INSERT INTO jobs (user, spec, array_index, position, queued_at, command, %s) " \
+        "VALUES (?, ?, ?, 0, ?, ?, %s)" % (", ".join(columns), ", ".join("?" * len(columns)))
+    values = [job[column] for column in columns]
+    now = time.time()
     ids = []
-    for index in indices:
-        cursor = db.execute(
-            "INSERT INTO jobs (user, spec, array_index, position, queued_at, %s) VALUES "
-            "(?, ?, ?, 0, ?, %s)" % (", ".join(columns), ", ".join("?" * len(columns))),
-            [user, path, index, time.time()] + [job[column] for column in columns])
-        ids.append(cursor.lastrowid)
+    for index, command in zip(indices, commands) if commands else \
+            ((index, job["command"]) for index in indices):
+        ids.append(db.execute(insert, [user, path, index, now, command] + values).lastrowid)
     db.execute("UPDATE jobs SET position = id, array_of = CASE WHEN array_index IS NULL "
                "THEN NULL ELSE ? END WHERE id BETWEEN ? AND ?", (ids[0], ids[0], ids[-1]))
     startable = not (owner["paused"] or owner["finished"]) and setting(db, "dispatch")
@@ -4556,7 +4737,9 @@ def enqueue(db, owner, job, indices, token, job_file):
             "queue paused" if owner["paused"] else "qpy finish", ids[0], ids[-1]))
     # The job file names the IDs it is for: a row forged into the shared DB that points at
     # it (or at anybody else's file) is refused by the runner.
-    job_file = dict(job_file, version=JOB_FILE_VERSION, ids=[ids[0], ids[-1]])
+    job_file = dict(job_file, version=2, ids=[ids[0], ids[-1]])
+    if commands:  # (version 3 only where it is needed: a qpy before it refuses the file)
+        job_file = dict(job_file, version=3, commands=commands)
     write_atomically(path, json.dumps(job_file).encode())
     return ids, startable
 
@@ -4798,8 +4981,8 @@ Examples:
     wanted = [db_status for status in statuses or () for db_status in
               {"queue": ("queue", "starting"), "running": ("running",)}.get(status, ())]
 
-    def read(db):
-        jobs = user_jobs(db, user, wanted if live_only else None)
+    def read(db):  # (the jobs that ended, most of a long history, in pages after it)
+        jobs = user_jobs(db, user, wanted if live_only else LIVE)
         config = load_config(db, user)
         paused = db.execute("SELECT paused FROM users WHERE name = ?", (user,)).fetchone()
         notes = {}
@@ -4810,6 +4993,12 @@ Examples:
         return jobs, config, bool(paused and paused["paused"]), notes, tick_overdue(db, jobs)
 
     jobs, config, paused, notes, overdue = atomically(read, write=False)
+    if not live_only:  # (a job that ended since the read above: as it ended)
+        ended = {job["id"]: job for job in read_in_pages(
+            "jobs", "user = ? AND status IN (%s)" % ", ".join("'%s'" % status for status in
+                                                         FINISHED), [user], ("position", "id"))}
+        jobs = sorted([job for job in jobs if job["id"] not in ended] + list(ended.values()),
+                      key=lambda job: (job["position"], job["id"]))
     if args["--format"] is not None:
         config = dict(config, checkFMT=decode_escapes(args["--format"]))
     if overdue:
@@ -4859,17 +5048,20 @@ def with_commands_of_job_files(jobs, user):
     row is the whole group's to write, the job file in the owner's spool theirs alone (so
     a command changed in the row by another member shows as what it is not). One read per
     job file: an array's jobs share theirs."""
-    commands = {}  # job file: the command it holds (None: it holds none, an older file)
+    files = {}  # job file: what it holds (None: unreadable)
     shown = []
     for job in jobs:
         if is_live(job) and in_own_folder(user, "spool", job["spec"]):
-            if job["spec"] not in commands:
+            if job["spec"] not in files:
                 try:
                     with open(job["spec"]) as f:
-                        commands[job["spec"]] = json.load(f).get("command")
-                except (OSError, ValueError, AttributeError):
-                    commands[job["spec"]] = None
-            command = commands[job["spec"]]
+                        files[job["spec"]] = json.load(f)
+                except (OSError, ValueError):
+                    files[job["spec"]] = None
+            try:
+                command = job_file_for(files[job["spec"]], job["id"]).get("command")
+            except (KeyError, IndexError, TypeError, AttributeError):
+                command = None  # (none there: an older file, or not one of qpy's)
             if command is not None and command != job["command"]:
                 job = dict(job, command=command)
         shown.append(job)
@@ -4912,9 +5104,7 @@ Examples:
     if any_of:
         where.append("(%s)" % " OR ".join(any_of))
         params += sorted(statuses) + sorted(dirs) + [end for pair in ranges for end in pair]
-    jobs = atomically(lambda db: db.execute(
-        "SELECT * FROM history%s ORDER BY ended_at, id" % (
-            " WHERE " + " AND ".join(where) if where else ""), params).fetchall(), write=False)
+    jobs = read_in_pages("history", " AND ".join(where), params, ("ended_at", "id"))
     if not jobs and (where != ["user = ?"]):
         raise QpyError("No job in the history matches.")
     if args["--json"]:
@@ -5808,7 +5998,9 @@ def parse_args(name, argv):
         first_line = str(e).split("\n")[0]
         # docopt-ng names an unmatched option only inside its warning text
         option = re.search(r"Option\((?:'(-[^']*)'|None, '(--[^']*)')", first_line)
-        if option:
+        if option and name == "sub" and option.group(2) == "--file":
+            problem = "give either a command or one --file PATH"
+        elif option:
             problem = "unknown or repeated option %s" % (option.group(1) or option.group(2))
         elif "requires argument" in first_line or "is not a unique prefix" in first_line:
             problem = first_line

@@ -20,6 +20,7 @@ Issue 20: B12 the status page with 100k jobs in the history, and its longest hol
 """
 import json
 import os
+import shlex
 import shutil
 import signal
 import sqlite3
@@ -252,6 +253,52 @@ def b4():
         box.close()
 
 
+def longest_hold(box, script):
+    """The longest transaction of qpy code `script` (run in one process in the sandbox, with
+    qpy and qpy_admin imported): what a `qpy sub` may have to wait for the lock meanwhile."""
+    return float(subprocess.run([PYTHON, "-c", (
+        "import sys, time; sys.path.insert(0, %r); import qpy, qpy_admin\n"
+        "longest, atomically = [0.0], qpy.atomically\n"
+        "def timed(*args, **kw):\n"
+        "    start = time.perf_counter(); result = atomically(*args, **kw)\n"
+        "    longest[0] = max(longest[0], time.perf_counter() - start); return result\n"
+        "qpy.atomically = timed\n"
+        "import io, contextlib\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    %s\n"
+        "print(longest[0])") % (REPO, script)], env=box.env, cwd=box.root, capture_output=True,
+        text=True, check=True).stdout)
+
+
+def b4b(jobs=100000):
+    """Issue 21: readers and a long history. `qpy check` of a user with 100k ended jobs, and
+    the longest it holds the lock (read in pages: what any other command may wait for),
+    against `qpy history` of the same (100k rows in the history table), and its hold."""
+    box = Sandbox()
+    try:
+        box.run("restart")
+        fill_history(box, jobs, 0)
+        db = box.db()
+        with db:
+            db.execute("INSERT INTO history (id, user, status, command, cwd, node, n_cores, "
+                       "mem, gpus, attributes, requeue, attempt, queued_at, started_at, "
+                       "ended_at, exit_code) SELECT id, user, status, command, cwd, node, "
+                       "n_cores, mem, 0, '', 0, 1, queued_at, started_at, ended_at + id, 0 "
+                       "FROM jobs")
+        db.close()
+        check = median_seconds(QPY + ["check"], 3, box.env, box.root)
+        check_hold = longest_hold(box, "qpy.main(['check'])")
+        history_hold = longest_hold(box, "qpy.main(['history'])")
+        return [row("B4b qpy check, a user's 100k ended jobs", check, None, "s", "-", None,
+                    absolute=1),
+                row("B4b ... its longest hold of the lock", check_hold * 1000, None, "ms", "-",
+                    None, absolute=50),
+                row("B4b qpy history, 100k: longest hold", history_hold * 1000, None, "ms",
+                    "-", None, absolute=50)]
+    finally:
+        box.close()
+
+
 def b5(b1_ms):
     box = Sandbox()
     try:
@@ -277,6 +324,30 @@ def b7():
         box.run("sub", "--array", "1-10000", "true")
         return row("B7 10,000 jobs in one submission", time.perf_counter() - start, None, "s",
                    "-", None, absolute=2)
+    finally:
+        box.close()
+
+
+def b13(lines=10000, loop=1000):
+    """Many commands at once: `qpy sub --file` of 10,000 lines (one transaction), beside a
+    shell loop of 1,000 `qpy sub`, the queue paused for both (the submission alone)."""
+    box = Sandbox()
+    try:
+        box.run("restart")
+        box.run("ctrlQueue", "pause")
+        path = os.path.join(box.root, "cmds.txt")
+        with open(path, "w") as f:
+            f.writelines("echo line %d\n" % number for number in range(lines))
+        start = time.perf_counter()
+        box.run("sub", "--file", path)
+        at_once = time.perf_counter() - start
+        script = "for i in $(seq %d); do %s sub echo line $i >/dev/null || exit 1; done" % (
+            loop, shlex.join(QPY))
+        start = time.perf_counter()
+        subprocess.run(["sh", "-c", script], cwd=box.root, env=box.env, check=True)
+        one_by_one = time.perf_counter() - start
+        return row("B13 qpy sub --file, 10,000 lines", at_once, one_by_one, "s",
+                   "loop of 1,000 qpy sub", None, absolute=2)
     finally:
         box.close()
 
@@ -715,16 +786,22 @@ def compile_qpy():
                            invalidation_mode=py_compile.PycInvalidationMode.TIMESTAMP)
 
 
-def main():
+def main(names=()):
+    """All figures, or those named (bench.py b13 b10a: b2b and b5 need b1, which runs)."""
     compile_qpy()
     rows = []
     first = b1()
     rows.append(first)
-    for bench in (b2a, lambda: b2b(first["qpy"]), b3, b4, lambda: b5(first["qpy"]), b6, b7,
-                  b8, b9, b9b, b10a, b10b):
-        result = bench()
-        rows += result if isinstance(result, list) else [result]
-    rows += b12_status_page()
+    benches = {"b2a": b2a, "b2b": lambda: b2b(first["qpy"]), "b3": b3, "b4": b4, "b4b": b4b,
+               "b5": lambda: b5(first["qpy"]), "b6": b6, "b7": b7, "b13": b13, "b8": b8,
+               "b9": b9, "b9b": b9b, "b10a": b10a, "b10b": b10b, "b12": b12_status_page}
+    for name in names:
+        if name not in benches and name != "b1":
+            sys.exit("bench.py: no figure %s (figures: b1 %s)" % (name, " ".join(benches)))
+    for name, bench in benches.items():
+        if not names or name in names:
+            result = bench()
+            rows += result if isinstance(result, list) else [result]
     number = lambda v: "-" if v is None else ("%.3g" % v)
     print("%-42s %9s %9s %-7s %7s  %-10s %s" % ("figure", "qpy", "baseline", "unit", "ratio",
                                                  "target", "met"))
@@ -742,4 +819,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

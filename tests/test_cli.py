@@ -462,6 +462,9 @@ def test_completion_script_offers_commands_and_help(tmp_path):
     assert "--afterok" in run("sub -n 2 --a", 4).split()
     assert run("sub -n ''", 3).split() == []       # a value: nothing to offer
     assert "bash_completion.sh" in run("sub ls bash_comp", 3).split()  # the command's files
+    assert run("sub --output o.txt --fi", 4).split() == ["--file"]  # (still an option)
+    assert run("sub --file bash_comp", 3).split() == ["bash_completion.sh"]
+    assert "tests" in run("sub -D tes", 3).split() and "--file" in run("sub '?' ''", 3)
     assert run("w", 1).split() == ["wait"]
     assert "complete -F _qpy qpy" in subprocess.run(
         ["bash", "-c", "source %s; complete -p qpy" % script], capture_output=True,

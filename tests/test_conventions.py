@@ -224,3 +224,98 @@ def test_rerun_refuses_what_it_cannot_run_again(site):
     before = site.dump()
     assert site.fails("rerun", "all") == "qpy: Nothing to do: required jobs not found.\n"
     assert site.dump() == before
+
+
+def test_sub_file_queues_one_job_for_each_line_in_one_go(site):
+    """qpy sub --file: each line a job for the shell (blank and # lines skipped, a CRLF line
+    as its text), in the order of the lines, all with the same options; - reads standard
+    input; check, rerun and the runner each take the job's own line."""
+    with open(os.path.join(site.work, "cmds.txt"), "wb") as f:
+        f.write(b"echo one\n\n# a comment\n  # another\necho two; echo 2b\r\n"
+                b"for i in 1 2; do echo $i; done > loop.txt\n")
+    out = site.ok("sub", "-n", "2", "-N", "batch", "--output", "%x.%j.out", "--file",
+                  "cmds.txt")
+    assert out.startswith("Jobs ") and out.endswith(" received.\n")
+    first, last = map(int, out.split()[1].split("-"))
+    assert last == first + 2
+    for job_id in range(first, last + 1):
+        site.wait_status(job_id, "done")
+    jobs = site.jobs()
+    assert [jobs[job_id]["command"] for job_id in range(first, last + 1)] == [
+        "echo one", "echo two; echo 2b", "for i in 1 2; do echo $i; done > loop.txt"]
+    assert {(jobs[j]["n_cores"], jobs[j]["name"], jobs[j]["array_index"])
+            for j in range(first, last + 1)} == {(2, "batch", None)}
+    assert site.read("batch.%d.out" % first) == "one\n"
+    assert site.read("batch.%d.out" % (first + 1)) == "two\n2b\n"
+    assert site.read("loop.txt") == "1\n2\n"
+    assert "%d (done):echo two; echo 2b" % (first + 1) in site.ok("check", str(first + 1))
+    again = int(site.ok("rerun", "--parsable", str(first + 1)))
+    site.wait_status(again, "done")
+    assert site.read("batch.%d.out" % again) == "two\n2b\n"
+    result = site.run("sub", "--parsable", "--wait", "--file", "-",
+                      input="echo a\nexit 3\necho c\n")
+    assert result.returncode == 3 and result.stderr == ""
+    ids = result.stdout.strip()
+    assert ids == "%d-%d" % (again + 1, again + 3)
+    assert site.read("job_%d.out" % (again + 3)) == "c\n"
+    assert site.ok("clean", "all").startswith("7 finished jobs removed")
+    spool = os.path.join(site.state, "users", os.listdir(os.path.join(site.state, "users"))[0],
+                         "spool")
+    assert os.listdir(spool) == []
+
+
+@pytest.mark.parametrize("content, args, says", [
+    (b"true\n", ["--file", "cmds.txt", "echo", "x"],
+     "Job rejected due to its options: give either a command or one --file PATH."),
+    (b"true\n", ["--array", "1-3", "--file", "cmds.txt"],
+     "--array does not go with --file (each line is a command for the shell)."),
+    (b"true\n", ["-c", "--file", "cmds.txt"], "--copyScript does not go with --file"),
+    (b"true\n", ["--file", "no-such.txt"], "cannot read no-such.txt: No such file or directory."),
+    (b"true\n", ["--file", "."], "cannot read .: Is a directory."),
+    (b"true\n\xff\xfe\n", ["--file", "cmds.txt"], "line 2 of cmds.txt is not UTF-8 text."),
+    (b"true\nec\0ho\n", ["--file", "cmds.txt"], "line 2 of cmds.txt holds a NUL byte."),
+    (b"\n# only this\n   \n", ["--file", "cmds.txt"],
+     "cmds.txt holds no command (only blank and # lines)."),
+    (b"true\n" * 100001, ["--file", "cmds.txt"],
+     "cmds.txt holds 100001 commands, more than 100000 at once; split it."),
+    (b"true\n", ["--file", "cmds.txt", "-t", "soon"], "Job rejected due to its options:"),
+])
+def test_bad_sub_files_are_refused_and_change_nothing(site, content, args, says):
+    site.wait_status(site.submit("true"), "done")
+    site.wait_idle()
+    with open(os.path.join(site.work, "cmds.txt"), "wb") as f:
+        f.write(content)
+    before = site.dump()
+    error = site.fails("sub", *args)
+    assert says in error and error.count("\n") == 1, error
+    assert site.dump() == before
+
+
+def test_check_and_history_read_a_long_history_in_pages_and_show_each_job_once(site):
+    """More ended jobs than a page (qpy.READ_PAGE, 2,000): check shows each once, in queue
+    order, live and ended together, ties in position broken by the ID across the pages'
+    seams; history shows each once in the order they ended. (The rows go straight into the
+    DB: running 5,000 jobs would take a minute.)"""
+    site.ok("ctrlQueue", "pause")
+    queued = site.submit("true")
+    user = site.jobs()[queued]["user"]
+    path = os.path.join(site.state, "qpy.db")
+    with sqlite3.connect(path) as db:
+        db.executemany(
+            "INSERT INTO jobs (id, user, status, command, cwd, spec, n_cores, mem, position, "
+            "queued_at, started_at, ended_at, node, exit_code) VALUES (?, ?, 'done', ?, ?, "
+            "'x', 1, 1, ?, 1, 2, 3, 'localhost', 0)",
+            [(1000 + n, user, "echo %d" % n, site.work, n // 3) for n in range(5000)])
+        db.executemany(
+            "INSERT INTO history (id, user, status, command, cwd, n_cores, mem, gpus, "
+            "attributes, requeue, attempt, queued_at, ended_at) VALUES (?, ?, 'done', ?, ?, "
+            "1, 1, 0, '', 0, 1, 1, ?)",
+            [(1000 + n, user, "echo %d" % n, site.work, 10 + n // 4) for n in range(5000)])
+    shown = [int(line.split()[0]) for line in site.ok("check", "--format", "%j\\n").split()
+             if line.strip().isdigit()]
+    position = {job: (job - 1000) // 3 for job in range(1000, 6000)}
+    position[queued] = queued  # (a job's position is its ID when it is submitted)
+    expected = sorted(position, key=lambda job: (position[job], job))
+    assert shown == expected
+    listed = [int(line.split()[0]) for line in site.ok("history").splitlines()[1:]]
+    assert listed == list(range(1000, 6000))

@@ -4,6 +4,7 @@ import os
 import random
 import shlex
 import signal
+import sqlite3
 import subprocess
 import time
 
@@ -402,6 +403,36 @@ def test_a_site_change_killed_before_it_is_in_place_is_whole_or_not_at_all(site,
     assert site.ok("set", "heartbeat", admin=True) == "heartbeat = %s\n" % ("7" if kept else "30")
     job = site.submit("true")
     site.wait_status(job, "done")
+
+
+JOURNAL_MAGIC = bytes.fromhex("d9d505f920a163d7")  # a journal's header: SQLite rolls it back
+
+
+def test_a_transaction_killed_after_it_wrote_into_the_db_is_rolled_back(site):
+    """The journal is kept between transactions (journal_mode=PERSIST), and still a rollback
+    journal: a submission of 30,000 jobs killed before its commit has already written pages
+    into qpy.db (SQLite spills what its cache cannot hold); the next command rolls them back
+    to the queue as it was; the next commit leaves the journal in place, its header zeroed."""
+    first = site.submit("true")
+    site.wait_status(first, "done")
+    path = os.path.join(site.state, "qpy.db")
+    with open(path, "rb") as f:
+        before = f.read()
+    env, token = crash_env(site, "sub:spooled")
+    assert site.run("sub", "--array", "1-30000", "true", env=env).returncode == -signal.SIGKILL
+    assert not os.path.exists(token)
+    with open(path, "rb") as f:
+        assert f.read() != before  # (the transaction's pages are in the file already)
+    with open(path + "-journal", "rb") as f:
+        assert f.read(8) == JOURNAL_MAGIC  # hot: what the pages were is in it
+    assert "(done)" in site.ok("check")
+    assert list(site.jobs()) == [first]
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    second = site.submit("true")
+    assert second == first + 1 and site.wait_status(second, "done")
+    with open(path + "-journal", "rb") as f:
+        assert f.read(8) == bytes(8)  # kept, and not hot
 
 
 def test_random_kills_of_the_administrators_changes_leave_a_site_that_works(site):

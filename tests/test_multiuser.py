@@ -200,6 +200,7 @@ def test_root_tick_refuses_a_job_whose_files_are_not_its_owners(lab):
 FORGE = """
 import sqlite3, sys, time
 db = sqlite3.connect(sys.argv[1])
+db.execute("PRAGMA journal_mode=PERSIST")  # (as qpy's own connections: see FORGE_SITE)
 with db:
     for spec in sys.argv[2:]:
         db.execute("INSERT INTO jobs (user, command, cwd, spec, n_cores, mem, position, "
@@ -293,6 +294,9 @@ def change(db, prefix):
 
 def in_the_queue():
     db = sqlite3.connect(queue)
+    # (the site's own mode: a journal another member keeps there is not bob's to remove,
+    # which journal_mode=DELETE would at the commit)
+    db.execute("PRAGMA main.journal_mode=PERSIST")
     with db:
         if os.path.exists(site):
             db.execute("ATTACH DATABASE ? AS s", (site,))
@@ -513,7 +517,7 @@ def test_rows_changed_by_a_member_show_for_what_they_are(lab):
     site.ok("alice", "ctrlQueue", "pause")
     first = site.submit("alice", "echo first")
     second = site.submit("alice", "echo second")
-    script = ("import sqlite3, sys\ndb = sqlite3.connect(sys.argv[1])\nwith db:\n"
+    script = ("import sqlite3, sys\ndb = sqlite3.connect(sys.argv[1])\ndb.execute('PRAGMA journal_mode=PERSIST')\nwith db:\n"
               "    db.execute(\"UPDATE jobs SET command = 'echo changed' WHERE id = %d\")\n"
               "    db.execute(\"UPDATE jobs SET user = 'bob' WHERE id = %d\")\n"
               "    db.execute('CREATE TRIGGER undo AFTER UPDATE ON jobs BEGIN SELECT 1; END')\n"
@@ -541,7 +545,7 @@ def test_a_rerun_runs_what_the_owners_job_file_says_not_the_row(lab):
     site = multi_site(lab, users=("alice", "bob"))
     job = site.submit("alice", "echo mine; id -un")
     site.wait_status(job, "done", tick=True)
-    script = ("import sqlite3, sys\ndb = sqlite3.connect(sys.argv[1])\nwith db:\n"
+    script = ("import sqlite3, sys\ndb = sqlite3.connect(sys.argv[1])\ndb.execute('PRAGMA journal_mode=PERSIST')\nwith db:\n"
               "    db.execute(\"UPDATE jobs SET command = 'touch /tmp/pwned-by-bob', cwd = '/tmp'"
               " WHERE id = %d\")\n" % job)
     result = subprocess.run(["runuser", "-u", site.real("bob"), "--", site.python, "-c", script,
@@ -601,7 +605,7 @@ def test_a_queue_made_to_look_older_than_its_site_is_refused(lab):
     site = multi_site(lab, users=("alice", "bob"), nodes="node1 cores=2\n")
     site.admin("set", "kill_grace", "3")
 
-    script = ("import re, sqlite3, sys\ndb = sqlite3.connect(sys.argv[1])\nwith db:\n"
+    script = ("import re, sqlite3, sys\ndb = sqlite3.connect(sys.argv[1])\ndb.execute('PRAGMA journal_mode=PERSIST')\nwith db:\n"
               # (schema 10 taken back to 8, as back_to_schema_8 does it, but as bob)
               "    db.execute('DROP TABLE history')\n    db.execute('DROP INDEX jobs_held')\n"
               "    db.execute('DROP TABLE node_health')\n"
@@ -609,7 +613,7 @@ def test_a_queue_made_to_look_older_than_its_site_is_refused(lab):
               ".fetchone()[0]\n    db.execute('PRAGMA writable_schema = ON')\n"
               "    db.execute(\"UPDATE sqlite_master SET sql = ? WHERE name = 'jobs'\", "
               "(re.sub('--[^\\\\n]*', '', sql),))\n"
-              "db.close()\ndb = sqlite3.connect(sys.argv[1])\nwith db:\n"
+              "db.close()\ndb = sqlite3.connect(sys.argv[1])\ndb.execute('PRAGMA journal_mode=PERSIST')\nwith db:\n"
               "    for column in ('waited', 'held', 'outputs'):\n"
               "        if column in [row[1] for row in db.execute('PRAGMA table_info(jobs)')]:\n"
               "            db.execute('ALTER TABLE jobs DROP COLUMN %s' % column)\n"
@@ -651,7 +655,7 @@ def test_root_removes_and_moves_no_file_a_forged_row_names(lab):
     bobs = site.submit("bob", "true")
     site.ok("bob", "ctrlQueue", "pause")
     forge = ("import os, sqlite3, sys, time\nstate, precious, thesis, keep, job = sys.argv[1:]\n"
-             "db = sqlite3.connect(os.path.join(state, 'qpy.db'))\nwith db:\n"
+             "db = sqlite3.connect(os.path.join(state, 'qpy.db'))\ndb.execute('PRAGMA journal_mode=PERSIST')\nwith db:\n"
              "    for spec in (precious, thesis):\n"
              "        db.execute(\"INSERT INTO jobs (user, status, command, cwd, spec, n_cores, "
              "mem, position, queued_at, node, attempt, started_at, runner_pid, runner_boot) "
@@ -672,3 +676,32 @@ def test_root_removes_and_moves_no_file_a_forged_row_names(lab):
         with open(path) as f:
             assert f.read() == "keep me\n", path
     assert os.listdir(keep) == ["precious"]  # (bob's bad record did not land there)
+
+
+def test_a_members_transaction_killed_midway_is_rolled_back_by_any_other_member(lab):
+    """The state directory is sticky: only a file's owner (and the administrator) may remove
+    it. A member's command killed inside its transaction leaves a hot journal; SQLite rolls it
+    back at the next member's first read and then wants it removed, which the sticky directory
+    refuses: every other member's command failed with 'disk I/O error' until its owner or
+    root's tick came by. Now the other member ends the rollback as the kept journal's mode
+    does (its header zeroed); the journal has the DB's group and mode whoever made it."""
+    site = multi_site(lab)
+    first = site.submit("alice", "true")
+    site.wait_status(first, "done", tick=True)
+    path = os.path.join(site.state, "qpy.db")
+    token = os.path.join(site.workdir("alice"), "crash-token")
+    subprocess.run(["runuser", "-u", site.real("alice"), "--", "touch", token], check=True)
+    killed = site.run("alice", "sub", "--array", "1-30000", "true",
+                      env={"QPY_CRASH_AT": "sub:spooled@" + token})
+    assert killed.returncode == 128 + 9 and not os.path.exists(token), killed.stderr
+    with open(path + "-journal", "rb") as f:
+        assert f.read(8) == bytes.fromhex("d9d505f920a163d7")  # hot
+    out = site.ok("bob", "check")  # (bob may neither remove nor rename alice's journal)
+    assert "Job %d" not in out and site.ok("alice", "check").count("(done)") == 1
+    assert list(site.jobs()) == [first]
+    second = site.submit("bob", "true")
+    site.wait_status(second, "done", tick=True)
+    db, journal = os.stat(path), os.stat(path + "-journal")
+    assert (journal.st_gid, journal.st_mode) == (db.st_gid, db.st_mode)
+    with open(path + "-journal", "rb") as f:
+        assert f.read(8) == bytes(8)
