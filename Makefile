@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 DEMO   := $(CURDIR)/.demo
 
-.PHONY: all venv system-deps snakemake test demo bench install uninstall clean
+.PHONY: all venv system-deps workflows test demo bench install uninstall clean
 
 all: venv
 
@@ -31,16 +31,17 @@ system-deps:
 	  export DEBIAN_FRONTEND=noninteractive; apt-get update -q && \
 	  apt-get install -y -q --no-install-recommends $(SYSTEM_PACKAGES); fi
 
-test: venv system-deps snakemake
+test: venv system-deps workflows
 	$(PY) -m pytest -q tests
 
-# Snakemake for the test of contrib/snakemake, in a venv of its own (it brings many packages).
-SNAKEMAKE := .venv-snakemake
-snakemake: $(SNAKEMAKE)/.installed
-$(SNAKEMAKE)/.installed:
-	$(PYTHON) -m venv $(SNAKEMAKE)
-	$(SNAKEMAKE)/bin/pip install --quiet --disable-pip-version-check 'snakemake>=8' \
-	  snakemake-executor-plugin-cluster-generic
+# The workflow tools of contrib/ (Snakemake, dask-jobqueue) for their tests, in a venv of
+# their own (they bring many packages).
+WORKFLOWS := .venv-workflows
+workflows: $(WORKFLOWS)/.installed
+$(WORKFLOWS)/.installed:
+	$(PYTHON) -m venv $(WORKFLOWS)
+	$(WORKFLOWS)/bin/pip install --quiet --disable-pip-version-check 'snakemake>=8' \
+	  snakemake-executor-plugin-cluster-generic 'dask-jobqueue>=0.8'
 	touch $@
 
 # A personal queue in .demo/ (not your ~/.qpy): submit, watch, wait, read the output and the
@@ -62,7 +63,7 @@ demo: venv
 	  run "qpy status"
 
 clean:
-	rm -rf $(VENV) $(DEMO) $(SNAKEMAKE)
+	rm -rf $(VENV) $(DEMO) $(WORKFLOWS)
 
 # Performance figures beside baselines measured in the same run (task-spooler from apt as root).
 bench: venv

@@ -1,5 +1,5 @@
 """The Snakemake profile of contrib/snakemake with real Snakemake (make test installs it in
-.venv-snakemake): a workflow runs as qpy jobs with nothing written by the user."""
+.venv-workflows): a workflow runs as qpy jobs with nothing written by the user."""
 import os
 import shlex
 import signal
@@ -9,7 +9,7 @@ import pytest
 
 from conftest import QPY, REPO, read_jobs, wait_for
 
-SNAKEMAKE = os.path.join(REPO, ".venv-snakemake", "bin", "snakemake")
+SNAKEMAKE = os.path.join(REPO, ".venv-workflows", "bin", "snakemake")
 PROFILE = os.path.join(REPO, "contrib", "snakemake")
 
 WORKFLOW = '''
@@ -39,7 +39,7 @@ rule long:
 @pytest.fixture
 def workflow(site):
     if not os.access(SNAKEMAKE, os.X_OK):
-        pytest.skip("needs Snakemake: make snakemake (make test does it)")
+        pytest.skip("needs Snakemake: make workflows (make test does it)")
     with open(os.path.join(site.work, "Snakefile"), "w") as f:
         f.write(WORKFLOW)
     bindir = os.path.join(site.home, "bin")  # `qpy` as the profile calls it
