@@ -2,7 +2,6 @@
 dask cluster whose workers are qpy jobs computes, and its close kills them."""
 import os
 import subprocess
-import sys
 
 import pytest
 
@@ -13,7 +12,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = os.path.join(REPO, ".venv-workflows", "bin", "python")
 
 CLIENT = """
-import sys
 sys.path.insert(0, %r)
 from qpy_dask import QpyCluster
 from dask.distributed import Client
