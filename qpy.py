@@ -1245,8 +1245,8 @@ def atomically(fn, write=True, site=False):
         delay *= 2
 
 
-# Rows a long read takes per hold of the lock: some 10 ms of it.
-READ_PAGE = 2000
+# Rows a long read takes per hold of the lock: some 10 ms of it (25 on a slow day).
+READ_PAGE = 1000
 
 
 def read_in_pages(table, where, params, order):

@@ -292,7 +292,7 @@ def test_bad_sub_files_are_refused_and_change_nothing(site, content, args, says)
 
 
 def test_check_and_history_read_a_long_history_in_pages_and_show_each_job_once(site):
-    """More ended jobs than a page (qpy.READ_PAGE, 2,000): check shows each once, in queue
+    """More ended jobs than a page (qpy.READ_PAGE, 1,000): check shows each once, in queue
     order, live and ended together, ties in position broken by the ID across the pages'
     seams; history shows each once in the order they ended. (The rows go straight into the
     DB: running 5,000 jobs would take a minute.)"""
