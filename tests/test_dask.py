@@ -12,6 +12,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = os.path.join(REPO, ".venv-workflows", "bin", "python")
 
 CLIENT = """
+import sys
 sys.path.insert(0, %r)
 from qpy_dask import QpyCluster
 from dask.distributed import Client
