@@ -18,7 +18,7 @@ The protocol, which every function below keeps:
     nobody forks, sshes, signals a remote host or waits for anything while holding it.
     A transaction may be run again (atomically retries): what it does to files (removing
     run and job files) is asked for with after_commit and done once it has committed.
-    Reads take the lock too, and a long one goes in pages (read_in_pages: rows that no
+    Reads that must be consistent take the lock too, and a long one goes in pages (read_in_pages: rows that no
     longer change, each page its own transaction): reading outside the lock would not spare
     the writers, whose commit waits in SQLite's busy handler for every reader's shared lock.
  3. `qpy sub` inserts a job ('queue') and bumps the submitter's wake-up (users.wanted) in one
@@ -549,9 +549,6 @@ def open_db(path):
         raise damaged_database(e)
 
 
-JOURNAL_MAGIC = bytes.fromhex("d9d505f920a163d7")  # a hot journal's first bytes
-
-
 def keep_journal(db):
     """Put the DB in journal_mode=PERSIST, its first statement: the journal is kept between
     transactions and its header zeroed at each commit, instead of created and removed by each
@@ -560,7 +557,9 @@ def keep_journal(db):
     attached site keeps DELETE. False if SQLite, reading the DB to run it, rolled back a hot
     journal a crash left but was refused its removal (SQLITE_IOERR_DELETE: in its default
     mode still, it removes a journal it has rolled back, and in a sticky directory only the
-    journal's owner and the administrator may): see settle_hot_journal."""
+    journal's owner and the administrator may): see settle_hot_journal. (Python before 3.11
+    does not name SQLite's errors: there the command fails, as before, until the journal's
+    owner or root's tick comes by.)"""
     try:
         db.execute("PRAGMA main.journal_mode=PERSIST")
         return True
@@ -572,33 +571,38 @@ def keep_journal(db):
 
 def settle_hot_journal(path):
     """Roll back the hot journal of the DB `path` again, now under qpy.lock, and end the
-    rollback as PERSIST does, by zeroing the journal's header, where its removal is refused.
-    SQLite refuses the removal only once the rollback is done and the DB synced; under the lock
-    no writer can have made a new journal since (readers make none), so the journal zeroed is
-    the one rolled back. Without this, every member's command would roll it back and fail
-    again until its owner or the administrator came by."""
+    rollback as TRUNCATE does, by emptying the journal, where its removal is refused. SQLite
+    refuses the removal only once the rollback is done and the DB synced; under the lock no
+    writer of qpy's can have made a new journal since (readers make none), and the journal
+    emptied is checked to be the very file rolled back. (Zeroing its header would not do: a
+    journal that named a super-journal keeps the name at its end, and a later crash would
+    not be rolled back once that super-journal is gone.) Without this, every member's command
+    would roll the journal back and fail again until its owner or the administrator came by."""
+    import errno
     release = take_lock("qpy.lock", lock_timeout())
     if release is None:
         raise lock_wait_failed("qpy.lock")
     try:
+        before = stat_or_none(path + "-journal")
         db = sqlite3.connect(sqlite_uri(path), uri=True, isolation_level=None,
                              timeout=lock_timeout())
         try:
-            if keep_journal(db):
+            if before is None or keep_journal(db):
                 return  # (its owner or the administrator rolled it back meanwhile)
         finally:
             db.close()
         fd = os.open(path + "-journal", os.O_RDWR | os.O_NOFOLLOW)
         try:
-            if os.read(fd, len(JOURNAL_MAGIC)) == JOURNAL_MAGIC:
-                os.pwrite(fd, bytes(28), 0)  # (SQLite's own zeroJournalHdr: 28 bytes)
+            if same_file(os.fstat(fd), before):
+                os.ftruncate(fd, 0)
                 os.fsync(fd)
         finally:
             os.close(fd)
     except OSError as e:
-        raise QpyError("The journal %s-journal, a crashed transaction's, could not be rolled "
-                       "back (%s): its owner or the administrator runs qpy check." % (
-                           path, e.strerror))
+        if e.errno != errno.ENOENT:  # (gone: its owner removed it, rolled back)
+            raise QpyError("The journal %s-journal, a crashed transaction's, could not be "
+                           "rolled back (%s): its owner or the administrator runs qpy check."
+                           % (path, e.strerror))
     finally:
         release()
 
@@ -4660,6 +4664,7 @@ Examples:
 
 
 MAX_COMMANDS_FILE = 64 << 20  # bytes read from a --file at most
+MAX_COMMAND_LINE = 131071     # bytes of one line: the most Linux passes on as one argument
 
 
 def command_lines(path):
@@ -4686,6 +4691,9 @@ def command_lines(path):
             raise QpyError("Job rejected: line %d of %s is not UTF-8 text." % (number, name))
         if "\0" in text:
             raise QpyError("Job rejected: line %d of %s holds a NUL byte." % (number, name))
+        if len(line) > MAX_COMMAND_LINE:
+            raise QpyError("Job rejected: line %d of %s is longer than the %d bytes a "
+                           "command may have." % (number, name, MAX_COMMAND_LINE))
         if text.strip() and not text.lstrip().startswith("#"):
             commands.append(text)
     if not commands:
@@ -4710,23 +4718,31 @@ def admit_submitter(db, user):
     return owner, load_config(db, user), nodes
 
 
+# A file of commands (qpy sub --file) is written as job files of this many jobs each: a
+# runner reads its own job's file, not all of a submission's lines.
+COMMANDS_PER_JOB_FILE = 1000
+
+
 def enqueue(db, owner, job, indices, token, job_file, commands=None):
     """Inside a submission's transaction: queue the job (a dict of its jobs columns) once for
     each array index (None: no array), or once for each of `commands` (qpy sub --file: the
     job's command that one), at the end of the queue, write its job file
-    users/<user>/spool/<token>.job, which names the IDs it is for, and ask for a tick if it
-    can start. Returns (IDs, whether it can start)."""
+    users/<user>/spool/<token>.job (of commands, <token>-<N>.job for each of their parts),
+    which names the IDs it is for, and ask for a tick if it can start. Returns (IDs, whether
+    it can start)."""
     user = owner["name"]
-    path = os.path.join(user_dir(user), "spool", token + ".job")
+    rows = [(None, command) for command in commands] if commands else \
+        [(index, job["command"]) for index in indices]
+    per_file = COMMANDS_PER_JOB_FILE if commands else len(rows)
+    paths = [os.path.join(user_dir(user), "spool", token + (
+        "-%d" % part if commands else "") + ".job") for part in range(0, len(rows), per_file)]
     columns = sorted(set(job) - {"command"})
     insert = "INSERT INTO jobs (user, spec, array_index, position, queued_at, command, %s) " \
         "VALUES (?, ?, ?, 0, ?, ?, %s)" % (", ".join(columns), ", ".join("?" * len(columns)))
     values = [job[column] for column in columns]
     now = time.time()
-    ids = []
-    for index, command in zip(indices, commands) if commands else \
-            ((index, job["command"]) for index in indices):
-        ids.append(db.execute(insert, [user, path, index, now, command] + values).lastrowid)
+    ids = [db.execute(insert, [user, paths[number // per_file], index, now, command] +
+                      values).lastrowid for number, (index, command) in enumerate(rows)]
     db.execute("UPDATE jobs SET position = id, array_of = CASE WHEN array_index IS NULL "
                "THEN NULL ELSE ? END WHERE id BETWEEN ? AND ?", (ids[0], ids[0], ids[-1]))
     startable = not (owner["paused"] or owner["finished"]) and setting(db, "dispatch")
@@ -4737,10 +4753,13 @@ def enqueue(db, owner, job, indices, token, job_file, commands=None):
             "queue paused" if owner["paused"] else "qpy finish", ids[0], ids[-1]))
     # The job file names the IDs it is for: a row forged into the shared DB that points at
     # it (or at anybody else's file) is refused by the runner.
-    job_file = dict(job_file, version=2, ids=[ids[0], ids[-1]])
-    if commands:  # (version 3 only where it is needed: a qpy before it refuses the file)
-        job_file = dict(job_file, version=3, commands=commands)
-    write_atomically(path, json.dumps(job_file).encode())
+    for part, path in enumerate(paths):
+        start = part * per_file
+        part_ids = ids[start:start + per_file]
+        content = dict(job_file, version=2, ids=[part_ids[0], part_ids[-1]])
+        if commands:  # (version 3 only where it is needed: a qpy before it refuses the file)
+            content.update(version=3, commands=commands[start:start + per_file])
+        write_atomically(path, json.dumps(content).encode())
     return ids, startable
 
 

@@ -264,6 +264,33 @@ def test_sub_file_queues_one_job_for_each_line_in_one_go(site):
     assert os.listdir(spool) == []
 
 
+def test_a_long_file_of_commands_is_kept_in_parts_each_job_runs_its_own_line(site):
+    """2,001 lines: three job files of at most qpy.COMMANDS_PER_JOB_FILE (1,000) commands, so
+    that a runner reads its part only; the last job runs the last line."""
+    site.ok("ctrlQueue", "pause")
+    lines = ["echo line %d" % number for number in range(2001)]
+    out = site.ok("sub", "--parsable", "--file", "-", input="\n".join(lines) + "\n")
+    first, last = map(int, out.split("-"))
+    assert last - first == 2000
+    spool = os.path.join(site.state, "users", os.listdir(os.path.join(site.state, "users"))[0],
+                         "spool")
+    parts = []
+    for name in os.listdir(spool):
+        with open(os.path.join(spool, name)) as f:
+            job_file = json.load(f)
+        parts.append((job_file["ids"], len(job_file["commands"]), job_file["commands"][-1]))
+    assert sorted(parts) == [([first, first + 999], 1000, "echo line 999"),
+                             ([first + 1000, first + 1999], 1000, "echo line 1999"),
+                             ([last, last], 1, "echo line 2000")]
+    shown = site.ok("check", "--format", "%j %c\n", str(first + 1500), str(last))
+    assert shown == "%d echo line 1500\n%d echo line 2000\nJob submission is paused.\n" % (
+        first + 1500, last)
+    site.ok("kill", "%d-%d" % (first, last - 1))
+    site.ok("ctrlQueue", "continue")
+    site.wait_status(last, "done")
+    assert site.read("job_%d.out" % last) == "line 2000\n"
+
+
 @pytest.mark.parametrize("content, args, says", [
     (b"true\n", ["--file", "cmds.txt", "echo", "x"],
      "Job rejected due to its options: give either a command or one --file PATH."),
@@ -274,6 +301,8 @@ def test_sub_file_queues_one_job_for_each_line_in_one_go(site):
     (b"true\n", ["--file", "."], "cannot read .: Is a directory."),
     (b"true\n\xff\xfe\n", ["--file", "cmds.txt"], "line 2 of cmds.txt is not UTF-8 text."),
     (b"true\nec\0ho\n", ["--file", "cmds.txt"], "line 2 of cmds.txt holds a NUL byte."),
+    (b"true\necho " + b"x" * 131067 + b"\n", ["--file", "cmds.txt"],
+     "line 2 of cmds.txt is longer than the 131071 bytes a command may have."),
     (b"\n# only this\n   \n", ["--file", "cmds.txt"],
      "cmds.txt holds no command (only blank and # lines)."),
     (b"true\n" * 100001, ["--file", "cmds.txt"],
@@ -319,3 +348,18 @@ def test_check_and_history_read_a_long_history_in_pages_and_show_each_job_once(s
     assert shown == expected
     listed = [int(line.split()[0]) for line in site.ok("history").splitlines()[1:]]
     assert listed == list(range(1000, 6000))
+
+
+def test_a_changed_command_of_a_file_job_is_reported_by_the_administrators_check(site):
+    """qpy_admin.py check compares each live row's command with its own line of the job
+    file (a file of commands holds one per job)."""
+    site.ok("ctrlQueue", "pause")
+    first, last = map(int, site.ok("sub", "--parsable", "--file", "-",
+                                   input="echo a\necho b\n").split("-"))
+    with sqlite3.connect(os.path.join(site.state, "qpy.db")) as db:
+        db.execute("PRAGMA journal_mode=PERSIST")
+        db.execute("UPDATE jobs SET command = 'echo forged' WHERE id = ?", (last,))
+    result = site.run("check", admin=True)
+    assert "job %d's command in the queue is not its job file's, 'echo b'" % last \
+        in result.stdout + result.stderr
+    assert "job %d's" % first not in result.stdout + result.stderr

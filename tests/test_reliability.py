@@ -181,7 +181,8 @@ def test_sixteen_waiters_for_a_held_lock_do_not_spin_a_core(site):
                                 stderr=subprocess.PIPE, text=True,
                                 env={**site.env, "QPY_LOCK_TIMEOUT": "30"}) for _ in range(16)]
     try:
-        wait_for(lambda: all(has_open(w.pid, "qpy.db") for w in waiters), timeout=60,
+        # (qpy.lock open: past their start, 16 Pythons at once on a slow machine, and waiting)
+        wait_for(lambda: all(has_open(w.pid, "qpy.lock") for w in waiters), timeout=120,
                  what="the 16 commands to wait for the lock")
         time.sleep(1)  # (past their first, brief, wait)
         before = sum(cpu_ticks(w.pid) for w in waiters)

@@ -17,12 +17,19 @@ kill`. Settings as for dask-jobqueue's other kinds, under `jobqueue: qpy:`
 in dask's configuration: the keys of its slurm section but queue, account, job-cpu and
 job-mem, which qpy has no use for.
 """
+import os
+import shlex
+
 import dask
+import dask_jobqueue
+import yaml
 from dask_jobqueue.core import Job, JobQueueCluster, cluster_parameters, job_parameters
 
-dask.config.update_defaults({"jobqueue": {"qpy": {
-    key: value for key, value in dask.config.get("jobqueue.slurm").items()
-    if key not in ("queue", "account", "job-cpu", "job-mem")}}})
+# qpy's defaults: those dask-jobqueue ships for Slurm (not the user's own settings of it)
+with open(os.path.join(os.path.dirname(dask_jobqueue.__file__), "jobqueue.yaml")) as f:
+    dask.config.update_defaults({"jobqueue": {"qpy": {
+        key: value for key, value in yaml.safe_load(f)["jobqueue"]["slurm"].items()
+        if key not in ("queue", "account", "job-cpu", "job-mem")}}})
 
 
 class QpyJob(Job):
@@ -38,9 +45,14 @@ class QpyJob(Job):
                     "mem=%g" % (self.worker_memory / 1e9)]
         if walltime:
             requests.append("time=%s" % walltime)
-        self.job_header = "\n".join(["#QPY " + "; ".join(requests)] +
-                                    list(self.job_extra_directives))
-        self.submit_command = QpyJob.submit_command % self.job_name
+        requests = [request for request in requests
+                    if not any(skip in request for skip in self.job_directives_skip)]
+        extra = self.job_extra_directives
+        if isinstance(extra, dict):  # (as dask-jobqueue allows: {key: value}, a #QPY key=value)
+            extra = ["#QPY %s=%s" % item for item in extra.items()]
+        self.job_header = "\n".join((["#QPY " + "; ".join(requests)] if requests else []) +
+                                    list(extra))
+        self.submit_command = QpyJob.submit_command % shlex.quote(self.job_name)
 
 
 class QpyCluster(JobQueueCluster):
