@@ -18,9 +18,10 @@ The protocol, which every function below keeps:
     nobody forks, sshes, signals a remote host or waits for anything while holding it.
     A transaction may be run again (atomically retries): what it does to files (removing
     run and job files) is asked for with after_commit and done once it has committed.
-    Reads that must be consistent take the lock too, and a long one goes in pages (read_in_pages: rows that no
-    longer change, each page its own transaction): reading outside the lock would not spare
-    the writers, whose commit waits in SQLite's busy handler for every reader's shared lock.
+    Reads that must be consistent take the lock too, and a long one goes in pages
+    (read_in_pages: rows that no longer change, each page its own transaction): reading
+    outside the lock would not spare the writers, whose commit waits in SQLite's busy
+    handler for every reader's shared lock.
  3. `qpy sub` inserts a job ('queue') and bumps the submitter's wake-up (users.wanted) in one
     transaction, then forks a detached tick (unless that user's is running) and returns. It
     never waits for a launch. What frees cores for anybody bumps meta.tick_wanted.
@@ -527,15 +528,11 @@ def open_db(path):
     """Open the DB. SQLite waits for a busy DB (a commit in progress) as long as qpy waits for
     its lock: one time-out, QPY_LOCK_TIMEOUT, for the whole wait."""
     try:
-        db = sqlite3.connect(sqlite_uri(path), uri=True, isolation_level=None,
-                             timeout=lock_timeout())
-        db.row_factory = sqlite3.Row
+        db = sqlite_connection(path)
         if not keep_journal(db):
             db.close()
             settle_hot_journal(path)
-            db = sqlite3.connect(sqlite_uri(path), uri=True, isolation_level=None,
-                                 timeout=lock_timeout())
-            db.row_factory = sqlite3.Row
+            db = sqlite_connection(path)
             if not keep_journal(db):
                 raise QpyError("The journal %s-journal, a crashed transaction's, could not be "
                                "rolled back: the administrator runs qpy_admin.py check." % path)
@@ -547,6 +544,14 @@ def open_db(path):
         raise QpyError(database_failure(e, path))
     except sqlite3.DatabaseError as e:
         raise damaged_database(e)
+
+
+def sqlite_connection(path):
+    """A connection to the DB `path`, in autocommit (qpy says BEGIN itself), rows by name."""
+    db = sqlite3.connect(sqlite_uri(path), uri=True, isolation_level=None,
+                         timeout=lock_timeout())
+    db.row_factory = sqlite3.Row
+    return db
 
 
 def keep_journal(db):
@@ -584,8 +589,7 @@ def settle_hot_journal(path):
         raise lock_wait_failed("qpy.lock")
     try:
         before = stat_or_none(path + "-journal")
-        db = sqlite3.connect(sqlite_uri(path), uri=True, isolation_level=None,
-                             timeout=lock_timeout())
+        db = sqlite_connection(path)
         try:
             if before is None or keep_journal(db):
                 return  # (its owner or the administrator rolled it back meanwhile)
@@ -1261,14 +1265,13 @@ def read_in_pages(table, where, params, order):
     lock for a page, never for the whole history, and still sees each row that was there
     throughout exactly once (a page is one snapshot; a row does not move between them)."""
     columns = ", ".join(order)
-    query = "SELECT * FROM %s WHERE (%s)%%s ORDER BY %s LIMIT %d" % (
-        table, where or "1", columns, READ_PAGE)
-    after = " AND (%s) > (%s)" % (columns, ", ".join("?" * len(order)))
+    first, later = ("SELECT * FROM %s WHERE (%s)%s ORDER BY %s LIMIT %d" % (
+        table, where or "1", after, columns, READ_PAGE) for after in (
+            "", " AND (%s) > (%s)" % (columns, ", ".join("?" * len(order)))))
     rows, last = [], None
     while True:
         page = atomically(lambda db: db.execute(
-            query % (after if last else ""), list(params) + (last or [])).fetchall(),
-            write=False)
+            later if last else first, list(params) + (last or [])).fetchall(), write=False)
         rows += page
         if len(page) < READ_PAGE:
             return rows
@@ -1341,6 +1344,8 @@ STATUS_COLOURS = {"queue": "yellow", "running": "blue", "done": "green", "killed
 # The condition of the partial indexes of live jobs (schema.sql), written out so that SQLite
 # uses them (it matches only this literal form): queries of live jobs never walk the history.
 LIVE_SQL = "status IN (%s)" % ", ".join("'%s'" % status for status in LIVE)
+# (and of the ended ones, which no index holds apart: they are read by the user's index)
+FINISHED_SQL = "status IN (%s)" % ", ".join("'%s'" % status for status in FINISHED)
 
 
 def user_status(job):
@@ -5014,8 +5019,7 @@ Examples:
     jobs, config, paused, notes, overdue = atomically(read, write=False)
     if not live_only:  # (a job that ended since the read above: as it ended)
         ended = {job["id"]: job for job in read_in_pages(
-            "jobs", "user = ? AND status IN (%s)" % ", ".join("'%s'" % status for status in
-                                                         FINISHED), [user], ("position", "id"))}
+            "jobs", "user = ? AND " + FINISHED_SQL, [user], ("position", "id"))}
         jobs = sorted([job for job in jobs if job["id"] not in ended] + list(ended.values()),
                       key=lambda job: (job["position"], job["id"]))
     if args["--format"] is not None:
