@@ -430,3 +430,22 @@ def lab(cluster, request):
     yield make
     for site in created:
         site.stop_all()
+
+
+# ---- the institute (tests/institute.py) ----------------------------------------------------
+
+@pytest.fixture
+def institute(cluster):
+    """The institute: a private Slurm cluster behind its own login node `hpc`, sharing no
+    filesystem with the lab (tests/institute.py). Built on the session's cluster by the first
+    test that asks and kept for the session (the cluster's down removes it); after each test,
+    put back as the test may have left it (institute.reset: link up, homes not full, slurmctld
+    running, no job running or waiting in Slurm). Files in its homes, and ended jobs in
+    squeue, stay from test to test."""
+    import institute as hpc
+    reason = hpc.why_unavailable()
+    if reason:
+        pytest.skip("institute tests " + reason)
+    hpc.up()
+    yield hpc
+    hpc.reset()

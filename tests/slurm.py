@@ -83,45 +83,57 @@ def bindable(port):
             return False
 
 
+# What every private Slurm of the tests runs with (this one, and tests/institute.py's): root's
+# daemons, munge with its own socket, no cgroups, no accounting, a scheduler that does not
+# wait, ended jobs kept an hour in squeue. {dir} holds its state, spool and logs.
+COMMON_SETTINGS = """
+    AuthType=auth/munge
+    CredType=cred/munge
+    AuthInfo=socket={dir}/munge/munge.sock
+    SlurmUser=root
+    SlurmdUser=root
+    StateSaveLocation={dir}/state
+    SlurmdSpoolDir={dir}/spool
+    SlurmctldLogFile={dir}/log/slurmctld.log
+    SlurmdLogFile={dir}/log/slurmd.log
+    MailProg=/bin/true
+    ProctrackType=proctrack/linuxproc
+    TaskPlugin=task/none
+    JobAcctGatherType=jobacct_gather/none
+    AccountingStorageType=accounting_storage/none
+    SwitchType=switch/none
+    MpiDefault=none
+    SelectType=select/cons_tres
+    SelectTypeParameters=CR_Core_Memory
+    SchedulerType=sched/backfill
+    SchedulerParameters=batch_sched_delay=0,sched_min_interval=0
+    MinJobAge=3600
+    ReturnToService=2
+    InactiveLimit=0
+    KillWait=5
+"""
+
+
+def write_settings(path, directory, own):
+    """slurm.conf at `path`: the common settings for `directory`, then `own` lines."""
+    text = COMMON_SETTINGS.format(dir=directory) + own
+    with open(path, "w") as f:
+        f.write("\n".join(line.strip() for line in text.strip().splitlines()) + "\n")
+
+
 def write_conf(cpus, memory_mb, ports):
     host = socket.gethostname().split(".")[0]
-    settings = """
+    write_settings(CONF, DIR, """
         ClusterName={cluster}
         SlurmctldHost={host}(127.0.0.1)
         SlurmctldPort={ports[0]}
         SlurmdPort={ports[1]}
-        AuthType=auth/munge
-        CredType=cred/munge
-        AuthInfo=socket={dir}/munge/munge.sock
-        SlurmUser=root
-        SlurmdUser=root
-        StateSaveLocation={dir}/state
-        SlurmdSpoolDir={dir}/spool
         SlurmctldPidFile={dir}/slurmctld.pidfile
         SlurmdPidFile={dir}/slurmd.pidfile
-        SlurmctldLogFile={dir}/log/slurmctld.log
-        SlurmdLogFile={dir}/log/slurmd.log
-        MailProg=/bin/true
-        ProctrackType=proctrack/linuxproc
-        TaskPlugin=task/none
-        JobAcctGatherType=jobacct_gather/none
-        AccountingStorageType=accounting_storage/none
-        SwitchType=switch/none
-        MpiDefault=none
-        SelectType=select/cons_tres
-        SelectTypeParameters=CR_Core_Memory
-        SchedulerType=sched/backfill
-        SchedulerParameters=batch_sched_delay=0,sched_min_interval=0
-        MinJobAge=3600
-        ReturnToService=2
-        InactiveLimit=0
-        KillWait=5
         NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory} State=UNKNOWN
         PartitionName={partition} Nodes={host} Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:20
     """.format(cluster=CLUSTER, host=host, ports=ports, dir=DIR, cpus=cpus, memory=memory_mb,
-               partition=PARTITION)
-    with open(CONF, "w") as f:
-        f.write("\n".join(line.strip() for line in settings.strip().splitlines()) + "\n")
+               partition=PARTITION))
 
 
 def start_daemon(name, argv):
