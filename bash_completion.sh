@@ -62,14 +62,15 @@ _qpy() {
     case "$cmd" in
         sub)
             # options come before the command; after it, complete file names
-            local i valued="-n -m -a -g -t -N --cores --mem --node_attr --gpus --time --name --after --afterok --afternotok --array -D --chdir --output --error --file"
+            local i valued="-n -m -a -g -t -N --cores --mem --node_attr --gpus --time --name --after --afterok --afternotok --array -D --chdir --output --error --file --stage-in --stage-out"
             for ((i = 2; i < COMP_CWORD; i++)); do
                 if [[ "${COMP_WORDS[i]}" != -* ]] && [[ " $valued " != *" ${COMP_WORDS[i-1]} "* ]]; then
                     COMPREPLY=($(compgen -f -- "$cur"))
                     return
                 fi
             done
-            if [[ "$prev" == --file || "$prev" == --output || "$prev" == --error ]]; then
+            if [[ "$prev" == --file || "$prev" == --output || "$prev" == --error \
+                  || "$prev" == --stage-in ]]; then
                 COMPREPLY=($(compgen -f -- "$cur"))
             elif [[ "$prev" == -D || "$prev" == --chdir ]]; then
                 COMPREPLY=($(compgen -d -- "$cur"))

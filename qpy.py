@@ -45,7 +45,10 @@ The protocol, which every function below keeps:
     launch_timeout goes back to 'queue'; a job whose runner died before writing 'go' into
     the marker (just before the command is spawned) is queued again. So a job runs at most
     once, and a crash anywhere leaves it queued, never lost. (In a Slurm pool the launch is
-    an sbatch, and Slurm's word replaces the timeout.)
+    an sbatch, and Slurm's word replaces the timeout. Through a login node, where no runner
+    of qpy's runs, the attempt's Slurm name and a started marker made with O_EXCL on the
+    cluster keep the promise: a launch cut short stays claimed until its follow finds it by
+    that name or hands it over again, under a lock there.)
  6. The runner owns a running job: the command runs in its own process group; at the end
     the exit record is written to a file (tmp, fsync, rename) *before* the database is
     updated. Every run file (started marker, heartbeat, exit record, Slurm output) is named
@@ -1322,6 +1325,7 @@ def ensure_user(db, user):
 # runner, a late tick) can move a job it no longer owns.
 #
 #   queue ----claim----> starting ---confirm_start---> running ---finish---> done|failed|killed
+#                                  (or start_in_pool)
 #     |                   |   |                          |
 #     |                   |   +--fail_claim--> failed    |
 #     +------undo---------+--> undone                    |
@@ -1383,7 +1387,19 @@ def move(db, job, leaving, status, **columns):
     if cursor.rowcount == 1 and status in FINISHED:
         db.execute("INSERT OR REPLACE INTO history (%s) SELECT %s FROM jobs WHERE id = ?"
                    % (HISTORY_SQL, HISTORY_SQL), (job["id"],))
+    if cursor.rowcount == 1 and job["status"] == "starting" and status != "running":
+        owe_cancel_of_a_hand_over(db, job)
     return cursor.rowcount == 1
+
+
+def owe_cancel_of_a_hand_over(db, job):
+    """A claim on a pool without qpy's runner that ends other than by starting (queued
+    again, refused, undone, failed): its hand-over may be on its way there or waiting in
+    Slurm, and nothing there would ask the site whether it may run. The pool owes it a
+    cancel (its list of lost attempts: stop_leftovers sends it once the pool answers)."""
+    kind = db.execute("SELECT kind FROM nodes WHERE name = ?", (job["node"],)).fetchone()
+    if kind and kind[0] in POOLS and not POOLS[kind[0]]["runner"]:
+        remember_lost_job(db, job)
 
 
 # What the history keeps of an ended job (schema.sql: history): what `qpy history` and
@@ -1408,6 +1424,13 @@ def confirm_start(db, job, now, external_id=None):
     return move(db, job, ("starting",), "running", started_at=now, runner_pid=os.getpid(),
                 runner_boot=process_boot(os.getpid()),
                 external_id=external_id or job["external_id"], reason=None)
+
+
+def start_in_pool(db, job, started_at, external_id):
+    """A pool without qpy's runner started the job: its follow found the started marker, or
+    the pool says it runs (nobody there owns the row: its follow does)."""
+    return move(db, job, ("starting",), "running", started_at=started_at, runner_pid=None,
+                runner_boot=None, external_id=external_id, reason=None)
 
 
 def return_to_queue(db, job, reason, refusal=None, leaving=("starting",)):
@@ -2193,7 +2216,7 @@ def parse_node_line(words):
     node = {"name": name, "kind": "host", "address": name, "cores": None, "mem": None, "gpus": 0,
             "attributes": "", "pref_multicore": False, "max_jobs": None, "options": None}
     pool_keys = {key: kind for kind, pool in POOLS.items() for key in pool["options"]}
-    options = {}
+    options, pool_type = {}, None
     if rest and rest[0].isdigit():  # the manual's format
         node["cores"] = count_value("cores", rest[0], least=1)
         for word in rest[1:]:
@@ -2230,11 +2253,14 @@ def parse_node_line(words):
         elif key == "pref_multicore":
             node["pref_multicore"] = parse_bool(value)
         elif key == "type":
-            if value != "host" and value not in POOLS:
-                raise QpyError("type must be host or %s, not %r" % (" or ".join(POOLS), value))
-            node["kind"] = value
+            if value != "host" and value not in POOL_TYPES:
+                raise QpyError("type must be host or %s, not %r" % (" or ".join(POOL_TYPES),
+                                                                   value))
+            pool_type = None if value == "host" else value
         else:  # a pool's own setting
             options[key] = value
+    if pool_type:
+        node["kind"] = pool_kind(pool_type, options)
     if node["cores"] is None:
         raise QpyError("node %s has no number of cores (cores=<n>)" % name)
     if not is_host_address(node["address"]):
@@ -2256,7 +2282,7 @@ def parse_node_line(words):
             kind = pool_keys.get(only[0])
             raise QpyError("%s is only for %s (type=%s)" % (
                 only[0], "%s pools" % POOLS[kind]["name"] if kind else "pools",
-                kind or "|".join(POOLS)))
+                POOLS[kind]["type"] if kind else "|".join(POOL_TYPES)))
         if node["mem"] is None and is_local(node["address"]):
             node["mem"] = machine_memory()
     return node
@@ -2774,20 +2800,21 @@ def watch(me):
     if release is None:
         return
     try:
-        probe_down_nodes(me)
         late, lost = atomically(lambda db: (late_runners(db, me), db.execute(
             "SELECT 1 FROM nodes WHERE lost IS NOT NULL AND state = 'up' LIMIT 1").fetchone()),
             write=False)  # (one read for both: this is every pass)
+        # (the lab's own nodes first: what a slow pool or login node answers comes after)
+        verdicts = ask_nodes([job for job in late if job["kind"] == "host"])
+        probe_down_nodes(me)
         if lost:
             stop_leftovers(me)
         followed, unreachable = follow_pools(me)
-        verdicts = ask_nodes([job for job in late if job["kind"] == "host"])
         # a late pool job is judged by what its pool says; one whose pool did not answer (or
         # whose node was removed) is lost (a pool this machine cannot reach says nothing)
         verdicts.update(((job["id"], job["attempt"]), "unreachable") for job in late
                         if job["kind"] is None or job["kind"] in POOLS
                         and POOLS[job["kind"]]["usable_here"]()
-                        and job["external_id"] not in followed.get(job["node"], {}))
+                        and (job["id"], job["attempt"]) not in followed.get(job["node"], {}))
         if not (followed or unreachable or verdicts):
             return
 
@@ -3112,14 +3139,14 @@ def reconcile(db, me=ROOT, followed=None, verdicts=None):
     the DB missed, and end running jobs whose runner or node is gone. A user's tick looks
     only at that user's jobs (other users' files are closed to it); root's at all.
     With what the watch learnt, only the jobs it has an answer for: followed, what
-    follow_pools learnt, {pool: {external ID asked about: state, None if the pool no longer
-    knows it}} (a job handed over since is not judged by it); verdicts, what it made of the
+    follow_pools learnt, {pool: {(job ID, attempt) asked about: state, None if the pool no
+    longer knows it}} (a job handed over since is not judged by it); verdicts, what it made of the
     runners whose heartbeat is late, {(job id, attempt): 'alive', 'gone' (its node answered,
     its orphans were stopped) or 'unreachable'}. One job's damaged files never stop the
     others: what fails is logged and that job is left for later; what the watch's answers
     changed asks for a pass (a job that ended frees its cores). Returns the pool jobs
     killed with qpy kill that their pool still runs (qpy kill's cancel failed), which the
-    tick cancels again, as [(kind, external ID)]."""
+    tick cancels again (their rows)."""
     now = time.time()
     cancels = []
     answers_only = followed is not None or verdicts is not None
@@ -3128,8 +3155,7 @@ def reconcile(db, me=ROOT, followed=None, verdicts=None):
     node_timeout = setting(db, "node_timeout")
     changed = False
     for job in live_jobs(db, me, RESERVING):
-        asked = job["external_id"] is not None and job["external_id"] in followed.get(
-            job["node"], {})
+        asked = (job["id"], job["attempt"]) in followed.get(job["node"], {})
         verdict = verdicts.get((job["id"], job["attempt"]))
         if answers_only and verdict is None and not asked:
             continue
@@ -3138,20 +3164,23 @@ def reconcile(db, me=ROOT, followed=None, verdicts=None):
         db.execute("SAVEPOINT one_job")
         try:
             if job["status"] == "starting":
-                # (a job handed to a pool may wait there for hours: its external ID tells)
+                # (a job handed to a pool may wait there for hours: its external ID tells;
+                # a pool without qpy's runner says itself what became of a launch cut short)
                 if job["claimed_at"] < now - timeout and (not job["external_id"]
-                                                          or not job["kind"]):
+                                                          or not job["kind"]) \
+                        and POOLS.get(job["kind"], {}).get("runner", True):
                     return_to_queue(db, job, "launch timed out")  # (still 'starting')
                 elif asked:
-                    POOLS[job["kind"]]["fate"](db, job, followed[job["node"]][job["external_id"]])
+                    POOLS[job["kind"]]["fate"](db, job, followed[job["node"]][
+                        (job["id"], job["attempt"])])
             elif (record := read_exit_record(job)) is not None:
                 finish(db, job, record)
             elif asked:
                 pool = POOLS[job["kind"]]
-                state = followed[job["node"]][job["external_id"]]
+                state = followed[job["node"]][(job["id"], job["attempt"])]
                 pool["fate"](db, job, state)
                 if job["kill_requested"] and state and pool["running"](state):
-                    cancels.append((job["kind"], job["external_id"]))
+                    cancels.append(dict(job))
             elif job["kind"] == "host" and is_local(job["address"]):
                 if not process_alive(job["runner_pid"], job["runner_boot"]):
                     # (a job queued again must not run beside what is left of it: at once)
@@ -3229,6 +3258,8 @@ def remember_lost_job(db, job):
     the node's `lost` list, [[job id, attempt, user]...], for once it answers again."""
     row = db.execute("SELECT lost FROM node_health WHERE name = ?", (job["node"],)).fetchone()
     lost = json.loads(row[0]) if row and row[0] else []
+    if [job["id"], job["attempt"], job["user"]] in lost:
+        return
     db.execute("INSERT INTO node_health (name, lost) VALUES (?, ?) ON CONFLICT (name) DO "
                "UPDATE SET lost = excluded.lost", (job["node"], json.dumps(
                    lost + [[job["id"], job["attempt"], job["user"]]])))
@@ -3236,18 +3267,19 @@ def remember_lost_job(db, job):
 
 def leftovers_to_stop(db, me, names=None):
     """The lost attempts of the nodes that are up (again), or of these nodes (that answered
-    a probe), that this tick can stop there (root's: all; a user's: their own).
-    {(node, address): {user: [job id, attempt, ...]}}. They stay on the nodes' lists until
+    a probe), that this tick can stop there (root's: all; a user's: their own), and the
+    cancels owed to pools (cancel_or_owe). {(node, address, kind, options): {user: [job id,
+    attempt, ...]}}. They stay on the nodes' lists until
     stopped (forget_leftovers): a tick killed meanwhile leaves them for the next."""
     found = {}
-    for node in db.execute("SELECT name, address, lost, state FROM nodes WHERE kind = 'host' "
-                           "AND lost IS NOT NULL").fetchall():
+    for node in db.execute("SELECT name, address, kind, options, lost, state FROM nodes "
+                           "WHERE lost IS NOT NULL").fetchall():
         if node["name"] not in names if names is not None else node["state"] != "up":
             continue
         for job_id, attempt, user in json.loads(node["lost"]):
             if me is ROOT or user == me:
-                found.setdefault((node["name"], node["address"]), {}).setdefault(
-                    user, []).extend((job_id, attempt))
+                found.setdefault(tuple(node)[:4], {}).setdefault(user, []).extend(
+                    (job_id, attempt))
     return found
 
 
@@ -3277,9 +3309,19 @@ def stop_leftovers(me, names=None):
         return
     crash_point("watch:leftovers")
     calls, whose, forgotten = [], [], []
-    for (name, address), leftovers in found.items():
+    for (name, address, kind, options), leftovers in found.items():
         for user, jobs in leftovers.items():
             attempts = [(name, job_id, attempt) for job_id, attempt in zip(jobs[::2], jobs[1::2])]
+            if kind in POOLS:  # (a cancel owed: by the pool's cancel, which names the attempt)
+                if not user_exists(user) or user == "root" or not all(
+                        isinstance(n, int) and not isinstance(n, bool) for n in jobs):
+                    forgotten += attempts  # (nobody to cancel it as, or a forged entry)
+                elif POOLS[kind]["cancel"]([{"id": job_id, "attempt": attempt, "user": user,
+                                           "node": name, "kind": kind, "options": options,
+                                           "external_id": None} for _, job_id, attempt in
+                                          attempts]):
+                    forgotten += attempts
+                continue
             try:
                 owner = pwd.getpwnam(user) if os.geteuid() == 0 else None
             except KeyError:
@@ -3350,6 +3392,7 @@ def late_runners(db, me):
     late = time.time() - setting(db, "node_timeout")
     return [dict(job) for job in live_jobs(db, me, ("running",))
             if (job["kind"] != "host" or not is_local(job["address"]))
+            and POOLS.get(job["kind"], {}).get("runner", True)  # (else: no heartbeat to miss)
             and last_heartbeat(job) < late]
 
 
@@ -3549,6 +3592,11 @@ def qpy_on_node(*args):
         + [str(arg) for arg in args]
 
 
+def ssh_timeout():
+    """The site's ssh_timeout: how long ssh may take to connect, in seconds."""
+    return int(atomically(lambda db: setting(db, "ssh_timeout"), write=False))
+
+
 def run_on_nodes(calls, multiplex=True):
     """Run [(address, command, owner)] by ssh (directly for this machine), all at once, each as
     its owner (a pwd entry; None: as ourselves); return [(exit status, output, error text)].
@@ -3557,7 +3605,7 @@ def run_on_nodes(calls, multiplex=True):
     than ssh_timeout)."""
     if not calls:
         return []
-    timeout = int(atomically(lambda db: setting(db, "ssh_timeout"), write=False))
+    timeout = ssh_timeout()
     commands, refused = [], {}  # {call's index: why it was not run}
     for index, (address, command, owner) in enumerate(calls):
         if is_local(address):  # this machine: the same command, without ssh
@@ -3576,16 +3624,17 @@ def run_on_nodes(calls, multiplex=True):
 
 
 def run_all(commands, timeout):
-    """Run [(argv, owner, ssh socket directory or None)] all at once, each as its owner (a pwd
-    entry; None: as ourselves), and wait for them (killing any still running after `timeout`
-    seconds). Returns [(exit status, stdout, last line of stderr)]. Output goes to files: a
-    multiplexing master that stays behind must not hold a pipe."""
+    """Run [(argv, owner, ssh socket directory or None[, bytes for its standard input])] all
+    at once, each as its owner (a pwd entry; None: as ourselves), and wait for them (killing
+    any still running after `timeout` seconds). Returns [(exit status, stdout, last line of
+    stderr)]. Input and output go through files: a multiplexing master that stays behind
+    must not hold a pipe."""
     if not commands:
         return []
     import subprocess
     import tempfile
     started = []
-    for argv, owner, sockets in commands:
+    for argv, owner, sockets, *given in commands:
         found = stat_or_none(sockets) if sockets else None
         if found is not None and (found.st_uid != (owner.pw_uid if owner else os.getuid())
                                   or found.st_mode & 0o077 or os.path.islink(sockets)):
@@ -3593,6 +3642,11 @@ def run_all(commands, timeout):
                                     "remove it" % sockets), None, None))
             continue
         out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+        stdin = subprocess.DEVNULL
+        if given:
+            stdin = tempfile.TemporaryFile()
+            stdin.write(given[0])
+            stdin.seek(0)
 
         def prepare(owner=owner, sockets=sockets):
             if owner:
@@ -3605,11 +3659,13 @@ def run_all(commands, timeout):
         if owner:
             env.update(HOME=owner.pw_dir, USER=owner.pw_name, LOGNAME=owner.pw_name)
         try:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+            proc = subprocess.Popen(argv, stdin=stdin, stdout=out, stderr=err,
                                     start_new_session=True, preexec_fn=prepare, env=env,
                                     cwd="/")
         except (OSError, subprocess.SubprocessError) as e:
             proc = e
+        if given:
+            stdin.close()
         started.append((proc, out, err))
     results = []
     deadline = time.time() + timeout
@@ -3661,6 +3717,74 @@ def check_job_file(job, uid=None):
             raise QpyError("refused: %s" % e)
 
 
+def user_exists(name):
+    import pwd
+    try:
+        return pwd.getpwnam(name) is not None
+    except (KeyError, TypeError):
+        return False
+
+
+def as_owners_at_once(calls, timeout, failed=None):
+    """Do [(user, fn, args)] at once, each in a child process as that user (root's tick
+    acts for them all; a user's own process does its own calls in children too, alike), and
+    return what each fn returned, through JSON (`failed` for one that raised, did not end
+    within `timeout` seconds, or whose user does not exist). The children touch no
+    connection; what goes wrong in one is logged."""
+    import pwd
+    import select
+    children = []
+    for user, fn, args in calls:
+        try:
+            owner = pwd.getpwnam(user)
+        except KeyError:
+            children.append(None)
+            continue
+        reading, writing = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(reading)
+            try:
+                os.setsid()  # (its ssh and tar go with it when it is stopped)
+                if os.geteuid() == 0:
+                    become(owner)
+                os.write(writing, json.dumps({"result": fn(*args)}).encode())
+            except BaseException:
+                log_exception("acting as %s" % user)
+            finally:
+                os._exit(0)
+        os.close(writing)
+        children.append((pid, reading, bytearray()))
+    deadline = time.time() + timeout
+    waiting = {child[1]: child for child in children if child}
+    while waiting and time.time() < deadline:
+        ready, _, _ = select.select(list(waiting), [], [], max(0.0, deadline - time.time()))
+        for fd in ready:
+            chunk = os.read(fd, 65536)
+            if chunk:
+                waiting[fd][2].extend(chunk)
+            else:
+                del waiting[fd]
+    results = []
+    for child in children:
+        if child is None:
+            results.append(failed)
+            continue
+        pid, fd, data = child
+        if fd in waiting:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        os.close(fd)
+        os.waitpid(pid, 0)
+        try:
+            results.append(json.loads(bytes(data))["result"])
+        except ValueError:
+            results.append(failed)
+    return results
+
+
 def become(owner):
     """In a child process about to act for `owner` (a pwd entry): drop root for them."""
     if owner.pw_uid == os.geteuid():
@@ -3669,6 +3793,7 @@ def become(owner):
     os.setgid(owner.pw_gid)
     os.setuid(owner.pw_uid)
     os.environ.update(HOME=owner.pw_dir, USER=owner.pw_name, LOGNAME=owner.pw_name)
+    os.environ.pop("XDG_RUNTIME_DIR", None)  # (root's: not where the user's ssh sockets go)
 
 
 def launch_all(claims, fork_runners=True):
@@ -3704,9 +3829,9 @@ def launch_all(claims, fork_runners=True):
             outcomes += POOLS[kind]["submit"](pooled, owners)
     if any(what != "started" for _, what, _ in outcomes):
         stale = atomically(lambda db: record_launches(db, outcomes))
-        if stale and not cancel_in_pools(stale):
+        if stale and not cancel_or_owe(stale):
             log_event("could not cancel the pool jobs %s, whose claims moved on while they "
-                      "were handed over" % " ".join(external_id for _, external_id in stale))
+                      "were handed over" % " ".join(job["external_id"] for job in stale))
 
 
 # What a launch channel says of each job, (job, outcome, detail), for record_launches:
@@ -3717,6 +3842,8 @@ def launch_all(claims, fork_runners=True):
 #   refused      a pool that answers refused this job (detail: its words): back to the
 #                queue, offered to that pool again after probe_interval
 #   unowned      its files are not its owner's (detail: why): it fails
+#   cut off      the connection to a pool without qpy's runner dropped while the launch ran
+#                (detail: ssh's words): the claim stays, its follow finds out where it is
 
 
 def fork_runners_here(batches):
@@ -3739,16 +3866,16 @@ def start_runners_by_ssh(batches, owners):
 
 def record_launches(db, outcomes):
     """Inside a transaction: what the launch channels said (the outcomes above). Returns the
-    pool jobs, [(kind, external ID)], handed over for a claim that has moved on meanwhile
-    (timed out or killed while the launch was slow): they are cancelled there."""
+    pool jobs (their rows, with the pool's ID) handed over for a claim that has moved on
+    meanwhile (timed out or killed while the launch was slow): they are cancelled there."""
     now = time.time()
-    stale = []  # (kind, external ID) of pool jobs whose claim moved on during the launch
+    stale = []  # the pool jobs whose claim moved on during the launch
     for job, what, detail in outcomes:
         if what == "submitted":  # (the runner may have confirmed already)
             if not db.execute("UPDATE jobs SET external_id = ? WHERE id = ? AND attempt = ? "
                               "AND status NOT IN ('queue', 'undone')",
                               (detail, job["id"], job["attempt"])).rowcount:
-                stale.append((job["kind"], detail))  # (timed out, or killed, meanwhile)
+                stale.append(dict(job, external_id=detail))  # (timed out or killed meanwhile)
             db.execute("UPDATE jobs SET reason = ? WHERE id = ? AND attempt = ? AND status = "
                        "'starting'", ("waiting in " + POOLS[job["kind"]]["name"], job["id"],
                                       job["attempt"]))
@@ -3761,6 +3888,11 @@ def record_launches(db, outcomes):
             return_to_queue(db, job, refused_note(refusal), json.dumps(refusal))
         elif what == "unowned":
             fail_claim(db, job, detail)
+        elif what == "cut off":
+            db.execute("UPDATE jobs SET reason = ? WHERE id = ? AND attempt = ? AND status = "
+                       "'starting'", ("hand-over to %s cut off (%s): asked again once it "
+                                      "answers" % (job["node"], detail), job["id"],
+                                      job["attempt"]))
         if what in ("unreachable", "refused"):
             request_tick(db)  # (it may start elsewhere)
     return stale
@@ -3821,13 +3953,16 @@ def probe_down_nodes(me):
                    for node, (status, _, error) in zip(hosts, results))
     stop_leftovers(me, [name for name, error in answers.items() if error is None])
 
+    pools = {node["name"] for node in nodes if node["kind"] in POOLS}
+
     def record(db):
         now = time.time()
         for name, error in answers.items():
-            if error is None:  # (up once nothing given up with it runs there any more)
+            if error is None:  # (a host: up once nothing given up with it runs there; a
+                # pool's owed cancels do not keep its new jobs out)
                 if db.execute("UPDATE node_health SET state = 'up', reason = NULL, "
-                              "probed_at = ? WHERE name = ? AND state = 'down' AND lost IS "
-                              "NULL", (now, name)).rowcount:
+                              "probed_at = ? WHERE name = ? AND state = 'down' AND (lost IS "
+                              "NULL OR ?)", (now, name, name in pools)).rowcount:
                     request_tick(db)
                 else:
                     db.execute("UPDATE node_health SET probed_at = ?, reason = ? WHERE name "
@@ -3841,31 +3976,40 @@ def probe_down_nodes(me):
 
 
 # --------------------------------------------------------------------------------------------
-# Pools: batch systems that qpy hands jobs to, each one node of the nodes file (type=<kind>).
+# Pools: batch systems that qpy hands jobs to, each one node of the nodes file (type=<type>).
 # The tick hands a placed job over as its owner; the batch job runs qpy's runner (so the
-# started marker, exit record and accounting are as on any node); each tick follows all of a
-# pool's jobs with one call. qpy never schedules inside a pool. A kind is one entry of POOLS:
+# started marker, exit record and accounting are as on any node), or, where the pool does
+# not see the site's files, qpy's own batch script, whose files the follow fetches; each
+# tick follows all of a pool's jobs with one call. qpy never schedules inside a pool. A kind
+# is one entry of POOLS:
 #   name                what users see ("Slurm")
+#   type, selected_by   the type= that declares it, and the setting that picks this kind of
+#                       that type (None: the kind without one)
 #   options             its settings in the nodes file, beside every node's
 #   check(node, opts)   validate them (raise QpyError)
 #   submit(jobs, owners) -> the launch outcomes (see record_launches): (job, 'submitted', its
 #                       external ID), (job, 'refused', why) by a pool that answers, or (job,
 #                       'unreachable', error) when the pool did not answer
-#   follow({pool: [external IDs]}) -> ({pool: {ID: state}}, {pool: why it did not answer})
+#   follow({pool: [jobs]}) -> ({pool: {(job ID, attempt): state, None if the pool does not
+#                       know the job}}, {pool: why it did not answer}); a job it could not
+#                       ask about (its owner's connection failed) is left out
 #   fate(db, job, state)  a job without an exit record, and what follow said (None: unknown)
 #   running(state)      the pool still runs it (a lost qpy kill is sent again)
-#   cancel([IDs])       did the pool take the cancel
+#   cancel([jobs])      did the pool take the cancel
 #   probe([pools])      {pool: None if it answers, else what is wrong}
 #   environment(job)    {name: value} the runner passes on to the job from the pool's own
 #   id_variable         where the runner finds its job's external ID
 #   takes_next_job      False: a runner there runs its one job (the pool allocated only it)
+#   runner              False: no qpy runner there (no heartbeat, no confirm): fate starts
+#                       and ends its jobs, and finds the hand-overs that were cut short
 #   sigterm_means_kill  a SIGTERM to the runner is the pool's (a cancel, a limit), not a stray
 #   limit_warning       why a job ends that gets the pool's SIGTERM within warning_window
 #                       seconds of a SIGUSR1 (the pool warns its runner that its own time
 #                       limit is near), or None
 #   usable_here()       can this machine reach the pool (its commands are here)? A tick
 #                       elsewhere (a runner's, on a lab node) leaves its jobs to others
-#   doctor(pool, report)  qpy_admin.py doctor's checks
+#   doctor(pool, report, owner)  qpy_admin.py doctor's checks (as `owner`, a pwd entry, for
+#                       what a user's own account must be able to do; None: as itself)
 # The engine calls only these: a new kind is its functions and one more entry.
 # --------------------------------------------------------------------------------------------
 
@@ -3875,36 +4019,53 @@ def node_options(row):
 
 
 def follow_pools(me):
-    """One follow per pool kind for all its qpy jobs (outside the lock: a pool may be slow).
-    Returns ({pool: {each external ID asked about: its state, None if the pool does not know
-    it}} for the pools that answered, {pool: error}). A user's tick follows only that user's
-    jobs."""
+    """One follow per pool kind for all its qpy jobs handed over (outside the lock: a pool
+    may be slow), and, in a pool without qpy's runner, the claims whose hand-over was cut
+    short (older than launch_timeout, without the pool's ID). Returns ({pool: {(job ID,
+    attempt) of each job asked about: its state, None if the pool does not know it}} for the
+    pools that answered, {pool: error}). A user's tick follows only that user's jobs."""
     def read(db):
-        return db.execute("SELECT j.node, n.kind, j.external_id FROM jobs j JOIN nodes n ON "
-                          "n.name = j.node WHERE j." + LIVE_SQL + " AND j.status != 'queue' "
-                          "AND j.external_id IS NOT NULL" + (
-                              "" if me is ROOT else " AND +j.user = ?"),
-                          () if me is ROOT else (me,)).fetchall()
-    ids = {}  # kind: {pool: [external IDs]}
-    for node, kind, external_id in atomically(read, write=False):
-        if kind in POOLS and POOLS[kind]["usable_here"]():  # (else: another machine's tick)
-            ids.setdefault(kind, {}).setdefault(node, []).append(external_id)
+        cut_short = time.time() - setting(db, "launch_timeout")
+        pooled = db.execute(JOB_WITH_NODE + " WHERE j." + LIVE_SQL + " AND j.status != 'queue' "
+                            "AND n.kind != 'host'" + ("" if me is ROOT else " AND +j.user = ?"),
+                            () if me is ROOT else (me,)).fetchall()
+        return [dict(job) for job in pooled if job["kind"] in POOLS and (
+            job["external_id"] is not None or not POOLS[job["kind"]]["runner"]
+            and job["claimed_at"] < cut_short)]
+    jobs = {}  # kind: {pool: [jobs]}
+    for job in atomically(read, write=False):
+        if POOLS[job["kind"]]["usable_here"]():  # (else: another machine's tick follows it)
+            jobs.setdefault(job["kind"], {}).setdefault(job["node"], []).append(job)
     states, errors = {}, {}
-    for kind, pools in ids.items():
+    for kind, pools in jobs.items():
         answered, failed = POOLS[kind]["follow"](pools)
-        states.update((pool, {external_id: known.get(external_id) for external_id in pools[pool]})
-                      for pool, known in answered.items())
+        states.update(answered)
         errors.update(failed)
     return states, errors
 
 
+def cancel_or_owe(jobs):
+    """Cancel these pool jobs (their rows, of jobs that are not to run). Where a pool without
+    qpy's runner did not take it, the cancel is owed: kept on the pool's list of lost
+    attempts and sent again once it answers (stop_leftovers), since nothing there would ask
+    the site whether the job may still run."""
+    if cancel_in_pools(jobs):
+        return True
+    owed = [job for job in jobs if not POOLS[job["kind"]]["runner"]]
+    if owed:
+        def keep(db):
+            for job in owed:
+                remember_lost_job(db, job)
+        atomically(keep)
+    return False
+
+
 def cancel_in_pools(jobs):
-    """Cancel these pool jobs, [(kind, external ID)], one call per kind; did every pool take
-    it?"""
-    ids = {}
-    for kind, external_id in jobs:
-        ids.setdefault(kind, []).append(external_id)
-    return all([POOLS[kind]["cancel"](kind_ids) for kind, kind_ids in ids.items()])
+    """Cancel these pool jobs (their rows), one call per kind; did every pool take it?"""
+    by_kind = {}
+    for job in jobs:
+        by_kind.setdefault(job["kind"], []).append(job)
+    return all([POOLS[kind]["cancel"](kind_jobs) for kind, kind_jobs in by_kind.items()])
 
 
 # --- Slurm: sbatch, squeue, scancel and sinfo on this machine --------------------------------
@@ -4004,8 +4165,9 @@ def sbatch_all(jobs, owners):
     return outcomes
 
 
-def scancel(slurm_ids):
-    """scancel these Slurm jobs (one call for all); did Slurm take it?"""
+def scancel(jobs):
+    """scancel these jobs in Slurm (one call for all); did Slurm take it?"""
+    slurm_ids = [job["external_id"] for job in jobs if job["external_id"]]
     return not slurm_ids or run_all([(["scancel"] + slurm_ids, None, None)],
                                     SLURM_TIMEOUT)[0][0] == 0
 
@@ -4021,17 +4183,20 @@ def sinfo_pools(pools):
             for pool, partition, (status, out, error) in zip(pools, partitions, results)}
 
 
-def squeue_pools(ids):
-    """One squeue per pool for these jobs: ({pool: {Slurm ID: (state, Slurm's reason)}},
-    {pool: error})."""
-    pools = sorted(ids)
+def squeue_pools(jobs):
+    """One squeue per pool for these jobs ({pool: [jobs]}): ({pool: {(job ID, attempt):
+    (state, Slurm's reason)}}, {pool: error})."""
+    pools = sorted(jobs)
     commands = [(["squeue", "--noheader", "--states=all", "--format=%i|%T|%r",
-                  "--jobs=" + ",".join(ids[pool])], None, None) for pool in pools]
+                  "--jobs=" + ",".join(job["external_id"] for job in jobs[pool])], None, None)
+                for pool in pools]
     states, errors = {}, {}
     for pool, (status, out, error) in zip(pools, run_all(commands, SLURM_TIMEOUT)):
         if status == 0 or "Invalid job id" in error:  # only unknown IDs: all of them vanished
-            states[pool] = {fields[0]: (fields[1], fields[2]) for fields in
-                            (line.split("|") for line in out.splitlines()) if len(fields) == 3}
+            known = {fields[0]: (fields[1], fields[2]) for fields in
+                     (line.split("|") for line in out.splitlines()) if len(fields) == 3}
+            states[pool] = {(job["id"], job["attempt"]): known.get(job["external_id"])
+                            for job in jobs[pool]}
         else:
             errors[pool] = "squeue failed: " + error
     return states, errors
@@ -4073,7 +4238,7 @@ def slurm_environment(job):
     return env
 
 
-def slurm_doctor(pool, report):
+def slurm_doctor(pool, report, owner=None):
     """doctor's checks of a Slurm pool: Slurm's commands are here, slurmctld answers, the
     partition exists and is up."""
     import shutil
@@ -4094,12 +4259,733 @@ SLURM = {
     "submit": sbatch_all, "follow": squeue_pools, "fate": slurm_fate,
     "running": lambda state: state[0] == "RUNNING", "cancel": scancel, "probe": sinfo_pools,
     "environment": slurm_environment, "id_variable": "SLURM_JOB_ID", "takes_next_job": False,
+    "runner": True, "type": "slurm", "selected_by": None,
     "sigterm_means_kill": True, "limit_warning": "time limit in Slurm",
     "warning_window": SLURM_LIMIT_WARNING + 90,  # (Slurm may warn a minute early)
     "usable_here": slurm_usable_here, "doctor": slurm_doctor,
 }
 
-POOLS = {"slurm": SLURM}  # the kinds of pool, by their type= in the nodes file
+
+# --- Slurm through its login node: sbatch, squeue, scancel there by ssh, no shared files --------
+# An institute's cluster sees neither the site nor qpy: everything goes over ssh to its login
+# node, as the job's owner, with their own key and account there (~/.ssh/config may name
+# another user), one multiplexed connection per user and login node, one ssh per owner and
+# pool for each launch and each follow (their scripts on ssh's standard input). Paths on
+# the cluster are relative to the user's home there unless remote_dir is absolute:
+#   <remote_dir>/<the job's directory, relative to the owner's home here>   where the job
+#       runs, and its job_<ID>.out and .err (copied back at the end)
+#   <remote_dir>/.qpy/<state id>/job_<ID>.<attempt>.sh    qpy's batch script (plain sh)
+#       job_<ID>.attempt   the latest attempt handed over: an older one's script never runs
+#       job_<ID>.lock      held (flock) while a launch looks for the job and submits it
+#       job_<ID>.<attempt>.started   made with O_EXCL (set -C) by the one copy that runs,
+#                          holding Slurm's ID and the start time; .exit the exit record
+#       job_<ID>.<attempt>.batch     Slurm's output of the batch script itself
+# The job's Slurm name, qpy-<state>-<ID>-<attempt>, makes a launch idempotent: a launch cut
+# short (the connection dropped, the tick killed between sbatch and its commit) is found
+# by its name, under the lock, before anything is submitted again.
+
+REMOTE_COPY_LIMIT = 100  # MB of job_<ID>.out, .err and stage-out files copied back at most
+REMOTE_FOLLOW_BUDGET = 600  # seconds one follow (its copies back included) may take
+
+
+def remote_word(path):
+    """A path on the cluster as a shell word: relative ones are in the home there; %u is the
+    user's name there (in an absolute remote_dir, which is every user's)."""
+    import shlex
+    word = '"$(id -un)"'.join(shlex.quote(piece) for piece in path.split("%u"))
+    return word if path.startswith("/") else '"$HOME"/' + word
+
+
+def remote_places(job, options, cwd):
+    """(the job's directory, qpy's control directory) on the cluster, as relative or absolute
+    paths: the job's directory mirrors where it was submitted, under remote_dir."""
+    import pwd
+    base = options.get("remote_dir") or "qpy"
+    base = base[2:] if base.startswith("~/") else base
+    try:
+        home = pwd.getpwnam(job["user"]).pw_dir
+    except KeyError:
+        home = "/"
+    inside = os.path.relpath(cwd, home)
+    if inside.startswith(".."):
+        inside = cwd.lstrip("/")
+    return (os.path.normpath(os.path.join(base, inside)),
+            os.path.join(base, ".qpy", state_id() or "unknown"))
+
+
+def remote_name(job):
+    return "qpy-%s-%d-%d" % ((state_id() or "x")[:8], job["id"], job["attempt"])
+
+
+def remote_batch_script(job, job_file, workdir, control):
+    """qpy's batch script for one attempt of a job: it runs nothing if a later attempt was
+    handed over, the attempt was cancelled, or it started already; else the command in its
+    directory, and writes
+    the exit record: '<state>@<attempt> <exit status> <start> <end> <children's user and
+    system CPU time, as `times` says>'. It needs only a POSIX shell and coreutils."""
+    import shlex
+    argv = job_file["argv"] if len(job_file["argv"]) > 1 else \
+        ["/bin/sh", "-c", job_file["argv"][0]]
+    exports = {"QPY_JOB_ID": job["id"], "QPY_NODE": job["node"], "QPY_ATTEMPT": job["attempt"],
+               "QPY_N_CORES": job["n_cores"], "QPY_MEM": float(job["mem"]),
+               "QPY_STATE_ID": state_id() or ""}
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        exports[name] = job["n_cores"]
+    if job["array_index"] is not None:
+        exports["QPY_ARRAY_INDEX"] = job["array_index"]
+    mine = "%s/job_%d.%d" % (control, job["id"], job["attempt"])
+    return "\n".join([
+        "#!/bin/sh",
+        "# qpy's batch script for job %d, attempt %d, of the qpy state %s: handed over through"
+        % (job["id"], job["attempt"], state_id()),
+        "# the login node; it needs nothing of qpy here.",
+        "mine=%s" % remote_word(mine),
+        "# under the job's lock, as a launch or a cancel looks and writes (one at a time)",
+        'exec 9>> %s/job_%d.lock && flock 9 || { echo "qpy: cannot take the lock of job %d '
+        '(flock)" >&2; exit 1; }' % (remote_word(control), job["id"], job["id"]),
+        'if [ "$(cat %s/job_%d.attempt 2>/dev/null)" != %d ]; then' % (
+            remote_word(control), job["id"], job["attempt"]),
+        '  echo "qpy: a later attempt of job %d was handed over: this one does not run" >&2'
+        % job["id"],
+        "  exit 0",
+        "fi",
+        "# the started marker, made with O_EXCL (noclobber): one copy of an attempt runs, never",
+        "# two (in a subshell: a redirection that fails ends the shell it is made in)",
+        'if ! (set -C; : > "$mine.started") 2>/dev/null; then',
+        '  echo "qpy: attempt %d of job %d started already: it does not run twice" >&2'
+        % (job["attempt"], job["id"]),
+        "  exit 0",
+        "fi",
+        "started=$(date +%s)",
+        'echo "${SLURM_JOB_ID:-} $started" > "$mine.started"',
+        "exec 9>&-",
+        "export " + " ".join("%s=%s" % (name, shlex.quote(str(value)))
+                             for name, value in exports.items()),
+        "status=1",
+        "if cd %s; then" % remote_word(workdir),
+        "  trap 'kill -TERM $child 2>/dev/null' TERM  # (Slurm's cancel, its time limit)",
+        "  %s < /dev/null > job_%d.out 2> job_%d.err &" % (shlex.join(argv), job["id"],
+                                                          job["id"]),
+        "  child=$!",
+        '  while :; do wait "$child"; status=$?; kill -0 "$child" 2>/dev/null || break; done',
+        "fi",
+        "set -- $(times)",
+        "printf '%%s %%s %%s %%s %%s %%s\\n' '%s@%d' \"$status\" \"$started\" \"$(date +%%s)\" "
+        "\"$3\" \"$4\" > \"$mine.exit.new\" && mv -f \"$mine.exit.new\" \"$mine.exit\""
+        % (state_id(), job["attempt"]),
+        ""])
+
+
+def remote_sbatch_options(job, options):
+    """sbatch's options for a job, as for a local pool, without qpy's runner: Slurm's own
+    time limit is the job's (no runner stops it earlier), and Slurm never requeues it (a
+    requeue is qpy's, by a new attempt)."""
+    import math
+    import shlex
+    argv = ["--parsable", "--no-requeue", "--partition=" + options["partition"],
+            "--ntasks=1", "--cpus-per-task=%d" % job["n_cores"]]
+    if job["mem"] > 0:
+        argv.append("--mem=%dM" % math.ceil(job["mem"] * 1024))
+    if job["gpus"]:
+        argv.append("--gres=gpu:%d" % job["gpus"])
+    if job["time_limit"]:
+        argv.append("--time=%d" % math.ceil(job["time_limit"] / 60))  # minutes
+    elif options.get("time"):
+        argv.append("--time=" + options["time"])
+    for key in ("account", "qos"):
+        if options.get(key):
+            argv.append("--%s=%s" % (key, options[key]))
+    return argv + shlex.split(options.get("extra") or "")
+
+
+# The launch of one job, in the script a launch sends: under the job's lock, a job of its
+# name already in Slurm (or its marker) is the launch that was cut short; else the script
+# and the attempt are written and sbatch runs. It prints "ok <job> <Slurm ID>" or
+# "no <job> <why>".
+REMOTE_LAUNCH = r"""
+qpy_lock() {  # control job: the job's lock (flock: it must be there)
+  mkdir -p "$1" && chmod 700 "$1" || return 1
+  command -v flock > /dev/null || { echo "flock is missing on the login node"; return 1; }
+  exec 9>> "$1/job_$2.lock" && flock -w 120 9
+}
+qpy_launch() {  # mode job attempt name control workdir script sbatch-options...
+  mode=$1 job=$2 attempt=$3 name=$4 control=$5 workdir=$6 script=$7
+  shift 7
+  qpy_lock "$control" "$job" || return 1
+  found=$(squeue --all --noheader --states=all --user="$(id -un)" --name="$name" \
+          --format=%i) || return 1
+  if [ -n "$found" ]; then echo "$found" | head -n 1; return 0; fi
+  if [ -s "$control/job_$job.$attempt.started" ]; then
+    cut -d ' ' -f 1 "$control/job_$job.$attempt.started"; return 0
+  fi
+  if [ "$mode" = find ]; then echo none; return 0; fi
+  mkdir -p "$workdir" || return 1
+  last=$(cat "$control/job_$job.attempt" 2>/dev/null) || last=0
+  if [ "$last" -gt "$attempt" ]; then
+    echo "a later attempt ($last) was handed over already"; return 1
+  fi
+  printf '%s\n' "$attempt" > "$control/job_$job.attempt.new" &&
+    mv -f "$control/job_$job.attempt.new" "$control/job_$job.attempt" &&
+    printf '%s' "$script" > "$control/job_$job.$attempt.sh" || {
+      echo "cannot write in $control (df: $(df -P "$control" | tail -n 1))"; return 1; }
+  sbatch --job-name="$name" --chdir="$workdir" --output="$control/job_$job.$attempt.batch" \
+    "$@" "$control/job_$job.$attempt.sh"
+}
+qpy_one() {
+  job=$2
+  if answer=$(qpy_launch "$@" 2>&1); then
+    echo "ok $job $(printf '%s\n' "$answer" | tail -n 1 | cut -d ';' -f 1)"
+  else
+    echo "no $job $(printf '%s' "$answer" | tr '\n' ' ')"
+  fi
+}
+"""
+
+
+def remote_launch_script(jobs, options, mode="launch"):
+    """The script of one launch (for jobs of one owner and pool, each with its job file), or
+    with mode 'find', of the look for them that comes first when a launch was cut short
+    (found: 'ok <job> <ID>'; not there: 'ok <job> none')."""
+    import shlex
+    lines = [REMOTE_LAUNCH]
+    for job, job_file in jobs:
+        workdir, control = remote_places(job, options, job_file["cwd"])
+        lines.append("qpy_one %s %d %d %s %s %s %s %s" % (
+            mode, job["id"], job["attempt"], remote_name(job), remote_word(control),
+            remote_word(workdir),
+            shlex.quote(remote_batch_script(job, job_file, workdir, control)),
+            shlex.join(remote_sbatch_options(job, options))))
+    return "\n".join(lines) + "\n"
+
+
+def remote_ssh(login, sockets_uid, timeout, multiplex=True):
+    """ssh to a pool's login node (ssh_command's checks and multiplexing), running `sh -s`:
+    the script comes on standard input."""
+    return ssh_command(login, ["sh", "-s"], int(timeout), sockets_uid, multiplex)
+
+
+def run_script_there(login, script, timeout, connect, multiplex=True):
+    """Run a shell script on a login node, as this process's user, connecting within
+    `connect` seconds (the site's ssh_timeout): (exit status, output, last line of errors).
+    multiplex False: on a connection of its own (a master connection to a login node gone
+    since waits for its keep-alives to give up)."""
+    argv, sockets = remote_ssh(login, os.getuid(), connect, multiplex)
+    return run_all([(argv, None, sockets, script.encode())], timeout)[0]
+
+
+def remote_hand_over(jobs, options, connect, cut_short=False):
+    """As the jobs' owner (all of one pool): send them to Slurm; [(job ID, outcome, detail)]
+    as record_launches takes them. A connection that cannot be made is 'unreachable' (nothing
+    was sent; a key the login node refuses is the job's 'refused'); one that drops while the
+    launch runs leaves its jobs 'cut off': where they are is asked again (follow) once the
+    login node answers. cut_short: the claims of such launches, looked for first (under each
+    job's lock there); only those not there are staged in and handed over."""
+    login = options["login"]
+    # (its own connection: whether it answers now, before anything is sent)
+    status, _, error = run_script_there(login, "true\n", SLURM_TIMEOUT, connect, False)
+    if status != 0:
+        refused = "Permission denied" in error  # (this user's account, not the pool)
+        return [(job["id"], "refused" if refused else "unreachable", "%s: %s" % (login, error))
+                for job in jobs]
+    ready, outcomes = [], []
+    for job in jobs:
+        try:
+            ready.append((job, read_job_file(job)))
+        except QpyError as e:
+            outcomes.append((job["id"], "unowned", str(e)))
+    if cut_short and ready:
+        found = remote_launch_outcomes(ready, options, connect, "find")
+        outcomes += [outcome for outcome in found if outcome[1:] != ("submitted", "none")]
+        if any(what == "refused" for _, what, _ in found):  # (the look failed: later again)
+            outcomes = [(job_id, "cut off" if what == "refused" else what, detail)
+                        for job_id, what, detail in outcomes]
+        absent = {job_id for job_id, what, detail in found if (what, detail) == ("submitted",
+                                                                               "none")}
+        ready = [(job, job_file) for job, job_file in ready if job["id"] in absent]
+    handing = []
+    for job, job_file in ready:
+        problem = stage_in(job, job_file, options, connect)
+        if problem:
+            outcomes.append((job["id"], "refused", problem))
+        else:
+            handing.append((job, job_file))
+    return outcomes + (remote_launch_outcomes(handing, options, connect) if handing else [])
+
+
+def remote_launch_outcomes(ready, options, connect, mode="launch"):
+    """Run one launch (or find) script for these (job, job file): the outcome of each."""
+    login = options["login"]
+    status, out, error = run_script_there(login, remote_launch_script(ready, options, mode),
+                                          SLURM_TIMEOUT * 2, connect)
+    said = {}
+    for line in out.splitlines():
+        words = line.split(" ", 2)
+        if len(words) == 3 and words[1].isdigit():
+            said[int(words[1])] = words
+    outcomes = []
+    for job, _ in ready:
+        words = said.get(job["id"])
+        answer = words[2].strip() if words else None
+        if words and words[0] == "ok" and (answer.isdigit() or answer == "none"):
+            outcomes.append((job["id"], "submitted", answer))
+        elif words:
+            outcomes.append((job["id"], "refused", "%s said: %s" % (login, answer)))
+        else:
+            outcomes.append((job["id"], "cut off", "%s: %s" % (login, error)))
+    return outcomes
+
+
+def glob_word(pattern):
+    """A --stage-out glob as a word for the shell there: its wildcards stay, nothing else of
+    it is read by the shell."""
+    return re.sub(r"([^\w*?\[\]./-])", r"\\\1", pattern)
+
+
+def piped_through_ssh(local, remote, login, connect, local_input=False):
+    """Run `local | ssh login remote` (local_input) or `ssh login remote | local`, as this
+    process's user; None, or what went wrong."""
+    import subprocess
+    ssh, _ = ssh_command(login, ["sh", "-c", remote], connect, os.getuid())
+    first, second = (local, ssh) if local_input else (ssh, local)
+    try:
+        feeding = subprocess.Popen(first, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, cwd="/")
+        taking = subprocess.run(second, stdin=feeding.stdout, capture_output=True,
+                                timeout=600, cwd="/")
+        feeding.stdout.close()
+        fed = feeding.wait(timeout=60)
+        said = (feeding.stderr.read() + taking.stderr).decode(errors="replace").strip()
+    except (OSError, subprocess.SubprocessError) as e:
+        return str(e)
+    if fed == 0 and taking.returncode == 0:
+        return None
+    return shown("; ".join(said.splitlines()) or "exit status %d" % (fed or taking.returncode),
+                 300)
+
+
+def stage_in(job, job_file, options, connect):
+    """Copy a job's --stage-in files into its directory on the cluster (tar over ssh);
+    None, or what went wrong."""
+    if not job_file.get("stage_in"):
+        return None
+    workdir, control = remote_places(job, options, job_file["cwd"])
+    lock = "%s/job_%d.lock" % (remote_word(control), job["id"])  # (as a launch or a find)
+    problem = piped_through_ssh(
+        ["tar", "cf", "-", "-C", job_file["cwd"], "--"] + job_file["stage_in"],
+        "mkdir -p -- %s %s && exec flock -w 120 %s tar xf - -C %s" % (
+            remote_word(control), remote_word(workdir), lock, remote_word(workdir)),
+        options["login"], connect, local_input=True)
+    return problem and "stage-in to %s failed: %s" % (options["login"], problem)
+
+
+def stage_out(job, job_file, options, workdir, connect):
+    """Copy back what a job's --stage-out globs match on the cluster into its directory
+    here; None, or what went wrong."""
+    globs = job_file.get("stage_out")
+    if not globs:
+        return None
+    problem = piped_through_ssh(
+        ["tar", "xf", "-", "--no-same-owner", "-C", job_file["cwd"]],
+        "cd %s && exec tar cf - -- %s" % (remote_word(workdir), " ".join(map(glob_word, globs))),
+        options["login"], connect)
+    return problem and "stage-out not all copied back (%s): %s:%s" % (
+        problem, options["login"], workdir)
+
+
+def remote_sbatch_all(jobs, owners):
+    """submit: one launch per owner and pool, all at once, each as its owner, within
+    launch_timeout (stage-in included): a launch still at work then is stopped (its ssh and
+    tar with it) and left to the follow, which looks for it after launch_timeout, never
+    beside it."""
+    groups = {}
+    for job in jobs:
+        groups.setdefault((job["user"], job["node"]), []).append(dict(job))
+    connect = ssh_timeout()
+    budget = atomically(lambda db: setting(db, "launch_timeout"), write=False)
+    calls = [(user, remote_hand_over, (group, node_options(group[0]), connect))
+             for (user, _), group in groups.items()]
+    by_id = {job["id"]: job for job in jobs}
+    outcomes = []
+    for group, said in zip(groups.values(), as_owners_at_once(calls, budget)):
+        if said is None:
+            said = [(job["id"], "cut off", "the launch as %s did not end" % job["user"])
+                    for job in group]
+        outcomes += [(by_id[job_id], what, detail) for job_id, what, detail in said]
+    crash_point("tick:sbatched")
+    return outcomes
+
+
+def remote_follow_script(jobs, options):  # jobs: [(job, its job file)]
+    """The script of one follow (jobs of one owner and pool): what Slurm says of their names,
+    and each attempt's started marker, exit record and the size of its output, as lines
+    'Q <name> <Slurm ID> <state> <reason>', 'S <job> <marker>', 'X <job> <exit record>',
+    'O <job> <bytes>'."""
+    names = ",".join(remote_name(job) for job, _ in jobs)
+    lines = ["squeue --all --noheader --states=all --user=\"$(id -un)\" --name=%s "
+             "--format='Q %%j %%i %%T %%r' || exit 3" % names]
+    for job, job_file in jobs:
+        workdir, control = remote_places(job, options, job_file["cwd"])
+        mine = "%s/job_%d.%d" % (remote_word(control), job["id"], job["attempt"])
+        lines.append('m=$(cat %s.started 2>/dev/null) && echo "S %d $m"' % (mine, job["id"]))
+        lines.append('x=$(cat %s.exit 2>/dev/null) && echo "X %d $x" && echo "O %d $(cd %s && '
+                     'du -cb -- job_%d.out job_%d.err %s 2>/dev/null | tail -n 1 | cut -f 1)"'
+                     % (mine, job["id"], job["id"], remote_word(workdir), job["id"], job["id"],
+                        " ".join(map(glob_word, job_file.get("stage_out") or []))))
+    return "\n".join(lines + ["exit 0"]) + "\n"
+
+
+def remote_sacct(names, options, connect, since):
+    """What Slurm's accounting says of these job names, claimed since `since`: {name: {Slurm
+    ID: [state, None]}}; nothing where sacct does not work (no accounting there)."""
+    status, out, _ = run_script_there(options["login"], "sacct -X --noheader --parsable2 "
+                                      "--starttime=%s --name=%s --format=JobName,JobID,State "
+                                      "2>/dev/null; exit 0\n" % (time.strftime(
+                                          "%Y-%m-%dT%H:%M:%S", time.localtime(since - 86400)),
+                                          ",".join(names)), SLURM_TIMEOUT, connect)
+    found = {}
+    for line in out.splitlines() if status == 0 else []:
+        fields = line.split("|")
+        if len(fields) == 3 and fields[0] in names and fields[1].isdigit() and fields[2]:
+            found.setdefault(fields[0], {})[fields[1]] = [fields[2].split()[0], None]
+    return found
+
+
+def remote_exit_record(line, job):
+    """The exit record from the batch script's line; None if it is not one of this attempt.
+    An exit status above 128 is a signal's, as the shell reports it."""
+    words = line.split()
+    if len(words) != 6 or words[0] != "%s@%d" % (state_id(), job["attempt"]) \
+            or not all(word.isdigit() for word in words[1:4]):
+        return None
+
+    def seconds(text):  # `times`: 0m0.004s, or 1h2m3.5s
+        found = re.fullmatch(r"(?:(\d+)h)?(\d+)m([\d.]+)s", text)
+        return 3600 * int(found[1] or 0) + 60 * int(found[2]) + float(found[3]) if found \
+            else None
+    status, started, ended = int(words[1]), int(words[2]), int(words[3])
+    cpu = [seconds(word) for word in words[4:]]
+    record = {"state": state_id(), "attempt": job["attempt"], "ended_at": float(ended),
+              "started_at": float(started), "max_rss": None,
+              "cpu_time": None if None in cpu else round(sum(cpu), 3),
+              "exit_code": None, "signal": None, "reason": None}
+    if 128 < status <= 128 + 64:
+        record["signal"] = status - 128
+        record["reason"] = "killed by %s" % signal_name(record["signal"])
+    else:
+        record["exit_code"] = status
+        record["reason"] = "exit code %d" % status if status else None
+    record["status"] = "done" if status == 0 else "failed"
+    return record
+
+
+def signal_name(number):
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return "signal %d" % number
+
+
+def copy_back(job, job_file, options, workdir, connect):
+    """Copy job_<ID>.out and .err from the cluster to where the job's output goes here (as
+    its owner, in a file renamed into place). None, or what went wrong (the files stay on
+    the cluster)."""
+    import subprocess
+    login = options["login"]
+    argv, _ = remote_ssh(login, os.getuid(), connect)
+    import tempfile
+    for kind in ("out", "err"):
+        target = output_path(job, kind, job_file.get("outputs"), job_file["cwd"])
+        partial = None
+        try:
+            fd, partial = tempfile.mkstemp(prefix=".qpy-copy-", dir=os.path.dirname(target))
+            with os.fdopen(fd, "wb") as f:
+                done = subprocess.run(argv, input=b"cat %s/job_%d.%s\n" % (
+                    remote_word(workdir).encode(), job["id"], kind.encode()), stdout=f,
+                    stderr=subprocess.PIPE, timeout=600)
+            if done.returncode != 0:
+                raise OSError(done.stderr.decode(errors="replace").strip() or
+                              "ssh exit status %d" % done.returncode)
+            os.replace(partial, target)
+        except (OSError, subprocess.SubprocessError) as e:
+            if partial:
+                remove_quietly(partial)
+            return "not copied back (%s): %s:%s/job_%d.%s" % (e, login, workdir, job["id"], kind)
+    return None
+
+
+def remote_follow(jobs, options, connect):
+    """As the jobs' owner (all of one pool): what became of them. The claims whose launch was
+    cut short are handed over again (idempotent: found by their name if they got there);
+    then one ssh asks about all; the output of those that ended is copied back. Returns
+    ({job ID: state}, None) or (None, what went wrong)."""
+    limit = float(options.get("copy_limit") or REMOTE_COPY_LIMIT) * 1e6
+    states, asked = {}, []
+    cut_short = [job for job in jobs if job["external_id"] is None]
+    if cut_short:
+        for job_id, what, detail in remote_hand_over(cut_short, options, connect, True):
+            if what == "unreachable":
+                return None, detail
+            if what in ("submitted", "refused"):  # (cut off again, or unowned: left out)
+                states[job_id] = {"slurm_id": detail} if what == "submitted" else \
+                    {"refused": detail}
+    left_out = {job["id"] for job in cut_short} - {int(job_id) for job_id in states}
+    for job in jobs:
+        if job["id"] in left_out:
+            continue
+        try:
+            job_file = read_job_file(job)
+        except QpyError:
+            continue  # (root's tick fails the claim; a running one is judged without it)
+        asked.append((job, job_file))
+    status, out, error = run_script_there(options["login"], remote_follow_script(asked, options),
+                                          SLURM_TIMEOUT, connect)
+    if status != 0:
+        return None, "%s: %s" % (options["login"], error)
+    said = {"Q": {}, "S": {}, "X": {}, "O": {}}
+    for line in out.splitlines():
+        words = line.split(" ", 2)
+        if len(words) == 3 and words[0] == "Q":  # (a name's Slurm jobs: {ID: [state, why]})
+            fields = words[2].split(" ", 2)
+            said["Q"].setdefault(words[1], {})[fields[0]] = (fields[1:] + [None, None])[:2]
+        elif len(words) == 3 and words[0] in said:
+            said[words[0]][words[1]] = words[2]
+    forgotten = [remote_name(job) for job, _ in asked if remote_name(job) not in said["Q"]
+                 and str(job["id"]) not in said["X"]]
+    if forgotten:  # (squeue keeps ended jobs for MinJobAge only: Slurm's accounting then)
+        said["Q"].update(remote_sacct(forgotten, options, connect, min(
+            job["claimed_at"] for job, _ in asked)))
+    for job, job_file in asked:
+        state = states.setdefault(job["id"], {})
+        marker = said["S"].get(str(job["id"]), "").split()
+        slurm_id = marker[0] if marker and marker[0].isdigit() else \
+            state.get("slurm_id") or job["external_id"]
+        if marker and len(marker) == 2 and marker[1].isdigit():
+            state["started"] = float(marker[1])
+        # (two copies of an attempt share its name: the one that runs wrote its marker)
+        queued = said["Q"].get(remote_name(job), {})
+        if slurm_id in queued or (queued and not slurm_id):
+            slurm_id = slurm_id or next(iter(queued))
+            state["slurm"] = (queued[slurm_id] + [None])[:2]
+        state["slurm_id"] = slurm_id
+        line = said["X"].get(str(job["id"]))
+        if line is not None:
+            state["record"] = remote_exit_record(line, job)
+            workdir, _ = remote_places(job, options, job_file["cwd"])
+            size = said["O"].get(str(job["id"]), "0").strip()
+            if size.isdigit() and int(size) > limit:
+                state["note"] = "output above the copy limit (%g MB), left on %s: %s" % (
+                    limit / 1e6, options["login"], workdir)
+            else:
+                state["note"] = copy_back(job, job_file, options, workdir, connect) or \
+                    stage_out(job, job_file, options, workdir, connect)
+        if not state.get("slurm") and not marker and line is None and "refused" not in state:
+            states[job["id"]] = None  # (Slurm forgot it, and nothing of it ran)
+    return {job_id: state for job_id, state in states.items()}, None
+
+
+def remote_squeue_pools(jobs):
+    """follow: one remote_follow per owner and pool, all at once, each as its owner (root's
+    tick acts only for the owners of real job files, never as root: rows are anybody's)."""
+    groups = {}
+    for job in jobs_of(jobs):
+        if os.geteuid() == 0:
+            try:
+                if owner_of(job).pw_uid == 0:
+                    continue
+            except QpyError:
+                continue  # (left out: never judged on a row alone)
+        groups.setdefault((job["user"], job["node"]), []).append(job)
+    connect = ssh_timeout()
+    calls = [(user, remote_follow, (group, node_options(group[0]), connect))
+             for (user, _), group in groups.items()]
+    states, errors = {}, {}
+    for (user, pool), group, answer in zip(groups, groups.values(),
+                                           as_owners_at_once(calls, REMOTE_FOLLOW_BUDGET)):
+        found, error = answer or (None, "the follow as %s did not end" % user)
+        if found is None:
+            errors.setdefault(pool, error)
+            continue
+        states.setdefault(pool, {}).update(((job["id"], job["attempt"]), found[str(job["id"])])
+                                           for job in group if str(job["id"]) in found)
+    return states, {pool: error for pool, error in errors.items() if pool not in states}
+
+
+def jobs_of(pools):
+    return [job for jobs in pools.values() for job in jobs]
+
+
+def remote_fate(db, job, state):
+    """Inside the tick's transaction: what a follow found of a job handed over (or cut short).
+    The job starts when its marker says so or Slurm runs it; it ends from its exit record,
+    Slurm's verdict named (a time limit, a node failure); without one, as in a local pool."""
+    state = state or {}
+    slurm_id = state.get("slurm_id") or job["external_id"]
+    if slurm_id and slurm_id != job["external_id"]:  # (found by its name: adopted)
+        db.execute("UPDATE jobs SET external_id = ? WHERE id = ? AND attempt = ?",
+                   (slurm_id, job["id"], job["attempt"]))
+        job = dict(job, external_id=slurm_id)
+    record, slurm_state = state.get("record"), state.get("slurm")
+    if state.get("refused") and job["status"] == "starting":
+        refusal = {"node": job["node"], "why": state["refused"],
+                   "until": time.time() + setting(db, "probe_interval")}
+        return_to_queue(db, job, refused_note(refusal), json.dumps(refusal))
+        return
+    if job["status"] == "starting" and (record or state.get("started") or slurm_state and
+                                        slurm_state[0] in SLURM_RUNNING):
+        if not start_in_pool(db, job, (record or {}).get("started_at") or
+                             state.get("started") or time.time(), slurm_id):
+            return
+        job = dict(job, status="running")
+    if record:
+        if slurm_state and slurm_state[0] in SLURM_ENDINGS and slurm_state[0] not in (
+                "COMPLETED", "FAILED", "CANCELLED") and record["status"] != "done":
+            record = dict(record, status="failed", reason=SLURM_ENDINGS[slurm_state[0]])
+        if state.get("note"):
+            record = dict(record, reason="; ".join(filter(None, [record["reason"],
+                                                                 state["note"]])))
+        finish(db, job, record)
+    else:  # (started, but neither Slurm nor its accounting knows it now: it vanished)
+        slurm_fate(db, job, tuple(slurm_state) if slurm_state else None)
+
+
+REMOTE_CANCEL = r"""
+qpy_cancel() {  # job attempt name control: under the job's lock, no launch of this attempt
+  qpy_lock "$4" "$1" || return 1  # (from now on, and none of its scripts, will run it)
+  last=$(cat "$4/job_$1.attempt" 2>/dev/null) || last=0
+  if [ "$last" -le "$2" ]; then
+    printf '%s\n' $(($2 + 1)) > "$4/job_$1.attempt.new" &&
+      mv -f "$4/job_$1.attempt.new" "$4/job_$1.attempt" || return 1
+  fi
+  scancel --user="$(id -un)" --name="$3"
+}
+"""
+
+
+def remote_scancel(jobs):
+    """cancel: for each job's attempt, under its lock on the cluster, mark it cancelled (the
+    attempt file moves past it: a launch still on its way submits nothing, a batch script
+    not yet started runs nothing) and scancel it by name, over each owner's connection; did
+    every pool take it?"""
+    groups = {}
+    for job in jobs:
+        groups.setdefault((job["user"], job["node"]), []).append(job)
+
+    def cancel(group, options, connect):
+        lines = [REMOTE_LAUNCH, REMOTE_CANCEL]
+        for job in group:
+            _, control = remote_places(job, options, "/")
+            lines.append("qpy_cancel %d %d %s %s || exit 1" % (
+                job["id"], job["attempt"], remote_name(job), remote_word(control)))
+        return run_script_there(options["login"], "\n".join(lines) + "\n", SLURM_TIMEOUT,
+                                connect)[0] == 0
+    connect = ssh_timeout()
+    calls = [(user, cancel, (group, node_options(group[0]), connect))
+             for (user, _), group in groups.items()]
+    return all(as_owners_at_once(calls, SLURM_TIMEOUT * 2, failed=False))
+
+
+def remote_sinfo_pools(pools):
+    """probe: each pool's partition, asked as up to three users with jobs there or waiting
+    (root has no account there; one user's account may be broken): {pool: None if it is up
+    for one of them, else what is wrong}."""
+    def read(db):
+        return [row[0] for row in db.execute(
+            "SELECT DISTINCT user FROM jobs WHERE " + LIVE_SQL + " AND (+node IN (%s) OR "
+            "status = 'queue') LIMIT 12" % ",".join("?" * len(pools)),
+            [pool["name"] for pool in pools])] + share_holders(db)
+    users = atomically(read, write=False) if os.geteuid() == 0 else [user_name()]
+
+    import shlex
+
+    def ask(pool, connect):
+        options = node_options(pool)
+        status, out, error = run_script_there(
+            options["login"], "sinfo --noheader --partition=%s --format=%%a\n"
+            % shlex.quote(options["partition"]), SLURM_TIMEOUT, connect)
+        return error if status else None if out.split() == ["up"] else \
+            "partition %s is %s" % (options["partition"], " ".join(out.split()) or "missing")
+    probers = list(dict.fromkeys(user for user in users if user_exists(user)))[:3]
+    if not probers:
+        return {pool["name"]: "no user to ask it as" for pool in pools}
+    connect = ssh_timeout()
+    calls = [(prober, ask, (dict(pool), connect)) for pool in pools for prober in probers]
+    answers = iter(as_owners_at_once(calls, SLURM_TIMEOUT * 2, failed="the probe did not end"))
+    said = {pool["name"]: [next(answers) for _ in probers] for pool in pools}
+    return {name: None if None in tried else tried[0] for name, tried in said.items()}
+
+
+def remote_slurm_check(node, options):
+    slurm_check(node, options)
+    if not is_host_address(options.get("login") or ""):
+        raise QpyError("Slurm pool %s: login must be a host name or user@host, not %r"
+                       % (node["name"], shown(options.get("login") or "")))
+    remote_dir = options.get("remote_dir") or ""
+    if re.search(r"[\0\n]", remote_dir) or ".." in remote_dir.split("/"):
+        raise QpyError("Slurm pool %s: remote_dir must be a path" % node["name"])
+    if remote_dir.startswith("/") and "%u" not in remote_dir:
+        raise QpyError("Slurm pool %s: an absolute remote_dir is every user's: put %%u (the "
+                       "user's name there) in it, e.g. remote_dir=/scratch/%%u/qpy"
+                       % node["name"])
+    try:
+        if not 0 <= float(options.get("copy_limit") or 0) < float("inf"):
+            raise ValueError
+    except ValueError:
+        raise QpyError("Slurm pool %s: copy_limit must be a number of MB, not %r"
+                       % (node["name"], shown(options["copy_limit"])))
+
+
+def remote_slurm_doctor(pool, report, owner=None):
+    """doctor's checks, as the user it checks for (doctor --as <user>; root has no account
+    there): the login node answers, Slurm's commands and flock are there, remote_dir can be
+    written, the partition is up."""
+    import shlex
+    options = node_options(pool)
+    title = "Slurm pool %s through %s" % (pool["name"], options["login"])
+    user = owner.pw_name if owner else None if os.geteuid() == 0 else user_name()
+    if user is None:
+        report(True, title + ": not checked here (root has no account there: doctor --as "
+               "<user> checks it as them)")
+        return
+
+    def check(connect):
+        _, control = remote_places({"user": user}, options, os.path.expanduser("~"))
+        status, out, error = run_script_there(options["login"], "\n".join([
+            "for c in sbatch squeue scancel sinfo flock; do command -v $c > /dev/null || "
+            "echo \"$c missing\"; done",
+            "mkdir -p %s && [ -w %s ] || echo 'cannot write in %s'" % (
+                remote_word(control), remote_word(control), control),
+            "sinfo --noheader --partition=%s --format=%%a | grep -qx up || echo %s" % (
+                shlex.quote(options["partition"]),
+                shlex.quote("partition %s is not up" % options["partition"]))]) + "\n",
+            SLURM_TIMEOUT, connect)
+        return error if status else "; ".join(out.split("\n")).strip("; ")
+    [problems] = as_owners_at_once([(user, check, (ssh_timeout(),))], SLURM_TIMEOUT * 2,
+                                   failed="the check as %s did not end" % user)
+    report(not problems, "%s, as %s" % (title, user), problems)
+
+
+SLURM_LOGIN = {
+    "name": "Slurm", "type": "slurm", "selected_by": "login",
+    "options": ("login", "remote_dir", "copy_limit") + SLURM["options"],
+    "check": remote_slurm_check,
+    "submit": remote_sbatch_all, "follow": remote_squeue_pools, "fate": remote_fate,
+    "running": lambda state: bool(state and state.get("slurm")) and state["slurm"][0] in
+    SLURM_RUNNING, "cancel": remote_scancel, "probe": remote_sinfo_pools,
+    "environment": lambda job: {}, "id_variable": None, "takes_next_job": False,
+    "runner": False, "sigterm_means_kill": True, "limit_warning": None, "warning_window": 0,
+    "usable_here": lambda: True, "doctor": remote_slurm_doctor,
+}
+
+
+POOLS = {"slurm": SLURM, "slurm_login": SLURM_LOGIN}  # the kinds of pool
+POOL_TYPES = sorted({pool["type"] for pool in POOLS.values()})  # what type= may say
+
+
+def pool_kind(pool_type, options):
+    """The kind of pool of type=<pool_type> with these settings: one that a setting of them
+    selects (login=: Slurm through its login node), else the plain one."""
+    kinds = [kind for kind, pool in POOLS.items() if pool["type"] == pool_type]
+    return next((kind for kind in kinds if POOLS[kind]["selected_by"] in options), kinds[0])
 
 
 # --------------------------------------------------------------------------------------------
@@ -4530,8 +5416,8 @@ def signal_group(pgid, sig):
 # --------------------------------------------------------------------------------------------
 
 def cmd_sub(args):
-    """Usage: qpy sub [options] <command>...
-       qpy sub [options] --file PATH
+    """Usage: qpy sub [options] [--stage-in PATH]... [--stage-out GLOB]... <command>...
+       qpy sub [options] [--stage-in PATH]... [--stage-out GLOB]... --file PATH
 
 Submit <command> (with its arguments) to your queue. It runs in this directory, with this
 environment; its output goes to job_<ID>.out and job_<ID>.err here. Options go before the
@@ -4565,6 +5451,12 @@ Options:
   -o, --originalScript  Run the script itself (overrides copyScripts true).
   --requeue             If the job's node is lost, queue the job again (instead of failed):
                         only for jobs that may safely start again from scratch.
+  --stage-in PATH       For a pool that sees none of the lab's files (Slurm through its
+                        login node): copy PATH, a file or directory of the job's directory,
+                        into the job's directory there first. Give it once per path.
+  --stage-out GLOB      Likewise: at the end, copy back what GLOB matches there (relative to
+                        the job's directory), with the job's output. Elsewhere both do
+                        nothing: the files are shared.
   --parsable            Print only the job's ID (an array's first-last), for scripts:
                         JOB=$(qpy sub --parsable ./simulate.sh).
   --wait                Wait until the job (every job of an array) has ended, and exit with
@@ -4607,6 +5499,7 @@ Examples:
                        "for the command; Slurm's output file is --output=%s here."
                        % (shown(argv[0].split()[0]), shown(argv[0].split()[0])))
     request = submission_request(args, script)
+    staged = staged_files(args, cwd)
     command = argv[0] if len(argv) == 1 else shlex.join(argv)
     user = user_name()
     ensure_user_dirs(user)
@@ -4638,6 +5531,7 @@ Examples:
                    if request["dependencies"] else None,
                    outputs=json.dumps(outputs) if outputs else None)
         job_file = {"cwd": cwd, "env": submitted_environment(), "outputs": outputs}
+        job_file.update(staged)
         if commands:
             indices = [None] * len(commands)
         else:
@@ -4817,6 +5711,32 @@ def submission_request(args, script):
                                         for job_id in range(lo, hi + 1)]
     request["array"] = parse_array(args["--array"]) if args["--array"] else ([None], None)
     return request
+
+
+MAX_STAGED = 100  # paths and globs of one job's --stage-in and --stage-out
+
+
+def staged_files(args, cwd):
+    """{"stage_in": [paths], "stage_out": [globs]} of --stage-in and --stage-out (those
+    given), checked: relative to the job's directory and inside it, the paths there."""
+    staged = {}
+    for key, option in (("stage_in", "--stage-in"), ("stage_out", "--stage-out")):
+        given = args.get(option) or []
+        if len(given) > MAX_STAGED:
+            raise QpyError("Job rejected due to its options: at most %d of %s."
+                           % (MAX_STAGED, option))
+        for path in given:
+            parts = path.split("/")
+            if not path or len(path) > 1024 or path.startswith("/") or ".." in parts \
+                    or re.search(r"[\0\n]", path):
+                raise QpyError("Job rejected due to its options: %s %r: a path inside the "
+                               "job's directory, relative to it." % (option, shown(path)))
+            if key == "stage_in" and not os.path.lexists(os.path.join(cwd, path)):
+                raise QpyError("Job rejected due to its options: %s %s: no such file in %s."
+                               % (option, shown(path), shown(cwd)))
+        if given:
+            staged[key] = list(given)
+    return staged
 
 
 def job_directory(chdir):
@@ -5471,7 +6391,7 @@ Examples:
             else:
                 undo(db, job, "killed while queued")
                 removed += 1
-                if job["external_id"]:  # handed to a pool already: cancel it there too
+                if job["status"] == "starting":  # (in a pool already: cancelled there too)
                     to_signal.append(dict(job))
         if not removed and not to_signal:
             raise nothing_to_do(db, user, ranges, "kill")
@@ -5493,9 +6413,10 @@ def signal_jobs(jobs):
     gone, or whose node cannot be reached, is ended by the tick (its kill request is
     recorded); a cancel the pool did not take is sent again by a later tick."""
     nodes = {node["name"]: node for node in atomically(
-        lambda db: db.execute("SELECT name, kind, address FROM nodes").fetchall(), write=False)}
-    pooled = [job for job in jobs if job["external_id"] and job["node"] in nodes
-              and nodes[job["node"]]["kind"] in POOLS]
+        lambda db: db.execute("SELECT name, kind, address, options FROM nodes").fetchall(),
+        write=False)}
+    pooled = [job for job in jobs if job["node"] in nodes and nodes[job["node"]]["kind"] in POOLS
+              and (job["external_id"] or not POOLS[nodes[job["node"]]["kind"]]["runner"])]
     hosts = [job for job in jobs if job not in pooled and job["status"] == "running"]
 
     def address(job):  # (a job's node may have been removed meanwhile)
@@ -5505,8 +6426,8 @@ def signal_jobs(jobs):
     lost = [job for job in local if not signal_runner(job)]
     results = run_on_nodes([(address(job), qpy_on_node("_signal", job["id"]), None)
                             for job in remote])
-    cancelled = cancel_in_pools([(nodes[job["node"]]["kind"], job["external_id"])
-                                 for job in pooled])
+    cancelled = cancel_or_owe([dict(job, kind=nodes[job["node"]]["kind"],
+                                    options=nodes[job["node"]]["options"]) for job in pooled])
     if lost or any(result[0] != 0 for result in results):
         tick()
     elif not cancelled:  # the pool did not answer (nor will the tick's follow now): no waiting
@@ -5987,7 +6908,7 @@ def completion_words(which):
     where qpy defines them (bash_completion.sh keeps no copy)."""
     words = {"commands": list(COMMANDS), "statuses": list(USER_STATUSES), "config": list(CONFIG),
              "node-keys": ["%s=" % key for key in sorted(NODE_KEYS - {"type"})]
-             + ["type=host"] + ["type=%s" % kind for kind in POOLS]
+             + ["type=host"] + ["type=%s" % pool_type for pool_type in POOL_TYPES]
              + ["%s=" % key for pool in POOLS.values() for key in pool["options"]]}.get(which)
     if words is None:
         raise NodeUsage()

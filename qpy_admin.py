@@ -656,7 +656,7 @@ def doctor(as_user):
              % (sys.executable, qpy.HERE)]
     for node in nodes:
         if node["kind"] in qpy.POOLS:
-            qpy.POOLS[node["kind"]]["doctor"](node, report)
+            qpy.POOLS[node["kind"]]["doctor"](node, report, owner)
             continue
         if qpy.is_local(node["address"]):
             report(True, "node %s is this machine" % node["name"])

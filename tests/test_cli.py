@@ -344,7 +344,8 @@ def test_tutorial(site):
 
 
 def test_help(site):
-    assert "Usage: qpy sub [options] <command>..." in site.ok("sub", "--help")
+    assert "Usage: qpy sub [options] [--stage-in PATH]... [--stage-out GLOB]... <command>..." \
+        in site.ok("sub", "--help")
     assert site.ok("help", "kill") == site.ok("kill", "--help")
     out = site.run()
     assert out.returncode == 1 and out.stdout.startswith("Usage: qpy <option> [<arguments>].")

@@ -479,3 +479,38 @@ def test_run_files_of_a_qpy_before_schema_6_are_still_read_for_their_attempt(sit
     site.ok("tick", admin=True)
     assert site.status(job) == "done"
     assert site.status(other) == "running"  # (its legacy files are another attempt's)
+
+
+def test_a_claim_that_leaves_a_pool_without_runner_unstarted_owes_it_a_cancel(site, monkeypatch):
+    """Through a login node nothing asks the site whether a job handed over may still run:
+    a claim there that is queued again, undone or failed (not started) leaves its attempt on
+    the pool's list, to be cancelled there once it answers; a claim elsewhere does not."""
+    site.ok("check")
+    site.ok("add", "hpc", "type=slurm", "login=hpc", "partition=p", "cores=4", admin=True)
+    site.ok("ctrlQueue", "pause")
+    jobs = [site.submit("true") for _ in range(4)]
+    qpy = in_process(site, monkeypatch)
+    try:
+        def claimed(job_id, node):
+            qpy.atomically(lambda db: db.execute(
+                "UPDATE jobs SET status = 'starting', node = ?, attempt = attempt + 1, "
+                "claimed_at = ? WHERE id = ?", (node, time.time(), job_id)))
+            return qpy.atomically(lambda db: qpy.job_row(db, job_id), write=False)
+        for job_id, leave in zip(jobs, (lambda db, job: qpy.return_to_queue(db, job, "x"),
+                                        lambda db, job: qpy.undo(db, job, "x"),
+                                        lambda db, job: qpy.fail_claim(db, job, "x"))):
+            job = claimed(job_id, "hpc")
+            assert qpy.atomically(lambda db: leave(db, job))
+        started = claimed(jobs[3], "hpc")
+        assert qpy.atomically(lambda db: qpy.start_in_pool(db, started, time.time(), "7"))
+        local = claimed(qpy.atomically(lambda db: db.execute(
+            "SELECT id FROM jobs WHERE status = 'queue'").fetchone()[0], write=False),
+            "localhost")
+        assert qpy.atomically(lambda db: qpy.return_to_queue(db, local, "x"))
+        lost = qpy.atomically(lambda db: dict(db.execute(
+            "SELECT name, lost FROM node_health WHERE lost IS NOT NULL").fetchall()), write=False)
+        user = site.jobs()[jobs[0]]["user"]
+        assert json.loads(lost.pop("hpc")) == [[job_id, 1, user] for job_id in jobs[:3]]
+        assert lost == {}  # (not the started one, nor the claim of a host)
+    finally:
+        qpy.disconnect()
