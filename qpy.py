@@ -3660,7 +3660,10 @@ def run_all(commands, timeout):
             env.update(HOME=owner.pw_dir, USER=owner.pw_name, LOGNAME=owner.pw_name)
         try:
             proc = subprocess.Popen(argv, stdin=stdin, stdout=out, stderr=err,
-                                    start_new_session=True, preexec_fn=prepare, env=env,
+                                    # (in a child of as_owners_at_once: in its group, which
+                                    # is stopped as one when its time is up)
+                                    start_new_session=not _acting_for_an_owner,
+                                    preexec_fn=prepare, env=env,
                                     cwd="/")
         except (OSError, subprocess.SubprocessError) as e:
             proc = e
@@ -3725,12 +3728,16 @@ def user_exists(name):
         return False
 
 
+_acting_for_an_owner = False  # (a child of as_owners_at_once)
+
+
 def as_owners_at_once(calls, timeout, failed=None):
     """Do [(user, fn, args)] at once, each in a child process as that user (root's tick
     acts for them all; a user's own process does its own calls in children too, alike), and
     return what each fn returned, through JSON (`failed` for one that raised, did not end
     within `timeout` seconds, or whose user does not exist). The children touch no
     connection; what goes wrong in one is logged."""
+    global _acting_for_an_owner
     import pwd
     import select
     children = []
@@ -3744,6 +3751,7 @@ def as_owners_at_once(calls, timeout, failed=None):
         pid = os.fork()
         if pid == 0:
             os.close(reading)
+            _acting_for_an_owner = True
             try:
                 os.setsid()  # (its ssh and tar go with it when it is stopped)
                 if os.geteuid() == 0:
@@ -3888,7 +3896,8 @@ def record_launches(db, outcomes):
             return_to_queue(db, job, refused_note(refusal), json.dumps(refusal))
         elif what == "unowned":
             fail_claim(db, job, detail)
-        elif what == "cut off":
+        elif what == "cut off":  # (and no more hand-overs to it until a probe finds it)
+            mark_down(db, job["node"], "hand-over cut off: " + detail, now)
             db.execute("UPDATE jobs SET reason = ? WHERE id = ? AND attempt = ? AND status = "
                        "'starting'", ("hand-over to %s cut off (%s): asked again once it "
                                       "answers" % (job["node"], detail), job["id"],
@@ -4352,12 +4361,16 @@ def remote_batch_script(job, job_file, workdir, control):
         "# the started marker, made with O_EXCL (noclobber): one copy of an attempt runs, never",
         "# two (in a subshell: a redirection that fails ends the shell it is made in)",
         'if ! (set -C; : > "$mine.started") 2>/dev/null; then',
-        '  echo "qpy: attempt %d of job %d started already: it does not run twice" >&2'
+        '  if [ -e "$mine.started" ]; then',
+        '    echo "qpy: attempt %d of job %d started already: it does not run twice" >&2'
         % (job["attempt"], job["id"]),
-        "  exit 0",
+        "    exit 0",
+        "  fi",
+        '  echo "qpy: cannot create $mine.started: job %d does not run" >&2; exit 1'
+        % job["id"],
         "fi",
         "started=$(date +%s)",
-        'echo "${SLURM_JOB_ID:-} $started" > "$mine.started"',
+        'echo "${SLURM_JOB_ID:-} $started" > "$mine.started" || exit 1',
         "exec 9>&-",
         "export " + " ".join("%s=%s" % (name, shlex.quote(str(value)))
                              for name, value in exports.items()),
@@ -4428,8 +4441,17 @@ qpy_launch() {  # mode job attempt name control workdir script sbatch-options...
     mv -f "$control/job_$job.attempt.new" "$control/job_$job.attempt" &&
     printf '%s' "$script" > "$control/job_$job.$attempt.sh" || {
       echo "cannot write in $control (df: $(df -P "$control" | tail -n 1))"; return 1; }
-  sbatch --job-name="$name" --chdir="$workdir" --output="$control/job_$job.$attempt.batch" \
-    "$@" "$control/job_$job.$attempt.sh"
+  said=$(sbatch --job-name="$name" --chdir="$workdir" \
+         --output="$control/job_$job.$attempt.batch" "$@" "$control/job_$job.$attempt.sh" 2>&1)
+  status=$?
+  id=$(printf '%s\n' "$said" | grep -E '^[0-9]+(;|$)' | tail -n 1)
+  if [ "$status" -ne 0 ] || [ -z "$id" ]; then
+    # (Slurm may have queued it all the same: this attempt never runs, whatever it says)
+    printf '%s\n' $((attempt + 1)) > "$control/job_$job.attempt.new" &&
+      mv -f "$control/job_$job.attempt.new" "$control/job_$job.attempt"
+    printf '%s\n' "$said"; return 1
+  fi
+  echo "$id"
 }
 qpy_one() {
   job=$2
@@ -4464,6 +4486,12 @@ def remote_ssh(login, sockets_uid, timeout, multiplex=True):
     return ssh_command(login, ["sh", "-s"], int(timeout), sockets_uid, multiplex)
 
 
+def through_master_only(argv):
+    """An ssh command that uses the master connection if there is one, but never becomes
+    one itself: a master left behind would hold the pipes this ssh writes into."""
+    return [word.replace("ControlMaster=auto", "ControlMaster=no") for word in argv]
+
+
 def run_script_there(login, script, timeout, connect, multiplex=True):
     """Run a shell script on a login node, as this process's user, connecting within
     `connect` seconds (the site's ssh_timeout): (exit status, output, last line of errors).
@@ -4485,8 +4513,8 @@ def remote_hand_over(jobs, options, connect, cut_short=False):
     status, _, error = run_script_there(login, "true\n", SLURM_TIMEOUT, connect, False)
     if status != 0:
         refused = "Permission denied" in error  # (this user's account, not the pool)
-        return [(job["id"], "refused" if refused else "unreachable", "%s: %s" % (login, error))
-                for job in jobs]
+        return [(job["id"], "cut off" if cut_short else "refused" if refused else
+                 "unreachable", "%s: %s" % (login, error)) for job in jobs]
     ready, outcomes = [], []
     for job in jobs:
         try:
@@ -4505,8 +4533,8 @@ def remote_hand_over(jobs, options, connect, cut_short=False):
     handing = []
     for job, job_file in ready:
         problem = stage_in(job, job_file, options, connect)
-        if problem:
-            outcomes.append((job["id"], "refused", problem))
+        if problem:  # (a claim cut short is not given up on a stage-in's word)
+            outcomes.append((job["id"], "cut off" if cut_short else "refused", problem))
         else:
             handing.append((job, job_file))
     return outcomes + (remote_launch_outcomes(handing, options, connect) if handing else [])
@@ -4545,18 +4573,27 @@ def piped_through_ssh(local, remote, login, connect, local_input=False):
     """Run `local | ssh login remote` (local_input) or `ssh login remote | local`, as this
     process's user; None, or what went wrong."""
     import subprocess
-    ssh, _ = ssh_command(login, ["sh", "-c", remote], connect, os.getuid())
+    import tempfile
+    ssh = through_master_only(ssh_command(login, ["sh", "-c", remote], connect, os.getuid())[0])
     first, second = (local, ssh) if local_input else (ssh, local)
-    try:
-        feeding = subprocess.Popen(first, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, cwd="/")
-        taking = subprocess.run(second, stdin=feeding.stdout, capture_output=True,
-                                timeout=600, cwd="/")
-        feeding.stdout.close()
-        fed = feeding.wait(timeout=60)
-        said = (feeding.stderr.read() + taking.stderr).decode(errors="replace").strip()
-    except (OSError, subprocess.SubprocessError) as e:
-        return str(e)
+    with tempfile.TemporaryFile() as errors:  # (a file: a pipe read at the end may fill up)
+        try:
+            feeding = subprocess.Popen(first, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                       stderr=errors, cwd="/")
+            try:
+                taking = subprocess.run(second, stdin=feeding.stdout, stdout=subprocess.DEVNULL,
+                                        stderr=errors, timeout=600, cwd="/")
+            finally:
+                feeding.stdout.close()
+                try:
+                    fed = feeding.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    feeding.kill()
+                    fed = feeding.wait()
+        except (OSError, subprocess.SubprocessError) as e:
+            return str(e)
+        errors.seek(0)
+        said = errors.read().decode(errors="replace").strip()
     if fed == 0 and taking.returncode == 0:
         return None
     return shown("; ".join(said.splitlines()) or "exit status %d" % (fed or taking.returncode),
@@ -4568,12 +4605,19 @@ def stage_in(job, job_file, options, connect):
     None, or what went wrong."""
     if not job_file.get("stage_in"):
         return None
+    import shlex
     workdir, control = remote_places(job, options, job_file["cwd"])
-    lock = "%s/job_%d.lock" % (remote_word(control), job["id"])  # (as a launch or a find)
+    mine = "%s/job_%d.%d" % (remote_word(control), job["id"], job["attempt"])
+    # (under the job's lock, as a launch or a find; never over the files of a copy that is
+    # there already: it may run)
+    there = "squeue --all --noheader --states=all --user=\"$(id -un)\" --name=%s " \
+            "--format=%%i | grep -q . || [ -e %s.started ]" % (remote_name(job), mine)
     problem = piped_through_ssh(
         ["tar", "cf", "-", "-C", job_file["cwd"], "--"] + job_file["stage_in"],
-        "mkdir -p -- %s %s && exec flock -w 120 %s tar xf - -C %s" % (
-            remote_word(control), remote_word(workdir), lock, remote_word(workdir)),
+        "mkdir -p -- %s %s && exec flock -w 120 %s/job_%d.lock sh -c %s" % (
+            remote_word(control), remote_word(workdir), remote_word(control), job["id"],
+            shlex.quote("if %s; then exec cat > /dev/null; fi; exec tar xf - -C %s"
+                        % (there, remote_word(workdir)))),
         options["login"], connect, local_input=True)
     return problem and "stage-in to %s failed: %s" % (options["login"], problem)
 
@@ -4690,9 +4734,9 @@ def copy_back(job, job_file, options, workdir, connect):
     its owner, in a file renamed into place). None, or what went wrong (the files stay on
     the cluster)."""
     import subprocess
-    login = options["login"]
-    argv, _ = remote_ssh(login, os.getuid(), connect)
     import tempfile
+    login = options["login"]
+    argv = through_master_only(remote_ssh(login, os.getuid(), connect)[0])
     for kind in ("out", "err"):
         target = output_path(job, kind, job_file.get("outputs"), job_file["cwd"])
         partial = None
@@ -4785,15 +4829,19 @@ def remote_follow(jobs, options, connect):
 
 def remote_squeue_pools(jobs):
     """follow: one remote_follow per owner and pool, all at once, each as its owner (root's
-    tick acts only for the owners of real job files, never as root: rows are anybody's)."""
-    groups = {}
+    tick acts only for the owners of real job files, never as root: rows are anybody's; a
+    claim cut short whose files are not its owner's fails)."""
+    groups, unowned = {}, {}
     for job in jobs_of(jobs):
         if os.geteuid() == 0:
             try:
                 if owner_of(job).pw_uid == 0:
                     continue
-            except QpyError:
-                continue  # (left out: never judged on a row alone)
+            except QpyError as e:  # (a running one is left out: never judged on a row alone)
+                if job["status"] == "starting" and job["external_id"] is None:
+                    unowned.setdefault(job["node"], {})[(job["id"], job["attempt"])] = {
+                        "unowned": str(e)}
+                continue
         groups.setdefault((job["user"], job["node"]), []).append(job)
     connect = ssh_timeout()
     calls = [(user, remote_follow, (group, node_options(group[0]), connect))
@@ -4807,6 +4855,8 @@ def remote_squeue_pools(jobs):
             continue
         states.setdefault(pool, {}).update(((job["id"], job["attempt"]), found[str(job["id"])])
                                            for job in group if str(job["id"]) in found)
+    for pool, claims in unowned.items():
+        states.setdefault(pool, {}).update(claims)
     return states, {pool: error for pool, error in errors.items() if pool not in states}
 
 
@@ -4825,6 +4875,9 @@ def remote_fate(db, job, state):
                    (slurm_id, job["id"], job["attempt"]))
         job = dict(job, external_id=slurm_id)
     record, slurm_state = state.get("record"), state.get("slurm")
+    if state.get("unowned") and job["status"] == "starting":
+        fail_claim(db, job, state["unowned"])
+        return
     if state.get("refused") and job["status"] == "starting":
         refusal = {"node": job["node"], "why": state["refused"],
                    "until": time.time() + setting(db, "probe_interval")}
@@ -4850,13 +4903,14 @@ def remote_fate(db, job, state):
 
 REMOTE_CANCEL = r"""
 qpy_cancel() {  # job attempt name control: under the job's lock, no launch of this attempt
-  qpy_lock "$4" "$1" || return 1  # (from now on, and none of its scripts, will run it)
+  qpy_lock "$4" "$1" || { scancel --user="$(id -un)" --name="$3"; return 1; }
+  moved=0  # (from now on no launch submits it, and none of its scripts runs it)
   last=$(cat "$4/job_$1.attempt" 2>/dev/null) || last=0
   if [ "$last" -le "$2" ]; then
     printf '%s\n' $(($2 + 1)) > "$4/job_$1.attempt.new" &&
-      mv -f "$4/job_$1.attempt.new" "$4/job_$1.attempt" || return 1
+      mv -f "$4/job_$1.attempt.new" "$4/job_$1.attempt" || moved=1
   fi
-  scancel --user="$(id -un)" --name="$3"
+  scancel --user="$(id -un)" --name="$3" && return $moved  # (not moved: sent again later)
 }
 """
 

@@ -5,6 +5,7 @@ no qpy. Real users, real keys, real ssh, real sbatch; the site's timer is played
 ticks in the tests' loops."""
 import os
 import subprocess
+import time
 
 from conftest import wait_for
 
@@ -23,8 +24,12 @@ def settle(site, job_id, *statuses, timeout=120):
     def reached():
         site.admin("tick")
         return site.jobs().get(job_id, {}).get("status") in statuses
-    wait_for(reached, timeout, "job %d to be %s (it is %s)" % (
-        job_id, "/".join(statuses), site.jobs().get(job_id, {}).get("status")))
+    try:
+        wait_for(reached, timeout, "job %d to be %s" % (job_id, "/".join(statuses)))
+    except AssertionError:
+        job = site.jobs().get(job_id, {})
+        raise AssertionError("job %d is %s, not %s: %s" % (
+            job_id, job.get("status"), "/".join(statuses), job.get("reason")))
     return site.jobs()[job_id]
 
 
@@ -91,8 +96,6 @@ def test_a_kill_that_cannot_reach_the_login_node_is_sent_once_it_answers(lab, in
         site, institute, waiting)] == ["CANCELLED"], 60, "the owed cancel to reach Slurm")
     site.ok("alice", "kill", str(running))
     settle(site, running, "killed")
-    mirror = os.path.join("qpy", os.path.basename(site.workdir("alice")))
-    assert institute.read("alice", os.path.join(mirror, "ran-killed")) is None
 
 
 def test_a_tick_killed_between_sbatch_and_its_commit_runs_the_job_once(lab, institute,
@@ -129,8 +132,9 @@ def test_the_login_node_cut_off_while_jobs_run_then_healed(lab, institute):
     settle(site, job_id, "running")
     institute.partition()
     try:
-        for _ in range(4):  # (longer than node_timeout: a pool job is no runner to miss)
-            site.admin("tick")
+        cut = time.time()  # (longer than node_timeout: a pool job is no runner to miss)
+        wait_for(lambda: site.admin("tick") is not None and time.time() > cut + 4, 60,
+                 "ticks for longer than node_timeout")
         assert site.jobs()[job_id]["status"] == "running"
         wait_for(lambda: site.admin("tick") is not None and site.node_state("hpc") == "down",
                  60, "the pool to be down")
@@ -274,18 +278,24 @@ def test_a_user_the_login_node_refuses_does_not_take_the_pool_down(lab, institut
     settle(site, refused, "done")
 
 
-SLOW_SBATCH = """cp /usr/bin/sbatch /tmp/real-sbatch && cat > /tmp/slow-sbatch <<'END'
-#!/bin/sh
-/tmp/real-sbatch "$@"; status=$?; sleep 15; exit $status
-END
-chmod 755 /tmp/slow-sbatch && mount --bind /tmp/slow-sbatch /usr/bin/sbatch"""
+def odd_sbatch(institute, then):
+    """sbatch made otherwise at the institute (a script bound over it, in its mount namespace
+    only, made anew each time: one a test left running is never rewritten): the real one,
+    then `then`."""
+    script = "/tmp/odd-sbatch-%d" % time.time_ns()
+    made = institute.exec_in("root", "sh", "-c", """[ -e /tmp/real-sbatch ] ||
+cp /usr/bin/sbatch /tmp/real-sbatch
+printf '#!/bin/sh\\n/tmp/real-sbatch "$@"; status=$?; %%s\\n' '%s' > %s &&
+chmod 755 %s && mount --bind %s /usr/bin/sbatch""" % (then, script, script, script))
+    assert made.returncode == 0, made.stderr
 
 
 def test_the_connection_dropped_mid_launch_runs_the_job_once(lab, institute):
     """sbatch has submitted, then the link goes before the launch could say so (an sbatch
     made slow at the institute: the real one, then a sleep)."""
     site = pool_site(lab)
-    assert institute.exec_in("root", "sh", "-c", SLOW_SBATCH).returncode == 0
+    site.admin("set", "launch_timeout", "20")  # (the link cut ends the launch, not its time)
+    odd_sbatch(institute, "sleep 30; exit $status")
     try:
         job_id = site.submit("alice", "-m", "0.2", "echo $QPY_JOB_ID >> ran-once")
         wait_for(lambda: slurm_jobs_of(site, institute, job_id), 60, "Slurm to have the job")
@@ -300,3 +310,25 @@ def test_the_connection_dropped_mid_launch_runs_the_job_once(lab, institute):
     mirror = os.path.join("qpy", os.path.basename(site.workdir("alice")))
     assert institute.read("alice", os.path.join(mirror, "ran-once")).split() == [str(job_id)]
     assert [j["id"] for j in slurm_jobs_of(site, institute, job_id)] == [job["external_id"]]
+
+
+def test_an_sbatch_that_fails_after_queueing_the_job_never_runs_that_attempt(lab, institute):
+    """Slurm may queue a job and still have sbatch fail (a reply lost): the refused attempt is
+    moved past on the cluster, so its copy in Slurm runs nothing; the next attempt runs."""
+    site = pool_site(lab)
+    site.admin("set", "probe_interval", "2")
+    odd_sbatch(institute, "echo sbatch: error: Socket timed out >&2; exit 1")
+    try:
+        job_id = site.submit("alice", "-m", "0.2", "echo $QPY_ATTEMPT >> attempts")
+        wait_for(lambda: site.admin("tick") is not None and "Socket timed out" in (
+            site.jobs()[job_id]["reason"] or ""), 60, "the launch refused with sbatch's words")
+        [orphan] = slurm_jobs_of(site, institute, job_id)
+        wait_for(lambda: institute.job(orphan["id"])["state"] in ("COMPLETED", "CANCELLED"),
+                 60, "the orphan to end in Slurm (or be cancelled there)")
+    finally:
+        institute.exec_in("root", "umount", "/usr/bin/sbatch")
+    job = settle(site, job_id, "done")
+    mirror = os.path.join("qpy", os.path.basename(site.workdir("alice")))
+    assert institute.read("alice", os.path.join(mirror, "attempts")).split() == [
+        str(job["attempt"])]
+    assert job["attempt"] > 1
