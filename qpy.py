@@ -3258,40 +3258,76 @@ def remember_lost_job(db, job):
     the node's `lost` list, [[job id, attempt, user]...], for once it answers again."""
     row = db.execute("SELECT lost FROM node_health WHERE name = ?", (job["node"],)).fetchone()
     lost = json.loads(row[0]) if row and row[0] else []
-    if [job["id"], job["attempt"], job["user"]] in lost:
+    if [job["id"], job["attempt"], job["user"]] in [item[:3] for item in lost]:
         return
     db.execute("INSERT INTO node_health (name, lost) VALUES (?, ?) ON CONFLICT (name) DO "
                "UPDATE SET lost = excluded.lost", (job["node"], json.dumps(
                    lost + [[job["id"], job["attempt"], job["user"]]])))
 
 
+LEFTOVER_RETRY = 60  # seconds before a leftover that could not be stopped is tried again;
+LEFTOVER_RETRY_MOST = 3600  # twice as long after each failure, up to this
+
+
+def leftover_entries(text):
+    """A node's `lost` list (node_health.lost) as [(job id, attempt, user, failed tries, last
+    try)]: entries are [id, attempt, user], and [.., tries, at] once a try failed. Any
+    member may write node_health: an entry of another shape is left out (and forgotten with
+    the next change of the list)."""
+    try:
+        items = json.loads(text) if text else []
+    except ValueError:
+        return []
+    entries = []
+    for item in items if isinstance(items, list) else []:
+        if not isinstance(item, list) or len(item) not in (3, 5):
+            continue
+        job_id, attempt, user = item[:3]
+        tries, at = item[3:] or (0, 0.0)
+        if all(isinstance(n, int) and not isinstance(n, bool) for n in (job_id, attempt, tries)) \
+                and isinstance(user, str) and isinstance(at, (int, float)):
+            entries.append((job_id, attempt, user, tries, at))
+    return entries
+
+
+def leftover_due_at(tries, at):
+    """When a leftover that failed `tries` times, last at `at`, is tried again."""
+    return at + min(LEFTOVER_RETRY_MOST, LEFTOVER_RETRY * 2 ** min(tries - 1, 12)) if tries else 0
+
+
 def leftovers_to_stop(db, me, names=None):
     """The lost attempts of the nodes that are up (again), or of these nodes (that answered
     a probe), that this tick can stop there (root's: all; a user's: their own), and the
-    cancels owed to pools (cancel_or_owe). {(node, address, kind, options): {user: [job id,
-    attempt, ...]}}. They stay on the nodes' lists until
-    stopped (forget_leftovers): a tick killed meanwhile leaves them for the next."""
-    found = {}
+    cancels owed to pools (cancel_or_owe); those whose last try failed wait a while
+    (leftover_due_at). {(node, address, kind, options): {user: [job id, attempt, ...]}}.
+    They stay on the nodes' lists until stopped (settle_leftovers): a tick killed meanwhile
+    leaves them for the next."""
+    found, now = {}, time.time()
     for node in db.execute("SELECT name, address, kind, options, lost, state FROM nodes "
                            "WHERE lost IS NOT NULL").fetchall():
         if node["name"] not in names if names is not None else node["state"] != "up":
             continue
-        for job_id, attempt, user in json.loads(node["lost"]):
-            if me is ROOT or user == me:
+        for job_id, attempt, user, tries, at in leftover_entries(node["lost"]):
+            if (me is ROOT or user == me) and leftover_due_at(tries, at) <= now:
                 found.setdefault(tuple(node)[:4], {}).setdefault(user, []).extend(
                     (job_id, attempt))
     return found
 
 
-def forget_leftovers(db, stopped):
+def settle_leftovers(db, stopped, failed, now):
     """Inside a transaction: these lost attempts, [(node, job id, attempt)], are stopped (or
-    nobody can stop them): off their nodes' lists."""
-    for name in {name for name, _, _ in stopped}:
+    nobody can stop them): off their nodes' lists; these could not be: a failed try more,
+    at `now`."""
+    for name in {name for name, _, _ in stopped + failed}:
         row = db.execute("SELECT lost FROM node_health WHERE name = ?", (name,)).fetchone()
         if row is None or row[0] is None:
             continue
         done = {(job_id, attempt) for node, job_id, attempt in stopped if node == name}
-        rest = [item for item in json.loads(row[0]) if (item[0], item[1]) not in done]
+        again = {(job_id, attempt) for node, job_id, attempt in failed if node == name}
+        rest = [[job_id, attempt, user] + ([tries + 1, now] if (job_id, attempt) in again
+                                           else [tries, at] if tries else [])
+                for job_id, attempt, user, tries, at in leftover_entries(row[0])
+                if (job_id, attempt) not in done]
         db.execute("UPDATE node_health SET lost = ? WHERE name = ?",
                    (json.dumps(rest) if rest else None, name))
 
@@ -3299,8 +3335,10 @@ def forget_leftovers(db, stopped):
 def stop_leftovers(me, names=None):
     """On the nodes that answer again after a partition (those that are up, or these): stop
     what the attempts qpy gave up with them still run there, by ssh as their owners
-    (node_leftovers). Those of a node that does not answer after all stay listed for the
-    next tick; the others are forgotten once asked (a failure there is logged)."""
+    (node_leftovers), and send the cancels owed to pools. What could not be done (a node
+    that does not answer after all, a cancel the login node did not take) stays listed and
+    is tried again later, each time after twice as long (leftover_due_at); the rest is
+    forgotten once asked. Every failure is logged."""
     import pwd
     if names == []:
         return
@@ -3308,19 +3346,23 @@ def stop_leftovers(me, names=None):
     if not found:
         return
     crash_point("watch:leftovers")
-    calls, whose, forgotten = [], [], []
+    calls, whose, forgotten, failed = [], [], [], []
     for (name, address, kind, options), leftovers in found.items():
         for user, jobs in leftovers.items():
             attempts = [(name, job_id, attempt) for job_id, attempt in zip(jobs[::2], jobs[1::2])]
             if kind in POOLS:  # (a cancel owed: by the pool's cancel, which names the attempt)
-                if not user_exists(user) or user == "root" or not all(
-                        isinstance(n, int) and not isinstance(n, bool) for n in jobs):
-                    forgotten += attempts  # (nobody to cancel it as, or a forged entry)
+                if not user_exists(user) or user == "root":
+                    forgotten += attempts  # (nobody to cancel it as)
                 elif POOLS[kind]["cancel"]([{"id": job_id, "attempt": attempt, "user": user,
                                            "node": name, "kind": kind, "options": options,
                                            "external_id": None} for _, job_id, attempt in
                                           attempts]):
                     forgotten += attempts
+                else:
+                    log_event("could not cancel the attempts %s of %s in pool %s (the owner's "
+                              "log says why): tried again later" % (
+                                  leftover_names(attempts), user, name))
+                    failed += attempts
                 continue
             try:
                 owner = pwd.getpwnam(user) if os.geteuid() == 0 else None
@@ -3331,15 +3373,22 @@ def stop_leftovers(me, names=None):
                 forgotten += attempts  # (this machine's runner is never lost with its node)
                 continue
             calls.append((address, qpy_on_node("_leftovers", *jobs), owner))
-            whose.append((name, jobs, attempts))
-    for (name, jobs, attempts), (status, _, error) in zip(whose, run_on_nodes(calls)):
+            whose.append((name, attempts))
+    for (name, attempts), (status, _, error) in zip(whose, run_on_nodes(calls)):
         if status != 0:
-            log_event("could not stop the leftovers of jobs %s on %s: %s" % (
-                " ".join(map(str, jobs)), name, error))
+            log_event("could not stop the leftovers of the attempts %s on %s: %s" % (
+                leftover_names(attempts), name, error))
         if status != 255 and status >= 0:  # (it answered: trying again would not help)
             forgotten += attempts
-    if forgotten:
-        atomically(lambda db: forget_leftovers(db, forgotten))
+        else:
+            failed += attempts
+    now = time.time()
+    atomically(lambda db: settle_leftovers(db, forgotten, failed, now))
+
+
+def leftover_names(attempts):
+    """[(node, job id, attempt)] as a log names them: '12.1 13.2' (job.attempt)."""
+    return " ".join("%d.%d" % (job_id, attempt) for _, job_id, attempt in attempts)
 
 
 def node_leftovers(*jobs):
@@ -4930,8 +4979,12 @@ def remote_scancel(jobs):
             _, control = remote_places(job, options, "/")
             lines.append("qpy_cancel %d %d %s %s || exit 1" % (
                 job["id"], job["attempt"], remote_name(job), remote_word(control)))
-        return run_script_there(options["login"], "\n".join(lines) + "\n", SLURM_TIMEOUT,
-                                connect)[0] == 0
+        status, _, error = run_script_there(options["login"], "\n".join(lines) + "\n",
+                                            SLURM_TIMEOUT, connect)
+        if status != 0:
+            log_event("could not cancel jobs %s in pool %s: %s" % (
+                " ".join(str(job["id"]) for job in group), group[0]["node"], error))
+        return status == 0
     connect = ssh_timeout()
     calls = [(user, cancel, (group, node_options(group[0]), connect))
              for (user, _), group in groups.items()]
@@ -6646,7 +6699,9 @@ def site_report(db):
             "memory_used_gb": None if node["mem"] is None else node["mem"] - left["mem"],
             "gpus": node["gpus"], "gpus_used": node["gpus"] - left["gpus"],
             "max_jobs": node["max_jobs"],  # (a Slurm pool: its qpy jobs, at most max_jobs)
-            "jobs": holding.get(node["name"], 0)})
+            "jobs": holding.get(node["name"], 0),
+            # (attempts given up with it whose processes, or Slurm job, are still to stop)
+            "leftovers": len(leftover_entries(node["lost"]))})
     return {"users": users, "nodes": rows, "cores": sum(n["cores"] for n in rows),
             "cores_used": sum(n["cores_used"] for n in rows)}
 

@@ -237,8 +237,25 @@ def list_nodes():
             settings.append("pref_multicore=true")
         state = node["state"] + (" (%s)" % node["state_reason"] if node["state_reason"] else "")
         print("%-20s %-10s %s" % (node["name"], state, " ".join(settings)))
+        for leftover in leftovers(node):
+            print("  " + leftover)
     if not nodes:
         print("No nodes.")
+
+
+def leftovers(node, failed_only=False):
+    """What is still to be stopped on a node, one line per attempt given up with it: its
+    processes (a lab node that did not answer) or its Slurm job (a cancel owed to a pool),
+    with the tries that failed and when the next is due."""
+    lines = []
+    for job_id, attempt, user, tries, at in qpy.leftover_entries(node["lost"]):
+        if tries or not failed_only:
+            lines.append("job %d's attempt %d (%s) is still to %s%s" % (
+                job_id, attempt, user, "be cancelled in Slurm" if node["kind"] in qpy.POOLS
+                else "stop there", "" if not tries else ": %s failed (%s's errors.log says "
+                "why), the next at %s" % ("1 try" if tries == 1 else "%d tries" % tries, user, time.strftime(
+                    "%H:%M:%S", time.localtime(qpy.leftover_due_at(tries, at))))))
+    return lines
 
 
 def variables():
@@ -461,13 +478,17 @@ def check_site():
                            "WHERE j.status IN ('starting', 'running') AND n.name IS NULL")
                 .fetchall(),
                 db.execute("SELECT id, user, status, spec, attempt, command FROM jobs")
+                .fetchall(),
+                db.execute("SELECT name, kind, lost FROM nodes WHERE lost IS NOT NULL")
                 .fetchall())
-    integrity, homeless, jobs = qpy.atomically(read, write=False)
+    integrity, homeless, jobs, owing = qpy.atomically(read, write=False)
     problems = []
     if [tuple(row) for row in integrity] != [("ok",)]:
         problems += ["database: %s" % row[0] for row in integrity]
     problems += ["job %d runs on %s, which is no longer a node" % tuple(row) for row in homeless]
     problems += forged_rows([row for row in jobs if qpy.is_live(row)])
+    problems += ["node %s: %s" % (node["name"], line) for node in owing
+                 for line in leftovers(node, failed_only=True)]
     problems += not_qpys_schema()
     live = {row["id"]: row["attempt"] for row in jobs if qpy.is_live(row)}
     specs = {row["spec"] for row in jobs}  # (an ended job's stays until clean: qpy rerun)
@@ -994,7 +1015,9 @@ def meter(used, total, text, css=""):
 def nodes_table(nodes):
     rows = []
     for node in nodes:
-        reason = node["state_reason"] or ""
+        reason = "; ".join(filter(None, [node["state_reason"], node["leftovers"] and "%s still "
+                                         "to stop (qpy_admin.py list)" % qpy.plural(
+                                             node["leftovers"], "given-up attempt")]))
         state = "<td class='condition'><span class='state %s'>%s</span> %s</td>" % (
             node["state"], node["state"], "<span class='reason' title='%s'>%s</span>" % (
                 escape(reason), escape(shortened(reason, REASON_SHOWN)))

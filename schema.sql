@@ -92,7 +92,9 @@ CREATE TABLE node_health (
     probed_at REAL,                  -- last ssh probe of a node that is down
     lost      TEXT                   -- jobs given up with it while it did not answer, JSON
                                      -- [[id, attempt, user]...]: what they left running is
-                                     -- stopped once it answers again, before it is up
+                                     -- stopped once it answers again, before it is up (for
+                                     -- a pool: cancels owed); after a failed try an entry
+                                     -- is [id, attempt, user, failed tries, last try]
 );
 
 -- One row per user who ever used this state directory.

@@ -514,3 +514,68 @@ def test_a_claim_that_leaves_a_pool_without_runner_unstarted_owes_it_a_cancel(si
         assert lost == {}  # (not the started one, nor the claim of a host)
     finally:
         qpy.disconnect()
+
+
+def test_leftovers_a_node_does_not_take_are_shown_and_tried_again_later(site, monkeypatch):
+    """What a given-up attempt left on a node that cannot be reached (here: a name that does
+    not resolve, real ssh) is not tried again at every watch: each failure doubles the wait
+    before the next try; qpy_admin.py list, check and status --json show it, the log says
+    why. (The same list holds the cancels owed to a pool through a login node.)"""
+    site.ok("check")
+    site.ok("add", "node9", "address=node9.invalid", "cores=4", admin=True)
+    site.ok("ctrlQueue", "pause")
+    job_id = site.submit("true")
+    qpy = in_process(site, monkeypatch)
+    user = site.jobs()[job_id]["user"]
+    try:
+        qpy.atomically(lambda db: db.execute(
+            "UPDATE jobs SET status = 'running', node = 'node9', attempt = 1, started_at = ? "
+            "WHERE id = ?", (time.time(), job_id)))
+        job = qpy.atomically(lambda db: qpy.job_row(db, job_id), write=False)
+        qpy.atomically(lambda db: qpy.remember_lost_job(db, job))
+
+        def owed():
+            return json.loads(qpy.atomically(lambda db: db.execute(
+                "SELECT lost FROM node_health WHERE name = 'node9'").fetchone()[0],
+                write=False))
+        assert owed() == [[job_id, 1, user]]
+        qpy.stop_leftovers(user)
+        [[owed_id, attempt, owner, tries, at]] = owed()
+        assert (owed_id, attempt, owner, tries) == (job_id, 1, user, 1)
+        qpy.stop_leftovers(user)  # (too soon: not tried)
+        assert owed() == [[job_id, 1, user, 1, at]]
+        qpy.atomically(lambda db: db.execute(  # (as if the wait had passed)
+            "UPDATE node_health SET lost = ? WHERE name = 'node9'",
+            (json.dumps([[job_id, 1, user, 1, at - qpy.LEFTOVER_RETRY]]),)))
+        qpy.stop_leftovers(user)
+        [[_, _, _, tries, again]] = owed()
+        assert tries == 2 and again > at - qpy.LEFTOVER_RETRY
+        assert qpy.leftover_due_at(2, again) == again + 2 * qpy.LEFTOVER_RETRY
+        log = qpy.log_path(user)
+    finally:
+        qpy.disconnect()
+    with open(log) as f:
+        assert "could not stop the leftovers of the attempts %d.1 on node9: " % job_id in f.read()
+    listed = site.ok("list", admin=True)
+    assert ("job %d's attempt 1 (%s) is still to stop there: 2 tries failed"
+            % (job_id, user)) in listed
+    checked = site.run("check", admin=True)
+    assert checked.returncode != 0 and "node node9: job %d's attempt 1" % job_id in checked.stdout
+    nodes = {node["name"]: node for node in json.loads(site.ok("status", "--json"))["nodes"]}
+    assert nodes["node9"]["leftovers"] == 1 and nodes["localhost"]["leftovers"] == 0
+
+
+@pytest.mark.parametrize("forged", ['"no list"', '[[1, 1]]', '[["1", 1, "x"]]',
+                                    '[[1, 1, "x", "2", 0]]', 'not json'])
+def test_a_forged_list_of_leftovers_is_read_as_empty(site, monkeypatch, forged):
+    """Any member may write node_health: an entry of another shape is skipped, not a crash
+    of every watch."""
+    site.ok("check")
+    qpy = in_process(site, monkeypatch)
+    try:
+        assert qpy.leftover_entries(forged) == []
+        assert qpy.leftover_entries('[[1, 2, "x"], %s]' % forged.strip("[]")
+                                    if forged.startswith("[[") else '[[1, 2, "x"]]') \
+            == [(1, 2, "x", 0, 0.0)]
+    finally:
+        qpy.disconnect()
