@@ -3257,7 +3257,8 @@ def remember_lost_job(db, job):
     """An attempt given up with its node, whose processes may still run there (a partition):
     the node's `lost` list, [[job id, attempt, user]...], for once it answers again."""
     row = db.execute("SELECT lost FROM node_health WHERE name = ?", (job["node"],)).fetchone()
-    lost = json.loads(row[0]) if row and row[0] else []
+    lost = [[job_id, attempt, user] + ([tries, at] if tries else []) for job_id, attempt, user,
+            tries, at in leftover_entries(row[0] if row else None)]
     if [job["id"], job["attempt"], job["user"]] in [item[:3] for item in lost]:
         return
     db.execute("INSERT INTO node_health (name, lost) VALUES (?, ?) ON CONFLICT (name) DO "

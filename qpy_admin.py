@@ -253,8 +253,9 @@ def leftovers(node, failed_only=False):
             lines.append("job %d's attempt %d (%s) is still to %s%s" % (
                 job_id, attempt, user, "be cancelled in Slurm" if node["kind"] in qpy.POOLS
                 else "stop there", "" if not tries else ": %s failed (%s's errors.log says "
-                "why), the next at %s" % ("1 try" if tries == 1 else "%d tries" % tries, user, time.strftime(
-                    "%H:%M:%S", time.localtime(qpy.leftover_due_at(tries, at))))))
+                "why), the next at %s" % ("1 try" if tries == 1 else "%d tries" % tries, user,
+                                         time.strftime("%H:%M:%S", time.localtime(
+                                             qpy.leftover_due_at(tries, at))))))
     return lines
 
 
